@@ -1,0 +1,112 @@
+// Reactor: one thread that runs a core's pollers.
+//
+// Owned by the thread that creates it; after start() everything but post()
+// and stop() runs on the reactor thread. It touches no guest memory itself:
+// its pollers do (rings, mapped grants), always in bounded bursts.
+//
+// One iteration: drain the mailbox, run every poller once (each does a burst
+// of at most 32-64 items and returns whether it did anything), submit the
+// io_uring once, reap completions in a batch. While there was work in the
+// last `poll_window` it spins with a non-blocking epoll; then it asks every
+// poller to arm() (RING_FINAL_CHECK_FOR_REQUESTS, unmask event channels) and
+// only sleeps in epoll_wait when none reports late work. This is the
+// "re-arm with a final check" rule: an event that races with going to sleep
+// is either seen by arm() or wakes epoll.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "common/result.h"
+
+struct io_uring;
+struct io_uring_sqe;
+
+namespace xenpath {
+
+class Poller {
+ public:
+  virtual ~Poller() = default;
+  // A bounded burst of work; true when it did any.
+  virtual bool poll() noexcept = 0;
+  // Before sleeping: re-arm notifications, then final check. True when work
+  // arrived meanwhile (the reactor then does not sleep).
+  virtual bool arm() noexcept = 0;
+};
+
+// Target of an io_uring completion: sqe->user_data is a UringCompletion*.
+class UringCompletion {
+ public:
+  virtual ~UringCompletion() = default;
+  virtual void on_complete(int32_t res, uint32_t cqe_flags) noexcept = 0;
+};
+
+struct ReactorStats {
+  uint64_t iterations = 0;
+  uint64_t busy_iterations = 0;
+  uint64_t sleeps = 0;           // epoll_wait calls that blocked
+  uint64_t wakeups_by_arm = 0;   // sleeps avoided by a final check
+  uint64_t uring_submits = 0;    // io_uring_submit calls
+  uint64_t uring_sqes = 0;
+  uint64_t uring_cqes = 0;
+  uint64_t mailbox_tasks = 0;
+};
+
+class Reactor {
+ public:
+  struct Options {
+    std::string name = "reactor";
+    unsigned uring_entries = 256;                     // 0: no io_uring
+    std::chrono::microseconds poll_window{50};        // spin this long after work
+    int cpu = -1;                                     // pin when >= 0
+  };
+  using Task = std::function<void()>;
+  using FdHandler = std::function<void(uint32_t epoll_events)>;
+  using TimerId = uint64_t;
+
+  static Result<std::unique_ptr<Reactor>> create(const Options& opts) noexcept;
+  ~Reactor();
+  Reactor(const Reactor&) = delete;
+  Reactor& operator=(const Reactor&) = delete;
+
+  // Spawns the thread. run_here() instead runs the loop on the calling
+  // thread until stop() (tests, single-threaded tools).
+  Status start() noexcept;
+  void run_here() noexcept;
+  // Any thread. Returns after the loop exited and (if started) joined.
+  void stop() noexcept;
+
+  // Any thread: queue work for the reactor thread (cross-thread work goes
+  // through here, never through shared locks). False once stopped.
+  bool post(Task task) noexcept;
+  // Any thread: runs fn on the reactor and waits for it.
+  void call(const Task& fn) noexcept;
+  [[nodiscard]] bool in_reactor_thread() const noexcept;
+
+  // Reactor thread only (or before start()).
+  void add_poller(Poller* p) noexcept;
+  void remove_poller(Poller* p) noexcept;
+  Status watch_fd(int fd, uint32_t epoll_events, FdHandler handler) noexcept;
+  void unwatch_fd(int fd) noexcept;
+  Result<TimerId> add_timer(std::chrono::nanoseconds period, Task fn) noexcept;
+  void cancel_timer(TimerId id) noexcept;
+
+  // io_uring of this reactor (nullptr when uring_entries == 0). Pollers get
+  // SQEs here; the reactor submits once per iteration. get_sqe() flushes
+  // (submits) and retries once when the SQ is full; nullptr means back off.
+  [[nodiscard]] io_uring* uring() noexcept;
+  io_uring_sqe* get_sqe() noexcept;
+
+  [[nodiscard]] const ReactorStats& stats() const noexcept;
+  [[nodiscard]] const std::string& name() const noexcept;
+
+ private:
+  struct Impl;
+  explicit Reactor(std::unique_ptr<Impl> impl) noexcept;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace xenpath

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs every build and test dependency of xenpath from Debian 12 packages.
+set -euo pipefail
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+pkgs=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libxen-dev xenstore-utils
+  liburing-dev
+  libdpdk-dev dpdk
+  libgtest-dev libgmock-dev googletest libbenchmark-dev
+  libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
+  fio iperf3 iproute2
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
