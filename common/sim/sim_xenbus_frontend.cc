@@ -81,11 +81,19 @@ Result<XenbusState> SimXenbusFrontend::wait_backend(uint32_t accept) noexcept {
 }
 
 Status SimXenbusFrontend::connect(const XsKeys& keys) noexcept {
+  XP_TRY(publish(keys));
+  return await_connected();
+}
+
+Status SimXenbusFrontend::publish(const XsKeys& keys) noexcept {
   XP_TRY(wait_backend(bit(XenbusState::kInitWait)));
-  XP_TRY(run_transaction(xs_, [&](XsTxn t) -> Status {
+  return run_transaction(xs_, [&](XsTxn t) -> Status {
     for (const auto& [k, v] : keys) XP_TRY(xs_.write(t, fmt::format("{}/{}", frontend_, k), v));
     return xs_.write(t, frontend_ + "/state", state_value(XenbusState::kInitialised));
-  }));
+  });
+}
+
+Status SimXenbusFrontend::await_connected() noexcept {
   XP_ASSIGN_OR_RETURN(
       XenbusState s,
       wait_backend(bit(XenbusState::kConnected) | bit(XenbusState::kClosing) | bit(XenbusState::kClosed)));

@@ -46,9 +46,16 @@ class SimXenbusFrontend {
   [[nodiscard]] const std::string& backend_path() const noexcept { return backend_; }
   [[nodiscard]] DomId backend_id() const noexcept { return backend_id_; }
 
-  // The full handshake. EPIPE if the backend goes Closing/Closed instead of
-  // Connected (it refused the keys: its error node says why).
+  // The full handshake: publish() then await_connected().
   Status connect(const XsKeys& keys) noexcept;
+  // First half: wait for InitWait, then the keys and Initialised in one
+  // transaction. Lets a guest with many devices start them all before
+  // waiting for any (as a booting kernel does).
+  Status publish(const XsKeys& keys) noexcept;
+  // Second half: wait for the backend's verdict, then state=Connected.
+  // EPIPE if the backend went Closing/Closed instead (it refused the keys:
+  // its error node says why).
+  Status await_connected() noexcept;
   // Orderly close. Leaves the frontend in Closed.
   Status close() noexcept;
   // Back to Initialising and wait for the backend's InitWait.

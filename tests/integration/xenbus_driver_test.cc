@@ -11,6 +11,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <charconv>
 #include <chrono>
 #include <functional>
@@ -22,6 +23,7 @@
 
 #include "common/libxen/libxen_store.h"
 #include "common/sim/sim_toolstack.h"
+#include "common/sim/sim_xenbus_frontend.h"
 #include "common/sim/sim_xenstored.h"
 #include "common/xenbus/backend_driver.h"
 
@@ -115,7 +117,7 @@ class RecordingType final : public DeviceType {
 class XenbusDriverTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    spdlog::set_level(spdlog::level::warn);
+    spdlog::set_level(getenv("XP_LOG") ? spdlog::level::debug : spdlog::level::warn);
     auto sx = SimXenstored::start("");
     ASSERT_TRUE(sx) << error_string(sx.error());
     xsd = std::move(*sx);
@@ -306,6 +308,62 @@ TEST_F(XenbusDriverTest, OrderlyCloseReleasesAndReconnectWorks) {
   EXPECT_TRUE(e.live);
 }
 
+TEST_F(XenbusDriverTest, SimXenbusFrontendDrivesTheWholeLifecycle) {
+  // The generic frontend dance on the guest's own connection and thread,
+  // the driver pumped here: connect, close, restart, connect again.
+  start_driver();
+  add(5, 4);
+  auto fe_conn = xsd->connect(5);
+  ASSERT_TRUE(fe_conn);
+  std::atomic<int> step{0};
+  Status result = ok();
+  std::thread guest_thread([&] {
+    auto fe = SimXenbusFrontend::attach(**fe_conn, fe_path(5, 4), 3000ms);
+    auto run = [&]() -> Status {
+      if (!fe) return unexpected(fe.error());
+      EXPECT_EQ((*fe)->backend_path(), be(5, 4));
+      EXPECT_EQ((*fe)->backend_id(), kDom0);
+      XP_TRY((*fe)->connect({{"ring-ref", "11"}}));
+      step = 1;
+      XP_TRY((*fe)->close());
+      step = 2;
+      XP_TRY((*fe)->restart());
+      XP_TRY((*fe)->connect({{"ring-ref", "12"}}));
+      step = 3;
+      return ok();
+    };
+    result = run();
+    step = 99;
+  });
+  ASSERT_TRUE(pump_until([&] { return step == 99; }, 5000ms));
+  guest_thread.join();
+  ASSERT_TRUE(result) << error_string(result.error());
+  auto& e = journal.at(5, 4);
+  EXPECT_EQ(e.connects, 2);
+  EXPECT_EQ(e.disconnects, 1);
+  EXPECT_EQ(e.ring_ref, 12u);
+  EXPECT_TRUE(backend_is(5, 4, XenbusState::kConnected));
+  EXPECT_EQ(*tools_xs->read(kXsNoTxn, fe_path(5, 4) + "/state"), "4");
+}
+
+TEST_F(XenbusDriverTest, SimXenbusFrontendSeesARefusal) {
+  start_driver();
+  add(5, 4);
+  auto fe_conn = xsd->connect(5);
+  ASSERT_TRUE(fe_conn);
+  std::atomic<bool> done{false};
+  Status result = ok();
+  std::thread guest_thread([&] {
+    auto fe = SimXenbusFrontend::attach(**fe_conn, fe_path(5, 4), 3000ms);
+    result = fe ? (*fe)->connect({{"ring-ref", "-1"}}) : Status(unexpected(fe.error()));
+    done = true;
+  });
+  ASSERT_TRUE(pump_until([&] { return done.load(); }, 5000ms));
+  guest_thread.join();
+  EXPECT_EQ(result.error(), EPIPE);
+  EXPECT_TRUE(backend_is(5, 4, XenbusState::kClosing));
+}
+
 TEST_F(XenbusDriverTest, FrontendRestartWhileConnectedDisconnectsFirst) {
   start_driver();
   connect(5, 3);
@@ -475,11 +533,31 @@ TEST_F(XenbusDriverTest, NotInitialisingOrIncompleteBackendsAreNotProbed) {
   EXPECT_GE(driver->stats().probes_ignored.get(), 2u);
   EXPECT_TRUE(backend_is(5, 1, XenbusState::kConnected));
   // Once complete, a later event picks it up.
+  ASSERT_TRUE(tools_xs->write(kXsNoTxn, fe_path(5, 2) + "/state", "1"));
   ASSERT_TRUE(tools_xs->write(kXsNoTxn, be(5, 2) + "/frontend", fe_path(5, 2)));
   ASSERT_TRUE(tools_xs->write(kXsNoTxn, be(5, 2) + "/frontend-id", "5"));
   ASSERT_TRUE(tools_xs->write(kXsNoTxn, be(5, 2) + "/params", "p"));
   ASSERT_TRUE(wait_backend(5, 2, XenbusState::kInitWait));
+  pump();
   EXPECT_EQ(driver->stats().probes.get(), 1u);
+  EXPECT_EQ(driver->device_state(kType, 5, 2), XenbusState::kInitWait);
+}
+
+TEST_F(XenbusDriverTest, MissingFrontendAtProbeIsGuestGone) {
+  // The backend was written but its frontend does not exist (a guest that
+  // died before its devices were probed): as Linux, read as Unknown/gone.
+  start_driver();
+  ASSERT_TRUE(run_transaction(*tools_xs, [&](XsTxn t) -> Status {
+    XP_TRY(tools_xs->write(t, be(5, 1) + "/frontend", fe_path(5, 1)));
+    XP_TRY(tools_xs->write(t, be(5, 1) + "/frontend-id", "5"));
+    XP_TRY(tools_xs->write(t, be(5, 1) + "/online", "1"));
+    XP_TRY(tools_xs->write(t, be(5, 1) + "/params", "p"));
+    return tools_xs->write(t, be(5, 1) + "/state", "1");
+  }));
+  ASSERT_TRUE(pump_until([&] { return driver->stats().destroys.get() == 1; }));
+  EXPECT_TRUE(backend_is(5, 1, XenbusState::kClosed));
+  EXPECT_EQ(driver->device_count(), 0u);
+  EXPECT_EQ(journal.at(5, 1).connects, 0);
 }
 
 TEST_F(XenbusDriverTest, MismatchedFrontendIdIsRefused) {
