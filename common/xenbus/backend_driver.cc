@@ -159,10 +159,36 @@ void BackendDriver::stop() noexcept {
 }
 
 void BackendDriver::detach() noexcept {
+  post_ = nullptr;
   if (!detach_) return;
   auto undo = std::move(detach_);
   detach_ = nullptr;
   undo();
+}
+
+void BackendDriver::report_device_error(std::string_view type, DomId fe, uint32_t devid,
+                                        int error) noexcept {
+  std::string t(type);
+  if (!post_) {
+    fail_device(t, fe, devid, error);
+    return;
+  }
+  std::weak_ptr<BackendDriver*> alive = alive_;
+  (void)post_([alive, t = std::move(t), fe, devid, error] {
+    if (auto self = alive.lock()) (*self)->fail_device(t, fe, devid, error);
+  });
+}
+
+void BackendDriver::fail_device(const std::string& type, DomId fe, uint32_t devid, int error) noexcept {
+  for (uint32_t i = 0; i < types_.size(); ++i) {
+    if (types_[i].name != type) continue;
+    auto it = devices_.find(make_key(i, fe, devid));
+    if (it == devices_.end()) return;
+    Device& d = *it->second;
+    d.log.warn("device failed: {}", error_string(error));
+    (void)apply(d, d.fsm.device_failed(error));
+    return;
+  }
 }
 
 size_t BackendDriver::process_events() noexcept {
@@ -484,12 +510,20 @@ Status BackendDriver::write_checked(Device& d, const FsmAction* first, const Fsm
           break;
         case FsmActionKind::kWriteError: {
           // "<errno> <message>", as xenbus_dev_error() words it.
-          std::string msg =
-              a->reason == FsmErrorReason::kBadFrontendState
-                  ? fmt::format("{} frontend {} published an invalid state", a->error,
-                                d.frontend_state_path)
-                  : fmt::format("{} connecting to the frontend failed: {}", a->error,
+          std::string msg;
+          switch (a->reason) {
+            case FsmErrorReason::kBadFrontendState:
+              msg = fmt::format("{} frontend {} published an invalid state", a->error,
+                                d.frontend_state_path);
+              break;
+            case FsmErrorReason::kDeviceFailed:
+              msg = fmt::format("{} device failed: {}", a->error, error_string(a->error));
+              break;
+            default:
+              msg = fmt::format("{} connecting to the frontend failed: {}", a->error,
                                 error_string(a->error));
+              break;
+          }
           XP_TRY(xs_->write(txn, d.addr.backend_path + "/error", msg));
           break;
         }

@@ -127,6 +127,12 @@ class BackendDriver {
   Status attach(Reactor& reactor) noexcept;
   void detach() noexcept;
 
+  // A device gave up (a halted queue, a failed backing store): error node,
+  // disconnect, Closing, as xenbus_dev_fatal(). Any thread while attached
+  // (the work is posted to the control reactor; a device destroyed by then
+  // is ignored); the owning thread otherwise.
+  void report_device_error(std::string_view type, DomId fe, uint32_t devid, int error) noexcept;
+
   // Disconnects every device (releasing mappings and channels), removes every
   // watch and forgets all devices; xenstore state nodes are left as they are.
   // On the owning thread. Idempotent; the destructor calls it.
@@ -202,8 +208,15 @@ class BackendDriver {
   std::unordered_map<uint64_t, Device*> by_serial_;                 // frontend-state tokens
   std::unordered_map<DomId, std::unordered_set<Device*>> by_frontend_;
   uint64_t next_serial_ = 1;
-  // Undoes attach() (backend_driver_reactor.cc); empty when not attached.
+  void fail_device(const std::string& type, DomId fe, uint32_t devid, int error) noexcept;
+
+  // Undo attach() / post to the attached reactor (backend_driver_reactor.cc);
+  // empty when not attached.
   std::function<void()> detach_;
+  std::function<bool(std::function<void()>)> post_;
+  // Posted tasks hold a weak reference: one that runs after the driver is
+  // gone does nothing.
+  std::shared_ptr<BackendDriver*> alive_ = std::make_shared<BackendDriver*>(this);
   bool started_ = false;
   bool watching_release_ = false;
   std::vector<XsWatchEvent> batch_;

@@ -181,4 +181,13 @@ FsmActions BackendFsm::connect_done(int error) noexcept {
   return out;
 }
 
+FsmActions BackendFsm::device_failed(int error) noexcept {
+  FsmActions out;
+  if (destroyed_ || !probed_) return out;
+  // Already on the way down: the frontend has been told.
+  if (state_ == XenbusState::kClosing || state_ == XenbusState::kClosed) return out;
+  fail(out, error > 0 ? error : EIO, FsmErrorReason::kDeviceFailed);
+  return out;
+}
+
 }  // namespace xenpath

@@ -20,6 +20,7 @@
 //   online := 0 while Closed                -> destroy
 //   a value the protocol does not allow (garbage, Unknown, Reconfiguring...)
 //                                           -> disconnect, error node, Closing
+//   the device reports a fatal error        -> disconnect, error node, Closing
 //
 // Every input is idempotent: xenstore watches fire repeatedly and may
 // coalesce, so a duplicate event yields no action and a missed intermediate
@@ -52,6 +53,7 @@ enum class FsmErrorReason : uint8_t {
   kNone,
   kBadFrontendState,  // the frontend published a state the protocol does not allow
   kConnectFailed,     // reading the frontend's keys or connect() failed
+  kDeviceFailed,      // the connected device gave up (e.g. a ring overrun halted a queue)
 };
 
 struct FsmAction {
@@ -105,6 +107,9 @@ class BackendFsm {
   // Must be the next input after kConnect (the driver connects
   // synchronously); ignored otherwise.
   FsmActions connect_done(int error) noexcept;
+  // The connected device hit an error it cannot recover from (a queue
+  // halted on a misbehaving frontend...). Positive errno.
+  FsmActions device_failed(int error) noexcept;
 
   // The state this backend last published.
   [[nodiscard]] XenbusState state() const noexcept { return state_; }

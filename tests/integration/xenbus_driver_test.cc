@@ -521,6 +521,21 @@ TEST_F(XenbusDriverTest, FailedConnectIsReleased) {
   EXPECT_FALSE(journal.at(5, 1).live);
 }
 
+TEST_F(XenbusDriverTest, DeviceErrorReportClosesOnlyThatDevice) {
+  start_driver();
+  connect(5, 1);
+  connect(5, 2);
+  driver->report_device_error(kType, 5, 1, EPROTO);
+  driver->report_device_error(kType, 5, 99, EPROTO);  // unknown: ignored
+  pump();
+  EXPECT_TRUE(backend_is(5, 1, XenbusState::kClosing));
+  EXPECT_THAT(*tools_xs->read(kXsNoTxn, be(5, 1) + "/error"),
+              ::testing::StartsWith(std::to_string(EPROTO) + " device failed"));
+  EXPECT_FALSE(journal.at(5, 1).live);
+  EXPECT_TRUE(journal.at(5, 2).live);
+  EXPECT_TRUE(backend_is(5, 2, XenbusState::kConnected));
+}
+
 TEST_F(XenbusDriverTest, NotInitialisingOrIncompleteBackendsAreNotProbed) {
   start_driver();
   guest(5);

@@ -334,13 +334,28 @@ TEST(BackendFsmTest, GarbageAfterClosedIsIgnored) {
   EXPECT_EQ(f.state(), S::kClosed);
 }
 
+TEST(BackendFsmTest, DeviceFailureClosesWithError) {
+  BackendFsm f = connected();
+  EXPECT_ACTIONS(f.device_failed(EPROTO), act(K::kDisconnect),
+                 error(EPROTO, FsmErrorReason::kDeviceFailed), write(S::kClosing));
+  EXPECT_NO_ACTIONS(f.device_failed(EPROTO));
+  EXPECT_NO_ACTIONS(f.device_failed(EIO));
+  EXPECT_ACTIONS(f.frontend_changed(S::kClosed), write(S::kClosed));
+  EXPECT_NO_ACTIONS(f.device_failed(EIO));
+  // Before a probe there is nothing to fail; a bogus code becomes EIO.
+  BackendFsm unprobed;
+  EXPECT_NO_ACTIONS(unprobed.device_failed(EIO));
+  BackendFsm waiting = probed();
+  EXPECT_ACTIONS(waiting.device_failed(0), error(EIO, FsmErrorReason::kDeviceFailed), write(S::kClosing));
+}
+
 TEST(BackendFsmTest, EveryInputSequenceStaysSafe) {
   // Exhaustive over short sequences of inputs: whatever the order, a
   // destroyed machine never emits again, Connect is emitted only from
   // InitWait, the device never holds resources once destroyed, and every
   // Connect is balanced by a Disconnect before destruction.
   enum In { kFe0, kFe1, kFe2, kFe3, kFe4, kFe5, kFe6, kFe7, kGarbage, kFeGone, kBeGone, kOn, kOff,
-            kOk, kFail, kCount };
+            kOk, kFail, kDevFail, kCount };
   const int len = 4;
   int total = 1;
   for (int i = 0; i < len; ++i) total *= kCount;
@@ -362,7 +377,8 @@ TEST(BackendFsmTest, EveryInputSequenceStaysSafe) {
       else if (in == kOn) out = f.online_changed(true);
       else if (in == kOff) out = f.online_changed(false);
       else if (in == kOk) out = f.connect_done(0);
-      else out = f.connect_done(EIO);
+      else if (in == kFail) out = f.connect_done(EIO);
+      else out = f.device_failed(EPROTO);
       if (destroyed) {
         ASSERT_TRUE(out.empty());
       }
