@@ -45,7 +45,14 @@ SimXenbusFrontend::SimXenbusFrontend(XenStore& xs, std::string frontend, std::st
 SimXenbusFrontend::~SimXenbusFrontend() { (void)xs_.unwatch(backend_ + "/state", token_); }
 
 Status SimXenbusFrontend::write_state(XenbusState s) noexcept {
-  return xs_.write(kXsNoTxn, frontend_ + "/state", state_value(s));
+  // As xenbus_switch_state(): never recreate a state node the toolstack
+  // removed (the device is being torn down).
+  const std::string path = frontend_ + "/state";
+  return run_transaction(xs_, [&](XsTxn t) -> Status {
+    auto cur = xs_.read(t, path);
+    if (!cur) return cur.error() == ENOENT ? ok() : Status(unexpected(cur.error()));
+    return xs_.write(t, path, state_value(s));
+  });
 }
 
 Status SimXenbusFrontend::write_raw(std::string_view key, std::string_view value) noexcept {
@@ -53,7 +60,12 @@ Status SimXenbusFrontend::write_raw(std::string_view key, std::string_view value
 }
 
 Result<XenbusState> SimXenbusFrontend::backend_state() noexcept {
-  XP_ASSIGN_OR_RETURN(std::string v, xs_.read(kXsNoTxn, backend_ + "/state"));
+  auto r = xs_.read(kXsNoTxn, backend_ + "/state");
+  // A guest may not even learn that a node it cannot read is missing: once
+  // the toolstack removed the backend's per-guest directory, EACCES is how
+  // "gone" looks from here.
+  if (!r) return unexpected(r.error() == EACCES ? ENOENT : r.error());
+  std::string v = std::move(*r);
   auto s = parse_xenbus_state(v);
   if (!s) return unexpected(EPROTO);
   return *s;

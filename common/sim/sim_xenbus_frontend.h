@@ -61,7 +61,8 @@ class SimXenbusFrontend {
   // Back to Initialising and wait for the backend's InitWait.
   Status restart() noexcept;
 
-  // Raw pieces for tests and custom frontends.
+  // Raw pieces for tests and custom frontends. write_state() writes only
+  // while the node exists (xenbus_switch_state); write_raw() writes anything.
   Status write_state(XenbusState s) noexcept;
   Status write_raw(std::string_view key, std::string_view value) noexcept;
   Result<XenbusState> backend_state() noexcept;
