@@ -6,6 +6,7 @@
 #include <array>
 #include <charconv>
 #include <cstring>
+#include <algorithm>
 #include <optional>
 
 #include <fmt/format.h>
@@ -29,6 +30,17 @@ std::optional<uint32_t> parse_u32(std::string_view s) noexcept {
   auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
   if (ec != std::errc{} || p != s.data() + s.size()) return std::nullopt;
   return v;
+}
+
+// Guest-written text for a log line: bounded, printable ASCII only (no
+// escape sequences or fake log lines from a hostile guest).
+std::string printable(std::string_view s) {
+  std::string out;
+  const size_t n = std::min<size_t>(s.size(), 16);
+  out.reserve(n + 3);
+  for (size_t i = 0; i < n; ++i) out.push_back(s[i] >= 0x20 && s[i] < 0x7f ? s[i] : '?');
+  if (s.size() > n) out += "...";
+  return out;
 }
 
 }  // namespace
@@ -213,7 +225,7 @@ Status EchoDevice::read_frontend(XenStore& xs, XsTxn t) noexcept {
   auto r = parse_u32(ref);
   auto p = parse_u32(port);
   if (!r || !p) {
-    log_.guest("bad ring-ref '{}' or event-channel '{}'", ref.substr(0, 16), port.substr(0, 16));
+    log_.guest("bad ring-ref '{}' or event-channel '{}'", printable(ref), printable(port));
     return unexpected(EINVAL);
   }
   ring_ref_ = *r;

@@ -1,5 +1,6 @@
 #include "common/xenbus/backend_driver.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 
@@ -73,6 +74,16 @@ bool parse_online(const Result<std::string>& v) noexcept {
 bool is_write(FsmActionKind k) noexcept {
   return k == FsmActionKind::kWriteState || k == FsmActionKind::kWriteError ||
          k == FsmActionKind::kClearError;
+}
+
+// Store content for a log line: bounded, printable ASCII only.
+std::string printable(std::string_view s, size_t max) {
+  std::string out;
+  const size_t n = std::min(s.size(), max);
+  out.reserve(n + 3);
+  for (size_t i = 0; i < n; ++i) out.push_back(s[i] >= 0x20 && s[i] < 0x7f ? s[i] : '?');
+  if (s.size() > n) out += "...";
+  return out;
 }
 
 // Splits "a/b/c" into "a" and "b/c".
@@ -356,7 +367,7 @@ void BackendDriver::probe(uint32_t ti, DomId fe, uint32_t devid) noexcept {
     auto fe_id_v = parse_domid(*fe_id);
     if (!valid_frontend_path(*fe_path) || !fe_id_v || *fe_id_v != fe) {
       log_.guest("{}: bad frontend '{}' / frontend-id '{}' from the toolstack", addr.backend_path,
-                fe_path->substr(0, kMaxFrontendPath), fe_id->substr(0, 16));
+                printable(*fe_path, kMaxFrontendPath), printable(*fe_id, 16));
       return false;
     }
     addr.frontend_path = std::move(*fe_path);
@@ -465,7 +476,7 @@ bool BackendDriver::apply(Device& d, const FsmActions& actions) noexcept {
         const int err = do_connect(d);
         if (err == 0) {
           stats_.connects.add();
-          d.log.info("connected");
+          lifecycle_log(d, "connected");
         } else {
           stats_.connect_failures.add();
           d.log.guest("connect failed: {}", error_string(err));
@@ -549,7 +560,18 @@ int BackendDriver::do_connect(Device& d) noexcept {
 void BackendDriver::do_disconnect(Device& d) noexcept {
   d.impl->disconnect();
   stats_.disconnects.add();
-  d.log.info("disconnected");
+  lifecycle_log(d, "disconnected");
+}
+
+void BackendDriver::lifecycle_log(Device& d, std::string_view what) noexcept {
+  // A guest can cycle its device through connect/disconnect at will: the
+  // first cycles are worth an info line each, the rest would flood dom0's log.
+  if (d.lifecycle_logs < kLifecycleLogsAtInfo) {
+    ++d.lifecycle_logs;
+    d.log.info("{}{}", what, d.lifecycle_logs == kLifecycleLogsAtInfo ? " (further transitions at debug level)" : "");
+  } else {
+    d.log.debug("{}", what);
+  }
 }
 
 void BackendDriver::update_connected(Device& d) noexcept {

@@ -173,6 +173,7 @@ class BackendDriver {
     DeviceLog log;
     bool watching = false;
     bool counted_connected = false;
+    uint32_t lifecycle_logs = 0;
 
     Device(BackendFsm f, DeviceLog l) : fsm(f), log(std::move(l)) {}
   };
@@ -199,6 +200,9 @@ class BackendDriver {
   void do_disconnect(Device& d) noexcept;
   void destroy(Device& d) noexcept;
   void update_connected(Device& d) noexcept;
+  void lifecycle_log(Device& d, std::string_view what) noexcept;
+
+  static constexpr uint32_t kLifecycleLogsAtInfo = 16;
 
   std::unique_ptr<XenStore> xs_;
   Options opts_;
