@@ -580,15 +580,23 @@ void XsStore::fire_now(const std::string& path, bool exact, const std::vector<Xs
   const bool special = !path.empty() && path[0] == '@';
   for (auto& [id, c] : conns_) {
     if (c.watches.empty()) continue;
-    if (special) {
-      auto sp = special_perms_.find(path);
-      if (sp == special_perms_.end() || (perm_for(c, sp->second) & kPermRead) == 0) continue;
-    } else if (!watch_permitted(c, path, node_perms, old_perms)) {
-      continue;
-    }
+    // Match first, permission check (node lookups) only for a connection
+    // that has a matching watch: with hundreds of guest connections most
+    // watch nothing near `path`, and the check is the expensive part.
+    int permitted = -1;  // unknown until a watch matches
     for (const auto& w : c.watches) {
-      bool match = exact ? w.path == path : is_child(path, w.path);
-      if (match) queue_event(id, c, watch_event_path(c, w, path), w.token);
+      const bool match = exact ? w.path == path : is_child(path, w.path);
+      if (!match) continue;
+      if (permitted < 0) {
+        if (special) {
+          auto sp = special_perms_.find(path);
+          permitted = sp != special_perms_.end() && (perm_for(c, sp->second) & kPermRead) != 0;
+        } else {
+          permitted = watch_permitted(c, path, node_perms, old_perms);
+        }
+      }
+      if (permitted == 0) break;
+      queue_event(id, c, watch_event_path(c, w, path), w.token);
     }
   }
 }
