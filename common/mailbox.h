@@ -1,25 +1,48 @@
-// Mailbox<T>: many producers, one consumer (a reactor), plus an eventfd the
-// consumer's epoll watches.
+// Mailbox<T>: many producers, one consumer, plus an eventfd the consumer's
+// reactor watches.
 //
-// Producers take a short mutex to append to a vector; the consumer swaps the
-// whole vector out under the same mutex and runs the items unlocked. This is
-// control-plane traffic (connect/disconnect, stats requests), a few items per
-// second, so a lock-free queue would buy nothing; what matters is that no
-// datapath state is ever shared between threads — it is handed over here.
+// Thread: push() from any thread; drain(), clear_wakeup(), empty() on the
+// consumer thread only; close() on the consumer thread (or when no consumer
+// runs). No guest memory.
 //
-// Lost wake-ups: a producer writes the eventfd only when it turns the queue
-// from empty to non-empty; the consumer resets the eventfd BEFORE swapping the
-// queue out, so an item pushed after the swap finds the queue empty and
-// writes the eventfd again.
+// Why an unbounded Vyukov MPSC list rather than a bounded ring: what goes
+// through a mailbox are control messages and cross-reactor work (attach a
+// device, a cache fill finished, stop) that must never be dropped or make
+// the sender wait; a bounded ring would need a "full" policy for each of
+// them. The list's push is wait-free (a fixed handful of atomic operations,
+// no retry loop: the link itself is one exchange and one store), and the
+// single consumer needs no CAS loop and has no ABA problem. The cost is one
+// allocation per message (a std::function task usually allocates anyway)
+// and a short window in which a producer has swung the head but not yet
+// linked its node: the consumer then sees a gap, stops, and sees the message
+// on its next pass (empty() stays false meanwhile, so it does not sleep).
+//
+// Wake-ups: `pending_` counts accepted, not yet consumed messages; a
+// producer increments it before linking its message, the consumer decrements
+// after taking one. A producer whose increment takes pending_ from 0 to 1
+// writes the eventfd after linking; other producers do not (the consumer is
+// awake or about to be). The consumer sleeps only after seeing empty()
+// (pending_ == 0): a message accepted before that check keeps it awake
+// (spinning over a not-yet-linked one), and the first message accepted after
+// it makes the 0 -> 1 transition and writes the eventfd, so no wake-up is
+// lost. The consumer clears the eventfd when its poller reports it readable
+// (clear_wakeup()), before draining; a write racing with the clear at worst
+// causes one spurious wake.
 #pragma once
 
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
+#include <cstddef>
 #include <cstdint>
-#include <mutex>
+#include <memory>
+#include <new>
+#include <optional>
+#include <thread>
+#include <type_traits>
 #include <utility>
-#include <vector>
 
 #include "common/result.h"
 
@@ -27,76 +50,134 @@ namespace xenpath {
 
 template <typename T>
 class Mailbox {
+  static_assert(std::is_nothrow_move_constructible_v<T>, "Mailbox<T> moves T in noexcept code");
+
  public:
-  Mailbox() noexcept : fd_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+  static Result<std::unique_ptr<Mailbox>> create() noexcept {
+    const int fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd < 0) return unexpected_errno();
+    std::unique_ptr<Mailbox> mb(new (std::nothrow) Mailbox(fd));
+    if (!mb) {
+      ::close(fd);
+      return unexpected(ENOMEM);
+    }
+    return mb;
+  }
+
+  // No producer may still be pushing (close() first when in doubt).
   ~Mailbox() {
-    if (fd_ >= 0) close(fd_);
+    discard();
+    if (tail_ != &stub_) delete tail_;
+    ::close(efd_);
   }
   Mailbox(const Mailbox&) = delete;
   Mailbox& operator=(const Mailbox&) = delete;
 
-  [[nodiscard]] bool valid() const noexcept { return fd_ >= 0; }
-  [[nodiscard]] int fd() const noexcept { return fd_; }
-
-  // Any thread. False once closed.
-  bool push(T item) noexcept {
-    bool wake = false;
-    {
-      std::lock_guard lock(mu_);
-      if (closed_) return false;
-      wake = items_.empty();
-      items_.push_back(std::move(item));
+  // Any thread. False (and `v` is destroyed) once closed or out of memory.
+  bool push(T v) noexcept {
+    // Dekker pair with close(): either close() sees our in-flight mark and
+    // waits for the link, or we see closed_ and back out.
+    pushers_.fetch_add(1, std::memory_order_seq_cst);
+    if (closed_.load(std::memory_order_seq_cst)) {
+      pushers_.fetch_sub(1, std::memory_order_release);
+      return false;
     }
-    if (wake) {
-      const uint64_t one = 1;
-      [[maybe_unused]] ssize_t w = write(fd_, &one, sizeof(one));
+    Node* n = new (std::nothrow) Node(std::move(v));
+    if (n == nullptr) {
+      pushers_.fetch_sub(1, std::memory_order_release);
+      return false;
     }
+    // Counted before it is linked, so pending_ never drops below the number
+    // of reachable messages (the consumer decrements only after a pop).
+    const bool was_empty = pending_.fetch_add(1, std::memory_order_acq_rel) == 0;
+    Node* prev = head_.exchange(n, std::memory_order_acq_rel);
+    // The consumer reaches `n` through prev->next; until this store it sees
+    // a gap (see the class comment).
+    prev->next.store(n, std::memory_order_release);
+    // Woken only once the message is reachable: the consumer then finds it.
+    if (was_empty) wake();
+    pushers_.fetch_sub(1, std::memory_order_release);
     return true;
   }
 
-  // Consumer thread. Runs f on at most `max` items in push order (per
-  // producer); leftovers stay queued and the eventfd stays readable.
+  // Consumer thread: takes up to `max` messages in FIFO order (per producer;
+  // messages of different producers interleave in link order) and calls
+  // f(T&&) on each. Returns how many.
   template <typename F>
-  size_t drain(F&& f, size_t max = SIZE_MAX) noexcept {
+  size_t drain(F&& f, size_t max) noexcept {
+    size_t done = 0;
+    while (done < max) {
+      Node* next = tail_->next.load(std::memory_order_acquire);
+      if (next == nullptr) break;  // empty, or a producer has not linked yet
+      Node* old = tail_;
+      tail_ = next;
+      // `next` becomes the new stub: its value is moved out, the node stays
+      // until the following pop.
+      T v = std::move(*next->value);
+      next->value.reset();
+      if (old != &stub_) delete old;
+      pending_.fetch_sub(1, std::memory_order_acq_rel);
+      ++done;
+      f(std::move(v));
+    }
+    return done;
+  }
+
+  // Consumer thread: no message accepted and not yet consumed. False also
+  // while a producer is between its increment and its link: the consumer
+  // must not sleep then (drain() finds the message once it is linked).
+  [[nodiscard]] bool empty() const noexcept { return pending_.load(std::memory_order_acquire) == 0; }
+  [[nodiscard]] size_t size_approx() const noexcept { return pending_.load(std::memory_order_relaxed); }
+
+  // The eventfd to watch for readability.
+  [[nodiscard]] int fd() const noexcept { return efd_; }
+  // Consumer thread: reset the eventfd after it was reported readable.
+  void clear_wakeup() noexcept {
     uint64_t v;
-    [[maybe_unused]] ssize_t r = read(fd_, &v, sizeof(v));
-    {
-      std::lock_guard lock(mu_);
-      if (items_.empty()) return 0;
-      batch_.swap(items_);
+    while (::read(efd_, &v, sizeof v) < 0 && errno == EINTR) {
     }
-    size_t n = 0;
-    for (; n < batch_.size() && n < max; ++n) f(batch_[n]);
-    if (n < batch_.size()) {
-      std::lock_guard lock(mu_);
-      // Put the rest back in front of anything pushed meanwhile.
-      items_.insert(items_.begin(), std::make_move_iterator(batch_.begin() + static_cast<ptrdiff_t>(n)),
-                    std::make_move_iterator(batch_.end()));
-      const uint64_t one = 1;
-      [[maybe_unused]] ssize_t w = write(fd_, &one, sizeof(one));
+  }
+  // Any thread: make the eventfd readable (wakes the consumer's reactor
+  // without a message, e.g. to notice a stop request).
+  void wake() noexcept {
+    const uint64_t one = 1;
+    while (::write(efd_, &one, sizeof one) < 0 && errno == EINTR) {
     }
-    batch_.clear();
-    return n;
   }
 
-  [[nodiscard]] bool empty() const noexcept {
-    std::lock_guard lock(mu_);
-    return items_.empty();
+  // Refuses further pushes and waits for pushes already past the check to
+  // link their message; afterwards drain() sees everything ever accepted.
+  void close() noexcept {
+    closed_.store(true, std::memory_order_seq_cst);
+    while (pushers_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
   }
+  [[nodiscard]] bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
 
-  // Refuses further pushes; returns what was still queued.
-  std::vector<T> close_and_take() noexcept {
-    std::lock_guard lock(mu_);
-    closed_ = true;
-    return std::exchange(items_, {});
+  // Consumer thread (or after close()): destroys every linked message
+  // without running it. Returns how many.
+  size_t discard() noexcept {
+    return drain([](T&&) {}, SIZE_MAX);
   }
 
  private:
-  mutable std::mutex mu_;
-  std::vector<T> items_;
-  std::vector<T> batch_;  // consumer only
-  bool closed_ = false;
-  int fd_;
+  struct Node {
+    Node() noexcept = default;
+    explicit Node(T&& v) noexcept : value(std::in_place, std::move(v)) {}
+    std::atomic<Node*> next{nullptr};
+    std::optional<T> value;
+  };
+
+  explicit Mailbox(int efd) noexcept : efd_(efd) {}
+
+  // Producers swing head_; the consumer owns tail_. Separate cache lines so
+  // producers do not bounce the consumer's line on every push.
+  alignas(64) std::atomic<Node*> head_{&stub_};
+  alignas(64) Node* tail_ = &stub_;
+  alignas(64) std::atomic<size_t> pending_{0};
+  std::atomic<size_t> pushers_{0};
+  std::atomic<bool> closed_{false};
+  Node stub_;
+  int efd_;
 };
 
 }  // namespace xenpath

@@ -7,10 +7,11 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <atomic>
+#include <cassert>
 #include <condition_variable>
 #include <mutex>
+#include <new>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -21,291 +22,522 @@
 namespace xenpath {
 
 namespace {
-// Bounds of one iteration: mailbox tasks and completions handled before the
-// pollers get their turn again, so neither can starve the rings.
+
+// epoll keys: fixed ones for the mailbox and the io_uring, then one fresh
+// key per watch (never reused, so an event already returned by epoll_wait
+// for a watch removed meanwhile finds no entry instead of a newcomer that
+// got the same fd number).
+constexpr uint64_t kKeyMailbox = 1;
+constexpr uint64_t kKeyUring = 2;
+constexpr uint64_t kFirstWatchKey = 16;
+
+// Mailbox tasks per iteration: control work must not starve the pollers.
 constexpr size_t kMailboxBurst = 64;
-constexpr unsigned kCqeBurst = 64;
-constexpr int kEpollBurst = 64;
+constexpr int kMaxEpollEvents = 64;
+// CQEs copied out per peek; completions are dispatched after the CQ head
+// moved so handlers may queue new I/O without pressure on the CQ.
+constexpr unsigned kCqeBatch = 64;
+
+enum class State { kIdle, kRunning, kStopped };
+
 }  // namespace
 
 struct Reactor::Impl {
-  Options opts;
-  int epfd = -1;
-  Mailbox<Task> mailbox;
-  io_uring ring{};
-  bool has_uring = false;
-  std::vector<Poller*> pollers;
-  struct FdEntry {
+  struct Watch {
+    int fd;
+    bool timer;
     FdHandler handler;
   };
-  std::unordered_map<int, FdEntry> fds;
-  struct Timer {
-    int fd;
-    Task fn;
-  };
-  std::unordered_map<TimerId, Timer> timers;
-  TimerId next_timer = 1;
-  ReactorStats stats;
-  std::atomic<bool> running{false};
-  std::atomic<bool> stop_requested{false};
-  std::atomic<std::thread::id> owner{};
-  std::thread thread;
-  unsigned pending_sqes = 0;
 
+  explicit Impl(const Options& o) : opts(o), log("reactor " + o.name + ": ") {}
   ~Impl() {
-    for (auto& [id, t] : timers) close(t.fd);
-    if (has_uring) io_uring_queue_exit(&ring);
-    if (epfd >= 0) close(epfd);
-  }
-
-  unsigned submit() noexcept {
-    if (!has_uring) return 0;
-    const unsigned ready = io_uring_sq_ready(&ring);
-    if (ready == 0) return 0;
-    const int r = io_uring_submit(&ring);
-    ++stats.uring_submits;
-    if (r > 0) stats.uring_sqes += static_cast<unsigned>(r);
-    return r > 0 ? static_cast<unsigned>(r) : 0;
-  }
-
-  unsigned reap() noexcept {
-    if (!has_uring) return 0;
-    io_uring_cqe* cqes[kCqeBurst];
-    const unsigned n = io_uring_peek_batch_cqe(&ring, cqes, kCqeBurst);
-    for (unsigned i = 0; i < n; ++i) {
-      auto* target = reinterpret_cast<UringCompletion*>(io_uring_cqe_get_data(cqes[i]));
-      const int32_t res = cqes[i]->res;
-      const uint32_t flags = cqes[i]->flags;
-      if (target != nullptr) target->on_complete(res, flags);
+    for (auto& [key, w] : watches) {
+      if (w->timer) ::close(w->fd);
     }
-    if (n > 0) io_uring_cq_advance(&ring, n);
+    if (have_uring) io_uring_queue_exit(&ring);
+    if (epfd >= 0) ::close(epfd);
+  }
+
+  Status init() noexcept;
+  void loop() noexcept;
+  bool run_work() noexcept;
+  bool dispatch_events(const epoll_event* evs, int n) noexcept;
+  void submit_sqes() noexcept;
+  bool reap_cqes() noexcept;
+  void finish_loop() noexcept;
+  Status add_watch(int fd, uint32_t events, bool timer, FdHandler handler, uint64_t* key_out) noexcept;
+  void remove_watch(uint64_t key) noexcept;
+  [[nodiscard]] bool on_owner_side() const noexcept;
+
+  Options opts;
+  DeviceLog log;
+  int epfd = -1;
+  std::unique_ptr<Mailbox<Task>> mailbox;
+  io_uring ring{};
+  bool have_uring = false;
+
+  // Reactor thread only. Removal leaves a hole (nullptr) so that a poller
+  // removing itself or another one during the poll loop does not shift the
+  // vector under the loop; holes are compacted after the loop.
+  std::vector<Poller*> pollers;
+  bool pollers_dirty = false;
+  bool in_poll_loop = false;
+  std::unordered_map<uint64_t, std::shared_ptr<Watch>> watches;
+  std::unordered_map<int, uint64_t> fd_keys;  // watch_fd fds (timers are not here)
+  uint64_t next_key = kFirstWatchKey;
+  ReactorStats stats;
+
+  std::atomic<bool> stop_requested{false};
+  std::atomic<bool> running{false};
+  std::atomic<std::thread::id> loop_thread{};
+  std::thread::id owner;
+  std::thread thread;
+  std::mutex life_mu;
+  std::condition_variable life_cv;
+  State state = State::kIdle;  // guarded by life_mu
+};
+
+Status Reactor::Impl::init() noexcept {
+  owner = std::this_thread::get_id();
+  epfd = ::epoll_create1(EPOLL_CLOEXEC);
+  if (epfd < 0) return unexpected_errno();
+  auto mb = Mailbox<Task>::create();
+  if (!mb) return unexpected(mb.error());
+  mailbox = std::move(*mb);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kKeyMailbox;
+  if (::epoll_ctl(epfd, EPOLL_CTL_ADD, mailbox->fd(), &ev) < 0) return unexpected_errno();
+  if (opts.uring_entries != 0) {
+    const int r = io_uring_queue_init(opts.uring_entries, &ring, 0);
+    if (r < 0) return unexpected(-r);
+    have_uring = true;
+    // The ring fd polls readable while the CQ holds completions: a sleeping
+    // reactor wakes for finished I/O like for any other event.
+    ev.events = EPOLLIN;
+    ev.data.u64 = kKeyUring;
+    if (::epoll_ctl(epfd, EPOLL_CTL_ADD, ring.ring_fd, &ev) < 0) return unexpected_errno();
+  }
+  return ok();
+}
+
+bool Reactor::Impl::on_owner_side() const noexcept {
+  // Control calls are legal from the loop thread, or from anyone while no
+  // loop runs (setup before start(), teardown after stop()).
+  return !running.load(std::memory_order_acquire) ||
+         loop_thread.load(std::memory_order_acquire) == std::this_thread::get_id();
+}
+
+void Reactor::Impl::submit_sqes() noexcept {
+  if (!have_uring || io_uring_sq_ready(&ring) == 0) return;
+  const int r = io_uring_submit(&ring);
+  ++stats.uring_submits;
+  if (r > 0) {
+    stats.uring_sqes += static_cast<uint64_t>(r);
+  } else if (r < 0 && r != -EAGAIN && r != -EBUSY && r != -EINTR) {
+    // EAGAIN/EBUSY: the kernel is short of resources or the CQ overflowed;
+    // reaping below makes room and the next iteration retries.
+    log.error("io_uring_submit: {}", error_string(-r));
+  }
+}
+
+bool Reactor::Impl::reap_cqes() noexcept {
+  if (!have_uring) return false;
+  struct Done {
+    uint64_t user_data;
+    int32_t res;
+    uint32_t flags;
+  };
+  // Bounded by the CQ size per iteration: handlers that keep completing
+  // I/O inline cannot hold the loop here.
+  const unsigned limit = ring.cq.ring_entries;
+  unsigned total = 0;
+  while (total < limit) {
+    io_uring_cqe* cqes[kCqeBatch];
+    const unsigned n = io_uring_peek_batch_cqe(&ring, cqes, kCqeBatch);
+    if (n == 0) break;
+    Done done[kCqeBatch];
+    for (unsigned i = 0; i < n; ++i) done[i] = {cqes[i]->user_data, cqes[i]->res, cqes[i]->flags};
+    io_uring_cq_advance(&ring, n);
     stats.uring_cqes += n;
-    return n;
-  }
-
-  size_t drain_mailbox() noexcept {
-    const size_t n = mailbox.drain([](Task& t) { t(); }, kMailboxBurst);
-    stats.mailbox_tasks += n;
-    return n;
-  }
-
-  void dispatch_epoll(int timeout_ms) noexcept {
-    epoll_event evs[kEpollBurst];
-    const int n = epoll_wait(epfd, evs, kEpollBurst, timeout_ms);
-    for (int i = 0; i < n; ++i) {
-      const int fd = evs[i].data.fd;
-      if (fd == mailbox.fd()) continue;  // drained at the top of each iteration
-      if (has_uring && fd == ring.ring_fd) continue;
-      if (auto it = fds.find(fd); it != fds.end()) {
-        // Copy: the handler may unwatch its own fd.
-        FdHandler h = it->second.handler;
-        h(evs[i].events);
-      }
+    total += n;
+    for (unsigned i = 0; i < n; ++i) {
+      if (done[i].user_data == 0) continue;  // nobody asked to be told
+      reinterpret_cast<UringCompletion*>(done[i].user_data)->on_complete(done[i].res, done[i].flags);
     }
   }
+  return total != 0;
+}
 
-  void loop() noexcept {
-    owner.store(std::this_thread::get_id());
-    running.store(true);
-    auto last_busy = std::chrono::steady_clock::now();
-    while (!stop_requested.load(std::memory_order_relaxed)) {
-      ++stats.iterations;
-      bool busy = drain_mailbox() > 0;
-      // Pollers may add or remove pollers while running: iterate by index
-      // over a snapshot size.
-      for (size_t i = 0; i < pollers.size(); ++i) busy |= pollers[i]->poll();
-      submit();
-      busy |= reap() > 0;
-      const auto now = std::chrono::steady_clock::now();
-      if (busy) {
-        ++stats.busy_iterations;
-        last_busy = now;
-        continue;
-      }
-      if (now - last_busy < opts.poll_window) {
-        dispatch_epoll(0);
-        continue;
-      }
-      // Going to sleep: every poller re-arms and checks once more.
+bool Reactor::Impl::run_work() noexcept {
+  bool work = false;
+  const size_t tasks = mailbox->drain(
+      [this](Task&& t) {
+        ++stats.mailbox_tasks;
+        t();
+      },
+      kMailboxBurst);
+  work = tasks != 0;
+
+  in_poll_loop = true;
+  for (size_t i = 0; i < pollers.size(); ++i) {
+    if (Poller* p = pollers[i]) work |= p->poll();
+  }
+  in_poll_loop = false;
+  if (pollers_dirty) {
+    std::erase(pollers, nullptr);
+    pollers_dirty = false;
+  }
+
+  // One submit for everything the pollers (and tasks) queued this round.
+  submit_sqes();
+  work |= reap_cqes();
+  return work;
+}
+
+bool Reactor::Impl::dispatch_events(const epoll_event* evs, int n) noexcept {
+  bool work = false;
+  for (int i = 0; i < n; ++i) {
+    const uint64_t key = evs[i].data.u64;
+    if (key == kKeyMailbox) {
+      // Messages are drained at the top of the next iteration; clearing here
+      // (and only when reported readable) keeps the empty-mailbox path free
+      // of syscalls.
+      mailbox->clear_wakeup();
+      continue;
+    }
+    if (key == kKeyUring) continue;  // reaped at the top of the next iteration
+    auto it = watches.find(key);
+    if (it == watches.end()) continue;  // removed by an earlier handler of this batch
+    // Holds the watch alive while its handler runs: the handler may unwatch
+    // itself.
+    std::shared_ptr<Watch> w = it->second;
+    w->handler(evs[i].events);
+    work = true;
+  }
+  return work;
+}
+
+void Reactor::Impl::loop() noexcept {
+  epoll_event evs[kMaxEpollEvents];
+  auto last_work = std::chrono::steady_clock::now();
+  while (!stop_requested.load(std::memory_order_acquire)) {
+    ++stats.iterations;
+    const bool work = run_work();
+    int timeout = 0;
+    if (!work && !stop_requested.load(std::memory_order_acquire) &&
+        std::chrono::steady_clock::now() - last_work >= opts.poll_window) {
+      // Every poller re-arms (each must be armed before we sleep, whatever
+      // the others say), and any late work cancels the sleep.
       bool late = false;
-      for (size_t i = 0; i < pollers.size(); ++i) late |= pollers[i]->arm();
-      if (has_uring && io_uring_cq_ready(&ring) > 0) late = true;
-      if (!mailbox.empty()) late = true;
+      for (size_t i = 0; i < pollers.size(); ++i) {
+        if (Poller* p = pollers[i]) late |= p->arm();
+      }
       if (late) {
         ++stats.wakeups_by_arm;
-        last_busy = std::chrono::steady_clock::now();
-        continue;
+      } else if (mailbox->empty() && !(have_uring && io_uring_sq_ready(&ring) != 0)) {
+        // A message pushed after the empty() check makes the 0 -> 1
+        // transition and writes the eventfd, and stop() writes it too, so
+        // epoll_wait returns for them.
+        timeout = -1;
       }
-      ++stats.sleeps;
-      dispatch_epoll(-1);
-      last_busy = std::chrono::steady_clock::now();
     }
-    // Stopping is final: refuse new work, then run what was posted before so
-    // callers blocked in call() return.
-    for (auto& task : mailbox.close_and_take()) task();
-    running.store(false);
+    if (timeout < 0) ++stats.sleeps;
+    int n = ::epoll_wait(epfd, evs, kMaxEpollEvents, timeout);
+    if (n < 0) {
+      if (errno != EINTR) log.error("epoll_wait: {}", error_string(errno));
+      n = 0;
+    }
+    const bool fd_work = dispatch_events(evs, n);
+    if (work || fd_work) {
+      ++stats.busy_iterations;
+      last_work = std::chrono::steady_clock::now();
+    }
   }
-};
+  finish_loop();
+}
+
+void Reactor::Impl::finish_loop() noexcept {
+  // post() returned true for every task still queued: run them on this
+  // thread before declaring the loop gone (call() waiters rely on it).
+  mailbox->close();
+  mailbox->drain(
+      [this](Task&& t) {
+        ++stats.mailbox_tasks;
+        t();
+      },
+      SIZE_MAX);
+  {
+    std::lock_guard lk(life_mu);
+    state = State::kStopped;
+    running.store(false, std::memory_order_release);
+    loop_thread.store(std::thread::id{}, std::memory_order_release);
+  }
+  life_cv.notify_all();
+}
+
+Status Reactor::Impl::add_watch(int fd, uint32_t events, bool timer, FdHandler handler, uint64_t* key_out) noexcept {
+  try {
+    auto w = std::make_shared<Watch>(Watch{fd, timer, std::move(handler)});
+    const uint64_t key = next_key++;
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.u64 = key;
+    if (::epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) return unexpected_errno();
+    watches.emplace(key, std::move(w));
+    if (!timer) fd_keys.emplace(fd, key);
+    *key_out = key;
+    return ok();
+  } catch (const std::bad_alloc&) {
+    return unexpected(ENOMEM);
+  }
+}
+
+void Reactor::Impl::remove_watch(uint64_t key) noexcept {
+  auto it = watches.find(key);
+  if (it == watches.end()) return;
+  const int fd = it->second->fd;
+  // The fd may already be closed by its owner (then epoll dropped it).
+  (void)::epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nullptr);
+  if (it->second->timer) {
+    ::close(fd);
+  } else {
+    fd_keys.erase(fd);
+  }
+  watches.erase(it);
+}
+
+// ---------------------------------------------------------------------------
 
 Reactor::Reactor(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
 
 Reactor::~Reactor() { stop(); }
 
 Result<std::unique_ptr<Reactor>> Reactor::create(const Options& opts) noexcept {
-  auto impl = std::make_unique<Impl>();
-  impl->opts = opts;
-  if (!impl->mailbox.valid()) return unexpected_errno();
-  impl->epfd = epoll_create1(EPOLL_CLOEXEC);
-  if (impl->epfd < 0) return unexpected_errno();
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.fd = impl->mailbox.fd();
-  if (epoll_ctl(impl->epfd, EPOLL_CTL_ADD, impl->mailbox.fd(), &ev) != 0) return unexpected_errno();
-  if (opts.uring_entries > 0) {
-    const int r = io_uring_queue_init(opts.uring_entries, &impl->ring, 0);
-    if (r < 0) return unexpected(-r);
-    impl->has_uring = true;
-    ev.data.fd = impl->ring.ring_fd;
-    if (epoll_ctl(impl->epfd, EPOLL_CTL_ADD, impl->ring.ring_fd, &ev) != 0) return unexpected_errno();
+  std::unique_ptr<Impl> impl;
+  try {
+    impl = std::make_unique<Impl>(opts);
+  } catch (const std::bad_alloc&) {
+    return unexpected(ENOMEM);
   }
-  return std::unique_ptr<Reactor>(new Reactor(std::move(impl)));
+  XP_TRY(impl->init());
+  std::unique_ptr<Reactor> r(new (std::nothrow) Reactor(std::move(impl)));
+  if (!r) return unexpected(ENOMEM);
+  return r;
 }
 
 Status Reactor::start() noexcept {
-  if (impl_->thread.joinable() || impl_->running.load()) return unexpected(EALREADY);
-  impl_->stop_requested.store(false);
+  Impl& m = *impl_;
+  std::lock_guard lk(m.life_mu);
+  if (m.state != State::kIdle) return unexpected(m.state == State::kRunning ? EBUSY : ESHUTDOWN);
+  m.running.store(true, std::memory_order_release);
   try {
-    impl_->thread = std::thread([this] {
-      pthread_setname_np(pthread_self(), impl_->opts.name.substr(0, 15).c_str());
-      if (impl_->opts.cpu >= 0) {
+    m.thread = std::thread([&m] {
+      m.loop_thread.store(std::this_thread::get_id(), std::memory_order_release);
+      const std::string tname = m.opts.name.substr(0, 15);  // kernel limit
+      (void)pthread_setname_np(pthread_self(), tname.c_str());
+      if (m.opts.cpu >= CPU_SETSIZE) {
+        m.log.warn("cannot pin to cpu {}: beyond CPU_SETSIZE", m.opts.cpu);
+      } else if (m.opts.cpu >= 0) {
         cpu_set_t set;
         CPU_ZERO(&set);
-        CPU_SET(impl_->opts.cpu, &set);
-        pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+        CPU_SET(m.opts.cpu, &set);
+        const int r = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+        if (r != 0) m.log.warn("cannot pin to cpu {}: {}", m.opts.cpu, error_string(r));
       }
-      impl_->loop();
+      m.loop();
     });
   } catch (...) {
+    m.running.store(false, std::memory_order_release);
     return unexpected(EAGAIN);
   }
+  m.state = State::kRunning;
   return ok();
 }
 
 void Reactor::run_here() noexcept {
-  impl_->stop_requested.store(false);
-  impl_->loop();
+  Impl& m = *impl_;
+  {
+    std::lock_guard lk(m.life_mu);
+    if (m.state != State::kIdle) return;
+    m.state = State::kRunning;
+    m.loop_thread.store(std::this_thread::get_id(), std::memory_order_release);
+    m.running.store(true, std::memory_order_release);
+  }
+  m.loop();
 }
 
 void Reactor::stop() noexcept {
-  if (!impl_) return;
-  impl_->stop_requested.store(true);
-  // Wake it if it sleeps in epoll.
-  impl_->mailbox.push([] {});
-  if (impl_->thread.joinable()) {
-    if (impl_->thread.get_id() == std::this_thread::get_id()) {
-      impl_->thread.detach();
+  Impl& m = *impl_;
+  m.stop_requested.store(true, std::memory_order_release);
+  m.mailbox->wake();
+  // On the loop thread (a task or poller asked): the loop exits after the
+  // current iteration; whoever owns the reactor joins later.
+  if (m.running.load(std::memory_order_acquire) &&
+      m.loop_thread.load(std::memory_order_acquire) == std::this_thread::get_id()) {
+    return;
+  }
+  std::unique_lock lk(m.life_mu);
+  if (m.state == State::kIdle) {
+    // No loop ever ran: nothing will run the queued tasks. Dropping them
+    // releases call() waiters.
+    m.state = State::kStopped;
+    m.mailbox->close();
+    m.mailbox->discard();
+    return;
+  }
+  m.life_cv.wait(lk, [&m] { return m.state == State::kStopped && !m.running.load(std::memory_order_acquire); });
+  if (m.thread.joinable()) {
+    if (m.thread.get_id() == std::this_thread::get_id()) {
+      m.thread.detach();  // destroyed from its own thread: nothing left to wait for
     } else {
-      impl_->thread.join();
+      m.thread.join();
     }
   }
 }
 
-bool Reactor::post(Task task) noexcept { return impl_->mailbox.push(std::move(task)); }
+bool Reactor::post(Task task) noexcept {
+  if (!task) return false;
+  return impl_->mailbox->push(std::move(task));
+}
 
 void Reactor::call(const Task& fn) noexcept {
-  if (in_reactor_thread() || (!impl_->running.load() && !impl_->thread.joinable())) {
+  if (in_reactor_thread()) {
     fn();
     return;
   }
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  const bool queued = post([&] {
-    fn();
-    std::lock_guard lock(mu);
-    done = true;
-    cv.notify_one();
-  });
-  if (!queued) return;
-  std::unique_lock lock(mu);
-  cv.wait(lock, [&] { return done; });
+  struct Waiter {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+  };
+  // Signals the waiter when the task is destroyed, whether it ran or was
+  // dropped by a stopping reactor, so call() never waits for a task that
+  // will not run.
+  struct Signal {
+    explicit Signal(std::shared_ptr<Waiter> waiter) noexcept : w(std::move(waiter)) {}
+    Signal(const Signal&) = delete;
+    Signal& operator=(const Signal&) = delete;
+    std::shared_ptr<Waiter> w;
+    ~Signal() {
+      {
+        std::lock_guard lk(w->mu);
+        w->done = true;
+      }
+      w->cv.notify_all();
+    }
+  };
+  std::shared_ptr<Waiter> waiter;
+  Task task;
+  try {
+    waiter = std::make_shared<Waiter>();
+    auto sig = std::make_shared<Signal>(waiter);
+    task = [&fn, sig = std::move(sig)] { fn(); };
+  } catch (const std::bad_alloc&) {
+    impl_->log.error("call(): out of memory, not run");
+    return;
+  }
+  if (!post(std::move(task))) return;  // stopped: the task (and signal) is gone
+  std::unique_lock lk(waiter->mu);
+  waiter->cv.wait(lk, [&] { return waiter->done; });
 }
 
 bool Reactor::in_reactor_thread() const noexcept {
-  return impl_->owner.load() == std::this_thread::get_id() && impl_->running.load();
+  const auto me = std::this_thread::get_id();
+  if (impl_->running.load(std::memory_order_acquire)) return impl_->loop_thread.load(std::memory_order_acquire) == me;
+  return impl_->owner == me;
 }
 
-void Reactor::add_poller(Poller* p) noexcept { impl_->pollers.push_back(p); }
+void Reactor::add_poller(Poller* p) noexcept {
+  assert(impl_->on_owner_side());
+  if (p == nullptr) return;
+  try {
+    impl_->pollers.push_back(p);
+  } catch (const std::bad_alloc&) {
+    impl_->log.error("add_poller: out of memory");
+  }
+}
 
 void Reactor::remove_poller(Poller* p) noexcept {
+  assert(impl_->on_owner_side());
   auto& v = impl_->pollers;
-  v.erase(std::remove(v.begin(), v.end(), p), v.end());
+  for (auto& slot : v) {
+    if (slot == p) slot = nullptr;
+  }
+  if (impl_->in_poll_loop) {
+    impl_->pollers_dirty = true;
+  } else {
+    std::erase(v, nullptr);
+  }
 }
 
 Status Reactor::watch_fd(int fd, uint32_t epoll_events, FdHandler handler) noexcept {
-  epoll_event ev{};
-  ev.events = epoll_events;
-  ev.data.fd = fd;
-  const bool exists = impl_->fds.count(fd) != 0;
-  if (epoll_ctl(impl_->epfd, exists ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) != 0) return unexpected_errno();
-  impl_->fds[fd] = Impl::FdEntry{std::move(handler)};
-  return ok();
+  assert(impl_->on_owner_side());
+  if (fd < 0 || !handler) return unexpected(EINVAL);
+  if (impl_->fd_keys.contains(fd)) return unexpected(EEXIST);
+  uint64_t key = 0;
+  return impl_->add_watch(fd, epoll_events, false, std::move(handler), &key);
 }
 
 void Reactor::unwatch_fd(int fd) noexcept {
-  if (impl_->fds.erase(fd) > 0) epoll_ctl(impl_->epfd, EPOLL_CTL_DEL, fd, nullptr);
+  assert(impl_->on_owner_side());
+  auto it = impl_->fd_keys.find(fd);
+  if (it != impl_->fd_keys.end()) impl_->remove_watch(it->second);
 }
 
 Result<Reactor::TimerId> Reactor::add_timer(std::chrono::nanoseconds period, Task fn) noexcept {
-  if (period.count() <= 0) return unexpected(EINVAL);
-  const int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  assert(impl_->on_owner_side());
+  if (period <= std::chrono::nanoseconds::zero() || !fn) return unexpected(EINVAL);
+  const int tfd = ::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
   if (tfd < 0) return unexpected_errno();
   itimerspec its{};
-  its.it_interval.tv_sec = static_cast<time_t>(period.count() / 1000000000);
-  its.it_interval.tv_nsec = static_cast<long>(period.count() % 1000000000);
+  its.it_interval.tv_sec = static_cast<time_t>(period.count() / 1'000'000'000);
+  its.it_interval.tv_nsec = static_cast<long>(period.count() % 1'000'000'000);
   its.it_value = its.it_interval;
-  if (timerfd_settime(tfd, 0, &its, nullptr) != 0) {
-    const int e = errno;
-    close(tfd);
-    return unexpected(e);
+  if (::timerfd_settime(tfd, 0, &its, nullptr) < 0) {
+    const auto e = unexpected_errno();
+    ::close(tfd);
+    return e;
   }
-  const TimerId id = impl_->next_timer++;
-  impl_->timers[id] = Impl::Timer{tfd, std::move(fn)};
-  auto r = watch_fd(tfd, EPOLLIN, [this, id, tfd](uint32_t) {
-    uint64_t expirations;
-    if (read(tfd, &expirations, sizeof(expirations)) != sizeof(expirations)) return;
-    if (auto it = impl_->timers.find(id); it != impl_->timers.end()) {
-      Task fn = it->second.fn;  // the task may cancel its own timer
-      fn();
-    }
-  });
-  if (!r) {
-    impl_->timers.erase(id);
-    close(tfd);
-    return unexpected(r.error());
+  // Expirations missed while the reactor was busy coalesce into one run:
+  // periodic housekeeping wants "at least every period", not catch-up bursts.
+  FdHandler h = [tfd, fn = std::move(fn)](uint32_t) {
+    uint64_t expirations = 0;
+    if (::read(tfd, &expirations, sizeof expirations) == static_cast<ssize_t>(sizeof expirations) && expirations != 0) fn();
+  };
+  uint64_t key = 0;
+  if (auto st = impl_->add_watch(tfd, EPOLLIN, true, std::move(h), &key); !st) {
+    ::close(tfd);
+    return unexpected(st.error());
   }
-  return id;
+  return key;
 }
 
 void Reactor::cancel_timer(TimerId id) noexcept {
-  auto it = impl_->timers.find(id);
-  if (it == impl_->timers.end()) return;
-  unwatch_fd(it->second.fd);
-  close(it->second.fd);
-  impl_->timers.erase(it);
+  assert(impl_->on_owner_side());
+  auto it = impl_->watches.find(id);
+  if (it != impl_->watches.end() && it->second->timer) impl_->remove_watch(id);
 }
 
-io_uring* Reactor::uring() noexcept { return impl_->has_uring ? &impl_->ring : nullptr; }
+io_uring* Reactor::uring() noexcept { return impl_->have_uring ? &impl_->ring : nullptr; }
 
 io_uring_sqe* Reactor::get_sqe() noexcept {
-  if (!impl_->has_uring) return nullptr;
-  io_uring_sqe* sqe = io_uring_get_sqe(&impl_->ring);
-  if (sqe != nullptr) return sqe;
-  impl_->submit();
-  return io_uring_get_sqe(&impl_->ring);
+  Impl& m = *impl_;
+  if (!m.have_uring) return nullptr;
+  io_uring_sqe* sqe = io_uring_get_sqe(&m.ring);
+  if (sqe == nullptr) {
+    m.submit_sqes();
+    sqe = io_uring_get_sqe(&m.ring);
+    if (sqe == nullptr) return nullptr;
+  }
+  // liburing's prep helpers leave user_data alone: a stale value from the
+  // slot's previous use would be dispatched as a UringCompletion*.
+  io_uring_sqe_set_data64(sqe, 0);
+  return sqe;
 }
 
 const ReactorStats& Reactor::stats() const noexcept { return impl_->stats; }
+
 const std::string& Reactor::name() const noexcept { return impl_->opts.name; }
 
 }  // namespace xenpath

@@ -86,7 +86,11 @@ class BackRing {
     if (halted_) return unexpected(EPROTO);
     const RING_IDX rp = read_once(ring_.sring->req_prod);
     xen_rmb();  // See the slots the producer wrote before it moved req_prod.
-    if (RING_REQUEST_PROD_OVERFLOW(&ring_, rp)) {
+    // Overflow: more requests than the ring holds. Also a producer index
+    // that moved back behind what we already consumed (stricter than Linux):
+    // either way the frontend is broken or hostile.
+    if (RING_REQUEST_PROD_OVERFLOW(&ring_, rp) ||
+        static_cast<RING_IDX>(rp - ring_.req_cons) > static_cast<RING_IDX>(rp - ring_.rsp_prod_pvt)) {
       halted_ = true;
       if (stats_ != nullptr) stats_->halted.set(1);
       return unexpected(EPROTO);

@@ -125,6 +125,21 @@ TEST(BackRing, ProducerOverflowHaltsTheRing) {
   EXPECT_LE(r.back.unconsumed(), r.back.size());
 }
 
+TEST(BackRing, ProducerIndexMovingBackwardsHaltsTheRing) {
+  Pair<BlkifRing> r;
+  for (uint64_t i = 0; i < 6; ++i) ASSERT_TRUE(r.front.push(read_req(i, 0)));
+  r.front.flush();
+  blkif_request out[64];
+  ASSERT_EQ(*r.back.consume(out), 6u);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(r.back.push_response(blkif_response{}));
+  r.back.flush();
+  // Behind req_cons (6) but ahead of rsp_prod_pvt (3): no overflow by the
+  // ring macros, yet it would replay consumed slots.
+  r.front.set_req_prod_raw(4);
+  EXPECT_EQ(r.back.consume(out).error(), EPROTO);
+  EXPECT_TRUE(r.back.halted());
+}
+
 TEST(BackRing, AttachRefusesInconsistentIndexes) {
   AlignedPages mem(kPageSize);
   sim::SimFrontRing<BlkifRing> front;
