@@ -193,9 +193,11 @@ class BackendDriver {
   void probe(uint32_t type_index, DomId fe, uint32_t devid) noexcept;
 
   // Runs `actions` for `d` in order; destroys `d` when told to (the caller
-  // must not touch `d` afterwards: returns false then).
-  bool apply(Device& d, const FsmActions& actions) noexcept;
-  Status write_checked(Device& d, const FsmAction* first, const FsmAction* last) noexcept;
+  // must not touch `d` afterwards: returns false then). write=false skips
+  // the xenstore writes (the node belongs to someone else now).
+  bool apply(Device& d, const FsmActions& actions, bool write = true) noexcept;
+  // false: the node was re-created by the toolstack (nothing written).
+  Result<bool> write_checked(Device& d, const FsmAction* first, const FsmAction* last) noexcept;
   int do_connect(Device& d) noexcept;
   void do_disconnect(Device& d) noexcept;
   void destroy(Device& d) noexcept;
