@@ -76,8 +76,6 @@ struct Reactor::Impl {
       auto* target = reinterpret_cast<UringCompletion*>(io_uring_cqe_get_data(cqes[i]));
       const int32_t res = cqes[i]->res;
       const uint32_t flags = cqes[i]->flags;
-      // Advance before dispatch is not possible per-cqe cheaply; the targets
-      // only read res/flags, copied above.
       if (target != nullptr) target->on_complete(res, flags);
     }
     if (n > 0) io_uring_cq_advance(&ring, n);
@@ -142,9 +140,9 @@ struct Reactor::Impl {
       dispatch_epoll(-1);
       last_busy = std::chrono::steady_clock::now();
     }
-    // Run what was posted before stop() so callers blocked in call() return.
-    while (drain_mailbox() > 0) {
-    }
+    // Stopping is final: refuse new work, then run what was posted before so
+    // callers blocked in call() return.
+    for (auto& task : mailbox.close_and_take()) task();
     running.store(false);
   }
 };

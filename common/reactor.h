@@ -77,6 +77,7 @@ class Reactor {
   Status start() noexcept;
   void run_here() noexcept;
   // Any thread. Returns after the loop exited and (if started) joined.
+  // Final: afterwards post() refuses work.
   void stop() noexcept;
 
   // Any thread: queue work for the reactor thread (cross-thread work goes
