@@ -170,27 +170,27 @@ void BackendDriver::stop() noexcept {
 }
 
 void BackendDriver::detach() noexcept {
-  post_ = nullptr;
+  {
+    std::lock_guard lock(post_mu_);
+    post_ = nullptr;
+  }
   if (!detach_) return;
   auto undo = std::move(detach_);
   detach_ = nullptr;
   undo();
 }
 
-void BackendDriver::report_device_error(std::string_view type, DomId fe, uint32_t devid,
+bool BackendDriver::report_device_error(std::string_view type, DomId fe, uint32_t devid,
                                         int error) noexcept {
-  std::string t(type);
-  if (!post_) {
-    fail_device(t, fe, devid, error);
-    return;
-  }
   std::weak_ptr<BackendDriver*> alive = alive_;
-  (void)post_([alive, t = std::move(t), fe, devid, error] {
+  std::lock_guard lock(post_mu_);
+  if (!post_) return false;
+  return post_([alive, t = std::string(type), fe, devid, error] {
     if (auto self = alive.lock()) (*self)->fail_device(t, fe, devid, error);
   });
 }
 
-void BackendDriver::fail_device(const std::string& type, DomId fe, uint32_t devid, int error) noexcept {
+void BackendDriver::fail_device(std::string_view type, DomId fe, uint32_t devid, int error) noexcept {
   for (uint32_t i = 0; i < types_.size(); ++i) {
     if (types_[i].name != type) continue;
     auto it = devices_.find(make_key(i, fe, devid));

@@ -548,8 +548,11 @@ TEST_F(XenbusDriverTest, DeviceErrorReportClosesOnlyThatDevice) {
   start_driver();
   connect(5, 1);
   connect(5, 2);
-  driver->report_device_error(kType, 5, 1, EPROTO);
-  driver->report_device_error(kType, 5, 99, EPROTO);  // unknown: ignored
+  EXPECT_FALSE(driver->report_device_error(kType, 5, 1, EPROTO)) << "not attached: dropped";
+  pump();
+  EXPECT_TRUE(backend_is(5, 1, XenbusState::kConnected));
+  driver->fail_device(kType, 5, 1, EPROTO);
+  driver->fail_device(kType, 5, 99, EPROTO);  // unknown: ignored
   pump();
   EXPECT_TRUE(backend_is(5, 1, XenbusState::kClosing));
   EXPECT_THAT(*tools_xs->read(kXsNoTxn, be(5, 1) + "/error"),
