@@ -132,7 +132,9 @@ class EchoDevice final : public BackendDevice {
   GrantRef ring_ref_ = 0;
   EvtchnPort remote_port_ = 0;
   EchoErrorSink sink_;
-  std::unique_ptr<EchoQueue> queue_;  // touched on the worker only
+  // Created and destroyed on the worker (inside Reactor::call); the control
+  // thread only tests it, never while a call runs.
+  std::unique_ptr<EchoQueue> queue_;
   std::atomic<bool> connected_{false};
   RingQueueStats stats_;
   DeviceLog log_;

@@ -170,27 +170,27 @@ void BackendDriver::stop() noexcept {
 }
 
 void BackendDriver::detach() noexcept {
-  post_ = nullptr;
+  {
+    std::lock_guard lock(post_mu_);
+    post_ = nullptr;
+  }
   if (!detach_) return;
   auto undo = std::move(detach_);
   detach_ = nullptr;
   undo();
 }
 
-void BackendDriver::report_device_error(std::string_view type, DomId fe, uint32_t devid,
+bool BackendDriver::report_device_error(std::string_view type, DomId fe, uint32_t devid,
                                         int error) noexcept {
-  std::string t(type);
-  if (!post_) {
-    fail_device(t, fe, devid, error);
-    return;
-  }
   std::weak_ptr<BackendDriver*> alive = alive_;
-  (void)post_([alive, t = std::move(t), fe, devid, error] {
+  std::lock_guard lock(post_mu_);
+  if (!post_) return false;
+  return post_([alive, t = std::string(type), fe, devid, error] {
     if (auto self = alive.lock()) (*self)->fail_device(t, fe, devid, error);
   });
 }
 
-void BackendDriver::fail_device(const std::string& type, DomId fe, uint32_t devid, int error) noexcept {
+void BackendDriver::fail_device(std::string_view type, DomId fe, uint32_t devid, int error) noexcept {
   for (uint32_t i = 0; i < types_.size(); ++i) {
     if (types_[i].name != type) continue;
     auto it = devices_.find(make_key(i, fe, devid));
@@ -299,15 +299,25 @@ void BackendDriver::handle_device_event(uint32_t ti, DomId fe, uint32_t devid,
   }
   Device& d = *it->second;
   if (sub.empty()) {
-    // The device directory itself: created (already known) or removed.
-    auto r = xs_->read(kXsNoTxn, d.addr.backend_path);
-    if (r) return;
-    if (r.error() != ENOENT) {
+    // The device directory itself: removed, or removed and created again
+    // (a toolstack reusing the devid after a forced removal, before we saw
+    // the removal). One read tells both apart.
+    auto r = xs_->read(kXsNoTxn, d.addr.backend_path + "/state");
+    if (!r && r.error() != ENOENT) {
       stats_.xs_errors.add();
       return;
     }
-    d.log.info("backend node removed");
-    (void)apply(d, d.fsm.backend_gone());
+    if (!r) {
+      d.log.info("backend node removed");
+      (void)apply(d, d.fsm.backend_gone());
+      return;
+    }
+    if (parse_xenbus_state(*r) == XenbusState::kInitialising) {
+      // The node we wrote InitWait (or later) into is a new device now:
+      // release the old instance without writing into the new one.
+      d.log.info("backend node re-created by the toolstack");
+      if (!apply(d, d.fsm.backend_gone(), /*write=*/false)) probe(ti, fe, devid);
+    }
     return;
   }
   if (sub == "online") {
@@ -457,16 +467,31 @@ void BackendDriver::handle_release_domain() noexcept {
   }
 }
 
-bool BackendDriver::apply(Device& d, const FsmActions& actions) noexcept {
+bool BackendDriver::apply(Device& d, const FsmActions& actions, bool write) noexcept {
   const FsmAction* a = actions.begin();
   const FsmAction* end = actions.end();
   while (a != end) {
     if (is_write(a->kind)) {
       const FsmAction* last = a;
       while (last != end && is_write(last->kind)) ++last;
-      if (auto w = write_checked(d, a, last); !w) {
+      if (!write) {
+        a = last;
+        continue;
+      }
+      auto w = write_checked(d, a, last);
+      if (!w) {
         stats_.xs_errors.add();
         d.log.warn("writing backend state: {}", error_string(w.error()));
+      } else if (!*w) {
+        // Removed and created again under us: drop this instance without
+        // touching the new node, and probe the new device.
+        d.log.info("backend node re-created by the toolstack");
+        const uint32_t ti = d.type_index;
+        const DomId fe = d.addr.frontend_id;
+        const uint32_t devid = d.addr.devid;
+        (void)apply(d, d.fsm.backend_gone(), /*write=*/false);
+        probe(ti, fe, devid);
+        return false;
       }
       a = last;
       continue;
@@ -500,7 +525,7 @@ bool BackendDriver::apply(Device& d, const FsmActions& actions) noexcept {
   return true;
 }
 
-Status BackendDriver::write_checked(Device& d, const FsmAction* first, const FsmAction* last) noexcept {
+Result<bool> BackendDriver::write_checked(Device& d, const FsmAction* first, const FsmAction* last) noexcept {
   for (const FsmAction* a = first; a != last; ++a) {
     if (a->kind == FsmActionKind::kWriteError && a->reason == FsmErrorReason::kBadFrontendState) {
       stats_.protocol_errors.add();
@@ -510,10 +535,13 @@ Status BackendDriver::write_checked(Device& d, const FsmAction* first, const Fsm
   }
   const std::string state_path = d.addr.backend_path + "/state";
   // As xenbus_switch_state(): only while the state node exists, so a device
-  // the toolstack removed is never resurrected by our write.
-  return run_transaction(*xs_, [&](XsTxn txn) -> Status {
+  // the toolstack removed is never resurrected by our write. And only while
+  // it is still ours: after the probe we never leave it Initialising, so
+  // that value means the toolstack created a new device at this address.
+  return run_transaction(*xs_, [&](XsTxn txn) -> Result<bool> {
     auto cur = xs_->read(txn, state_path);
-    if (!cur) return cur.error() == ENOENT ? ok() : Status(unexpected(cur.error()));
+    if (!cur) return cur.error() == ENOENT ? Result<bool>(true) : unexpected(cur.error());
+    if (parse_xenbus_state(*cur) == XenbusState::kInitialising) return false;
     for (const FsmAction* a = first; a != last; ++a) {
       switch (a->kind) {
         case FsmActionKind::kWriteState:
@@ -545,7 +573,7 @@ Status BackendDriver::write_checked(Device& d, const FsmAction* first, const Fsm
           break;
       }
     }
-    return ok();
+    return true;
   });
 }
 

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -128,10 +129,14 @@ class BackendDriver {
   void detach() noexcept;
 
   // A device gave up (a halted queue, a failed backing store): error node,
-  // disconnect, Closing, as xenbus_dev_fatal(). Any thread while attached
-  // (the work is posted to the control reactor; a device destroyed by then
-  // is ignored); the owning thread otherwise.
-  void report_device_error(std::string_view type, DomId fe, uint32_t devid, int error) noexcept;
+  // disconnect, Closing, as xenbus_dev_fatal(). Owning thread only; an
+  // unknown device is ignored.
+  void fail_device(std::string_view type, DomId fe, uint32_t devid, int error) noexcept;
+  // The same from any thread (a worker): posted to the attached reactor.
+  // False when not attached (stopping, or driven by hand): dropped, since
+  // the driver is then disconnecting everything anyway. A device destroyed
+  // before the posted work runs is ignored.
+  bool report_device_error(std::string_view type, DomId fe, uint32_t devid, int error) noexcept;
 
   // Disconnects every device (releasing mappings and channels), removes every
   // watch and forgets all devices; xenstore state nodes are left as they are.
@@ -193,9 +198,11 @@ class BackendDriver {
   void probe(uint32_t type_index, DomId fe, uint32_t devid) noexcept;
 
   // Runs `actions` for `d` in order; destroys `d` when told to (the caller
-  // must not touch `d` afterwards: returns false then).
-  bool apply(Device& d, const FsmActions& actions) noexcept;
-  Status write_checked(Device& d, const FsmAction* first, const FsmAction* last) noexcept;
+  // must not touch `d` afterwards: returns false then). write=false skips
+  // the xenstore writes (the node belongs to someone else now).
+  bool apply(Device& d, const FsmActions& actions, bool write = true) noexcept;
+  // false: the node was re-created by the toolstack (nothing written).
+  Result<bool> write_checked(Device& d, const FsmAction* first, const FsmAction* last) noexcept;
   int do_connect(Device& d) noexcept;
   void do_disconnect(Device& d) noexcept;
   void destroy(Device& d) noexcept;
@@ -212,11 +219,11 @@ class BackendDriver {
   std::unordered_map<uint64_t, Device*> by_serial_;                 // frontend-state tokens
   std::unordered_map<DomId, std::unordered_set<Device*>> by_frontend_;
   uint64_t next_serial_ = 1;
-  void fail_device(const std::string& type, DomId fe, uint32_t devid, int error) noexcept;
-
   // Undo attach() / post to the attached reactor (backend_driver_reactor.cc);
-  // empty when not attached.
+  // empty when not attached. post_ is read by other threads
+  // (report_device_error), hence its lock.
   std::function<void()> detach_;
+  std::mutex post_mu_;
   std::function<bool(std::function<void()>)> post_;
   // Posted tasks hold a weak reference: one that runs after the driver is
   // gone does nothing.

@@ -15,6 +15,7 @@ Status BackendDriver::attach(Reactor& reactor) noexcept {
   // other fds and pollers had their turn.
   XP_TRY(reactor.watch_fd(fd, EPOLLIN, [this](uint32_t) { (void)process_events(); }));
   detach_ = [&reactor, fd] { reactor.unwatch_fd(fd); };
+  std::lock_guard lock(post_mu_);
   post_ = [&reactor](std::function<void()> task) { return reactor.post(std::move(task)); };
   return ok();
 }

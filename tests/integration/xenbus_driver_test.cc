@@ -427,6 +427,29 @@ TEST_F(XenbusDriverTest, HotUnplugWithoutTheGuestsCooperation) {
   EXPECT_EQ(xsd->watch_count(), base_watches + 2);
 }
 
+TEST_F(XenbusDriverTest, DevidReusedBeforeTheRemovalWasSeen) {
+  start_driver();
+  connect(5, 1);
+  // Forced removal and an immediate re-add of the same device, both before
+  // the daemon runs: the old instance goes, the new one is probed, and the
+  // new backend node is not written Closed.
+  ASSERT_TRUE(tools->force_remove(kType, 5, 1, kDom0));
+  ASSERT_TRUE(tools->add_device(kType, 5, 1, kDom0, {{"params", "second"}}, {}));
+  ASSERT_TRUE(pump_until([&] { return journal.at(5, 1).destroyed == 1; }));
+  ASSERT_TRUE(wait_backend(5, 1, XenbusState::kInitWait));
+  pump();
+  auto& e = journal.at(5, 1);
+  EXPECT_EQ(e.creates, 2);
+  EXPECT_EQ(e.params, "second");
+  EXPECT_EQ(e.disconnects, 1);
+  EXPECT_FALSE(e.live);
+  EXPECT_TRUE(backend_is(5, 1, XenbusState::kInitWait));
+  EXPECT_EQ(driver->device_state(kType, 5, 1), XenbusState::kInitWait);
+  fe_initialised(5, 1, "55");
+  ASSERT_TRUE(wait_backend(5, 1, XenbusState::kConnected));
+  EXPECT_EQ(e.ring_ref, 55u);
+}
+
 TEST_F(XenbusDriverTest, GuestDeathReleasesEverything) {
   start_driver();
   connect(5, 1);
@@ -525,8 +548,11 @@ TEST_F(XenbusDriverTest, DeviceErrorReportClosesOnlyThatDevice) {
   start_driver();
   connect(5, 1);
   connect(5, 2);
-  driver->report_device_error(kType, 5, 1, EPROTO);
-  driver->report_device_error(kType, 5, 99, EPROTO);  // unknown: ignored
+  EXPECT_FALSE(driver->report_device_error(kType, 5, 1, EPROTO)) << "not attached: dropped";
+  pump();
+  EXPECT_TRUE(backend_is(5, 1, XenbusState::kConnected));
+  driver->fail_device(kType, 5, 1, EPROTO);
+  driver->fail_device(kType, 5, 99, EPROTO);  // unknown: ignored
   pump();
   EXPECT_TRUE(backend_is(5, 1, XenbusState::kClosing));
   EXPECT_THAT(*tools_xs->read(kXsNoTxn, be(5, 1) + "/error"),
