@@ -1,62 +1,77 @@
 #include "common/libxen/libxen_evtchn.h"
 
+// Sets the Xen interface version before any <xen/...> header comes in.
+#include "common/xen/ring_protocol.h"
+
 #include <fcntl.h>
+// The libxen tool headers have no extern "C" of their own.
+extern "C" {
 #include <xenevtchn.h>
+}
+
+#include <cerrno>
+#include <new>
 
 namespace xenpath {
-namespace {
-
-class LibxenEventChannelImpl final : public EventChannel {
- public:
-  explicit LibxenEventChannelImpl(xenevtchn_handle* h) noexcept : h_(h) {}
-  ~LibxenEventChannelImpl() override { xenevtchn_close(h_); }
-
-  Result<EvtchnPort> bind_interdomain(DomId remote, EvtchnPort remote_port) noexcept override {
-    const xenevtchn_port_or_error_t p = xenevtchn_bind_interdomain(h_, remote, remote_port);
-    if (p < 0) return unexpected_errno();
-    return static_cast<EvtchnPort>(p);
-  }
-  Result<EvtchnPort> bind_unbound(DomId remote) noexcept override {
-    const xenevtchn_port_or_error_t p = xenevtchn_bind_unbound_port(h_, remote);
-    if (p < 0) return unexpected_errno();
-    return static_cast<EvtchnPort>(p);
-  }
-  Status unbind(EvtchnPort local) noexcept override {
-    if (xenevtchn_unbind(h_, local) != 0) return unexpected_errno();
-    return ok();
-  }
-  Status notify(EvtchnPort local) noexcept override {
-    if (xenevtchn_notify(h_, local) != 0) return unexpected_errno();
-    return ok();
-  }
-  int fd() const noexcept override { return xenevtchn_fd(h_); }
-  Result<EvtchnPort> pending() noexcept override {
-    const xenevtchn_port_or_error_t p = xenevtchn_pending(h_);
-    if (p < 0) return unexpected_errno();  // EAGAIN when none (non-blocking fd)
-    return static_cast<EvtchnPort>(p);
-  }
-  Status unmask(EvtchnPort local) noexcept override {
-    if (xenevtchn_unmask(h_, local) != 0) return unexpected_errno();
-    return ok();
-  }
-
- private:
-  xenevtchn_handle* h_;
-};
-
-}  // namespace
 
 Result<std::unique_ptr<EventChannel>> LibxenEventChannel::open() noexcept {
-  xenevtchn_handle* h = xenevtchn_open(nullptr, 0);
+  errno = 0;
+  xenevtchn_handle* h = xenevtchn_open(nullptr, 0);  // O_CLOEXEC by default
   if (h == nullptr) return unexpected_errno();
   const int fd = xenevtchn_fd(h);
-  const int fl = fcntl(fd, F_GETFL);
+  const int fl = fd < 0 ? -1 : fcntl(fd, F_GETFL);
   if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0) {
-    const auto e = unexpected_errno();
+    const auto err = unexpected_errno();
     xenevtchn_close(h);
-    return e;
+    return err;
   }
-  return std::unique_ptr<EventChannel>(new LibxenEventChannelImpl(h));
+  auto* ec = new (std::nothrow) LibxenEventChannel(h, fd);
+  if (ec == nullptr) {
+    xenevtchn_close(h);
+    return unexpected(ENOMEM);
+  }
+  return std::unique_ptr<EventChannel>(ec);
+}
+
+LibxenEventChannel::~LibxenEventChannel() { xenevtchn_close(h_); }
+
+Result<EvtchnPort> LibxenEventChannel::bind_interdomain(DomId remote, EvtchnPort remote_port) noexcept {
+  errno = 0;
+  const xenevtchn_port_or_error_t p = xenevtchn_bind_interdomain(h_, remote, remote_port);
+  if (p < 0) return unexpected_errno();
+  return static_cast<EvtchnPort>(p);
+}
+
+Result<EvtchnPort> LibxenEventChannel::bind_unbound(DomId remote) noexcept {
+  errno = 0;
+  const xenevtchn_port_or_error_t p = xenevtchn_bind_unbound_port(h_, remote);
+  if (p < 0) return unexpected_errno();
+  return static_cast<EvtchnPort>(p);
+}
+
+Status LibxenEventChannel::unbind(EvtchnPort local) noexcept {
+  errno = 0;
+  if (xenevtchn_unbind(h_, local) != 0) return unexpected_errno();
+  return ok();
+}
+
+Status LibxenEventChannel::notify(EvtchnPort local) noexcept {
+  errno = 0;
+  if (xenevtchn_notify(h_, local) != 0) return unexpected_errno();
+  return ok();
+}
+
+Result<EvtchnPort> LibxenEventChannel::pending() noexcept {
+  errno = 0;
+  const xenevtchn_port_or_error_t p = xenevtchn_pending(h_);
+  if (p < 0) return unexpected_errno();
+  return static_cast<EvtchnPort>(p);
+}
+
+Status LibxenEventChannel::unmask(EvtchnPort local) noexcept {
+  errno = 0;
+  if (xenevtchn_unmask(h_, local) != 0) return unexpected_errno();
+  return ok();
 }
 
 }  // namespace xenpath

@@ -1,77 +1,110 @@
 #include "common/libxen/libxen_gnttab.h"
 
-#include <sys/mman.h>
-#include <xengnttab.h>
+// Sets the Xen interface version before any <xen/...> header comes in.
+#include "common/xen/ring_protocol.h"
 
+#include <sys/mman.h>
+// The libxen tool headers have no extern "C" of their own.
+extern "C" {
+#include <xengnttab.h>
+}
+
+#include <algorithm>
+#include <cerrno>
 #include <cstddef>
-#include <vector>
+#include <new>
+
+#include <spdlog/spdlog.h>
 
 namespace xenpath {
-namespace {
 
-// GrantCopySegment is handed to the kernel as it is: keep it byte-identical.
-static_assert(sizeof(GrantCopySegment) == sizeof(xengnttab_grant_copy_segment_t));
-static_assert(offsetof(GrantCopySegment, source) == offsetof(xengnttab_grant_copy_segment_t, source));
-static_assert(offsetof(GrantCopySegment, dest) == offsetof(xengnttab_grant_copy_segment_t, dest));
-static_assert(offsetof(GrantCopySegment, len) == offsetof(xengnttab_grant_copy_segment_t, len));
-static_assert(offsetof(GrantCopySegment, flags) == offsetof(xengnttab_grant_copy_segment_t, flags));
-static_assert(offsetof(GrantCopySegment, status) == offsetof(xengnttab_grant_copy_segment_t, status));
-static_assert(offsetof(GrantCopySegment, source.foreign.ref) == offsetof(xengnttab_grant_copy_segment_t, source.foreign.ref));
-static_assert(offsetof(GrantCopySegment, source.foreign.offset) ==
-              offsetof(xengnttab_grant_copy_segment_t, source.foreign.offset));
-static_assert(offsetof(GrantCopySegment, source.foreign.domid) == offsetof(xengnttab_grant_copy_segment_t, source.foreign.domid));
-
-class LibxenGrantTableImpl final : public GrantTable {
- public:
-  explicit LibxenGrantTableImpl(xengnttab_handle* h) noexcept : h_(h) {}
-  ~LibxenGrantTableImpl() override { xengnttab_close(h_); }
-
-  Result<uint32_t> copy(std::span<GrantCopySegment> segs) noexcept override {
-    if (segs.empty()) return 0u;
-    if (xengnttab_grant_copy(h_, static_cast<uint32_t>(segs.size()),
-                             reinterpret_cast<xengnttab_grant_copy_segment_t*>(segs.data())) != 0) {
-      return unexpected_errno();
-    }
-    uint32_t okay = 0;
-    for (const auto& s : segs) okay += s.status == 0 ? 1 : 0;
-    return okay;
-  }
-
-  Status set_max_grants(uint32_t count) noexcept override {
-    if (xengnttab_set_max_grants(h_, count) != 0) return unexpected_errno();
-    return ok();
-  }
-
- protected:
-  Result<GrantMapping> do_map(DomId dom, std::span<const GrantRef> refs, bool writable,
-                              std::span<int16_t> status) noexcept override {
-    if (refs.empty()) return unexpected(EINVAL);
-    // libxengnttab takes a non-const array; it does not write to it.
-    std::vector<uint32_t> r(refs.begin(), refs.end());
-    void* addr = xengnttab_map_domain_grant_refs(h_, static_cast<uint32_t>(r.size()), dom, r.data(),
-                                                 writable ? PROT_READ | PROT_WRITE : PROT_READ);
-    if (addr == nullptr) {
-      // gntdev reports the batch as a whole: no per-ref status to give.
-      const auto e = unexpected_errno();
-      for (auto& s : status) s = -1;  // GNTST_general_error
-      return e;
-    }
-    for (auto& s : status) s = 0;
-    return GrantMapping(this, addr, static_cast<uint32_t>(refs.size()));
-  }
-
-  void unmap(void* addr, uint32_t pages) noexcept override { xengnttab_unmap(h_, addr, pages); }
-
- private:
-  xengnttab_handle* h_;
-};
-
-}  // namespace
+// GrantCopySegment is handed to the kernel as xengnttab_grant_copy_segment_t.
+using XenSeg = xengnttab_grant_copy_segment_t;
+static_assert(sizeof(GrantCopySegment) == sizeof(XenSeg));
+static_assert(alignof(GrantCopySegment) == alignof(XenSeg));
+static_assert(offsetof(GrantCopySegment, source.virt) == offsetof(XenSeg, source.virt));
+static_assert(offsetof(GrantCopySegment, source.foreign.ref) == offsetof(XenSeg, source.foreign.ref));
+static_assert(offsetof(GrantCopySegment, source.foreign.offset) == offsetof(XenSeg, source.foreign.offset));
+static_assert(offsetof(GrantCopySegment, source.foreign.domid) == offsetof(XenSeg, source.foreign.domid));
+static_assert(offsetof(GrantCopySegment, dest.virt) == offsetof(XenSeg, dest.virt));
+static_assert(offsetof(GrantCopySegment, dest.foreign.ref) == offsetof(XenSeg, dest.foreign.ref));
+static_assert(offsetof(GrantCopySegment, dest.foreign.offset) == offsetof(XenSeg, dest.foreign.offset));
+static_assert(offsetof(GrantCopySegment, dest.foreign.domid) == offsetof(XenSeg, dest.foreign.domid));
+static_assert(offsetof(GrantCopySegment, len) == offsetof(XenSeg, len));
+static_assert(offsetof(GrantCopySegment, flags) == offsetof(XenSeg, flags));
+static_assert(offsetof(GrantCopySegment, status) == offsetof(XenSeg, status));
+static_assert(kCopySourceGref == GNTCOPY_source_gref);
+static_assert(kCopyDestGref == GNTCOPY_dest_gref);
 
 Result<std::unique_ptr<GrantTable>> LibxenGrantTable::open() noexcept {
+  errno = 0;
   xengnttab_handle* h = xengnttab_open(nullptr, 0);
   if (h == nullptr) return unexpected_errno();
-  return std::unique_ptr<GrantTable>(new LibxenGrantTableImpl(h));
+  auto* gt = new (std::nothrow) LibxenGrantTable(h);
+  if (gt == nullptr) {
+    xengnttab_close(h);
+    return unexpected(ENOMEM);
+  }
+  return std::unique_ptr<GrantTable>(gt);
+}
+
+LibxenGrantTable::~LibxenGrantTable() {
+  if (live_pages_ != 0) {
+    // Closing gntdev leaves the VMAs in place; they go with their munmap.
+    spdlog::error("grant table: closing with {} pages still mapped", live_pages_);
+  }
+  xengnttab_close(h_);
+}
+
+Status LibxenGrantTable::set_max_grants(uint32_t count) noexcept {
+  errno = 0;
+  if (xengnttab_set_max_grants(h_, count) != 0) return unexpected_errno();
+  max_grants_ = count;
+  return ok();
+}
+
+Result<GrantMapping> LibxenGrantTable::do_map(DomId dom, std::span<const GrantRef> refs, bool writable,
+                                              std::span<int16_t> status) noexcept {
+  if (refs.empty()) return unexpected(EINVAL);
+  if (!status.empty() && status.size() != refs.size()) return unexpected(EINVAL);
+  if (refs.size() > max_grants_ - std::min(live_pages_, max_grants_)) return unexpected(ENOSPC);
+  const auto n = static_cast<uint32_t>(refs.size());
+  errno = 0;
+  // libxengnttab takes a non-const array but only reads it.
+  void* addr = xengnttab_map_domain_grant_refs(h_, n, dom, const_cast<uint32_t*>(refs.data()),
+                                               writable ? PROT_READ | PROT_WRITE : PROT_READ);
+  if (addr == nullptr) return unexpected_errno();
+  std::fill(status.begin(), status.end(), static_cast<int16_t>(GNTST_okay));
+  live_pages_ += n;
+  return GrantMapping(this, addr, n);
+}
+
+void LibxenGrantTable::unmap(void* addr, uint32_t pages) noexcept {
+  errno = 0;
+  if (xengnttab_unmap(h_, addr, pages) != 0) {
+    // The grant stays pinned in Xen and the guest cannot revoke it: worth
+    // an operator's attention, but nothing the datapath can do about it.
+    spdlog::error("grant table: unmap of {} pages at {} failed: {}", pages, addr, error_string(errno));
+    return;
+  }
+  live_pages_ -= std::min(live_pages_, pages);
+}
+
+Result<uint32_t> LibxenGrantTable::copy(std::span<GrantCopySegment> segs) noexcept {
+  for (const GrantCopySegment& s : segs) {
+    const bool src_gref = (s.flags & kCopySourceGref) != 0;
+    const bool dst_gref = (s.flags & kCopyDestGref) != 0;
+    if (!src_gref && !dst_gref) return unexpected(EINVAL);
+    if (src_gref && s.source.foreign.offset + s.len > kPageSize) return unexpected(EINVAL);
+    if (dst_gref && s.dest.foreign.offset + s.len > kPageSize) return unexpected(EINVAL);
+  }
+  if (segs.empty()) return 0u;
+  errno = 0;
+  if (xengnttab_grant_copy(h_, static_cast<uint32_t>(segs.size()), reinterpret_cast<XenSeg*>(segs.data())) != 0) {
+    return unexpected_errno();
+  }
+  return static_cast<uint32_t>(
+      std::count_if(segs.begin(), segs.end(), [](const GrantCopySegment& s) { return s.status == GNTST_okay; }));
 }
 
 }  // namespace xenpath

@@ -1,169 +1,197 @@
 #include "common/sim/sim_grant_table.h"
 
+#include "common/xen/ring_protocol.h"  // <xen/grant_table.h>: GNTST_*
+
 #include <sys/mman.h>
 
+#include <algorithm>
+#include <array>
 #include <cstring>
+#include <mutex>
+#include <new>
+
+#include <spdlog/spdlog.h>
 
 #include "common/sim/sim_domain.h"
 #include "common/sim/sim_hypervisor.h"
-#include "common/xen/ring_protocol.h"
 
 namespace xenpath::sim {
+
 namespace {
 
-// The checks Xen's _set_status() makes on a grant entry, for grantee `self`.
-int16_t check_entry(const SimDomainImpl::GrantEntry& e, DomId self, bool write) noexcept {
-  if (!e.in_use || e.to != self) return GNTST_general_error;
-  if (write && e.readonly) return GNTST_general_error;
-  return GNTST_okay;
-}
+// Per-ref statuses for callers that pass none, without allocating for
+// batches of ordinary size (a blkif request has at most 11 segments, an
+// indirect one a few hundred).
+constexpr size_t kStackStatus = 512;
 
 }  // namespace
 
 SimGrantTable::~SimGrantTable() {
-  // A closing gntdev handle unmaps what is left; so do we (and count it, so
-  // a leak shows up in the tests' mapped_pages_live checks before this).
-  while (!maps_.empty()) {
-    auto it = maps_.begin();
-    unmap(it->first, static_cast<uint32_t>(it->second.refs.size()));
+  for (auto& [addr, m] : maps_) {
+    spdlog::error("sim grant table d{}: mapping {} of {} pages outlived its handle; unmapping", self_, addr,
+                  m.refs.size());
+    release(addr, m);
   }
 }
 
-Result<GrantMapping> SimGrantTable::do_map(DomId dom_id, std::span<const GrantRef> refs, bool writable,
+Status SimGrantTable::set_max_grants(uint32_t count) noexcept {
+  max_grants_ = count;
+  return ok();
+}
+
+Result<GrantMapping> SimGrantTable::do_map(DomId dom, std::span<const GrantRef> refs, bool writable,
                                            std::span<int16_t> status) noexcept {
-  auto& c = hv_.counters();
+  SimCounters& c = hv_.counters();
   c.map_calls.fetch_add(1, std::memory_order_relaxed);
-  const bool want_status = status.size() == refs.size();
-  auto fail_all = [&](int16_t st, int err) -> Result<GrantMapping> {
-    if (want_status) std::fill(status.begin(), status.end(), st);
+  auto fail = [&c](int err) -> Result<GrantMapping> {
     c.map_failures.fetch_add(1, std::memory_order_relaxed);
     return unexpected(err);
   };
-  if (refs.empty()) return fail_all(GNTST_general_error, EINVAL);
-  if (mapped_ + refs.size() > max_grants_) return fail_all(GNTST_no_space, ENOSPC);
-  auto dom = hv_.find_live(dom_id);
-  if (!dom) return fail_all(GNTST_bad_domain, EINVAL);
+  if (refs.empty() || refs.size() > kMaxRefsPerMap) return fail(EINVAL);
+  if (!status.empty() && status.size() != refs.size()) return fail(EINVAL);
+  const auto n = static_cast<uint32_t>(refs.size());
 
-  // Reserve the whole range first so the mapping is contiguous.
-  const size_t bytes = refs.size() * kPageSize;
-  void* base = mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (base == MAP_FAILED) return fail_all(GNTST_no_device_space, ENOMEM);
-
-  std::vector<uint32_t> pfns(refs.size());
-  {
-    std::lock_guard lock(dom->grant_lock());
-    if (dom->dying()) {
-      munmap(base, bytes);
-      return fail_all(GNTST_bad_domain, EINVAL);
-    }
-    auto& entries = dom->entries();
-    bool failed = false;
-    for (size_t i = 0; i < refs.size(); ++i) {
-      int16_t st = refs[i] >= entries.size() ? static_cast<int16_t>(GNTST_bad_gntref)
-                                             : check_entry(entries[refs[i]], self_, writable);
-      if (want_status) status[i] = st;
-      if (st != GNTST_okay) {
-        failed = true;
-      } else {
-        pfns[i] = entries[refs[i]].pfn;
+  std::array<int16_t, kStackStatus> stack_status;
+  std::vector<int16_t> heap_status;
+  std::span<int16_t> st = status;
+  if (st.empty()) {
+    if (n <= kStackStatus) {
+      st = std::span<int16_t>(stack_status.data(), n);
+    } else {
+      try {
+        heap_status.resize(n);
+      } catch (const std::bad_alloc&) {
+        return fail(ENOMEM);
       }
+      st = heap_status;
     }
-    if (failed) {
-      munmap(base, bytes);
-      c.map_failures.fetch_add(1, std::memory_order_relaxed);
-      return unexpected(EINVAL);
-    }
-    for (GrantRef r : refs) ++entries[r].maps;
   }
 
-  const int prot = writable ? PROT_READ | PROT_WRITE : PROT_READ;
-  for (size_t i = 0; i < refs.size(); ++i) {
-    void* at = static_cast<std::byte*>(base) + i * kPageSize;
-    void* p = mmap(at, kPageSize, prot, MAP_SHARED | MAP_FIXED, dom->memfd(),
-                   static_cast<off_t>(pfns[i]) * static_cast<off_t>(kPageSize));
-    if (p == MAP_FAILED) {
-      const int err = errno;
-      munmap(base, bytes);
-      std::lock_guard lock(dom->grant_lock());
-      for (GrantRef r : refs) --dom->entries()[r].maps;
-      if (want_status) std::fill(status.begin(), status.end(), static_cast<int16_t>(GNTST_general_error));
-      c.map_failures.fetch_add(1, std::memory_order_relaxed);
-      return unexpected(err);
-    }
+  if (live_pages_ >= max_grants_ || n > max_grants_ - live_pages_) {
+    std::fill(st.begin(), st.end(), static_cast<int16_t>(GNTST_no_device_space));
+    return fail(ENOSPC);
   }
-  maps_.emplace(base, Mapping{std::move(dom), std::vector<GrantRef>(refs.begin(), refs.end())});
-  mapped_ += static_cast<uint32_t>(refs.size());
-  c.map_pages.fetch_add(refs.size(), std::memory_order_relaxed);
-  c.mapped_pages_live.fetch_add(refs.size(), std::memory_order_relaxed);
-  return GrantMapping(this, base, static_cast<uint32_t>(refs.size()));
+  GuestDomain* d = hv_.live_domain(dom);
+  if (d == nullptr) {
+    std::fill(st.begin(), st.end(), static_cast<int16_t>(GNTST_bad_domain));
+    return fail(EINVAL);
+  }
+
+  std::vector<GrantRef> kept;
+  try {
+    kept.assign(refs.begin(), refs.end());
+  } catch (const std::bad_alloc&) {
+    return fail(ENOMEM);
+  }
+  // One reservation for the batch, so the pages are contiguous whatever
+  // guest frames they come from; MAP_FIXED then replaces it page run by
+  // page run.
+  const size_t bytes = static_cast<size_t>(n) * kPageSize;
+  void* region = mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (region == MAP_FAILED) return fail(errno != 0 ? errno : ENOMEM);
+  if (const int err = d->map_grants(self_, refs, writable, static_cast<std::byte*>(region), st); err != 0) {
+    munmap(region, bytes);
+    return fail(err);
+  }
+  try {
+    maps_.emplace(region, Mapping{d, std::move(kept), writable});
+  } catch (const std::bad_alloc&) {
+    munmap(region, bytes);
+    d->unpin_grants(refs, writable);
+    return fail(ENOMEM);
+  }
+  live_pages_ += n;
+  c.map_pages.fetch_add(n, std::memory_order_relaxed);
+  c.mapped_pages_live.fetch_add(n, std::memory_order_relaxed);
+  return GrantMapping(this, region, n);
 }
 
-void SimGrantTable::unmap(void* addr, uint32_t pages) noexcept {
-  auto it = maps_.find(addr);
-  if (it == maps_.end()) return;
-  munmap(addr, static_cast<size_t>(pages) * kPageSize);
-  {
-    auto& dom = it->second.dom;
-    std::lock_guard lock(dom->grant_lock());
-    for (GrantRef r : it->second.refs) --dom->entries()[r].maps;
-  }
-  const auto n = it->second.refs.size();
-  mapped_ -= static_cast<uint32_t>(n);
-  maps_.erase(it);
-  auto& c = hv_.counters();
+void SimGrantTable::release(void* addr, Mapping& m) noexcept {
+  const auto n = static_cast<uint32_t>(m.refs.size());
+  munmap(addr, static_cast<size_t>(n) * kPageSize);
+  m.dom->unpin_grants(m.refs, m.writable);
+  live_pages_ -= n;
+  SimCounters& c = hv_.counters();
   c.unmap_calls.fetch_add(1, std::memory_order_relaxed);
   c.unmap_pages.fetch_add(n, std::memory_order_relaxed);
   c.mapped_pages_live.fetch_sub(n, std::memory_order_relaxed);
 }
 
-Status SimGrantTable::set_max_grants(uint32_t count) noexcept {
-  if (count == 0) return unexpected(EINVAL);
-  max_grants_ = count;
-  return ok();
+void SimGrantTable::unmap(void* addr, uint32_t pages) noexcept {
+  auto it = maps_.find(addr);
+  if (it == maps_.end() || it->second.refs.size() != pages) {
+    // xengnttab_unmap() fails with EINVAL for a range it did not map.
+    spdlog::error("sim grant table d{}: unmap of {} ({} pages) that this handle did not map", self_, addr,
+                  pages);
+    return;
+  }
+  release(addr, it->second);
+  maps_.erase(it);
 }
 
 Result<uint32_t> SimGrantTable::copy(std::span<GrantCopySegment> segs) noexcept {
-  auto& c = hv_.counters();
+  SimCounters& c = hv_.counters();
   c.copy_calls.fetch_add(1, std::memory_order_relaxed);
-  // What gntdev rejects for the whole call before any hypercall.
-  for (const auto& s : segs) {
-    if ((s.flags & (kCopySourceGref | kCopyDestGref)) == 0) return unexpected(EINVAL);
-    if ((s.flags & kCopySourceGref) && s.source.foreign.offset + s.len > kPageSize) return unexpected(EINVAL);
-    if ((s.flags & kCopyDestGref) && s.dest.foreign.offset + s.len > kPageSize) return unexpected(EINVAL);
-  }
-  // Resolves one foreign side to a byte pointer in the granting domain's
-  // memory, or a GNTST code. `hold` keeps that domain alive for the copy.
-  auto resolve = [&](const GrantCopySegment::Ptr& p, bool write, std::shared_ptr<SimDomainImpl>& hold,
-                     std::byte** out) -> int16_t {
-    hold = hv_.find_live(p.foreign.domid);
-    if (!hold) return GNTST_bad_domain;
-    std::lock_guard lock(hold->grant_lock());
-    if (hold->dying()) return GNTST_bad_domain;
-    auto& entries = hold->entries();
-    if (p.foreign.ref >= entries.size()) return GNTST_bad_gntref;
-    const auto& e = entries[p.foreign.ref];
-    if (int16_t st = check_entry(e, self_, write); st != GNTST_okay) return st;
-    *out = hold->page(e.pfn) + p.foreign.offset;
-    return GNTST_okay;
-  };
-  uint32_t okay = 0;
-  for (auto& s : segs) {
-    std::shared_ptr<SimDomainImpl> hold_src, hold_dst;
-    std::byte* src = static_cast<std::byte*>(s.source.virt);
-    std::byte* dst = static_cast<std::byte*>(s.dest.virt);
-    int16_t st = GNTST_okay;
-    if (s.flags & kCopySourceGref) st = resolve(s.source, false, hold_src, &src);
-    if (st == GNTST_okay && (s.flags & kCopyDestGref)) st = resolve(s.dest, true, hold_dst, &dst);
-    if (st == GNTST_okay) {
-      std::memmove(dst, src, s.len);
-      ++okay;
-    } else {
-      c.copy_failures.fetch_add(1, std::memory_order_relaxed);
-    }
-    s.status = st;
+  // gntdev_grant_copy_seg()'s checks, done for the whole batch up front.
+  for (const GrantCopySegment& s : segs) {
+    const bool src_gref = (s.flags & kCopySourceGref) != 0;
+    const bool dst_gref = (s.flags & kCopyDestGref) != 0;
+    if (!src_gref && !dst_gref) return unexpected(EINVAL);
+    if (src_gref && s.source.foreign.offset + s.len > kPageSize) return unexpected(EINVAL);
+    if (dst_gref && s.dest.foreign.offset + s.len > kPageSize) return unexpected(EINVAL);
   }
   c.copy_segs.fetch_add(segs.size(), std::memory_order_relaxed);
-  return okay;
+  uint32_t done = 0;
+  uint64_t failed = 0;
+  for (GrantCopySegment& s : segs) {
+    s.status = copy_one(s);
+    if (s.status == GNTST_okay) {
+      ++done;
+    } else {
+      ++failed;
+    }
+  }
+  if (failed != 0) c.copy_failures.fetch_add(failed, std::memory_order_relaxed);
+  return done;
+}
+
+int16_t SimGrantTable::copy_one(GrantCopySegment& seg) noexcept {
+  if (seg.len == 0) return GNTST_okay;
+  const bool src_gref = (seg.flags & kCopySourceGref) != 0;
+  const bool dst_gref = (seg.flags & kCopyDestGref) != 0;
+  GuestDomain* sd = nullptr;
+  GuestDomain* dd = nullptr;
+  if (src_gref && (sd = hv_.live_domain(seg.source.foreign.domid)) == nullptr) return GNTST_bad_domain;
+  if (dst_gref && (dd = hv_.live_domain(seg.dest.foreign.domid)) == nullptr) return GNTST_bad_domain;
+
+  // The copy runs under the granting domains' locks: nothing can revoke the
+  // grant or tear the memory down half way, which is what Xen's pin does.
+  std::unique_lock<std::mutex> l1;
+  std::unique_lock<std::mutex> l2;
+  if (sd != nullptr && dd != nullptr && sd != dd) {
+    std::lock(sd->mutex(), dd->mutex());
+    l1 = std::unique_lock(sd->mutex(), std::adopt_lock);
+    l2 = std::unique_lock(dd->mutex(), std::adopt_lock);
+  } else if (sd != nullptr || dd != nullptr) {
+    l1 = std::unique_lock((sd != nullptr ? sd : dd)->mutex());
+  }
+
+  const std::byte* src = static_cast<const std::byte*>(seg.source.virt);
+  std::byte* dst = static_cast<std::byte*>(seg.dest.virt);
+  std::byte* frame = nullptr;
+  if (sd != nullptr) {
+    const int16_t st = sd->frame_for_copy_locked(seg.source.foreign.ref, self_, false, &frame);
+    if (st != GNTST_okay) return st;
+    src = frame + seg.source.foreign.offset;
+  }
+  if (dd != nullptr) {
+    const int16_t st = dd->frame_for_copy_locked(seg.dest.foreign.ref, self_, true, &frame);
+    if (st != GNTST_okay) return st;
+    dst = frame + seg.dest.foreign.offset;
+  }
+  // memmove: source and dest may be the same guest page.
+  std::memmove(dst, src, seg.len);
+  return GNTST_okay;
 }
 
 }  // namespace xenpath::sim

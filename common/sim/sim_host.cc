@@ -85,8 +85,7 @@ Result<std::unique_ptr<SimHost>> SimHost::create(const Options& opts) noexcept {
   auto hv = std::make_unique<SimHypervisor>(opts.grant_entries_per_domain);
   XP_ASSIGN_OR_RETURN(auto xsd, SimXenstored::start(opts.xenstored_socket));
   XP_ASSIGN_OR_RETURN(auto dom0_xs, xsd->connect(kDom0));
-  // Dom0 exists from boot, as on a real host.
-  XP_TRY(hv->create_domain(kDom0, 0, "Domain-0"));
+  // Dom0 exists from boot (SimHypervisor creates it); xenstore gets its home.
   auto r = run_transaction(*dom0_xs, [&](XsTxn t) -> Status {
     XP_TRY(dom0_xs->write(t, "/local/domain/0/name", "Domain-0"));
     XP_TRY(dom0_xs->write(t, "/local/domain/0/domid", "0"));

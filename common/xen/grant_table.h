@@ -88,8 +88,9 @@ class GrantTable {
 
   // Maps `refs` (all granted by `dom`) into one contiguous range, read-only
   // unless `writable`. All or nothing: on failure nothing stays mapped and the
-  // error is an errno (EINVAL for a bad ref/domain, EACCES for a write map of
-  // a read-only grant, ENOSPC over the mapping limit). Where the
+  // error is an errno: EINVAL when the hypervisor refused any ref (bad
+  // ref/domain, a write map of a read-only grant... -- Linux gntdev reports
+  // them all as EINVAL), ENOSPC over the set_max_grants() limit. Where the
   // implementation can tell, `status` (empty or refs.size() long) receives a
   // GNTST_* code per ref, as the hypervisor reports it.
   Result<GrantMapping> map(DomId dom, std::span<const GrantRef> refs, bool writable,
