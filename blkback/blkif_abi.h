@@ -15,6 +15,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <span>
 #include <string_view>
@@ -295,7 +296,11 @@ struct BlkRequest {
 // A response in the frontend's layout.
 template <typename Types>
 [[nodiscard]] typename Types::Response blk_response(uint64_t id, uint8_t op, int16_t status) noexcept {
-  typename Types::Response r{};
+  // The whole slot goes to the guest: zero it, padding included, so no
+  // byte of dom0's stack leaks into guest memory (`{}` does not promise
+  // to clear padding).
+  typename Types::Response r;
+  std::memset(&r, 0, sizeof(r));
   r.id = id;
   r.operation = op;
   r.status = status;
