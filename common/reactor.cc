@@ -75,6 +75,12 @@ struct Reactor::Impl {
   std::unique_ptr<Mailbox<Task>> mailbox;
   io_uring ring{};
   bool have_uring = false;
+  // Fixed-file table: registered sparse on first use; slots below
+  // next_file_slot are in use unless listed in free_file_slots.
+  bool files_registered = false;
+  unsigned next_file_slot = 0;
+  std::vector<unsigned> free_file_slots;
+  std::vector<bool> file_slot_used;
 
   // Reactor thread only. Removal leaves a hole (nullptr) so that a poller
   // removing itself or another one during the poll loop does not shift the
@@ -534,6 +540,57 @@ io_uring_sqe* Reactor::get_sqe() noexcept {
   // slot's previous use would be dispatched as a UringCompletion*.
   io_uring_sqe_set_data64(sqe, 0);
   return sqe;
+}
+
+Result<unsigned> Reactor::register_file(int fd) noexcept {
+  Impl& m = *impl_;
+  assert(m.on_owner_side());
+  if (!m.have_uring) return unexpected(ENXIO);
+  if (fd < 0) return unexpected(EBADF);
+  if (!m.files_registered) {
+    if (m.opts.fixed_files == 0) return unexpected(ENOSPC);
+    try {
+      m.file_slot_used.assign(m.opts.fixed_files, false);
+    } catch (const std::bad_alloc&) {
+      return unexpected(ENOMEM);
+    }
+    const int r = io_uring_register_files_sparse(&m.ring, m.opts.fixed_files);
+    if (r < 0) return unexpected(-r);
+    m.files_registered = true;
+  }
+  unsigned slot;
+  if (!m.free_file_slots.empty()) {
+    slot = m.free_file_slots.back();
+    m.free_file_slots.pop_back();
+  } else if (m.next_file_slot < m.opts.fixed_files) {
+    slot = m.next_file_slot++;
+  } else {
+    return unexpected(ENOSPC);
+  }
+  const int r = io_uring_register_files_update(&m.ring, slot, &fd, 1);
+  if (r < 0) {
+    try {
+      m.free_file_slots.push_back(slot);
+    } catch (const std::bad_alloc&) {
+      // The slot stays unusable; better than handing it out twice.
+    }
+    return unexpected(-r);
+  }
+  m.file_slot_used[slot] = true;
+  return slot;
+}
+
+void Reactor::unregister_file(unsigned slot) noexcept {
+  Impl& m = *impl_;
+  assert(m.on_owner_side());
+  if (!m.files_registered || slot >= m.next_file_slot || !m.file_slot_used[slot]) return;
+  m.file_slot_used[slot] = false;
+  int none = -1;
+  (void)io_uring_register_files_update(&m.ring, slot, &none, 1);
+  try {
+    m.free_file_slots.push_back(slot);
+  } catch (const std::bad_alloc&) {
+  }
 }
 
 const ReactorStats& Reactor::stats() const noexcept { return impl_->stats; }

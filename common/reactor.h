@@ -62,6 +62,7 @@ class Reactor {
     unsigned uring_entries = 256;                     // 0: no io_uring
     std::chrono::microseconds poll_window{50};        // spin this long after work
     int cpu = -1;                                     // pin when >= 0
+    unsigned fixed_files = 256;                       // io_uring fixed-file table slots
   };
   using Task = std::function<void()>;
   using FdHandler = std::function<void(uint32_t epoll_events)>;
@@ -100,6 +101,14 @@ class Reactor {
   // (submits) and retries once when the SQ is full; nullptr means back off.
   [[nodiscard]] io_uring* uring() noexcept;
   io_uring_sqe* get_sqe() noexcept;
+  // Installs `fd` in this io_uring's fixed-file table (created sparse, with
+  // Options::fixed_files slots, on first use) so SQEs name it by slot with
+  // IOSQE_FIXED_FILE and the kernel skips the per-I/O file lookup and
+  // refcount. Owners of different files share the table through these two
+  // calls. ENXIO without io_uring, ENOSPC when the table is full.
+  Result<unsigned> register_file(int fd) noexcept;
+  // Frees the slot; I/O already submitted on it holds its own reference.
+  void unregister_file(unsigned slot) noexcept;
 
   [[nodiscard]] const ReactorStats& stats() const noexcept;
   [[nodiscard]] const std::string& name() const noexcept;

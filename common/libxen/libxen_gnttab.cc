@@ -91,13 +91,7 @@ void LibxenGrantTable::unmap(void* addr, uint32_t pages) noexcept {
 }
 
 Result<uint32_t> LibxenGrantTable::copy(std::span<GrantCopySegment> segs) noexcept {
-  for (const GrantCopySegment& s : segs) {
-    const bool src_gref = (s.flags & kCopySourceGref) != 0;
-    const bool dst_gref = (s.flags & kCopyDestGref) != 0;
-    if (!src_gref && !dst_gref) return unexpected(EINVAL);
-    if (src_gref && s.source.foreign.offset + s.len > kPageSize) return unexpected(EINVAL);
-    if (dst_gref && s.dest.foreign.offset + s.len > kPageSize) return unexpected(EINVAL);
-  }
+  if (!copy_batch_acceptable(segs)) return unexpected(EINVAL);
   if (segs.empty()) return 0u;
   errno = 0;
   if (xengnttab_grant_copy(h_, static_cast<uint32_t>(segs.size()), reinterpret_cast<XenSeg*>(segs.data())) != 0) {

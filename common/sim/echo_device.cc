@@ -1,4 +1,5 @@
 #include "common/sim/echo_device.h"
+#include "common/xenbus/keys.h"
 
 #include <poll.h>
 #include <sys/epoll.h>
@@ -22,15 +23,6 @@ namespace {
 constexpr unsigned kBurst = 32;
 // Event-channel ports taken per wake-up of a worker's fd (bounded loop).
 constexpr unsigned kMaxPendingPerWake = 256;
-
-// Frontend keys are guest-written: strict unsigned decimal only.
-std::optional<uint32_t> parse_u32(std::string_view s) noexcept {
-  if (s.empty() || s.size() > 10 || (s.size() > 1 && s[0] == '0')) return std::nullopt;
-  uint32_t v = 0;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc{} || p != s.data() + s.size()) return std::nullopt;
-  return v;
-}
 
 // Guest-written text for a log line: bounded, printable ASCII only (no
 // escape sequences or fake log lines from a hostile guest).
@@ -222,8 +214,8 @@ Status EchoDevice::write_backend_features(XenStore& xs, XsTxn t) noexcept {
 Status EchoDevice::read_frontend(XenStore& xs, XsTxn t) noexcept {
   XP_ASSIGN_OR_RETURN(std::string ref, xs.read(t, addr_.frontend_path + "/ring-ref"));
   XP_ASSIGN_OR_RETURN(std::string port, xs.read(t, addr_.frontend_path + "/event-channel"));
-  auto r = parse_u32(ref);
-  auto p = parse_u32(port);
+  auto r = parse_decimal<uint32_t>(ref);
+  auto p = parse_decimal<uint32_t>(port);
   if (!r || !p) {
     log_.guest("bad ring-ref '{}' or event-channel '{}'", printable(ref), printable(port));
     return unexpected(EINVAL);

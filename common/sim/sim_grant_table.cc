@@ -132,14 +132,7 @@ void SimGrantTable::unmap(void* addr, uint32_t pages) noexcept {
 Result<uint32_t> SimGrantTable::copy(std::span<GrantCopySegment> segs) noexcept {
   SimCounters& c = hv_.counters();
   c.copy_calls.fetch_add(1, std::memory_order_relaxed);
-  // gntdev_grant_copy_seg()'s checks, done for the whole batch up front.
-  for (const GrantCopySegment& s : segs) {
-    const bool src_gref = (s.flags & kCopySourceGref) != 0;
-    const bool dst_gref = (s.flags & kCopyDestGref) != 0;
-    if (!src_gref && !dst_gref) return unexpected(EINVAL);
-    if (src_gref && s.source.foreign.offset + s.len > kPageSize) return unexpected(EINVAL);
-    if (dst_gref && s.dest.foreign.offset + s.len > kPageSize) return unexpected(EINVAL);
-  }
+  if (!copy_batch_acceptable(segs)) return unexpected(EINVAL);
   c.copy_segs.fetch_add(segs.size(), std::memory_order_relaxed);
   uint32_t done = 0;
   uint64_t failed = 0;

@@ -1,4 +1,5 @@
 #include "common/xenbus/backend_driver.h"
+#include "common/xenbus/keys.h"
 
 #include <algorithm>
 #include <charconv>
@@ -25,17 +26,6 @@ constexpr uint32_t kDomidFirstReserved = 0x7FF0;
 // A frontend path is toolstack-written, but it ends up in every frontend
 // read: refuse anything that could not be a xenstore node.
 constexpr size_t kMaxFrontendPath = 256;
-
-// Strict unsigned decimal: digits only, no leading zero (so two spellings
-// cannot name one device), no overflow.
-template <typename T>
-std::optional<T> parse_decimal(std::string_view s) noexcept {
-  if (s.empty() || (s.size() > 1 && s[0] == '0')) return std::nullopt;
-  T v{};
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc{} || p != s.data() + s.size()) return std::nullopt;
-  return v;
-}
 
 std::optional<DomId> parse_domid(std::string_view s) noexcept {
   auto v = parse_decimal<uint32_t>(s);

@@ -6,6 +6,7 @@
 
 #include "common/libxen/libxen_evtchn.h"
 #include "common/libxen/libxen_gnttab.h"
+#include "common/xen/platform.h"
 
 namespace xenpath {
 namespace {
@@ -40,6 +41,26 @@ TEST(LibxenAdaptersTest, OpenFailsWithAnErrnoWithoutXen) {
   auto ec = LibxenEventChannel::open();
   ASSERT_FALSE(ec);
   EXPECT_NE(ec.error(), 0);
+}
+
+}  // namespace
+}  // namespace xenpath
+
+namespace xenpath {
+namespace {
+
+TEST(LibxenPlatformTest, ChosenOnlyWhenXenIsThere) {
+  auto p = open_libxen_platform();
+  if (!xen_available()) {
+    ASSERT_FALSE(p.has_value());
+    EXPECT_EQ(p.error(), ENODEV);
+    return;
+  }
+  ASSERT_TRUE(p.has_value()) << error_string(p.error());
+  EXPECT_EQ((*p)->name(), "xen");
+  EXPECT_TRUE((*p)->open_grant_table().has_value());
+  EXPECT_TRUE((*p)->open_event_channel().has_value());
+  EXPECT_TRUE((*p)->open_xenstore().has_value());
 }
 
 }  // namespace

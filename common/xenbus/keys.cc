@@ -1,0 +1,30 @@
+#include "common/xenbus/keys.h"
+
+#include <fmt/format.h>
+
+namespace xenpath {
+
+Result<RingRefs> read_ring_refs(XenStore& xs, XsTxn t, std::string_view dir, unsigned max_order,
+                                std::string_view ref_key) noexcept {
+  RingRefs out;
+  auto order = read_decimal<uint32_t>(xs, t, dir, "ring-page-order");
+  if (!order) {
+    if (order.error() != ENOENT) return unexpected(order.error());
+    XP_ASSIGN_OR_RETURN(GrantRef ref, read_decimal<GrantRef>(xs, t, dir, ref_key));
+    out.refs.push_back(ref);
+    return out;
+  }
+  if (*order > max_order) return unexpected(EINVAL);
+  out.order = *order;
+  const uint32_t pages = 1u << *order;
+  out.refs.reserve(pages);
+  for (uint32_t i = 0; i < pages; ++i) {
+    auto ref = read_decimal<GrantRef>(xs, t, dir, fmt::format("{}{}", ref_key, i));
+    // A missing page reference is a malformed frontend, not an absent key.
+    if (!ref) return unexpected(ref.error() == ENOENT ? EINVAL : ref.error());
+    out.refs.push_back(*ref);
+  }
+  return out;
+}
+
+}  // namespace xenpath
