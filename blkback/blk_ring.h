@@ -49,7 +49,7 @@ class BlkRingPortOf final : public BlkRingPort {
     return got;
   }
   bool push_response(uint64_t id, uint8_t op, int16_t status) noexcept override {
-    return ring_.push_response(blk_response<Types>(id, op, status));
+    return ring_.emplace_response([&](auto& r) { blk_set_response(r, id, op, status); });
   }
   bool flush() noexcept override { return ring_.flush(); }
   bool final_check() noexcept override { return ring_.final_check(); }

@@ -15,6 +15,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <span>
 #include <string_view>
@@ -293,13 +294,13 @@ struct BlkRequest {
 [[nodiscard]] BlkRequest blk_decode(const BlkifX86_64Request& slot) noexcept;
 
 // A response in the frontend's layout.
-template <typename Types>
-[[nodiscard]] typename Types::Response blk_response(uint64_t id, uint8_t op, int16_t status) noexcept {
-  typename Types::Response r{};
+template <typename Response>
+void blk_set_response(Response& r, uint64_t id, uint8_t op, int16_t status) noexcept {
+  // Fields only: `r` is a ring slot BackRing::emplace_response() zeroed,
+  // padding included (blkif responses have padding: XSA-216).
   r.id = id;
   r.operation = op;
   r.status = status;
-  return r;
 }
 
 // Frontend side (simulated guests, tests): canonical -> slot of an ABI.

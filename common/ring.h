@@ -19,7 +19,9 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
+#include <type_traits>
 
 #include "common/result.h"
 #include "common/stats.h"
@@ -114,9 +116,25 @@ class BackRing {
   // Queues one response (visible to the frontend at the next flush()).
   // Answering more requests than were consumed would overwrite requests the
   // frontend has not handed over: refused (false) rather than corrupting.
+  //
+  // Only for response types without padding: a struct copied from our
+  // stack carries whatever its padding bytes held into guest memory
+  // (XSA-216: blkif responses leaked backend stack data exactly so). Types
+  // with padding (blkif's) use emplace_response().
   bool push_response(const Response& rsp) noexcept {
+    static_assert(std::has_unique_object_representations_v<Response>,
+                  "this response type has padding: build it in place with emplace_response() (XSA-216)");
+    return emplace_response([&](Response& slot) { slot = rsp; });
+  }
+
+  // Builds the next response in place: the slot is zeroed (padding
+  // included), then fill(slot) sets the fields.
+  template <typename Fill>
+  bool emplace_response(Fill&& fill) noexcept {
     if (ring_.rsp_prod_pvt == ring_.req_cons) return false;
-    *RING_GET_RESPONSE(&ring_, ring_.rsp_prod_pvt) = rsp;
+    Response* slot = RING_GET_RESPONSE(&ring_, ring_.rsp_prod_pvt);
+    std::memset(static_cast<void*>(slot), 0, sizeof(Response));
+    fill(*slot);
     ++ring_.rsp_prod_pvt;
     if (stats_ != nullptr) stats_->responses.add();
     return true;

@@ -269,13 +269,19 @@ TEST(BlkifAbi, EncodeProducesTheHandBuiltBytes) {
 }
 
 TEST(BlkifAbi, ResponsesInEachLayout) {
-  const auto r32 = blk_response<BlkifX86_32Ring>(0x0102030405060708ULL, BLKIF_OP_WRITE, BLKIF_RSP_EOPNOTSUPP);
+  // Built in a slot that is first filled with a marker: blk_set_response()
+  // sets the fields only; BackRing::emplace_response() zeroes the slot.
+  BlkifX86_32Response r32;
+  std::memset(&r32, 0, sizeof(r32));
+  blk_set_response(r32, 0x0102030405060708ULL, BLKIF_OP_WRITE, BLKIF_RSP_EOPNOTSUPP);
   Bytes e32(12);
   e32.u64(0, 0x0102030405060708ULL);
   e32.u8(8, BLKIF_OP_WRITE);
   e32.u16(10, static_cast<uint16_t>(BLKIF_RSP_EOPNOTSUPP));
   EXPECT_EQ(Bytes::of(r32), e32.b);
-  const auto r64 = blk_response<BlkifX86_64Ring>(9, BLKIF_OP_READ, BLKIF_RSP_ERROR);
+  BlkifX86_64Response r64;
+  std::memset(&r64, 0, sizeof(r64));
+  blk_set_response(r64, 9, BLKIF_OP_READ, BLKIF_RSP_ERROR);
   Bytes e64(16);
   e64.u64(0, 9);
   e64.u8(8, BLKIF_OP_READ);
@@ -337,8 +343,8 @@ void ring_round_trip(unsigned order, unsigned expect_size, size_t slot, size_t s
   ASSERT_EQ(*n, 2u);
   EXPECT_EQ(blk_decode(got[1]).id, 0xbeefu);
   EXPECT_EQ(blk_decode(got[1]).seg[0].gref, 77u);
-  EXPECT_TRUE(back.push_response(blk_response<Types>(0xfeed, BLKIF_OP_READ, BLKIF_RSP_OKAY)));
-  EXPECT_TRUE(back.push_response(blk_response<Types>(0xbeef, BLKIF_OP_READ, BLKIF_RSP_ERROR)));
+  EXPECT_TRUE(back.emplace_response([](auto& r) { blk_set_response(r, 0xfeed, BLKIF_OP_READ, BLKIF_RSP_OKAY); }));
+  EXPECT_TRUE(back.emplace_response([](auto& r) { blk_set_response(r, 0xbeef, BLKIF_OP_READ, BLKIF_RSP_ERROR); }));
   back.flush();
   int16_t st;
   std::memcpy(&st, mem.p + 64 + slot + status_off, 2);

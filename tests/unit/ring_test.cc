@@ -47,6 +47,15 @@ blkif_request read_req(uint64_t id, blkif_sector_t sector) {
   return r;
 }
 
+// blkif responses have padding: they are built in place (XSA-216).
+bool respond(BackRing<BlkifRing>& back, uint64_t id = 0, uint8_t op = BLKIF_OP_READ) {
+  return back.emplace_response([&](blkif_response& r) {
+    r.id = id;
+    r.operation = op;
+    r.status = BLKIF_RSP_OKAY;
+  });
+}
+
 TEST(BackRing, RequestsFlowAndResponsesReturn) {
   Pair<BlkifRing> r;
   for (uint64_t i = 0; i < 5; ++i) ASSERT_TRUE(r.front.push(read_req(i, i * 8)));
@@ -58,13 +67,9 @@ TEST(BackRing, RequestsFlowAndResponsesReturn) {
   for (uint64_t i = 0; i < 5; ++i) {
     EXPECT_EQ(got[i].id, i);
     EXPECT_EQ(got[i].sector_number, i * 8);
-    blkif_response rsp{};
-    rsp.id = got[i].id;
-    rsp.operation = got[i].operation;
-    rsp.status = BLKIF_RSP_OKAY;
-    EXPECT_TRUE(r.back.push_response(rsp));
+    EXPECT_TRUE(respond(r.back, got[i].id, got[i].operation));
   }
-  EXPECT_FALSE(r.back.push_response(blkif_response{}));  // nothing left to answer
+  EXPECT_FALSE(respond(r.back));  // nothing left to answer
   EXPECT_TRUE(r.back.flush());
   blkif_response rsps[8];
   ASSERT_EQ(r.front.take_responses(rsps), 5u);
@@ -131,7 +136,7 @@ TEST(BackRing, ProducerIndexMovingBackwardsHaltsTheRing) {
   r.front.flush();
   blkif_request out[64];
   ASSERT_EQ(*r.back.consume(out), 6u);
-  for (int i = 0; i < 3; ++i) ASSERT_TRUE(r.back.push_response(blkif_response{}));
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(respond(r.back));
   r.back.flush();
   // Behind req_cons (6) but ahead of rsp_prod_pvt (3): no overflow by the
   // ring macros, yet it would replay consumed slots.
@@ -176,10 +181,10 @@ TEST(BackRing, NotifiesOnlyWhenTheFrontendAsked) {
   for (int i = 0; i < 2; ++i) ASSERT_TRUE(r.front.push(read_req(i, 0)));
   r.front.flush();
   ASSERT_EQ(*r.back.consume(in), 2u);
-  ASSERT_TRUE(r.back.push_response(blkif_response{}));
+  ASSERT_TRUE(respond(r.back));
   EXPECT_TRUE(r.back.flush());  // rsp_event starts at 1: first response notifies
   // The frontend has not re-armed (it is still busy): no event needed.
-  ASSERT_TRUE(r.back.push_response(blkif_response{}));
+  ASSERT_TRUE(respond(r.back));
   EXPECT_FALSE(r.back.flush());
   EXPECT_EQ(r.stats.notifications_sent.get(), 1u);
   EXPECT_EQ(r.stats.notifications_suppressed.get(), 1u);
@@ -189,7 +194,7 @@ TEST(BackRing, NotifiesOnlyWhenTheFrontendAsked) {
   ASSERT_TRUE(r.front.push(read_req(3, 0)));
   r.front.flush();
   ASSERT_EQ(*r.back.consume(in), 1u);
-  ASSERT_TRUE(r.back.push_response(blkif_response{}));
+  ASSERT_TRUE(respond(r.back));
   EXPECT_TRUE(r.back.flush());
   // Nothing new to publish: no notification either.
   EXPECT_FALSE(r.back.flush());
@@ -227,14 +232,34 @@ TEST(BackRing, IndexesWrapAround) {
     ASSERT_EQ(*n, 12u);
     for (unsigned i = 0; i < *n; ++i) {
       EXPECT_EQ(in[i].id, seen++);
-      blkif_response rsp{};
-      rsp.id = in[i].id;
-      ASSERT_TRUE(r.back.push_response(rsp));
+      ASSERT_TRUE(respond(r.back, in[i].id));
     }
     r.back.flush();
     ASSERT_EQ(r.front.take_responses(rsps), 12u);
   }
   EXPECT_FALSE(r.back.halted());
+}
+
+TEST(BackRing, ResponsesCarryNoBackendBytesInTheirPadding) {
+  Pair<BlkifRing> r;
+  ASSERT_TRUE(r.front.push(read_req(1, 0)));
+  r.front.flush();
+  blkif_request in[1];
+  ASSERT_EQ(*r.back.consume(in), 1u);
+  // The slot still holds the request; the response must overwrite every
+  // byte of its own size, padding included.
+  auto* slot = reinterpret_cast<unsigned char*>(&r.front.shared()->ring[0].rsp);
+  std::memset(slot, 0xAA, sizeof(blkif_response));
+  ASSERT_TRUE(respond(r.back, 0x1122334455667788ull, BLKIF_OP_WRITE));
+  blkif_response want;
+  std::memset(&want, 0, sizeof(want));
+  want.id = 0x1122334455667788ull;
+  want.operation = BLKIF_OP_WRITE;
+  want.status = BLKIF_RSP_OKAY;
+  EXPECT_EQ(std::memcmp(slot, &want, sizeof(want)), 0);
+  static_assert(!std::has_unique_object_representations_v<blkif_response>, "blkif_response has padding");
+  static_assert(std::has_unique_object_representations_v<netif_rx_response>);
+  static_assert(std::has_unique_object_representations_v<netif_tx_response>);
 }
 
 TEST(BackRing, NetifRxResponsesReuseTheRequestSlots) {
