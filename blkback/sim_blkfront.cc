@@ -116,6 +116,7 @@ SimBlkfront::~SimBlkfront() {
     (void)dom_.end_access(pg.ref);
     dom_.free_pages(pg.pfn, 1);
   }
+  for (uint32_t pfn : spare_pfns_) dom_.free_pages(pfn, 1);
   for (GrantRef r : ring_refs_) (void)dom_.end_access(r);
   if (!ring_refs_.empty()) dom_.free_pages(ring_pfn_, 1u << opts_.ring_order);
   if (bound_) (void)evtchn_.unbind(port_);
@@ -153,7 +154,15 @@ Result<SimBlkfront::Page> SimBlkfront::take_page(bool readonly) noexcept {
     return p;
   }
   Page p;
-  XP_ASSIGN_OR_RETURN(p.ref, grant_page(readonly, &p.pfn));
+  if (spare_pfns_.empty()) {
+    XP_ASSIGN_OR_RETURN(p.ref, grant_page(readonly, &p.pfn));
+    return p;
+  }
+  p.pfn = spare_pfns_.back();
+  auto ref = dom_.grant_access(opts_.backend, p.pfn, readonly);
+  if (!ref) return unexpected(ref.error());
+  spare_pfns_.pop_back();
+  p.ref = *ref;
   return p;
 }
 
@@ -170,7 +179,11 @@ Status SimBlkfront::give_back(Page p, bool persistent_pool) noexcept {
   // after the answer, that is a leak.
   Status st = dom_.end_access(p.ref);
   if (!st) return st;
-  dom_.free_pages(p.pfn, 1);
+  try {
+    spare_pfns_.push_back(p.pfn);
+  } catch (...) {
+    dom_.free_pages(p.pfn, 1);
+  }
   return ok();
 }
 

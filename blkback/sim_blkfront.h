@@ -126,6 +126,9 @@ class SimBlkfront {
   std::unordered_map<uint64_t, Pending> pending_;
   std::vector<Page> pool_;       // every persistent page (revoked at the end)
   std::vector<Page> pool_free_;  // LIFO, as blkfront keeps them
+  // Non-persistent: guest pages reused for I/O (a guest's buffers are
+  // long-lived memory), granted per request and revoked after the answer.
+  std::vector<uint32_t> spare_pfns_;
 };
 
 }  // namespace xenpath::sim
