@@ -475,7 +475,13 @@ bool parse_headers(PacketBuf* p, PacketMeta& out) noexcept {
   return true;
 }
 
-bool complete_checksums(PacketBuf* p) noexcept { return sw_checksums(mb(p), true, true); }
+bool complete_checksums(PacketBuf* p, bool l4) noexcept { return sw_checksums(mb(p), true, l4); }
+
+bool prepare_partial_checksum(PacketBuf* p) noexcept {
+  rte_mbuf* m = mb(p);
+  if ((m->ol_flags & RTE_MBUF_F_TX_L4_MASK) == 0 || (m->ol_flags & RTE_MBUF_F_TX_TCP_SEG) != 0) return false;
+  return hw_checksum_prepare(m, false, true);
+}
 
 }  // namespace pkt
 
@@ -569,6 +575,21 @@ class DpdkPool final : public PacketPool {
       m->pkt_len += static_cast<uint32_t>(rest);
     }
     return true;
+  }
+
+  std::span<std::byte> append_owned(PacketBuf* p, size_t len) noexcept override {
+    if (len == 0 || len > data_room_) return {};
+    if (auto room = pkt::append_room(p, len); !room.empty()) return room;
+    rte_mbuf* m = mb(p);
+    if (m->nb_segs >= RTE_MBUF_MAX_NB_SEGS) return {};
+    rte_mbuf* s = rte_pktmbuf_alloc(pkt_);
+    if (s == nullptr) return {};
+    s->data_off = 0;  // continuation segments need no headroom
+    s->data_len = static_cast<uint16_t>(len);
+    rte_pktmbuf_lastseg(m)->next = s;
+    m->nb_segs++;
+    m->pkt_len += static_cast<uint32_t>(len);
+    return {rte_pktmbuf_mtod(s, std::byte*), len};
   }
 
   bool attach_external(PacketBuf* p, const ExtBuf& ext) noexcept override {

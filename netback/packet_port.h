@@ -118,9 +118,15 @@ bool set_meta(PacketBuf* p, const PacketMeta& m) noexcept;
 // require; netback copies at least the headers into it).
 bool parse_headers(PacketBuf* p, PacketMeta& m) noexcept;
 // Computes the checksums `meta` says are pending, in software, and clears
-// those bits. Headers must be in the (writable, owned) first segment. False
-// (packet unchanged) when the metadata does not describe the packet.
-bool complete_checksums(PacketBuf* p) noexcept;
+// those bits (with `l4` false only the IPv4 header's). Headers must be in
+// the (writable, owned) first segment. False (packet unchanged) when the
+// metadata does not describe the packet.
+bool complete_checksums(PacketBuf* p, bool l4 = true) noexcept;
+// For a packet whose L4 checksum stays pending (handed to a guest with
+// csum_blank): writes the pseudo-header sum with the L4 length into the
+// checksum field, the form Linux CHECKSUM_PARTIAL (and checksum offload)
+// expects, e.g. after segmentation changed the lengths. The bit stays set.
+bool prepare_partial_checksum(PacketBuf* p) noexcept;
 
 }  // namespace pkt
 
@@ -138,6 +144,11 @@ class PacketPool {
   // Appends a copy of `bytes`, chaining new segments from this pool when the
   // last one is full. False (packet unchanged) when the pool is out of buffers.
   virtual bool append_copy(PacketBuf* p, std::span<const std::byte> bytes) noexcept = 0;
+  // Extends the packet by `len` (<= data_room()) bytes the caller fills
+  // (e.g. a grant-copy destination): in the last segment when it is owned
+  // and has the room, else in a new segment from this pool. Empty when the
+  // pool is out of buffers or the packet has the maximum segment count.
+  virtual std::span<std::byte> append_owned(PacketBuf* p, size_t len) noexcept = 0;
   // Appends `ext` as a new segment referencing external memory. On success
   // `ext.free_fn` will run exactly once, when no packet refers to the memory
   // any more; on failure (false: pool empty, too many segments, bad

@@ -113,6 +113,24 @@ inline std::vector<uint8_t> make_frame(const FrameSpec& s, uint16_t csum_fill = 
   return f;
 }
 
+// Makes the IPv4 header checksum of an Ethernet+IPv4 frame valid.
+inline void fix_ip_checksum(std::vector<uint8_t>& f) {
+  uint8_t* ip = f.data() + kEthLen;
+  const size_t l3 = (ip[0] & 0xf) * 4u;
+  put16(ip + 10, 0);
+  put16(ip + 10, static_cast<uint16_t>(~fold16(sum16(ip, l3))));
+}
+
+// The pseudo-header sum a CHECKSUM_PARTIAL (csum_blank) TCP/UDP field holds.
+inline uint16_t partial_field(const std::vector<uint8_t>& f) {
+  const uint8_t* ip = f.data() + kEthLen;
+  if (be16(f.data() + 12) == 0x0800) {
+    const size_t l3 = (ip[0] & 0xf) * 4u;
+    return fold16(sum16(ip + 12, 8) + ip[9] + static_cast<uint32_t>(be16(ip + 2) - l3));
+  }
+  return fold16(sum16(ip + 8, 32) + ip[6] + static_cast<uint32_t>(be16(ip + 4)));
+}
+
 // What a received frame says about itself; `error` is empty when its IP
 // and L4 checksums verify.
 struct ParsedFrame {

@@ -1,0 +1,843 @@
+#include "netback/vif_queue.h"
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace xenpath {
+
+// ---------------------------------------------------------------------------
+// NetWorker
+
+Result<std::unique_ptr<NetWorker>> NetWorker::create(Reactor& reactor, XenPlatform& platform) noexcept {
+  XP_ASSIGN_OR_RETURN(auto gt, platform.open_grant_table());
+  XP_ASSIGN_OR_RETURN(auto ev, platform.open_event_channel());
+  return create(reactor, std::move(gt), std::move(ev));
+}
+
+Result<std::unique_ptr<NetWorker>> NetWorker::create(Reactor& reactor, std::unique_ptr<GrantTable> gt,
+                                                     std::unique_ptr<EventChannel> evtchn) noexcept {
+  if (!gt || !evtchn) return unexpected(EINVAL);
+  std::unique_ptr<NetWorker> w(new (std::nothrow) NetWorker(reactor, std::move(gt), std::move(evtchn)));
+  if (!w) return unexpected(ENOMEM);
+  Status st;
+  NetWorker* raw = w.get();
+  reactor.call([&] {
+    st = reactor.watch_fd(raw->evtchn_->fd(), EPOLLIN, [raw](uint32_t) { raw->on_events(); });
+    raw->watching_ = st.has_value();
+  });
+  XP_TRY(st);
+  return w;
+}
+
+NetWorker::~NetWorker() {
+  if (watching_) reactor_.call([this] { reactor_.unwatch_fd(evtchn_->fd()); });
+}
+
+void NetWorker::add_port(EvtchnPort port, VifQueue* q) noexcept {
+  try {
+    ports_[port] = q;
+  } catch (...) {
+    // The queue still runs: it is polled every iteration and its arm()
+    // final checks catch requests; only the wake-up is lost.
+  }
+}
+
+void NetWorker::remove_port(EvtchnPort port) noexcept { ports_.erase(port); }
+
+void NetWorker::on_events() noexcept {
+  // Bounded: a reported port stays masked until its queue unmasks it.
+  for (unsigned i = 0; i < 1024; ++i) {
+    auto p = evtchn_->pending();
+    if (!p) break;
+    auto it = ports_.find(*p);
+    if (it != ports_.end()) it->second->on_event(*p);
+    else (void)evtchn_->unmask(*p);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// VifQueue
+
+namespace {
+
+constexpr uint32_t kNoBurst = UINT32_MAX;
+constexpr uint16_t kNone = UINT16_MAX;
+constexpr size_t kMaxRxSegs = 64;  // segments of one packet we deliver without dropping it
+
+}  // namespace
+
+// One consumed TX slot awaiting its response. `shared` is the DPDK shared
+// info of the slot's attached page (at most one per slot); it lives here so
+// it outlives every packet that references the page.
+struct VifQueue::Pending {
+  VifQueue* q = nullptr;
+  uint16_t idx = 0;
+  uint16_t id = 0;
+  uint16_t nulls = 0;
+  int16_t status = NETIF_RSP_OKAY;
+  uint32_t burst = kNoBurst;
+  uint16_t next = kNone;  // next waiter of the same burst
+  ExtBufShared shared{};
+};
+
+// One TX map call's pages. Answered and unmapped together once no packet
+// holds any of them.
+struct VifQueue::TxBurst {
+  GrantMapping map;
+  uint32_t outstanding = 0;  // attached pages not yet released
+  uint16_t waiters = kNone;  // slots answered after the unmap
+  bool live = false;
+};
+
+struct VifQueue::TxWork {
+  TxPlan plan;
+  std::array<uint16_t, kMaxTxSlots> pend{};
+  PacketBuf* pkt = nullptr;
+  uint32_t burst = kNoBurst;
+  uint32_t first_ref = 0;  // its first map piece in tx_refs_
+  uint32_t maps = 0;
+  bool failed = false;
+};
+
+VifQueue::VifQueue(NetWorker& worker, const Config& config, VifQueueStats& stats, HaltSink on_halt) noexcept
+    : worker_(worker), config_(config), stats_(stats), on_halt_(std::move(on_halt)), log_(config.log_prefix) {}
+
+Result<std::unique_ptr<VifQueue>> VifQueue::start(NetWorker& worker, const Config& config, VifQueueStats& stats,
+                                                  HaltSink on_halt) noexcept {
+  std::unique_ptr<VifQueue> q;
+  try {
+    q.reset(new VifQueue(worker, config, stats, std::move(on_halt)));
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
+  if (auto st = q->init(); !st) {
+    q->teardown();
+    return unexpected(st.error());
+  }
+  return q;
+}
+
+Status VifQueue::init() noexcept {
+  if (config_.port == nullptr || config_.pool == nullptr || config_.burst == 0 || config_.burst > kMaxBurst ||
+      config_.port_queue >= config_.port->tx_queues() || config_.port_queue >= config_.port->rx_queues() ||
+      config_.rx_backlog == 0) {
+    return unexpected(EINVAL);
+  }
+  GrantTable& gt = worker_.grant_table();
+  auto tm = gt.map(config_.frontend, {&config_.tx_ring_ref, 1}, /*writable=*/true);
+  if (!tm) {
+    log_.guest("cannot map the TX ring: {}", error_string(tm.error()));
+    return unexpected(tm.error());
+  }
+  tx_ring_map_ = std::move(*tm);
+  auto rm = gt.map(config_.frontend, {&config_.rx_ring_ref, 1}, /*writable=*/true);
+  if (!rm) {
+    log_.guest("cannot map the RX ring: {}", error_string(rm.error()));
+    return unexpected(rm.error());
+  }
+  rx_ring_map_ = std::move(*rm);
+  if (auto st = tx_.attach(tx_ring_map_.data(), kPageSize, &stats_.tx_ring); !st) {
+    log_.guest("bad TX ring: {}", error_string(st.error()));
+    return st;
+  }
+  if (auto st = rx_.attach(rx_ring_map_.data(), kPageSize, &stats_.rx_ring); !st) {
+    log_.guest("bad RX ring: {}", error_string(st.error()));
+    return st;
+  }
+  const unsigned burst = config_.burst;
+  const unsigned tx_size = tx_.size();
+  try {
+    carry_.resize(tx_size);
+    pend_.resize(tx_size);
+    free_pend_.reserve(tx_size);
+    for (unsigned i = tx_size; i-- > 0;) {
+      pend_[i].q = this;
+      pend_[i].idx = static_cast<uint16_t>(i);
+      free_pend_.push_back(static_cast<uint16_t>(i));
+    }
+    done_words_ = (tx_size + 63) / 64;
+    done_bits_.reset(new std::atomic<uint64_t>[done_words_]);
+    for (unsigned i = 0; i < done_words_; ++i) done_bits_[i].store(0);
+    bursts_.resize(tx_size);
+    free_bursts_.reserve(tx_size);
+    for (uint32_t i = tx_size; i-- > 0;) free_bursts_.push_back(i);
+    work_.resize(burst);
+    tx_copies_.resize(static_cast<size_t>(burst) * kMaxTxPieces);
+    tx_copy_owner_.resize(tx_copies_.size());
+    tx_refs_.resize(static_cast<size_t>(burst) * kMaxTxSlots);
+    tx_out_.resize(burst);
+    tx_backlog_.resize(burst);
+
+    rx_carry_.resize(rx_.size());
+    rx_pkts_.resize(config_.rx_backlog);
+    rx_copies_.resize(static_cast<size_t>(rx_.size()) * 2 + kMaxRxSegs);
+    rx_copy_owner_.resize(rx_copies_.size());
+    rx_rsps_.resize(rx_.size());
+    rx_batch_ = std::make_unique<RxBatch>(rx_copies_, rx_copy_owner_, rx_rsps_);
+    rx_segs_.resize(kMaxRxSegs);
+    rx_scratch_.resize(std::max<size_t>(kMaxRxSegs, rx_.size()));
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
+  rate_.start(config_.rate, RateLimiter::Clock::now());
+
+  done_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (done_fd_ < 0) return unexpected_errno();
+  XP_TRY(worker_.reactor().watch_fd(done_fd_, EPOLLIN, [this](uint32_t) {
+    uint64_t v;
+    while (::read(done_fd_, &v, sizeof v) < 0 && errno == EINTR) {
+    }
+  }));
+  watching_done_ = true;
+
+  EventChannel& ev = worker_.event_channel();
+  XP_ASSIGN_OR_RETURN(tx_port_, ev.bind_interdomain(config_.frontend, config_.tx_remote_port));
+  tx_bound_ = true;
+  worker_.add_port(tx_port_, this);
+  if (config_.rx_remote_port != config_.tx_remote_port) {
+    XP_ASSIGN_OR_RETURN(rx_port_, ev.bind_interdomain(config_.frontend, config_.rx_remote_port));
+    rx_bound_ = true;
+    worker_.add_port(rx_port_, this);
+  } else {
+    rx_port_ = tx_port_;
+  }
+  auto t = worker_.reactor().add_timer(config_.port_poll, [] {});
+  if (t) {
+    timer_ = *t;
+    have_timer_ = true;
+  }
+  worker_.reactor().add_poller(this);
+  polling_ = true;
+  return ok();
+}
+
+void VifQueue::teardown() noexcept {
+  if (polling_) worker_.reactor().remove_poller(this);
+  polling_ = false;
+  if (have_timer_) worker_.reactor().cancel_timer(timer_);
+  have_timer_ = false;
+  EventChannel& ev = worker_.event_channel();
+  if (rx_bound_) {
+    worker_.remove_port(rx_port_);
+    (void)ev.unbind(rx_port_);
+  }
+  if (tx_bound_) {
+    worker_.remove_port(tx_port_);
+    (void)ev.unbind(tx_port_);
+  }
+  tx_bound_ = rx_bound_ = false;
+  for (size_t i = 0; i < rx_len_; ++i) pkt::free(rx_pkts_[(rx_head_ + i) % rx_pkts_.size()]);
+  rx_len_ = 0;
+  for (size_t i = 0; i < tx_backlog_len_; ++i) pkt::free(tx_backlog_[i]);
+  tx_backlog_len_ = 0;
+  if (watching_done_) worker_.reactor().unwatch_fd(done_fd_);
+  watching_done_ = false;
+  if (done_fd_ >= 0) ::close(done_fd_);
+  done_fd_ = -1;
+  for (auto& b : bursts_) b.map.reset();
+  tx_ring_map_.reset();
+  rx_ring_map_.reset();
+  stopped_ = true;
+}
+
+Status VifQueue::stop() noexcept {
+  if (stopped_) return ok();
+  halted_ = true;  // consume nothing more
+  (void)publish();
+  for (size_t i = 0; i < tx_backlog_len_; ++i) pkt::free(tx_backlog_[i]);
+  tx_backlog_len_ = 0;
+  (void)reap_tx();
+  (void)publish();
+  // A page still attached somewhere may be read until its packet is freed;
+  // the free callback (any thread) also still touches this queue.
+  if (attached_ != 0 || in_callback_.load(std::memory_order_seq_cst) != 0) return unexpected(EBUSY);
+  teardown();
+  return ok();
+}
+
+VifQueue::~VifQueue() {
+  if (!stopped_) {
+    if (attached_ != 0) log_.error("destroyed with {} guest pages still attached to packets", attached_);
+    teardown();
+  }
+}
+
+void VifQueue::halt(const char* why) noexcept {
+  if (halted_) return;
+  halted_ = true;
+  stats_.tx_ring.halted.set(1);
+  log_.error("frontend misbehaved ({}): queue halted", why);
+  if (on_halt_) on_halt_(EPROTO);
+}
+
+void VifQueue::on_event(EvtchnPort local) noexcept {
+  if (local == tx_port_) {
+    stats_.tx_ring.events_received.add();
+    masked_tx_ = true;
+  }
+  if (local == rx_port_ && rx_port_ != tx_port_) {
+    stats_.rx_ring.events_received.add();
+    masked_rx_ = true;
+  }
+}
+
+// --------------------------------------------------------------------- TX
+
+void VifQueue::page_released(void* /*addr*/, void* opaque) {
+  // Any thread. Only the bitmap and the eventfd: the owner does the rest.
+  auto* p = static_cast<Pending*>(opaque);
+  VifQueue* q = p->q;
+  q->in_callback_.fetch_add(1, std::memory_order_seq_cst);
+  q->done_bits_[p->idx / 64].fetch_or(uint64_t{1} << (p->idx % 64), std::memory_order_seq_cst);
+  // Dekker pair with arm(): either it sees the bit, or we see it asleep.
+  if (q->sleeping_.exchange(false, std::memory_order_seq_cst)) {
+    const uint64_t one = 1;
+    while (::write(q->done_fd_, &one, sizeof one) < 0 && errno == EINTR) {
+    }
+  }
+  q->in_callback_.fetch_sub(1, std::memory_order_seq_cst);
+}
+
+bool VifQueue::reap_tx() noexcept {
+  bool any = false;
+  for (unsigned w = 0; w < done_words_; ++w) {
+    uint64_t bits = done_bits_[w].exchange(0, std::memory_order_seq_cst);
+    while (bits != 0) {
+      const unsigned b = static_cast<unsigned>(__builtin_ctzll(bits));
+      bits &= bits - 1;
+      Pending& p = pend_[w * 64 + b];
+      any = true;
+      --attached_;
+      TxBurst& burst = bursts_[p.burst];
+      if (--burst.outstanding == 0) finish_burst(p.burst);
+    }
+  }
+  return any;
+}
+
+void VifQueue::finish_burst(uint32_t b) noexcept {
+  TxBurst& burst = bursts_[b];
+  burst.map.reset();  // one unmap for the whole burst
+  stats_.tx_unmap_calls.add();
+  for (uint16_t i = burst.waiters; i != kNone;) {
+    Pending& p = pend_[i];
+    const uint16_t next = p.next;
+    respond_tx(p.id, p.status, p.nulls);
+    free_pending(i);
+    i = next;
+  }
+  burst.waiters = kNone;
+  burst.live = false;
+  free_bursts_.push_back(b);
+}
+
+void VifQueue::respond_tx(uint16_t id, int16_t status, uint16_t nulls) noexcept {
+  netif_tx_response r{};
+  r.id = id;
+  r.status = status;
+  if (status != NETIF_RSP_OKAY) stats_.tx_ring.error_responses.add();
+  (void)tx_.push_response(r);
+  r.id = 0;
+  r.status = NETIF_RSP_NULL;
+  for (uint16_t i = 0; i < nulls; ++i) (void)tx_.push_response(r);
+  tx_responses_ = true;
+}
+
+uint16_t VifQueue::alloc_pending() noexcept {
+  const uint16_t i = free_pend_.back();
+  free_pend_.pop_back();
+  Pending& p = pend_[i];
+  p.status = NETIF_RSP_OKAY;
+  p.burst = kNoBurst;
+  p.next = kNone;
+  p.nulls = 0;
+  return i;
+}
+
+void VifQueue::free_pending(uint16_t idx) noexcept { free_pend_.push_back(idx); }
+
+bool VifQueue::flush_tx_backlog() noexcept {
+  if (tx_backlog_len_ == 0) return false;
+  const size_t n = config_.port->tx_burst(config_.port_queue, {tx_backlog_.data(), tx_backlog_len_});
+  if (n > 0) {
+    std::copy(tx_backlog_.begin() + static_cast<ptrdiff_t>(n),
+              tx_backlog_.begin() + static_cast<ptrdiff_t>(tx_backlog_len_), tx_backlog_.begin());
+    tx_backlog_len_ -= n;
+  }
+  return n > 0;
+}
+
+unsigned VifQueue::parse_tx_burst(unsigned& works) noexcept {
+  if (carry_len_ < carry_.size()) {
+    const unsigned room = std::min<unsigned>(config_.burst, static_cast<unsigned>(carry_.size()) - carry_len_);
+    auto n = tx_.consume({carry_.data() + carry_len_, room});
+    if (!n) {
+      halt("TX ring producer overflow");
+      return 0;
+    }
+    carry_len_ += *n;
+  }
+  const bool more_published = tx_.unconsumed() > 0;
+  const auto now = RateLimiter::Clock::now();
+  unsigned pos = 0;
+  while (pos < carry_len_ && works < config_.burst) {
+    TxWork& w = work_[works];
+    const std::span<const netif_tx_request> rest(carry_.data() + pos, carry_len_ - pos);
+    parse_tx(rest, more_published, config_.tx_limits, w.plan);
+    const TxPlan& p = w.plan;
+    if (p.verdict == TxVerdict::kNeedMore) break;
+    if (p.verdict == TxVerdict::kFatal) {
+      halt(tx_error_name(p.error));
+      return pos;
+    }
+    if (p.verdict == TxVerdict::kPacket && free_pend_.size() < p.n_slots) break;  // cannot happen: slots <= ring
+    // Credit is charged per request, as Linux does, before acting on it.
+    if (!rate_.admit(rest[0].size, now)) {
+      stats_.tx_rate_limited.add();
+      break;
+    }
+    pos += p.consumed;
+    switch (p.verdict) {
+      case TxVerdict::kDrop:
+        log_.guest("TX packet dropped: {}", tx_error_name(p.error));
+        stats_.tx_dropped.add();
+        for (unsigned s = 0; s < p.n_slots; ++s) respond_tx(p.slots[s].id, NETIF_RSP_ERROR, p.slots[s].nulls);
+        break;
+      case TxVerdict::kMulticast: {
+        stats_.tx_multicast.add();
+        bool okay = true;
+        if (p.mcast_type == XEN_NETIF_EXTRA_TYPE_MCAST_ADD) okay = mcast_.add(p.mcast_addr);
+        else mcast_.del(p.mcast_addr);
+        respond_tx(p.slots[0].id, okay ? NETIF_RSP_OKAY : NETIF_RSP_ERROR, p.slots[0].nulls);
+        break;
+      }
+      case TxVerdict::kPacket:
+        for (unsigned s = 0; s < p.n_slots; ++s) {
+          const uint16_t i = alloc_pending();
+          pend_[i].id = p.slots[s].id;
+          pend_[i].nulls = p.slots[s].nulls;
+          w.pend[s] = i;
+        }
+        w.pkt = nullptr;
+        w.burst = kNoBurst;
+        w.failed = false;
+        w.maps = 0;
+        ++works;
+        break;
+      default:
+        break;
+    }
+  }
+  if (pos > 0) {
+    std::copy(carry_.begin() + pos, carry_.begin() + carry_len_, carry_.begin());
+    carry_len_ -= pos;
+  }
+  return pos;
+}
+
+bool VifQueue::map_tx(unsigned works) noexcept {
+  uint32_t nrefs = 0;
+  for (unsigned i = 0; i < works; ++i) {
+    TxWork& w = work_[i];
+    w.first_ref = nrefs;
+    for (const auto& pc : w.plan.piece_span()) {
+      if (pc.kind == TxPiece::kMap) tx_refs_[nrefs++] = pc.gref;
+    }
+    w.maps = nrefs - w.first_ref;
+  }
+  if (nrefs == 0) return true;
+  GrantTable& gt = worker_.grant_table();
+  auto take_burst = [&](GrantMapping&& m) {
+    const uint32_t b = free_bursts_.back();
+    free_bursts_.pop_back();
+    bursts_[b].map = std::move(m);
+    bursts_[b].outstanding = 0;
+    bursts_[b].waiters = kNone;
+    bursts_[b].live = true;
+    return b;
+  };
+  stats_.tx_map_calls.add();
+  auto m = gt.map(config_.frontend, {tx_refs_.data(), nrefs}, /*writable=*/false);
+  if (m) {
+    const uint32_t b = take_burst(std::move(*m));
+    for (unsigned i = 0; i < works; ++i) {
+      if (work_[i].maps != 0) work_[i].burst = b;
+    }
+    return true;
+  }
+  // One bad grant fails the batch: map packet by packet so only its packet fails.
+  log_.guest("TX batch map of {} pages failed ({}): mapping per packet", nrefs, error_string(m.error()));
+  for (unsigned i = 0; i < works; ++i) {
+    TxWork& w = work_[i];
+    if (w.maps == 0) continue;
+    stats_.tx_map_calls.add();
+    auto one = gt.map(config_.frontend, {tx_refs_.data() + w.first_ref, w.maps}, false);
+    if (one) {
+      w.burst = take_burst(std::move(*one));
+      w.first_ref = 0;  // pages of its own mapping
+    } else {
+      w.failed = true;
+    }
+  }
+  return false;
+}
+
+void VifQueue::execute_tx(unsigned works) noexcept {
+  (void)map_tx(works);
+  // Build each packet in piece order: copy destinations in pool buffers,
+  // mapped pages attached behind them.
+  unsigned ncopies = 0;
+  PacketPool& pool = *config_.pool;
+  for (unsigned i = 0; i < works; ++i) {
+    TxWork& w = work_[i];
+    const TxPlan& plan = w.plan;
+    // Every slot with a mapped page waits for its burst's unmap, whatever
+    // becomes of the packet.
+    for (unsigned s = 0; s < plan.n_slots; ++s) {
+      Pending& p = pend_[w.pend[s]];
+      bool mapped = false;
+      for (const auto& pc : plan.piece_span()) mapped |= (pc.slot == s && pc.kind == TxPiece::kMap);
+      if (mapped && w.burst != kNoBurst) p.burst = w.burst;
+    }
+    if (w.failed) continue;
+    w.pkt = pool.alloc();
+    if (w.pkt == nullptr) {
+      w.failed = true;
+      continue;
+    }
+    uint32_t map_k = 0;
+    for (const auto& pc : plan.piece_span()) {
+      if (pc.kind == TxPiece::kMap) {
+        Pending& p = pend_[w.pend[pc.slot]];
+        ExtBuf e;
+        e.addr = bursts_[w.burst].map.page(w.first_ref + map_k++) + pc.offset;
+        e.len = pc.len;
+        e.shared = &p.shared;
+        e.free_fn = &VifQueue::page_released;
+        e.opaque = &p;
+        if (!pool.attach_external(w.pkt, e)) {
+          w.failed = true;
+          break;
+        }
+        ++attached_;
+        ++bursts_[w.burst].outstanding;
+        stats_.tx_mapped_pages.add();
+        continue;
+      }
+      auto dst = pool.append_owned(w.pkt, pc.len);
+      if (dst.empty()) {
+        w.failed = true;
+        break;
+      }
+      GrantCopySegment& c = tx_copies_[ncopies];
+      c = GrantCopySegment{};
+      c.source.foreign.ref = pc.gref;
+      c.source.foreign.offset = pc.offset;
+      c.source.foreign.domid = config_.frontend;
+      c.dest.virt = dst.data();
+      c.len = pc.len;
+      c.flags = kCopySourceGref;
+      tx_copy_owner_[ncopies++] = static_cast<uint16_t>(i);
+    }
+  }
+  if (ncopies > 0) {
+    stats_.tx_copy_calls.add();
+    auto r = worker_.grant_table().copy({tx_copies_.data(), ncopies});
+    for (unsigned c = 0; c < ncopies; ++c) {
+      TxWork& w = work_[tx_copy_owner_[c]];
+      if (!r || tx_copies_[c].status != GNTST_okay) w.failed = true;
+      else stats_.tx_copied_bytes.add(tx_copies_[c].len);
+    }
+  }
+
+  size_t nout = 0;
+  for (unsigned i = 0; i < works; ++i) {
+    TxWork& w = work_[i];
+    const TxPlan& plan = w.plan;
+    const int16_t status = w.failed ? NETIF_RSP_ERROR : NETIF_RSP_OKAY;
+    if (w.failed) {
+      log_.guest("TX packet of {} bytes: a grant of it failed", plan.size);
+      stats_.tx_dropped.add();
+      pkt::free(w.pkt);  // attached pages come back through their callback
+    } else {
+      PacketMeta m;
+      if (plan.data_validated) m.flags |= PacketMeta::kL4CsumVerified;
+      bool ok = true;
+      if (plan.csum_blank || plan.gso_type != XEN_NETIF_GSO_TYPE_NONE) {
+        // A checksum to fill in or a segmentation needs the protocol headers
+        // (Linux's checksum_setup); a packet without them is dropped.
+        ok = pkt::parse_headers(w.pkt, m);
+        m.flags |= PacketMeta::kL4CsumPending;
+        if (ok && plan.gso_type != XEN_NETIF_GSO_TYPE_NONE) {
+          const bool v4 = plan.gso_type == XEN_NETIF_GSO_TYPE_TCPV4;
+          ok = m.has(PacketMeta::kTcp) && m.has(v4 ? PacketMeta::kIpv4 : PacketMeta::kIpv6);
+          m.flags |= PacketMeta::kSegment;
+          m.mss = plan.gso_size;
+        }
+      }
+      if (ok) ok = pkt::set_meta(w.pkt, m);
+      if (ok) {
+        tx_out_[nout++] = w.pkt;
+        stats_.tx_packets.add();
+        stats_.tx_bytes.add(plan.size);
+      } else {
+        stats_.tx_port_dropped.add();
+        pkt::free(w.pkt);
+      }
+    }
+    w.pkt = nullptr;
+    // Slots without a mapped page are answered now; the others when their
+    // burst is unmapped.
+    for (unsigned s = 0; s < plan.n_slots; ++s) {
+      const uint16_t idx = w.pend[s];
+      Pending& p = pend_[idx];
+      p.status = status;
+      if (p.burst == kNoBurst) {
+        respond_tx(p.id, p.status, p.nulls);
+        free_pending(idx);
+      } else {
+        p.next = bursts_[p.burst].waiters;
+        bursts_[p.burst].waiters = idx;
+      }
+    }
+  }
+  // Bursts none of whose pages got attached are done already.
+  for (unsigned i = 0; i < works; ++i) {
+    const uint32_t b = work_[i].burst;
+    if (b != kNoBurst && bursts_[b].live && bursts_[b].outstanding == 0) finish_burst(b);
+  }
+  if (nout > 0) {
+    const size_t taken = config_.port->tx_burst(config_.port_queue, {tx_out_.data(), nout});
+    for (size_t i = taken; i < nout; ++i) tx_backlog_[tx_backlog_len_++] = tx_out_[i];
+  }
+}
+
+bool VifQueue::tx_poll() noexcept {
+  bool work = flush_tx_backlog();
+  if (tx_backlog_len_ != 0) return work;  // the port pushes back: so do we
+  unsigned works = 0;
+  const unsigned parsed = parse_tx_burst(works);
+  tx_again_ = works == config_.burst;
+  if (works > 0) execute_tx(works);
+  return work || parsed > 0;
+}
+
+// --------------------------------------------------------------------- RX
+
+void VifQueue::queue_rx(PacketBuf* p) noexcept {
+  const PacketMeta m = pkt::meta(p);
+  if (config_.multicast_control) {
+    MulticastFilter::Mac dst{};
+    if (pkt::copy_out(p, 0, {reinterpret_cast<std::byte*>(dst.data()), dst.size()}) != dst.size() ||
+        !mcast_.accepts(dst)) {
+      stats_.rx_dropped.add();
+      pkt::free(p);
+      return;
+    }
+  }
+  auto push = [&](PacketBuf* q) {
+    if (rx_len_ == rx_pkts_.size()) {
+      stats_.rx_dropped.add();
+      pkt::free(q);
+      return;
+    }
+    rx_pkts_[(rx_head_ + rx_len_) % rx_pkts_.size()] = q;
+    ++rx_len_;
+  };
+  if (m.has(PacketMeta::kSegment)) {
+    const bool supported = (m.has(PacketMeta::kIpv4) && config_.rx_gso_tcpv4) ||
+                           (m.has(PacketMeta::kIpv6) && config_.rx_gso_tcpv6);
+    if (!supported) {
+      // The frontend cannot take it whole: cut it here.
+      auto n = config_.pool->segment(p, {rx_scratch_.data(), kMaxRxSegs});
+      if (!n) {
+        stats_.rx_dropped.add();
+        pkt::free(p);
+        return;
+      }
+      if (*n > 0) {
+        pkt::free(p);  // the segments hold their own references
+        stats_.rx_gso_segmented.add();
+        for (size_t i = 0; i < *n; ++i) {
+          PacketBuf* s = rx_scratch_[i];
+          // New lengths: the IPv4 header checksum is always redone here; the
+          // L4 one too for a frontend without checksum offload, else its
+          // partial form (pseudo-header) is rewritten for csum_blank.
+          const bool ok = config_.rx_csum_offload ? pkt::complete_checksums(s, false) && pkt::prepare_partial_checksum(s)
+                                                  : pkt::complete_checksums(s, true);
+          if (!ok) {
+            stats_.rx_dropped.add();
+            pkt::free(s);
+            continue;
+          }
+          push(s);
+        }
+        return;
+      }
+    }
+  }
+  const PacketMeta now = pkt::meta(p);
+  // A guest never fills in an IPv4 header checksum; the L4 one only with
+  // checksum offload.
+  bool ok = true;
+  if (now.has(PacketMeta::kIpCsumPending)) ok = pkt::complete_checksums(p, false);
+  if (ok && now.has(PacketMeta::kL4CsumPending) && !config_.rx_csum_offload) ok = pkt::complete_checksums(p, true);
+  if (!ok) {
+    stats_.rx_dropped.add();
+    pkt::free(p);
+    return;
+  }
+  push(p);
+}
+
+void VifQueue::fetch_rx() noexcept {
+  const size_t room = std::min<size_t>(rx_pkts_.size() - rx_len_, config_.burst);
+  if (room == 0) return;  // the guest is not taking: the port queue backs up and drops
+  PacketBuf* in[kMaxBurst];
+  const size_t n = config_.port->rx_burst(config_.port_queue, {in, room});
+  for (size_t i = 0; i < n; ++i) queue_rx(in[i]);
+}
+
+bool VifQueue::deliver_rx() noexcept {
+  if (rx_len_ == 0) return false;
+  if (rx_carry_len_ < rx_carry_.size()) {
+    auto n = rx_.consume({rx_carry_.data() + rx_carry_len_, rx_carry_.size() - rx_carry_len_});
+    if (!n) {
+      halt("RX ring producer overflow");
+      return false;
+    }
+    rx_carry_len_ += *n;
+  }
+  RxBatch& batch = *rx_batch_;
+  batch.reset({rx_carry_.data(), rx_carry_len_}, config_.frontend);
+  size_t planned = 0;  // packets moved to rx_scratch_ for freeing after the copy
+  bool dropped = false;
+  rx_again_ = false;
+  while (rx_len_ > 0 && planned < rx_scratch_.size()) {
+    PacketBuf* p = rx_pkts_[rx_head_];
+    RxPacket rp;
+    RxVerdict v = RxVerdict::kTooBig;
+    if (pkt::segment_count(p) <= rx_segs_.size()) {
+      const size_t ns = pkt::segments(p, rx_segs_);
+      rp.segs = {rx_segs_.data(), ns};
+      const PacketMeta m = pkt::meta(p);
+      rp.csum_blank = m.has(PacketMeta::kL4CsumPending);
+      rp.data_validated = m.has(PacketMeta::kL4CsumVerified);
+      if (m.has(PacketMeta::kSegment) && m.mss != 0) {
+        rp.gso_type = m.has(PacketMeta::kIpv4) ? XEN_NETIF_GSO_TYPE_TCPV4 : XEN_NETIF_GSO_TYPE_TCPV6;
+        rp.gso_size = m.mss;
+      }
+      v = batch.add(rp);
+    }
+    if (v == RxVerdict::kNoSlots) break;
+    if (v == RxVerdict::kBatchFull) {
+      rx_again_ = true;
+      break;
+    }
+    rx_head_ = (rx_head_ + 1) % rx_pkts_.size();
+    --rx_len_;
+    if (v == RxVerdict::kPlanned) {
+      rx_scratch_[planned++] = p;
+    } else {
+      stats_.rx_dropped.add();
+      pkt::free(p);
+      dropped = true;
+    }
+  }
+  if (rx_len_ > 0 && planned == rx_scratch_.size()) rx_again_ = true;
+  if (batch.requests_used() == 0) return dropped;
+  if (!batch.copies().empty()) {
+    stats_.rx_copy_calls.add();
+    auto r = worker_.grant_table().copy(batch.copies());
+    if (!r) {
+      for (auto& c : batch.copies()) c.status = GNTST_general_error;
+    }
+    const unsigned failed = batch.apply_copy_status();
+    if (failed != 0) {
+      stats_.rx_copy_failures.add(failed);
+      log_.guest("RX: {} grant copies into the guest failed", failed);
+    }
+  }
+  for (const auto& rsp : batch.responses()) (void)rx_.push_response(rsp);
+  rx_responses_ = true;
+  stats_.rx_packets.add(batch.packets());
+  stats_.rx_bytes.add(batch.bytes());
+  pkt::free_bulk({rx_scratch_.data(), planned});
+  const unsigned used = batch.requests_used();
+  std::copy(rx_carry_.begin() + used, rx_carry_.begin() + rx_carry_len_, rx_carry_.begin());
+  rx_carry_len_ -= used;
+  return true;
+}
+
+bool VifQueue::rx_poll() noexcept {
+  fetch_rx();
+  return deliver_rx();
+}
+
+// ----------------------------------------------------------------- reactor
+
+bool VifQueue::publish() noexcept {
+  bool any = false;
+  EventChannel& ev = worker_.event_channel();
+  bool notify_tx = false;
+  bool notify_rx = false;
+  if (tx_responses_) {
+    tx_responses_ = false;
+    notify_tx = tx_.flush();
+    any = true;
+  }
+  if (rx_responses_) {
+    rx_responses_ = false;
+    notify_rx = rx_.flush();
+    any = true;
+  }
+  if (notify_tx && tx_bound_) (void)ev.notify(tx_port_);
+  if (notify_rx) {
+    if (rx_port_ == tx_port_) {
+      if (!notify_tx && tx_bound_) (void)ev.notify(tx_port_);  // one channel: one kick
+    } else if (rx_bound_) {
+      (void)ev.notify(rx_port_);
+    }
+  }
+  return any;
+}
+
+bool VifQueue::poll() noexcept {
+  if (stopped_) return false;
+  sleeping_.store(false, std::memory_order_seq_cst);
+  bool work = reap_tx();
+  if (!halted_) {
+    work |= tx_poll();
+    work |= rx_poll();
+  }
+  work |= reap_tx();
+  work |= publish();
+  return work;
+}
+
+bool VifQueue::arm() noexcept {
+  if (stopped_) return false;
+  bool late = publish();
+  EventChannel& ev = worker_.event_channel();
+  if (masked_tx_ && tx_bound_) (void)ev.unmask(tx_port_);
+  if (masked_rx_ && rx_bound_) (void)ev.unmask(rx_port_);
+  masked_tx_ = masked_rx_ = false;
+  sleeping_.store(true, std::memory_order_seq_cst);
+  for (unsigned w = 0; w < done_words_; ++w) {
+    if (done_bits_[w].load(std::memory_order_seq_cst) != 0) return true;
+  }
+  if (halted_) return late;
+  if (tx_again_ || rx_again_) return true;
+  // TX: new requests (unless the port or the rate limiter holds us back;
+  // the periodic wake-up retries those).
+  if (tx_backlog_len_ == 0 && !rate_.limited() && tx_.final_check()) return true;
+  // RX: packets waiting for guest buffers: wake when it posts some.
+  if (rx_len_ > 0 && rx_.final_check()) return true;
+  return late;
+}
+
+}  // namespace xenpath

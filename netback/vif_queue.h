@@ -1,0 +1,265 @@
+// The netif datapath of one VIF queue (a TX ring, an RX ring, one or two
+// event channels) between a guest and a PacketPort queue, and the
+// per-reactor worker its queues share.
+//
+// Guest TX, per reactor iteration (a bounded burst):
+//  1. finished guest pages are collected: the port frees packets on any
+//     thread, and the free callback of an attached page only sets that
+//     slot's bit in an atomic bitmap (and kicks an eventfd if we sleep);
+//     a burst's mapping is unmapped in one call when its last page is
+//     released, and only then are those slots answered (a frontend may
+//     revoke a grant the moment it sees the answer);
+//  2. requests are copied out of the ring (private copies, carried over when
+//     a chain straddles the burst) and parsed (netif_tx.h); the rate limiter
+//     is charged the packet size first, as Linux does;
+//  3. the burst's slot remainders are grant-mapped read-only in ONE map call
+//     (per packet only when that batch fails, so only the culprit fails), the
+//     headers (first 128 bytes) and sub-crossover remainders are grant-copied
+//     into pool buffers in ONE copy call, and the mapped pages are attached
+//     as external segments: zero-copy to the port;
+//  4. offload metadata (csum_blank, data_validated, GSO) goes on the packet
+//     (the port completes checksums / segments in software if it must);
+//     slots answered by copy alone are answered at once.
+// Guest RX: packets from the port (GSO kept for a frontend that negotiated
+// it, else segmented; checksums completed for a frontend without checksum
+// offload; multicast filtered when the frontend asked for it) are planned
+// against the guest's posted buffers (netif_rx.h) and copied with ONE grant
+// copy call per burst; responses go in the requests' slots.
+//
+// A frontend caught lying (netif_tx.h's fatal cases, ring overflow) halts
+// the queue for good, as Linux disables the vif; the halt callback tells
+// the device.
+//
+// Threads: a VifQueue and its NetWorker belong to one reactor thread
+// (start/stop/destruction run there). Exception: the external-buffer free
+// callback, which may run on any thread and only touches the atomic bitmap
+// and the eventfd. Stats are single-writer counters. Guest memory: the two
+// ring pages, and the TX pages while mapped (read by the port, never by this
+// code). RX data reaches the guest only through grant copy.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "common/log.h"
+#include "common/reactor.h"
+#include "common/ring.h"
+#include "common/ring_types.h"
+#include "common/stats.h"
+#include "common/xen/event_channel.h"
+#include "common/xen/grant_table.h"
+#include "common/xen/platform.h"
+#include "netback/ctrl_ring.h"
+#include "netback/netif_rx.h"
+#include "netback/netif_tx.h"
+#include "netback/packet_port.h"
+#include "netback/rate_limiter.h"
+
+namespace xenpath {
+
+class VifQueue;
+
+// One reactor's Xen handles, shared by its VIF queues, and the dispatch of
+// its event-channel fd to them by local port. Reactor thread only (create()
+// and the destructor use Reactor::call from outside).
+class NetWorker {
+ public:
+  static Result<std::unique_ptr<NetWorker>> create(Reactor& reactor, XenPlatform& platform) noexcept;
+  static Result<std::unique_ptr<NetWorker>> create(Reactor& reactor, std::unique_ptr<GrantTable> gt,
+                                                   std::unique_ptr<EventChannel> evtchn) noexcept;
+  ~NetWorker();
+  NetWorker(const NetWorker&) = delete;
+  NetWorker& operator=(const NetWorker&) = delete;
+
+  [[nodiscard]] Reactor& reactor() noexcept { return reactor_; }
+  [[nodiscard]] GrantTable& grant_table() noexcept { return *gt_; }
+  [[nodiscard]] EventChannel& event_channel() noexcept { return *evtchn_; }
+
+  void add_port(EvtchnPort port, VifQueue* q) noexcept;
+  void remove_port(EvtchnPort port) noexcept;
+
+ private:
+  NetWorker(Reactor& reactor, std::unique_ptr<GrantTable> gt, std::unique_ptr<EventChannel> evtchn) noexcept
+      : reactor_(reactor), gt_(std::move(gt)), evtchn_(std::move(evtchn)) {}
+  void on_events() noexcept;
+
+  Reactor& reactor_;
+  std::unique_ptr<GrantTable> gt_;
+  std::unique_ptr<EventChannel> evtchn_;
+  std::unordered_map<EvtchnPort, VifQueue*> ports_;
+  bool watching_ = false;
+};
+
+struct VifQueueStats {
+  RingQueueStats tx_ring;  // guest TX ring: requests, responses, notifications, halted
+  RingQueueStats rx_ring;  // guest RX ring
+  Counter tx_packets;      // guest packets handed to the port
+  Counter tx_bytes;
+  Counter tx_dropped;       // guest packets dropped (bad chains, failed grants, no buffers)
+  Counter tx_port_dropped;  // well-formed packets the port side refused (no headers to offload on)
+  Counter tx_map_calls;     // GrantTable::map calls for TX data
+  Counter tx_unmap_calls;   // burst mappings released
+  Counter tx_copy_calls;    // GrantTable::copy calls for TX headers
+  Counter tx_mapped_pages;  // slot remainders attached zero-copy
+  Counter tx_copied_bytes;  // header + crossover bytes copied
+  Counter tx_rate_limited;  // times a packet had to wait for credit
+  Counter tx_multicast;     // MCAST_ADD/DEL requests
+  Counter rx_packets;       // packets delivered into the guest
+  Counter rx_bytes;
+  Counter rx_dropped;       // too big, empty, filtered, unsegmentable, no buffers
+  Counter rx_copy_calls;
+  Counter rx_copy_failures;  // segments the hypervisor refused (bad guest grant)
+  Counter rx_gso_segmented;  // GSO packets segmented for a frontend without GSO
+};
+
+class VifQueue final : public Poller {
+ public:
+  static constexpr unsigned kMaxBurst = 64;
+
+  struct Config {
+    DomId frontend = 0;
+    GrantRef tx_ring_ref = 0;
+    GrantRef rx_ring_ref = 0;
+    EvtchnPort tx_remote_port = 0;  // the frontend's event channel(s);
+    EvtchnPort rx_remote_port = 0;  // equal: one channel for both rings
+    PacketPort* port = nullptr;     // outlives the queue
+    uint16_t port_queue = 0;
+    PacketPool* pool = nullptr;     // outlives every packet it made
+    NetifTxLimits tx_limits;
+    RateSpec rate;                  // the backend's "rate" key
+    // What the frontend negotiated.
+    bool rx_csum_offload = true;    // it accepts csum_blank (no feature-no-csum-offload)
+    bool rx_gso_tcpv4 = false;      // feature-gso-tcpv4
+    bool rx_gso_tcpv6 = false;      // feature-gso-tcpv6
+    bool multicast_control = false; // request-multicast-control
+    unsigned burst = kMaxBurst;
+    // Ports have no wake-up of their own here: while idle the reactor
+    // wakes this often to look for received packets.
+    std::chrono::microseconds port_poll{1000};
+    size_t rx_backlog = 256;        // packets held for a guest without buffers
+    std::string log_prefix = "vif: ";
+  };
+  using HaltSink = std::function<void(int error)>;
+
+  // On the worker's thread: maps both rings, binds the event channel(s),
+  // starts polling. Worker, stats, port and pool must outlive the queue.
+  static Result<std::unique_ptr<VifQueue>> start(NetWorker& worker, const Config& config, VifQueueStats& stats,
+                                                 HaltSink on_halt = {}) noexcept;
+  // On the worker's thread. EBUSY while guest pages are still attached to
+  // packets somewhere (in the port, a peer, a queue); once it returns ok
+  // nothing of the guest stays mapped or bound.
+  Status stop() noexcept;
+  ~VifQueue() override;
+  VifQueue(const VifQueue&) = delete;
+  VifQueue& operator=(const VifQueue&) = delete;
+
+  bool poll() noexcept override;
+  bool arm() noexcept override;
+  void on_event(EvtchnPort local) noexcept;
+
+  [[nodiscard]] bool halted() const noexcept { return halted_; }
+  [[nodiscard]] const MulticastFilter& multicast() const noexcept { return mcast_; }
+  [[nodiscard]] unsigned tx_pages_in_flight() const noexcept { return attached_; }
+
+ private:
+  struct Pending;
+  struct TxBurst;
+  struct TxWork;
+
+  VifQueue(NetWorker& worker, const Config& config, VifQueueStats& stats, HaltSink on_halt) noexcept;
+  Status init() noexcept;
+  void teardown() noexcept;
+  void halt(const char* why) noexcept;
+
+  static void page_released(void* addr, void* opaque);
+  bool reap_tx() noexcept;
+  void finish_burst(uint32_t b) noexcept;
+  bool tx_poll() noexcept;
+  bool flush_tx_backlog() noexcept;
+  unsigned parse_tx_burst(unsigned& works) noexcept;
+  void execute_tx(unsigned works) noexcept;
+  bool map_tx(unsigned works) noexcept;
+  void build_tx(TxWork& w) noexcept;
+  void respond_tx(uint16_t id, int16_t status, uint16_t nulls) noexcept;
+  uint16_t alloc_pending() noexcept;
+  void free_pending(uint16_t idx) noexcept;
+
+  bool rx_poll() noexcept;
+  void fetch_rx() noexcept;
+  void queue_rx(PacketBuf* p) noexcept;
+  bool deliver_rx() noexcept;
+
+  bool publish() noexcept;
+
+  NetWorker& worker_;
+  Config config_;
+  VifQueueStats& stats_;
+  HaltSink on_halt_;
+  DeviceLog log_;
+
+  GrantMapping tx_ring_map_;
+  GrantMapping rx_ring_map_;
+  BackRing<NetifTxRing> tx_;
+  BackRing<NetifRxRing> rx_;
+  EvtchnPort tx_port_ = 0;
+  EvtchnPort rx_port_ = 0;
+  bool tx_bound_ = false;
+  bool rx_bound_ = false;
+  bool polling_ = false;
+  bool masked_tx_ = false;
+  bool masked_rx_ = false;
+  bool halted_ = false;
+  bool stopped_ = false;
+  bool tx_responses_ = false;
+  bool rx_responses_ = false;
+  int done_fd_ = -1;
+  bool watching_done_ = false;
+  Reactor::TimerId timer_ = 0;
+  bool have_timer_ = false;
+
+  RateLimiter rate_;
+  MulticastFilter mcast_;
+
+  // TX state (sized at start; no datapath allocation).
+  std::vector<netif_tx_request> carry_;  // consumed, not yet parsed
+  unsigned carry_len_ = 0;
+  std::vector<Pending> pend_;
+  std::vector<uint16_t> free_pend_;
+  std::unique_ptr<std::atomic<uint64_t>[]> done_bits_;
+  unsigned done_words_ = 0;
+  std::atomic<bool> sleeping_{false};
+  std::atomic<int> in_callback_{0};  // free callbacks running right now (stop() waits)
+  bool tx_again_ = false;  // the last burst stopped at its size limit
+  bool rx_again_ = false;
+  std::vector<TxBurst> bursts_;
+  std::vector<uint32_t> free_bursts_;
+  std::vector<TxWork> work_;
+  std::vector<GrantCopySegment> tx_copies_;
+  std::vector<uint16_t> tx_copy_owner_;
+  std::vector<GrantRef> tx_refs_;
+  std::vector<PacketBuf*> tx_out_;
+  std::vector<PacketBuf*> tx_backlog_;
+  size_t tx_backlog_len_ = 0;
+  unsigned attached_ = 0;  // guest pages attached to packets, not yet released
+
+  // RX state.
+  std::vector<netif_rx_request> rx_carry_;
+  unsigned rx_carry_len_ = 0;
+  std::vector<PacketBuf*> rx_pkts_;  // FIFO ring of packets for the guest
+  size_t rx_head_ = 0;
+  size_t rx_len_ = 0;
+  std::vector<GrantCopySegment> rx_copies_;
+  std::vector<uint16_t> rx_copy_owner_;
+  std::vector<netif_rx_response> rx_rsps_;
+  std::unique_ptr<RxBatch> rx_batch_;
+  std::vector<PacketSegment> rx_segs_;
+  std::vector<PacketBuf*> rx_scratch_;
+};
+
+}  // namespace xenpath
