@@ -127,6 +127,13 @@ Status VifQueue::init() noexcept {
       config_.rx_backlog == 0) {
     return unexpected(EINVAL);
   }
+  if (!config_.zero_copy || !config_.port->caps().external_buffers) {
+    // The port cannot be handed guest pages (a NIC would DMA from them
+    // without their being DMA-mapped): copy every byte instead.
+    config_.zero_copy = false;
+    config_.tx_limits.copy_below = UINT16_MAX;
+  }
+  if (config_.pool->data_room() == 0) return unexpected(EINVAL);
   GrantTable& gt = worker_.grant_table();
   auto tm = gt.map(config_.frontend, {&config_.tx_ring_ref, 1}, /*writable=*/true);
   if (!tm) {
@@ -166,7 +173,9 @@ Status VifQueue::init() noexcept {
     free_bursts_.reserve(tx_size);
     for (uint32_t i = tx_size; i-- > 0;) free_bursts_.push_back(i);
     work_.resize(burst);
-    tx_copies_.resize(static_cast<size_t>(burst) * kMaxTxPieces);
+    // A copied piece (<= a page) takes ceil(4096 / buffer room) segments.
+    const size_t chunks = (kPageSize + config_.pool->data_room() - 1) / std::max<size_t>(config_.pool->data_room(), 1);
+    tx_copies_.resize(static_cast<size_t>(burst) * kMaxTxPieces * chunks);
     tx_copy_owner_.resize(tx_copies_.size());
     tx_refs_.resize(static_cast<size_t>(burst) * kMaxTxSlots);
     tx_out_.resize(burst);
@@ -528,20 +537,26 @@ void VifQueue::execute_tx(unsigned works) noexcept {
         stats_.tx_mapped_pages.add();
         continue;
       }
-      auto dst = pool.append_owned(w.pkt, pc.len);
-      if (dst.empty()) {
-        w.failed = true;
-        break;
+      // Copied pieces land in pool buffers, in chunks of at most a buffer.
+      for (uint16_t done = 0; done < pc.len && !w.failed;) {
+        const uint16_t n = static_cast<uint16_t>(std::min<size_t>(pc.len - done, pool.data_room()));
+        auto dst = pool.append_owned(w.pkt, n);
+        if (dst.empty() || ncopies == tx_copies_.size()) {
+          w.failed = true;
+          break;
+        }
+        GrantCopySegment& c = tx_copies_[ncopies];
+        c = GrantCopySegment{};
+        c.source.foreign.ref = pc.gref;
+        c.source.foreign.offset = static_cast<uint16_t>(pc.offset + done);
+        c.source.foreign.domid = config_.frontend;
+        c.dest.virt = dst.data();
+        c.len = n;
+        c.flags = kCopySourceGref;
+        tx_copy_owner_[ncopies++] = static_cast<uint16_t>(i);
+        done = static_cast<uint16_t>(done + n);
       }
-      GrantCopySegment& c = tx_copies_[ncopies];
-      c = GrantCopySegment{};
-      c.source.foreign.ref = pc.gref;
-      c.source.foreign.offset = pc.offset;
-      c.source.foreign.domid = config_.frontend;
-      c.dest.virt = dst.data();
-      c.len = pc.len;
-      c.flags = kCopySourceGref;
-      tx_copy_owner_[ncopies++] = static_cast<uint16_t>(i);
+      if (w.failed) break;
     }
   }
   if (ncopies > 0) {

@@ -16,7 +16,9 @@
 //     (per packet only when that batch fails, so only the culprit fails), the
 //     headers (first 128 bytes) and sub-crossover remainders are grant-copied
 //     into pool buffers in ONE copy call, and the mapped pages are attached
-//     as external segments: zero-copy to the port;
+//     as external segments: zero-copy to the port (a port that cannot take
+//     external buffers, e.g. a NIC needing DMA mappings, gets everything
+//     copied instead, answered at once);
 //  4. offload metadata (csum_blank, data_validated, GSO) goes on the packet
 //     (the port completes checksums / segments in software if it must);
 //     slots answered by copy alone are answered at once.
@@ -132,6 +134,9 @@ class VifQueue final : public Poller {
     uint16_t port_queue = 0;
     PacketPool* pool = nullptr;     // outlives every packet it made
     NetifTxLimits tx_limits;
+    // Attach mapped guest pages to packets (zero-copy TX). Forced off when
+    // the port cannot take external buffers; then every byte is copied.
+    bool zero_copy = true;
     RateSpec rate;                  // the backend's "rate" key
     // What the frontend negotiated.
     bool rx_csum_offload = true;    // it accepts csum_blank (no feature-no-csum-offload)
