@@ -20,29 +20,12 @@
 #include <vector>
 
 #include "blkback/raw_image.h"
+#include "tests/integration/blk_test_util.h"
 
 namespace xenpath {
 namespace {
 
-struct TempFile {
-  explicit TempFile(uint64_t size, bool preallocate = false) {
-    const char* dir = std::getenv("TMPDIR");
-    std::string tmpl = std::string(dir != nullptr ? dir : "/tmp") + "/xenpath-blk-XXXXXX";
-    std::vector<char> buf(tmpl.begin(), tmpl.end());
-    buf.push_back('\0');
-    const int fd = ::mkstemp(buf.data());
-    EXPECT_GE(fd, 0);
-    path = buf.data();
-    if (preallocate) {
-      EXPECT_EQ(::fallocate(fd, 0, 0, static_cast<off_t>(size)), 0);
-    } else {
-      EXPECT_EQ(::ftruncate(fd, static_cast<off_t>(size)), 0);
-    }
-    ::close(fd);
-  }
-  ~TempFile() { ::unlink(path.c_str()); }
-  std::string path;
-};
+using blktest::TempFile;
 
 struct Buffer {
   explicit Buffer(size_t n) : size(n), p(static_cast<char*>(std::aligned_alloc(4096, (n + 4095) / 4096 * 4096))) {
