@@ -82,6 +82,13 @@ void LatencyHistogram::record(uint64_t ns) noexcept {
   if (ns > max_.get()) max_.set(ns);
 }
 
+void LatencyHistogram::add(const LatencyHistogram& other) noexcept {
+  for (unsigned b = 0; b < kBuckets; ++b) {
+    if (const uint64_t n = other.buckets_[b].get(); n != 0) buckets_[b].add(n);
+  }
+  if (other.max_ns() > max_ns()) max_.set(other.max_ns());
+}
+
 uint64_t LatencyHistogram::count() const noexcept {
   uint64_t n = 0;
   for (const Counter& c : buckets_) n += c.get();

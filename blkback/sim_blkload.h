@@ -45,6 +45,8 @@ class LatencyHistogram {
   static constexpr unsigned kBuckets = (64 - kSubBits + 1) << kSubBits;
 
   void record(uint64_t ns) noexcept;
+  // Adds `other`'s samples (read from any thread) to this one (its writer).
+  void add(const LatencyHistogram& other) noexcept;
   [[nodiscard]] uint64_t count() const noexcept;
   [[nodiscard]] uint64_t max_ns() const noexcept { return max_.get(); }
   // The q-quantile (0 < q <= 1), interpolated inside its bucket and capped
