@@ -3,7 +3,7 @@
 #
 #   perf/blk_vs_fio.sh [--file PATH] [--size 1G] [--runtime 10] [--repeat 1]
 #                      [--seq-qd 8] [--tool build-rel/perf/xenpath-blkload]
-#                      [--json OUT.json] [--keep]
+#                      [--json OUT.json] [--keep] [--xp-args "EXTRA TOOL ARGS"]
 #
 # The file is written fully first (fio, sequential 1 MiB direct writes) so
 # reads hit real data, not holes or unwritten extents. Then, per case, fio
@@ -33,6 +33,7 @@ SEQ_QD=8
 TOOL=""
 JSON_OUT=""
 KEEP=0
+XP_EXTRA=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --file) FILE="$2"; shift 2 ;;
@@ -43,7 +44,8 @@ while [[ $# -gt 0 ]]; do
     --tool) TOOL="$2"; shift 2 ;;
     --json) JSON_OUT="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    --xp-args) XP_EXTRA="$2"; shift 2 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -77,7 +79,7 @@ run_fio() {  # name rw bs qd out
 # The same through xenpath: one VBD, one queue, one worker, one guest thread.
 run_xp() {  # pattern read_percent bs qd out
   "$TOOL" --image "$FILE" --size "$SIZE" --pattern "$1" --read-percent "$2" --bs "$3" --qd "$4" \
-      --seconds "$RUNTIME" --json --quiet >"$5"
+      --seconds "$RUNTIME" --json --quiet $XP_EXTRA >"$5"
 }
 
 # name fio_rw xp_pattern xp_read_percent bs qd
@@ -112,14 +114,18 @@ for c in "${CASES[@]}"; do
   x_bcpu=$(for i in $(seq 1 "$REPEAT"); do jq ".total.backend_cpu_utilisation * 100" "$WORK/$name.xp.$i.json"; done | median)
   x_gcpu=$(for i in $(seq 1 "$REPEAT"); do jq ".total.guest_cpu_s / .total.seconds * 100" "$WORK/$name.xp.$i.json"; done | median)
   x_err=$(for i in $(seq 1 "$REPEAT"); do jq ".total.errors" "$WORK/$name.xp.$i.json"; done | awk '{s+=$1} END {print s+0}')
+  f_runs=$(for i in $(seq 1 "$REPEAT"); do jq ".jobs[0].$dir.iops" "$WORK/$name.fio.$i.json"; done | jq -s -c .)
+  x_runs=$(for i in $(seq 1 "$REPEAT"); do jq ".total.iops" "$WORK/$name.xp.$i.json"; done | jq -s -c .)
   jq -n --arg name "$name" --argjson f_iops "$f_iops" --argjson f_mib "$f_mib" --argjson f_p50 "$f_p50" \
         --argjson f_p99 "$f_p99" --argjson f_cpu "$f_cpu" --argjson x_iops "$x_iops" --argjson x_mib "$x_mib" \
         --argjson x_p50 "$x_p50" --argjson x_p99 "$x_p99" --argjson x_bcpu "$x_bcpu" --argjson x_gcpu "$x_gcpu" \
-        --argjson x_err "$x_err" \
+        --argjson x_err "$x_err" --argjson f_runs "$f_runs" --argjson x_runs "$x_runs" \
         '{case: $name,
-          fio: {iops: $f_iops, mib_s: $f_mib, lat_p50_us: $f_p50, lat_p99_us: $f_p99, cpu_percent: $f_cpu},
+          fio: {iops: $f_iops, mib_s: $f_mib, lat_p50_us: $f_p50, lat_p99_us: $f_p99, cpu_percent: $f_cpu,
+                iops_runs: $f_runs},
           xenpath: {iops: $x_iops, mib_s: $x_mib, lat_p50_us: $x_p50, lat_p99_us: $x_p99,
-                    backend_cpu_percent: $x_bcpu, guest_cpu_percent: $x_gcpu, errors: $x_err},
+                    backend_cpu_percent: $x_bcpu, guest_cpu_percent: $x_gcpu, errors: $x_err,
+                    iops_runs: $x_runs},
           ratio: (if $f_iops > 0 then $x_iops / $f_iops else 0 end)}' >>"$RESULTS"
 done
 
@@ -147,6 +153,8 @@ jq -r '[.case, .fio.iops, .fio.mib_s, .fio.lat_p50_us, .fio.lat_p99_us, .xenpath
     printf "%-20s %10.0f %9.1f %8.1f %8.1f | %10.0f %9.1f %8.1f %8.1f | %6.2f  %.0f / %.0f+%.0f\n" \
            "$n" "$fi" "$fm" "$f5" "$f9" "$xi" "$xm" "$x5" "$x9" "$r" "$fc" "$xb" "$xg"
   done
+echo "IOPS of every run (fio | xenpath):"
+jq -r '"  \(.case): \(.fio.iops_runs | map(floor)) | \(.xenpath.iops_runs | map(floor))"' "$RESULTS"
 echo
 printf "%-24s %10s %16s %16s\n" "null image 4k rand QD32" IOPS "backend us/req" "guest us/req"
 jq -r '[(if .persistent then "persistent grants" else "grant map per request" end), .iops,

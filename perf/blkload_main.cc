@@ -81,6 +81,7 @@ struct Config {
   unsigned ring_order = 0;
   std::string protocol = "native";
   unsigned poll_window_us = 50;
+  uint32_t persistent_max_pages = 0;
   bool buffered = false;
   bool json = false;
   bool quiet = false;
@@ -210,6 +211,7 @@ int run(const Config& cfg) {
   ho.workers = cfg.workers;
   ho.vbd.max_queues = std::max(cfg.queues, 1u);
   ho.vbd.direct = !cfg.buffered;
+  ho.vbd.persistent_max_pages = cfg.persistent_max_pages;
   ho.poll_window = std::chrono::microseconds(cfg.poll_window_us);
   // Guest memory: rings, and data pages in flight (persistent pools keep
   // theirs); sparse, so generous costs nothing.
@@ -353,7 +355,8 @@ int run(const Config& cfg) {
                    {"ring_order", cfg.ring_order},
                    {"protocol", cfg.protocol},
                    {"direct", !cfg.buffered},
-                   {"poll_window_us", cfg.poll_window_us}};
+                   {"poll_window_us", cfg.poll_window_us},
+                   {"persistent_max_pages", cfg.persistent_max_pages}};
   uint64_t total_ops = 0;
   uint64_t total_bytes = 0;
   uint64_t total_errors = 0;
@@ -494,6 +497,9 @@ int main(int argc, char** argv) {
   app.add_option("--ring-order", cfg.ring_order, "ring-page-order (0..4)")->capture_default_str();
   app.add_option("--protocol", cfg.protocol, "native, x86_32 or x86_64")->capture_default_str();
   app.add_option("--poll-window-us", cfg.poll_window_us, "backend reactors' spin after work")->capture_default_str();
+  app.add_option("--persistent-max-pages", cfg.persistent_max_pages,
+                 "backend's persistent grant table per queue (0: its default, RING_SIZE * 11)")
+      ->capture_default_str();
   app.add_flag("--buffered", cfg.buffered, "open images without O_DIRECT");
   app.add_flag("--json", cfg.json, "JSON report on stdout");
   app.add_flag("--quiet", cfg.quiet, "only errors in the log");

@@ -117,11 +117,11 @@ TEST_P(BlkVerifyMatrix, MixedRandomWithFlushesThenFullReadBack) {
   EXPECT_EQ(disk.max_indirect_segments != 0, f.indirect);
   ASSERT_EQ(disk.queues.size(), f.queues);
 
-  // 64 KiB blocks are 16 segments: indirect requests. Without indirect,
-  // 8 KiB blocks (two direct segments). Each queue owns its region (the
+  // 48 KiB blocks are 12 segments, one more than a direct request carries:
+  // indirect requests. Without indirect, 8 KiB blocks (two direct segments). Each queue owns its region (the
   // verify state is per load).
-  const uint32_t bs = f.indirect ? 65536 : 8192;
-  constexpr uint64_t kBlocks = 64;
+  const uint32_t bs = f.indirect ? 49152 : 8192;
+  constexpr uint64_t kBlocks = 48;
   std::vector<BlkLoad*> loads;
   for (unsigned q = 0; q < f.queues; ++q) {
     BlkLoadSpec s;
@@ -134,7 +134,7 @@ TEST_P(BlkVerifyMatrix, MixedRandomWithFlushesThenFullReadBack) {
     s.flush_every = 16;
     s.verify = true;
     s.seed = 100 + q;
-    s.max_ops = 300 / f.queues + 50;
+    s.max_ops = 240 / f.queues + 40;
     auto l = BlkLoad::create(*disk.queues[q], disk.bytes, s, 51712);
     ASSERT_TRUE(l) << error_string(l.error());
     loads.push_back(l->get());

@@ -98,5 +98,17 @@ TEST(LatencyHistogram, PercentilesWithinABucket) {
   EXPECT_LT(h.percentile_ns(0.5), 6000u);
 }
 
+TEST(LatencyHistogram, AddMergesCountsAndMax) {
+  LatencyHistogram a, b, sum;
+  for (uint64_t v = 1; v <= 1000; ++v) a.record(v * 1000);      // 1..1000 us
+  for (uint64_t v = 1; v <= 1000; ++v) b.record(v * 1000 + 7);  // the same, shifted
+  b.record(9'000'000);
+  sum.add(a);
+  sum.add(b);
+  EXPECT_EQ(sum.count(), 2001u);
+  EXPECT_EQ(sum.max_ns(), 9'000'000u);
+  EXPECT_NEAR(static_cast<double>(sum.percentile_ns(0.5)), 500'000.0, 500'000.0 * 0.125);
+}
+
 }  // namespace
 }  // namespace xenpath::sim
