@@ -291,6 +291,7 @@ Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress
     auto devtype = xs.read(t, addr.frontend_path + "/device-type");
     const bool cdrom = devtype && *devtype == "cdrom";
 
+<<<<<<< HEAD
     RawImage::Options io;
     io.read_only = read_only || cdrom;
     io.direct = opts_.direct;
@@ -302,6 +303,18 @@ Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress
       return unexpected(opened.error() == ENOENT ? ENODEV : opened.error());
     }
     auto image = std::move(*opened);
+=======
+    const bool ro = read_only || cdrom;
+    std::unique_ptr<Image> image;
+    if (opts_.open_image) {
+      XP_ASSIGN_OR_RETURN(image, opts_.open_image(p, ro));
+    } else {
+      RawImage::Options io;
+      io.read_only = ro;
+      io.direct = opts_.direct;
+      XP_ASSIGN_OR_RETURN(image, RawImage::open(p.path, io));
+    }
+>>>>>>> wip-blkload
     const ImageInfo& info = image->info();
     if (std::max(info.logical_block_size, info.memory_align) > kPageSize) return unexpected(EINVAL);
 
@@ -310,7 +323,7 @@ Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress
     const size_t base = next_++;
     for (size_t i = 0; i < workers_.size(); ++i) order.push_back(workers_[(base + i) % workers_.size()]);
     return std::unique_ptr<BackendDevice>(new VbdDevice(addr, opts_, std::move(order), std::move(image),
-                                                        io.read_only, cdrom, discard != 0, sink_));
+                                                        ro, cdrom, discard != 0, sink_));
   } catch (...) {
     return unexpected(ENOMEM);
   }
