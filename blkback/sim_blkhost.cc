@@ -107,18 +107,31 @@ Result<SimBlkHost::Disk*> SimBlkHost::attach(uint32_t devid, const std::string& 
     XP_TRY(tools_->add_device("vbd", opts_.guest, devid, kDom0,
                               {{"params", params}, {"mode", read_only ? "r" : "w"}, {"type", "file"}},
                               {{"virtual-device", id}, {"device-type", "disk"}}));
+    XP_ASSIGN_OR_RETURN(auto disk, connect_disk(*guest_, *guest_xs_, evtchn, opts_.guest, devid, fo));
+    disks_.push_back(std::move(disk));
+    return disks_.back().get();
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
+}
+
+Result<std::unique_ptr<SimBlkHost::Disk>> SimBlkHost::connect_disk(SimDomain& guest, XenStore& guest_xs,
+                                                                   EventChannel& evtchn, DomId domid, uint32_t devid,
+                                                                   const FrontOptions& fo) noexcept {
+  if (fo.queues == 0) return unexpected(EINVAL);
+  try {
     auto disk = std::make_unique<Disk>();
     disk->devid = devid;
-    XP_ASSIGN_OR_RETURN(disk->xenbus, SimXenbusFrontend::attach(*guest_xs_, SimToolstack::frontend_path(opts_.guest, "vbd", devid)));
+    XP_ASSIGN_OR_RETURN(disk->xenbus, SimXenbusFrontend::attach(guest_xs, SimToolstack::frontend_path(domid, "vbd", devid)));
     SimXenbusFrontend& xb = *disk->xenbus;
     XP_TRY(xb.wait_backend(XenbusState::kInitWait));
 
     // What blkfront reads before building its rings.
     const std::string& be = xb.backend_path();
-    XP_ASSIGN_OR_RETURN(const uint64_t sectors, read_decimal<uint64_t>(*guest_xs_, kXsNoTxn, be, "sectors"));
+    XP_ASSIGN_OR_RETURN(const uint64_t sectors, read_decimal<uint64_t>(guest_xs, kXsNoTxn, be, "sectors"));
     disk->bytes = sectors * 512;
     auto optional = [&](const char* key) -> uint32_t {
-      auto v = read_decimal<uint32_t>(*guest_xs_, kXsNoTxn, be, key);
+      auto v = read_decimal<uint32_t>(guest_xs, kXsNoTxn, be, key);
       return v ? *v : 0;
     };
     const uint32_t max_indirect = optional("feature-max-indirect-segments");
@@ -141,7 +154,7 @@ Result<SimBlkHost::Disk*> SimBlkHost::attach(uint32_t devid, const std::string& 
       o.persistent = disk->persistent;
       o.max_indirect_segments = disk->max_indirect_segments;
       o.backend = xb.backend_id();
-      XP_ASSIGN_OR_RETURN(auto f, SimBlkfront::create(*guest_, evtchn, o));
+      XP_ASSIGN_OR_RETURN(auto f, SimBlkfront::create(guest, evtchn, o));
       const std::string prefix = fo.queues > 1 ? "queue-" + std::to_string(q) + "/" : "";
       if (multi_ref) {
         for (size_t i = 0; i < f->ring_refs().size(); ++i) {
@@ -154,8 +167,7 @@ Result<SimBlkHost::Disk*> SimBlkHost::attach(uint32_t devid, const std::string& 
       disk->queues.push_back(std::move(f));
     }
     XP_TRY(xb.connect(keys));
-    disks_.push_back(std::move(disk));
-    return disks_.back().get();
+    return disk;
   } catch (...) {
     return unexpected(ENOMEM);
   }

@@ -81,6 +81,13 @@ class SimBlkHost {
   // the disk (one from open_guest_event_channel()). EPIPE if the backend refused the frontend.
   Result<Disk*> attach(uint32_t devid, const std::string& params, const FrontOptions& fo, EventChannel& evtchn,
                        bool read_only = false) noexcept;
+  // The guest kernel's half of attach() for a disk the toolstack already
+  // plugged at /local/domain/<domid>/device/vbd/<devid>: waits for InitWait,
+  // reads the backend's features, builds the rings and connects. For hosts
+  // with several guests (the daemon's simulated mode); `guest_xs` is a
+  // connection of that guest.
+  static Result<std::unique_ptr<Disk>> connect_disk(SimDomain& guest, XenStore& guest_xs, EventChannel& evtchn,
+                                                    DomId domid, uint32_t devid, const FrontOptions& fo) noexcept;
   // Orderly close (xenbus Closing/Closed, the backend drains and unmaps),
   // the rings go, then the toolstack removes the device.
   Status detach(uint32_t devid) noexcept;
