@@ -67,7 +67,7 @@ struct VbdOptions {
   uint32_t max_indirect_segments = kBlkDefaultMaxIndirectSegments;
   bool persistent = true;                       // offer feature-persistent
   bool direct = true;                           // O_DIRECT images
-  uint32_t persistent_max_pages = 0;            // per queue; 0: RING_SIZE * 11
+  uint32_t persistent_max_pages = 0;            // per queue; 0: max(1056, RING_SIZE * 11)
   // Bounded wait for in-flight I/O at disconnect before giving up on a
   // queue (the kernel still owns its pages; it is kept, not unmapped).
   std::chrono::milliseconds drain_timeout{30'000};
