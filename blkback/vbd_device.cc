@@ -291,11 +291,17 @@ Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress
     auto devtype = xs.read(t, addr.frontend_path + "/device-type");
     const bool cdrom = devtype && *devtype == "cdrom";
 
-<<<<<<< HEAD
-    RawImage::Options io;
-    io.read_only = read_only || cdrom;
-    io.direct = opts_.direct;
-    auto opened = RawImage::open(p.path, io);
+    const bool ro = read_only || cdrom;
+    Result<std::unique_ptr<Image>> opened = unexpected(EINVAL);
+    if (opts_.open_image) {
+      opened = opts_.open_image(p, ro);
+    } else {
+      RawImage::Options io;
+      io.read_only = ro;
+      io.direct = opts_.direct;
+      auto raw = RawImage::open(p.path, io);
+      opened = raw ? Result<std::unique_ptr<Image>>(std::move(*raw)) : unexpected(raw.error());
+    }
     if (!opened) {
       DeviceLog(fmt::format("vbd {}/{}: ", addr.frontend_id, addr.devid))
           .warn("cannot open image {}: {}", p.path, error_string(opened.error()));
@@ -303,18 +309,6 @@ Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress
       return unexpected(opened.error() == ENOENT ? ENODEV : opened.error());
     }
     auto image = std::move(*opened);
-=======
-    const bool ro = read_only || cdrom;
-    std::unique_ptr<Image> image;
-    if (opts_.open_image) {
-      XP_ASSIGN_OR_RETURN(image, opts_.open_image(p, ro));
-    } else {
-      RawImage::Options io;
-      io.read_only = ro;
-      io.direct = opts_.direct;
-      XP_ASSIGN_OR_RETURN(image, RawImage::open(p.path, io));
-    }
->>>>>>> wip-blkload
     const ImageInfo& info = image->info();
     if (std::max(info.logical_block_size, info.memory_align) > kPageSize) return unexpected(EINVAL);
 
