@@ -339,7 +339,9 @@ int run(const Config& cfg) {
 
   // Report.
   nlohmann::json out;
-  out["config"] = {{"vbds", cfg.vbds},
+  out["config"] = {{"seconds", cfg.seconds},
+                   {"ops_per_ring", cfg.ops},
+                   {"vbds", cfg.vbds},
                    {"queues", cfg.queues},
                    {"workers", cfg.workers},
                    {"guest_threads", cfg.guest_threads},
