@@ -25,44 +25,24 @@ Status SimBlkHost::init() noexcept {
   platform_ = make_sim_platform(*host_);
   if (!platform_) return unexpected(ENOMEM);
   try {
-    Reactor::Options copt;
-    copt.name = "control";
-    copt.uring_entries = 0;
-    XP_ASSIGN_OR_RETURN(control_, Reactor::create(copt));
-    XP_TRY(control_->start());
-    for (unsigned i = 0; i < opts_.workers; ++i) {
-      Reactor::Options wopt;
-      wopt.name = "blk-worker" + std::to_string(i);
-      wopt.poll_window = opts_.poll_window;
-      XP_ASSIGN_OR_RETURN(auto r, Reactor::create(wopt));
-      XP_TRY(r->start());
+    // The backend exactly as xenpath-blkback runs it.
+    DaemonOptions dopt;
+    dopt.name = "blk";
+    dopt.workers = opts_.workers;
+    dopt.poll_window = opts_.poll_window;
+    XP_ASSIGN_OR_RETURN(daemon_, BackendDaemon::create(*platform_, dopt));
+    XP_ASSIGN_OR_RETURN(service_, BlkbackService::create(*daemon_, opts_.vbd));
+    for (Reactor* r : daemon_->workers()) {
       clockid_t clock{};
       int rc = -1;
       r->call([&] { rc = pthread_getcpuclockid(pthread_self(), &clock); });
       if (rc != 0) return unexpected(rc);
-      XP_ASSIGN_OR_RETURN(auto w, BlkWorker::create(*r, *platform_));
-      reactors_.push_back(std::move(r));
-      workers_.push_back(std::move(w));
       worker_clocks_.push_back(clock);
     }
+    XP_TRY(daemon_->start());
+
     XP_ASSIGN_OR_RETURN(tools_xs_, host_->open_xenstore(kDom0));
     tools_ = std::make_unique<SimToolstack>(*tools_xs_);
-
-    XP_ASSIGN_OR_RETURN(auto xs, platform_->open_xenstore());
-    driver_ = std::make_unique<BackendDriver>(std::move(xs), BackendDriver::Options{});
-    BackendDriver* d = driver_.get();
-    std::vector<BlkWorker*> ws;
-    for (auto& w : workers_) ws.push_back(w.get());
-    XP_TRY(driver_->add_type(std::make_unique<VbdDeviceType>(
-        std::move(ws), opts_.vbd,
-        [d](const DeviceAddress& a, int err) { d->report_device_error(a.type, a.frontend_id, a.devid, err); })));
-    Status st = unexpected(EIO);
-    control_->call([&] {
-      st = driver_->start();
-      if (st) st = driver_->attach(*control_);
-    });
-    XP_TRY(st);
-
     XP_ASSIGN_OR_RETURN(guest_, host_->create_domain(opts_.guest, opts_.guest_pages, "guest"));
     XP_ASSIGN_OR_RETURN(guest_xs_, host_->open_xenstore(opts_.guest));
   } catch (...) {
@@ -73,17 +53,16 @@ Status SimBlkHost::init() noexcept {
 
 SimBlkHost::~SimBlkHost() {
   while (!disks_.empty()) {
-    // detach() forgets the disk even when the close fails (the driver's
+    // detach() forgets the disk even when the close fails (the daemon's
     // stop() then disconnects it).
     if (Status st = detach(disks_.back()->devid); !st) {
       spdlog::warn("simulated host: detach failed: {}", error_string(st.error()));
     }
   }
   guest_evtchns_.clear();
-  if (control_ && driver_) control_->call([&] { driver_.reset(); });
-  workers_.clear();
-  for (auto& r : reactors_) r->stop();
-  if (control_) control_->stop();
+  if (daemon_) daemon_->stop();
+  service_.reset();
+  daemon_.reset();
   if (host_ && host_->counters().mapped_pages_live.load() != 0) {
     spdlog::error("simulated host: {} guest pages still mapped at teardown", host_->counters().mapped_pages_live.load());
   }
@@ -188,7 +167,8 @@ Status SimBlkHost::detach(uint32_t devid) noexcept {
 
 const VbdDevice* SimBlkHost::device(uint32_t devid) noexcept {
   const VbdDevice* d = nullptr;
-  control_->call([&] { d = static_cast<const VbdDevice*>(driver_->device("vbd", opts_.guest, devid)); });
+  daemon_->control().call(
+      [&] { d = static_cast<const VbdDevice*>(daemon_->driver().device("vbd", opts_.guest, devid)); });
   return d;
 }
 

@@ -2,9 +2,9 @@
 // backend, for the load generator, tests and demos. It is what the daemon
 // plus a toolstack plus a guest kernel would be:
 //   - a SimHost (hypervisor + xenstored on its unix socket);
-//   - the backend: BackendDriver on a control reactor over the real
-//     libxenstore adapter, the "vbd" VbdDeviceType, W BlkWorker reactors
-//     doing io_uring;
+//   - the backend as xenpath-blkback runs it: a BackendDaemon (the
+//     BackendDriver on a control reactor over the real libxenstore adapter,
+//     W worker reactors doing io_uring) with the BlkbackService on it;
 //   - a SimToolstack plugging disks as libxl does;
 //   - one guest domain whose "kernel" attaches each disk: the xenbus
 //     handshake with the chosen options (protocol, ring order, queues,
@@ -25,8 +25,10 @@
 #include <string>
 #include <vector>
 
+#include "blkback/blkback_service.h"
 #include "blkback/sim_blkfront.h"
 #include "blkback/vbd_device.h"
+#include "common/daemon.h"
 #include "common/reactor.h"
 #include "common/result.h"
 #include "common/sim/sim_host.h"
@@ -107,13 +109,11 @@ class SimBlkHost {
   Options opts_;
   std::unique_ptr<SimHost> host_;
   std::unique_ptr<XenPlatform> platform_;
-  std::unique_ptr<Reactor> control_;
-  std::vector<std::unique_ptr<Reactor>> reactors_;
-  std::vector<std::unique_ptr<BlkWorker>> workers_;
+  std::unique_ptr<BackendDaemon> daemon_;
+  std::unique_ptr<BlkbackService> service_;
   std::vector<clockid_t> worker_clocks_;
   std::unique_ptr<XenStore> tools_xs_;
   std::unique_ptr<SimToolstack> tools_;
-  std::unique_ptr<BackendDriver> driver_;
   SimDomain* guest_ = nullptr;
   std::unique_ptr<XenStore> guest_xs_;
   std::vector<std::unique_ptr<EventChannel>> guest_evtchns_;

@@ -28,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include "blkback/blkback_service.h"
 #include "blkback/sim_blkfront.h"
 #include "blkback/sim_blkhost.h"
 #include "blkback/sim_blkload.h"
@@ -66,93 +67,24 @@ struct Options {
   std::string json;
 };
 
-// Everything the daemon owns for blkif: a BlkWorker per worker reactor.
+// The daemon with blkback installed on it. The service (its BlkWorkers) is
+// destroyed only after the daemon stopped: nothing runs on the reactors then.
 struct Blkback {
-  std::vector<std::unique_ptr<BlkWorker>> workers;
-  std::vector<BlkWorker*> ptrs() const {
-    std::vector<BlkWorker*> v;
-    for (auto& w : workers) v.push_back(w.get());
-    return v;
+  std::unique_ptr<BackendDaemon> daemon;
+  std::unique_ptr<BlkbackService> service;
+
+  Status start(XenPlatform& platform, const Options& opt) {
+    XP_ASSIGN_OR_RETURN(daemon, BackendDaemon::create(platform, opt.daemon));
+    XP_ASSIGN_OR_RETURN(service, BlkbackService::create(*daemon, opt.vbd));
+    return daemon->start();
   }
+  void stop() {
+    if (daemon) daemon->stop();
+    service.reset();
+    daemon.reset();
+  }
+  ~Blkback() { stop(); }
 };
-
-struct DeviceTotals {
-  uint64_t reads = 0, writes = 0, read_bytes = 0, write_bytes = 0, flushes = 0, barriers = 0, discards = 0;
-  uint64_t errors = 0, in_flight = 0, requests = 0, notifications = 0, halted = 0;
-};
-
-DeviceTotals totals(const VbdDevice& d) {
-  DeviceTotals t;
-  if (!d.connected()) return t;
-  for (size_t q = 0; q < d.queue_count(); ++q) {
-    const VbdQueueStats& s = d.queue_stats(q);
-    t.reads += s.reads.get();
-    t.writes += s.writes.get();
-    t.read_bytes += s.read_bytes.get();
-    t.write_bytes += s.write_bytes.get();
-    t.flushes += s.flushes.get();
-    t.barriers += s.barriers.get();
-    t.discards += s.discards.get();
-    t.errors += s.errors.total();
-    t.in_flight += s.in_flight.get();
-    t.requests += s.ring.requests.get();
-    t.notifications += s.ring.notifications_sent.get();
-    t.halted += s.ring.halted.get();
-  }
-  return t;
-}
-
-// Builds the daemon over `platform`: workers, the vbd type, stats.
-Result<std::unique_ptr<BackendDaemon>> start_daemon(XenPlatform& platform, const Options& opt, Blkback& bb) {
-  XP_ASSIGN_OR_RETURN(auto daemon, BackendDaemon::create(platform, opt.daemon));
-  for (Reactor* r : daemon->workers()) {
-    XP_ASSIGN_OR_RETURN(auto w, BlkWorker::create(*r, platform));
-    bb.workers.push_back(std::move(w));
-  }
-  BackendDaemon* d = daemon.get();
-  XP_TRY(daemon->add_type(std::make_unique<VbdDeviceType>(
-      bb.ptrs(), opt.vbd, [d](const DeviceAddress& a, int err) { d->report_device_error(a, err); })));
-  daemon->add_stats([d, &bb](nlohmann::json& j) {
-    uint64_t mapped = 0, ports = 0;
-    for (auto& w : bb.workers) {
-      mapped += w->grant_table().mapped_pages();
-      ports += w->queues();
-    }
-    j["mapped_grant_pages"] = mapped;
-    j["bound_ports"] = ports;
-    nlohmann::json devs = nlohmann::json::array();
-    d->driver().for_each_device([&](const DeviceAddress& a, XenbusState st, BackendDevice& dev) {
-      const auto& vbd = static_cast<const VbdDevice&>(dev);
-      const DeviceTotals t = totals(vbd);
-      devs.push_back({{"type", a.type},
-                      {"frontend", a.frontend_id},
-                      {"devid", a.devid},
-                      {"state", static_cast<int>(st)},
-                      {"connected", vbd.connected()},
-                      {"queues", vbd.connected() ? vbd.queue_count() : 0},
-                      {"sectors", vbd.image().info().size_bytes / 512},
-                      {"reads", t.reads},
-                      {"writes", t.writes},
-                      {"read_bytes", t.read_bytes},
-                      {"write_bytes", t.write_bytes},
-                      {"flushes", t.flushes},
-                      {"barriers", t.barriers},
-                      {"discards", t.discards},
-                      {"errors", t.errors},
-                      {"in_flight", t.in_flight},
-                      {"halted", t.halted}});
-    });
-    j["devices"] = std::move(devs);
-  });
-  XP_TRY(daemon->start());
-  return daemon;
-}
-
-void stop_daemon(std::unique_ptr<BackendDaemon>& daemon, Blkback& bb) {
-  if (daemon) daemon->stop();
-  bb.workers.clear();  // after the reactors stopped: nothing runs on them now
-  daemon.reset();
-}
 
 // --------------------------------------------------------------- real Xen
 
@@ -163,17 +95,16 @@ int run_xen(const Options& opt) {
     return 2;
   }
   Blkback bb;
-  auto daemon = start_daemon(**platform, opt, bb);
-  if (!daemon) {
-    spdlog::critical("cannot start: {}", error_string(daemon.error()));
+  if (auto st = bb.start(**platform, opt); !st) {
+    spdlog::critical("cannot start: {}", error_string(st.error()));
     return 2;
   }
   fmt::print("xenpath-blkback: serving backend/{} of domain {} ({} workers); SIGTERM to stop\n",
-             opt.vbd.type_name, (*platform)->self(), (*daemon)->workers().size());
+             opt.vbd.type_name, (*platform)->self(), bb.daemon->workers().size());
   std::fflush(stdout);
   const int sig = wait_for_termination(1s, [] { return true; });
   spdlog::info("signal {}: disconnecting every device", sig);
-  stop_daemon(*daemon, bb);
+  bb.stop();
   return 0;
 }
 
@@ -295,12 +226,12 @@ int run_sim(const Options& opt) {
   const uint64_t image_bytes = opt.image_mib << 20;
 
   Blkback bb;
-  auto daemon = start_daemon(*platform, opt, bb);
-  if (!daemon) {
-    spdlog::critical("cannot start: {}", error_string(daemon.error()));
+  if (auto st = bb.start(*platform, opt); !st) {
+    spdlog::critical("cannot start: {}", error_string(st.error()));
     return 2;
   }
-  const unsigned backend_queues = opt.vbd.max_queues ? opt.vbd.max_queues : static_cast<unsigned>(bb.workers.size());
+  const unsigned backend_queues =
+      opt.vbd.max_queues ? opt.vbd.max_queues : static_cast<unsigned>(bb.daemon->workers().size());
   const size_t watches_idle = h.xenstored().watch_count();
   fmt::print("xenpath-blkback on the simulated Xen host: {} guests x {} VBDs ({} KiB I/O, QD {} per ring, {}% reads{}), "
              "images in {}\n  xenstored: XENSTORED_PATH={} xenstore-ls /local/domain/0/backend/vbd\n",
@@ -406,7 +337,7 @@ int run_sim(const Options& opt) {
   for (unsigned g = 0; g < opt.guests; ++g) (void)h.destroy_domain(static_cast<DomId>(g + 1));
   nlohmann::json stats;
   for (int i = 0; i < 500; ++i) {
-    stats = (*daemon)->stats();
+    stats = bb.daemon->stats();
     if (stats["xenbus"]["devices"] == 0) break;
     std::this_thread::sleep_for(10ms);
   }
@@ -415,7 +346,7 @@ int run_sim(const Options& opt) {
   const bool ok_run = failed.load() == 0 && errors == 0 && mismatches == 0 && total > 0 &&
                       stats["xenbus"]["devices"] == 0 && stats["mapped_grant_pages"] == 0 && live == 0 &&
                       watches <= watches_idle;
-  stop_daemon(*daemon, bb);
+  bb.stop();
   vbds.clear();
   if (own_dir) std::filesystem::remove_all(dir, ec);
   fmt::print("\nsummary: {} I/Os ({:.1f} MB) over {} VBDs in {:.1f} s, {} errors, {} verify mismatches{}\n", total,
