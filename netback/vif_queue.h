@@ -67,6 +67,14 @@ namespace xenpath {
 
 class VifQueue;
 
+// What a NetWorker hands a pending local event-channel port to (a VIF
+// queue, a control channel), on the worker's thread.
+class EvtchnTarget {
+ public:
+  virtual ~EvtchnTarget() = default;
+  virtual void on_event(EvtchnPort local) noexcept = 0;
+};
+
 // One reactor's Xen handles, shared by its VIF queues, and the dispatch of
 // its event-channel fd to them by local port. Reactor thread only (create()
 // and the destructor use Reactor::call from outside).
@@ -83,7 +91,7 @@ class NetWorker {
   [[nodiscard]] GrantTable& grant_table() noexcept { return *gt_; }
   [[nodiscard]] EventChannel& event_channel() noexcept { return *evtchn_; }
 
-  void add_port(EvtchnPort port, VifQueue* q) noexcept;
+  void add_port(EvtchnPort port, EvtchnTarget* target) noexcept;
   void remove_port(EvtchnPort port) noexcept;
 
  private:
@@ -94,7 +102,7 @@ class NetWorker {
   Reactor& reactor_;
   std::unique_ptr<GrantTable> gt_;
   std::unique_ptr<EventChannel> evtchn_;
-  std::unordered_map<EvtchnPort, VifQueue*> ports_;
+  std::unordered_map<EvtchnPort, EvtchnTarget*> ports_;
   bool watching_ = false;
 };
 
@@ -118,11 +126,17 @@ struct VifQueueStats {
   Counter rx_copy_calls;
   Counter rx_copy_failures;  // segments the hypervisor refused (bad guest grant)
   Counter rx_gso_segmented;  // GSO packets segmented for a frontend without GSO
+  Counter rx_expired;        // dropped after waiting longer than rx_drain_timeout
+  Counter rx_stall_dropped;  // dropped because the guest's RX was stalled
+  Counter rx_stalls;         // times the guest stopped posting buffers for rx_stall_timeout
+  Counter rx_stalled;        // 1 while stalled (carrier off)
+  Counter tx_headers_pulled; // packets whose headers went beyond the copied head
 };
 
-class VifQueue final : public Poller {
+class VifQueue final : public Poller, public EvtchnTarget {
  public:
   static constexpr unsigned kMaxBurst = 64;
+  static constexpr std::chrono::milliseconds kHousekeepingPeriod{10};
 
   struct Config {
     DomId frontend = 0;
@@ -140,14 +154,31 @@ class VifQueue final : public Poller {
     RateSpec rate;                  // the backend's "rate" key
     // What the frontend negotiated.
     bool rx_csum_offload = true;    // it accepts csum_blank (no feature-no-csum-offload)
+    bool rx_ipv6_csum_offload = true;  // the same for IPv6 (feature-ipv6-csum-offload)
+    bool rx_sg = true;              // feature-sg: packets may span several RX slots
     bool rx_gso_tcpv4 = false;      // feature-gso-tcpv4
     bool rx_gso_tcpv6 = false;      // feature-gso-tcpv6
     bool multicast_control = false; // request-multicast-control
     unsigned burst = kMaxBurst;
-    // Ports have no wake-up of their own here: while idle the reactor
-    // wakes this often to look for received packets.
+    // For ports without a receive wake-up (PacketPort::rx_wait_fd, e.g.
+    // net_ring): while idle the reactor wakes this often to look for
+    // received packets. With one, the reactor sleeps on the port's fd and
+    // this period only paces housekeeping (the rate limiter's replenish,
+    // port backpressure, RX drain/stall), at least every
+    // kHousekeepingPeriod, or port_poll when a rate limit is set.
     std::chrono::microseconds port_poll{1000};
     size_t rx_backlog = 256;        // packets held for a guest without buffers
+    // Linux's rx_drain_timeout: a packet waiting longer for guest buffers
+    // is dropped. rx_stall_timeout: a guest that posts no buffer for that
+    // long while packets wait is stalled (carrier off): what is queued is
+    // dropped and new packets are dropped at once until it posts buffers
+    // again. 0 disables stall detection (no feature-rx-notify).
+    std::chrono::milliseconds rx_drain_timeout{10'000};
+    std::chrono::milliseconds rx_stall_timeout{60'000};
+    // Called on this queue's thread after a guest MCAST_ADD/DEL was applied
+    // here, so the VIF's other queues apply it too (one list per VIF, as
+    // Linux keeps it).
+    std::function<void(uint8_t type, const MulticastFilter::Mac& addr)> on_multicast;
     std::string log_prefix = "vif: ";
   };
   using HaltSink = std::function<void(int error)>;
@@ -166,9 +197,16 @@ class VifQueue final : public Poller {
 
   bool poll() noexcept override;
   bool arm() noexcept override;
-  void on_event(EvtchnPort local) noexcept;
+  void on_event(EvtchnPort local) noexcept override;
+  // Queue thread: a multicast change another queue of the VIF received.
+  void apply_multicast(uint8_t type, const MulticastFilter::Mac& addr) noexcept;
+  // Queue thread: the control ring's hash configuration (RX packets then
+  // carry a HASH extra when the algorithm is Toeplitz); null for none.
+  void set_hash(std::shared_ptr<const NetifCtrl> hash) noexcept { hash_ = std::move(hash); }
 
   [[nodiscard]] bool halted() const noexcept { return halted_; }
+  [[nodiscard]] bool rx_stalled() const noexcept { return rx_stalled_; }
+  [[nodiscard]] size_t rx_queued() const noexcept { return rx_len_; }
   [[nodiscard]] const MulticastFilter& multicast() const noexcept { return mcast_; }
   [[nodiscard]] unsigned tx_pages_in_flight() const noexcept { return attached_; }
 
@@ -197,7 +235,11 @@ class VifQueue final : public Poller {
 
   bool rx_poll() noexcept;
   void fetch_rx() noexcept;
-  void queue_rx(PacketBuf* p) noexcept;
+  void queue_rx(PacketBuf* p, RateLimiter::Clock::time_point now) noexcept;
+  void push_rx(PacketBuf* p, const FrameHash* hash, RateLimiter::Clock::time_point now) noexcept;
+  void pop_rx() noexcept;
+  bool check_rx_stall(RateLimiter::Clock::time_point now) noexcept;
+  bool finish_tx_meta(PacketBuf* p, const TxPlan& plan) noexcept;
   bool deliver_rx() noexcept;
 
   bool publish() noexcept;
@@ -257,6 +299,17 @@ class VifQueue final : public Poller {
   std::vector<netif_rx_request> rx_carry_;
   unsigned rx_carry_len_ = 0;
   std::vector<PacketBuf*> rx_pkts_;  // FIFO ring of packets for the guest
+  struct RxInfo {
+    RateLimiter::Clock::time_point queued{};
+    FrameHash hash{};
+    bool has_hash = false;
+  };
+  std::vector<RxInfo> rx_info_;      // parallel to rx_pkts_
+  std::shared_ptr<const NetifCtrl> hash_;
+  bool rx_stalled_ = false;
+  int rx_fd_ = -1;           // the port queue's receive wake-up, or -1
+  bool rx_fd_watched_ = false;
+  RateLimiter::Clock::time_point rx_progress_{};  // last time the guest's buffers let us deliver
   size_t rx_head_ = 0;
   size_t rx_len_ = 0;
   std::vector<GrantCopySegment> rx_copies_;
