@@ -442,9 +442,11 @@ void VifDevice::disconnect() noexcept {
     if (!st) {
       log_.error("queue {}: {} guest pages still in use after {} ms; leaving them mapped", i,
                  q->tx_pages_in_flight(), opts_.drain_timeout.count());
-      // The queue (and the port its packets may sit in) are kept for good.
+      // The queue (and the port its packets may sit in) are kept for good,
+      // no longer polled nor bound.
       w->reactor().call([&] {
         if (sibs) sibs->entries[i].alive = false;
+        q->abandon();
       });
       (void)queues_[i].release();
       leaked_ = true;

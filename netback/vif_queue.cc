@@ -243,7 +243,7 @@ Status VifQueue::init() noexcept {
   return ok();
 }
 
-void VifQueue::teardown() noexcept {
+void VifQueue::teardown(bool keep_tx_pages) noexcept {
   if (polling_) worker_.reactor().remove_poller(this);
   polling_ = false;
   if (have_timer_) worker_.reactor().cancel_timer(timer_);
@@ -266,12 +266,19 @@ void VifQueue::teardown() noexcept {
   tx_backlog_len_ = 0;
   if (watching_done_) worker_.reactor().unwatch_fd(done_fd_);
   watching_done_ = false;
-  if (done_fd_ >= 0) ::close(done_fd_);
-  done_fd_ = -1;
-  for (auto& b : bursts_) b.map.reset();
   tx_ring_map_.reset();
   rx_ring_map_.reset();
   stopped_ = true;
+  if (keep_tx_pages) return;
+  if (done_fd_ >= 0) ::close(done_fd_);
+  done_fd_ = -1;
+  for (auto& b : bursts_) b.map.reset();
+}
+
+void VifQueue::abandon() noexcept {
+  if (stopped_) return;
+  halted_ = true;
+  teardown(/*keep_tx_pages=*/true);
 }
 
 Status VifQueue::stop() noexcept {
@@ -280,6 +287,19 @@ Status VifQueue::stop() noexcept {
   (void)publish();
   for (size_t i = 0; i < tx_backlog_len_; ++i) pkt::free(tx_backlog_[i]);
   tx_backlog_len_ = 0;
+  // Packets waiting for the guest may hold guest pages (ours, when the
+  // wire loops back; another VIF's): give them back, and what the port
+  // has queued for us too (bounded).
+  while (rx_len_ > 0) {
+    pkt::free(rx_pkts_[rx_head_]);
+    pop_rx();
+  }
+  for (unsigned i = 0; i < 64; ++i) {
+    PacketBuf* in[kMaxBurst];
+    const size_t n = config_.port->rx_burst(config_.port_queue, in);
+    if (n == 0) break;
+    pkt::free_bulk({in, n});
+  }
   (void)reap_tx();
   (void)publish();
   // A page still attached somewhere may be read until its packet is freed;

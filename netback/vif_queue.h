@@ -191,6 +191,12 @@ class VifQueue final : public Poller, public EvtchnTarget {
   // packets somewhere (in the port, a peer, a queue); once it returns ok
   // nothing of the guest stays mapped or bound.
   Status stop() noexcept;
+  // On the worker's thread, when stop() kept failing (a packet holding a
+  // guest page never came back): stops everything else (polling, channels,
+  // rings) but keeps the TX data mappings, so a late reader never sees an
+  // unmapped page. The caller then leaks the queue on purpose (never
+  // destroys it: the free callback may still run).
+  void abandon() noexcept;
   ~VifQueue() override;
   VifQueue(const VifQueue&) = delete;
   VifQueue& operator=(const VifQueue&) = delete;
@@ -217,7 +223,9 @@ class VifQueue final : public Poller, public EvtchnTarget {
 
   VifQueue(NetWorker& worker, const Config& config, VifQueueStats& stats, HaltSink on_halt) noexcept;
   Status init() noexcept;
-  void teardown() noexcept;
+  // keep_tx_pages: abandon() (the TX data mappings, the eventfd and bitmap
+  // the free callback uses stay).
+  void teardown(bool keep_tx_pages = false) noexcept;
   void halt(const char* why) noexcept;
 
   static void page_released(void* addr, void* opaque);

@@ -733,6 +733,33 @@ TEST_F(NetVifDevice, MaliciousTxClosesTheDevice) {
   EXPECT_TRUE(eventually([&] { return !device(9)->connected(); }));
 }
 
+TEST_F(NetVifDevice, DisconnectReclaimsGuestPagesQueuedForItsOwnRx) {
+  start();
+  GuestVif& v = plug(10);
+  ASSERT_TRUE(v.xb->connect(rings(v, 1, false)));
+  const VifDevice* d = device(10);
+  ASSERT_NE(d, nullptr);
+  // A zero-copy frame (its pages mapped) that the wire sends straight back
+  // to the same guest, which posts no RX buffer: the packet holding the
+  // guest's TX pages waits in the VIF's own RX backlog.
+  SimNetfront::TxFrame f;
+  FrameSpec s;
+  s.payload = 6000;
+  f.bytes = make_frame(s);
+  ASSERT_TRUE(v.queues[0]->send(f));
+  auto got = wire_receive(wire(10, 0), 1);
+  ASSERT_EQ(got.size(), 1u);
+  ASSERT_EQ(wire(10, 0).tx_burst(0, {got.data(), 1}), 1u);
+  ASSERT_TRUE(eventually([&] { return d->queue_stats(0).rx_packets.get() == 0 && d->queue_stats(0).tx_mapped_pages.get() > 0; }));
+  std::this_thread::sleep_for(10ms);
+  EXPECT_FALSE(v.answered(1)) << "the mapped slots are answered only when the page comes back";
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(v.xb->close());
+  EXPECT_TRUE(backend_becomes(10, XenbusState::kClosed));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1500ms) << "disconnect waited for the drain timeout";
+  EXPECT_EQ(host_->counters().mapped_pages_live.load(), 0u);
+}
+
 TEST(NetVifMac, ParsesLikeXenNetReadMac) {
   auto m = parse_vif_mac("00:16:3E:0a:b:ff");
   ASSERT_TRUE(m);
