@@ -289,6 +289,21 @@ Status VifDevice::connect() noexcept {
   } catch (...) {
     return unexpected(ENOMEM);
   }
+  // With a control ring and several queues, the guest's hash mapping may
+  // send a flow received on one queue to another: one inbox per queue.
+  std::vector<SteerInbox*> inboxes;
+  if (front_.ctrl_ring && n > 1) {
+    for (size_t i = 0; i < n; ++i) {
+      auto mb = SteerInbox::create();
+      if (!mb) return unexpected(mb.error());
+      try {
+        inboxes.push_back(mb->get());
+        inboxes_.push_back(std::move(*mb));
+      } catch (...) {
+        return unexpected(ENOMEM);
+      }
+    }
+  }
   if (stats_lock.owns_lock()) stats_lock.unlock();
   // Without feature-rx-notify the frontend does not ask for RX events, so
   // a lack of posted buffers says nothing: Linux then disables stall
@@ -321,6 +336,7 @@ Status VifDevice::connect() noexcept {
     c.rx_backlog = opts_.rx_backlog;
     c.rx_drain_timeout = drain;
     c.rx_stall_timeout = stall;
+    c.queue_index = static_cast<uint16_t>(i);
     if (n > 1) {
       // One multicast list per VIF: a change on one queue is replayed on
       // the others (deterministically, so they agree on what was refused).
@@ -335,6 +351,7 @@ Status VifDevice::connect() noexcept {
       };
     }
     try {
+      c.inboxes = inboxes;
       c.log_prefix = n == 1 ? log_.prefix() : fmt::format("{} {}/{} q{}: ", addr_.type, addr_.frontend_id, addr_.devid, i);
     } catch (...) {
       return unexpected(ENOMEM);
@@ -460,7 +477,12 @@ void VifDevice::disconnect() noexcept {
   queues_.clear();
   queue_workers_.clear();
   siblings_.reset();
-  if (leaked_) (void)port_.release();
+  if (leaked_) {
+    // An abandoned queue may still be pushed to; its packets hold pages.
+    for (auto& mb : inboxes_) (void)mb.release();
+    (void)port_.release();
+  }
+  inboxes_.clear();  // what is left in them is freed (their pages come back)
   port_.reset();
   leaked_ = false;
   connected_.store(false, std::memory_order_release);

@@ -183,7 +183,8 @@ class VifDevice final : public BackendDevice {
   std::vector<std::unique_ptr<VifQueueStats>> stats_;
   std::unique_ptr<NetifCtrlChannel> ctrl_;
   std::unique_ptr<NetifCtrlStats> ctrl_stats_;
-  std::shared_ptr<void> siblings_;  // what queues post to each other (vif_device.cc)
+  std::shared_ptr<void> siblings_;
+  std::vector<std::unique_ptr<SteerInbox>> inboxes_;  // outlive the queues  // what queues post to each other (vif_device.cc)
   bool leaked_ = false;  // a queue kept mapped at a disconnect: the port stays too
   std::atomic<bool> connected_{false};
 };

@@ -191,6 +191,10 @@ Status VifQueue::init() noexcept {
     rx_carry_.resize(rx_.size());
     rx_pkts_.resize(config_.rx_backlog);
     rx_info_.resize(config_.rx_backlog);
+    if (config_.inboxes.size() > 1) {
+      if (config_.queue_index >= config_.inboxes.size()) return unexpected(EINVAL);
+      steer_out_.resize(config_.inboxes.size());
+    }
     rx_copies_.resize(static_cast<size_t>(rx_.size()) * 2 + kMaxRxSegs);
     rx_copy_owner_.resize(rx_copies_.size());
     rx_rsps_.resize(rx_.size());
@@ -222,6 +226,11 @@ Status VifQueue::init() noexcept {
   } else {
     rx_port_ = tx_port_;
   }
+  if (!steer_out_.empty()) {
+    SteerInbox* inbox = config_.inboxes[config_.queue_index];
+    XP_TRY(worker_.reactor().watch_fd(inbox->fd(), EPOLLIN, [inbox](uint32_t) { inbox->clear_wakeup(); }));
+    watching_inbox_ = true;
+  }
   rx_fd_ = config_.port->rx_wait_fd(config_.port_queue);
   std::chrono::microseconds period = config_.port_poll;
   if (rx_fd_ >= 0) {
@@ -250,6 +259,9 @@ void VifQueue::teardown(bool keep_tx_pages) noexcept {
   have_timer_ = false;
   if (rx_fd_watched_) worker_.reactor().unwatch_fd(rx_fd_);
   rx_fd_watched_ = false;
+  if (watching_inbox_) worker_.reactor().unwatch_fd(config_.inboxes[config_.queue_index]->fd());
+  watching_inbox_ = false;
+  for (auto& b : steer_out_) b.release();
   EventChannel& ev = worker_.event_channel();
   if (rx_bound_) {
     worker_.remove_port(rx_port_);
@@ -294,6 +306,8 @@ Status VifQueue::stop() noexcept {
     pkt::free(rx_pkts_[rx_head_]);
     pop_rx();
   }
+  for (auto& b : steer_out_) b.release();
+  if (!steer_out_.empty()) (void)config_.inboxes[config_.queue_index]->discard();
   for (unsigned i = 0; i < 64; ++i) {
     PacketBuf* in[kMaxBurst];
     const size_t n = config_.port->rx_burst(config_.port_queue, in);
@@ -726,14 +740,6 @@ void VifQueue::pop_rx() noexcept {
 }
 
 void VifQueue::queue_rx(PacketBuf* p, RateLimiter::Clock::time_point now) noexcept {
-  if (rx_stalled_) {
-    // Carrier off: what the host sends a stalled guest is dropped here
-    // rather than held (Linux stops the vif's queue; the stack drops).
-    stats_.rx_stall_dropped.add();
-    pkt::free(p);
-    return;
-  }
-  const PacketMeta m = pkt::meta(p);
   if (config_.multicast_control) {
     MulticastFilter::Mac dst{};
     if (pkt::copy_out(p, 0, {reinterpret_cast<std::byte*>(dst.data()), dst.size()}) != dst.size() ||
@@ -755,6 +761,58 @@ void VifQueue::queue_rx(PacketBuf* p, RateLimiter::Clock::time_point now) noexce
     }
   }
   const FrameHash* hp = has_hash ? &hash : nullptr;
+  if (has_hash && !steer_out_.empty()) {
+    // The guest's mapping decides which of its queues gets the flow.
+    const uint32_t target = hash_->queue_for(hash.value);
+    if (target != config_.queue_index && target < steer_out_.size()) {
+      SteeredRx& b = steer_out_[target];
+      b.pkts[b.n] = p;
+      b.hashes[b.n] = hash;
+      if (++b.n == SteeredRx::kMax) {
+        if (!config_.inboxes[target]->push(std::move(b))) stats_.rx_dropped.add(SteeredRx::kMax);
+        b.n = 0;
+      }
+      return;
+    }
+  }
+  admit_rx(p, hp, now);
+}
+
+void VifQueue::flush_steered() noexcept {
+  for (size_t t = 0; t < steer_out_.size(); ++t) {
+    SteeredRx& b = steer_out_[t];
+    if (b.n == 0) continue;
+    const unsigned n = b.n;
+    // A refused batch (out of memory) frees its packets.
+    if (!config_.inboxes[t]->push(std::move(b))) stats_.rx_dropped.add(n);
+    b.n = 0;
+  }
+}
+
+bool VifQueue::take_steered() noexcept {
+  if (steer_out_.empty()) return false;
+  SteerInbox* inbox = config_.inboxes[config_.queue_index];
+  if (inbox->empty()) return false;
+  const auto now = RateLimiter::Clock::now();
+  // Bounded: a few batches per iteration.
+  const size_t got = inbox->drain(
+      [&](SteeredRx&& b) {
+        for (unsigned i = 0; i < b.n; ++i) admit_rx(b.pkts[i], &b.hashes[i], now);
+        b.n = 0;  // every packet is ours now
+      },
+      4);
+  return got > 0;
+}
+
+void VifQueue::admit_rx(PacketBuf* p, const FrameHash* hp, RateLimiter::Clock::time_point now) noexcept {
+  if (rx_stalled_) {
+    // Carrier off: what the host sends a stalled guest is dropped here
+    // rather than held (Linux stops the vif's queue; the stack drops).
+    stats_.rx_stall_dropped.add();
+    pkt::free(p);
+    return;
+  }
+  const PacketMeta m = pkt::meta(p);
   // Whether the guest takes a blank L4 checksum of this address family.
   const bool csum_offload = m.has(PacketMeta::kIpv6) ? config_.rx_ipv6_csum_offload : config_.rx_csum_offload;
   if (m.has(PacketMeta::kSegment)) {
@@ -820,6 +878,7 @@ void VifQueue::fetch_rx() noexcept {
   if (n == 0) return;
   const auto now = RateLimiter::Clock::now();
   for (size_t i = 0; i < n; ++i) queue_rx(in[i], now);
+  flush_steered();
 }
 
 bool VifQueue::check_rx_stall(RateLimiter::Clock::time_point now) noexcept {
@@ -939,8 +998,8 @@ bool VifQueue::deliver_rx() noexcept {
 }
 
 bool VifQueue::rx_poll() noexcept {
+  bool work = take_steered();
   fetch_rx();
-  bool work = false;
   if (rx_len_ > 0 || rx_stalled_) work = check_rx_stall(RateLimiter::Clock::now());
   return deliver_rx() || work;
 }
@@ -1014,6 +1073,7 @@ bool VifQueue::arm() noexcept {
   // TX: new requests (unless the port or the rate limiter holds us back;
   // the periodic wake-up retries those).
   if (tx_backlog_len_ == 0 && !rate_.limited() && tx_.final_check()) return true;
+  if (!steer_out_.empty() && !config_.inboxes[config_.queue_index]->empty()) return true;
   // RX: packets waiting for guest buffers: wake when it posts some.
   if (rx_len_ > 0 && rx_.final_check()) return true;
   return late;

@@ -50,6 +50,7 @@
 #include <vector>
 
 #include "common/log.h"
+#include "common/mailbox.h"
 #include "common/reactor.h"
 #include "common/ring.h"
 #include "common/ring_types.h"
@@ -66,6 +67,37 @@
 namespace xenpath {
 
 class VifQueue;
+
+// Packets one queue of a VIF hands another, because the guest's hash
+// mapping (control ring) sends their flow to that queue. Owns its packets
+// (freed if the batch is dropped undelivered).
+struct SteeredRx {
+  static constexpr unsigned kMax = 32;
+  std::array<PacketBuf*, kMax> pkts{};
+  std::array<FrameHash, kMax> hashes{};
+  unsigned n = 0;
+
+  SteeredRx() noexcept = default;
+  SteeredRx(SteeredRx&& o) noexcept : pkts(o.pkts), hashes(o.hashes), n(o.n) { o.n = 0; }
+  SteeredRx& operator=(SteeredRx&& o) noexcept {
+    if (this != &o) {
+      release();
+      pkts = o.pkts;
+      hashes = o.hashes;
+      n = o.n;
+      o.n = 0;
+    }
+    return *this;
+  }
+  SteeredRx(const SteeredRx&) = delete;
+  SteeredRx& operator=(const SteeredRx&) = delete;
+  ~SteeredRx() { release(); }
+  void release() noexcept {
+    if (n > 0) pkt::free_bulk({pkts.data(), n});
+    n = 0;
+  }
+};
+using SteerInbox = Mailbox<SteeredRx>;
 
 // What a NetWorker hands a pending local event-channel port to (a VIF
 // queue, a control channel), on the worker's thread.
@@ -179,6 +211,13 @@ class VifQueue final : public Poller, public EvtchnTarget {
     // here, so the VIF's other queues apply it too (one list per VIF, as
     // Linux keeps it).
     std::function<void(uint8_t type, const MulticastFilter::Mac& addr)> on_multicast;
+    // Multi-queue VIFs: every queue's inbox, by queue index (this queue is
+    // `queue_index`). Once the guest set a hash mapping, a received packet
+    // whose flow maps to another queue goes to that queue's inbox, as
+    // Linux's xenvif_select_queue() picks the queue. The inboxes must
+    // outlive the queues. Empty: no steering.
+    std::vector<SteerInbox*> inboxes;
+    uint16_t queue_index = 0;
     std::string log_prefix = "vif: ";
   };
   using HaltSink = std::function<void(int error)>;
@@ -244,6 +283,9 @@ class VifQueue final : public Poller, public EvtchnTarget {
   bool rx_poll() noexcept;
   void fetch_rx() noexcept;
   void queue_rx(PacketBuf* p, RateLimiter::Clock::time_point now) noexcept;
+  void admit_rx(PacketBuf* p, const FrameHash* hash, RateLimiter::Clock::time_point now) noexcept;
+  void flush_steered() noexcept;
+  bool take_steered() noexcept;
   void push_rx(PacketBuf* p, const FrameHash* hash, RateLimiter::Clock::time_point now) noexcept;
   void pop_rx() noexcept;
   bool check_rx_stall(RateLimiter::Clock::time_point now) noexcept;
@@ -314,6 +356,8 @@ class VifQueue final : public Poller, public EvtchnTarget {
   };
   std::vector<RxInfo> rx_info_;      // parallel to rx_pkts_
   std::shared_ptr<const NetifCtrl> hash_;
+  std::vector<SteeredRx> steer_out_;  // per target queue, flushed after each fetch
+  bool watching_inbox_ = false;
   bool rx_stalled_ = false;
   int rx_fd_ = -1;           // the port queue's receive wake-up, or -1
   bool rx_fd_watched_ = false;

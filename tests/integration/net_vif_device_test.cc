@@ -521,6 +521,90 @@ TEST_F(NetVifDevice, ControlRingHashMessagesAndHashExtras) {
   EXPECT_TRUE(backend_becomes(2, XenbusState::kClosed));
 }
 
+TEST_F(NetVifDevice, HashMappingSteersFlowsToTheGuestsQueue) {
+  start();
+  GuestVif& v = plug(11);
+  sim::XsKeys keys = rings(v, 2, false);
+  auto pfn = guest_->alloc_pages(3);
+  ASSERT_TRUE(pfn);
+  sim::SimFrontRing<NetifCtrlRing> ring;
+  ASSERT_TRUE(ring.init(guest_->page(*pfn), kPageSize));
+  auto ref = guest_->grant_access(kDom0, *pfn, false);
+  ASSERT_TRUE(ref);
+  ctrl_ref_ = *ref;
+  auto port = guest_evtchn_->bind_unbound(kDom0);
+  ASSERT_TRUE(port);
+  keys.emplace_back("ctrl-ring-ref", std::to_string(*ref));
+  keys.emplace_back("event-channel-ctrl", std::to_string(*port));
+  ASSERT_TRUE(v.xb->connect(keys));
+  const VifDevice* d = device(11);
+  ASSERT_NE(d, nullptr);
+  ASSERT_EQ(d->queue_count(), 2u);
+  uint8_t key_bytes[40];
+  for (size_t i = 0; i < sizeof key_bytes; ++i) key_bytes[i] = static_cast<uint8_t>(i * 13 + 1);
+  std::memcpy(guest_->page(*pfn + 1), key_bytes, sizeof key_bytes);
+  auto kref = guest_->grant_access(kDom0, *pfn + 1, true);
+  ASSERT_TRUE(kref);
+  const uint32_t to_queue1[2] = {1, 1};
+  std::memcpy(guest_->page(*pfn + 2), to_queue1, sizeof to_queue1);
+  auto mref = guest_->grant_access(kDom0, *pfn + 2, true);
+  ASSERT_TRUE(mref);
+  uint16_t id = 0;
+  auto request = [&](uint16_t type, uint32_t d0, uint32_t d1 = 0, uint32_t d2 = 0) {
+    xen_netif_ctrl_request r{};
+    r.id = ++id;
+    r.type = type;
+    r.data[0] = d0;
+    r.data[1] = d1;
+    r.data[2] = d2;
+    EXPECT_TRUE(ring.push(r));
+    if (ring.flush()) (void)guest_evtchn_->notify(*port);
+    xen_netif_ctrl_response rsp{};
+    EXPECT_TRUE(eventually([&] { return ring.take_responses({&rsp, 1}) == 1; }));
+    return rsp.status;
+  };
+  ASSERT_EQ(request(XEN_NETIF_CTRL_TYPE_SET_HASH_ALGORITHM, XEN_NETIF_CTRL_HASH_ALGORITHM_TOEPLITZ),
+            XEN_NETIF_CTRL_STATUS_SUCCESS);
+  ASSERT_EQ(request(XEN_NETIF_CTRL_TYPE_SET_HASH_KEY, *kref, sizeof key_bytes), XEN_NETIF_CTRL_STATUS_SUCCESS);
+  ASSERT_EQ(request(XEN_NETIF_CTRL_TYPE_SET_HASH_FLAGS, XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP),
+            XEN_NETIF_CTRL_STATUS_SUCCESS);
+  // A table of one entry, 0: every flow to queue 0.
+  ASSERT_EQ(request(XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING_SIZE, 1), XEN_NETIF_CTRL_STATUS_SUCCESS);
+  for (auto& q : v.queues) ASSERT_EQ(q->post_rx(16), 16u);
+  FrameSpec s;
+  s.payload = 100;
+  const auto f = make_frame(s);
+  std::vector<SimNetfront::RxFrame> q0, q1;
+  // The configuration reaches the queues through their reactors: retry
+  // until a frame received on port queue 1 shows up on guest queue 0.
+  ASSERT_TRUE(eventually([&] {
+    wire_send(wire(11, 1), f);
+    std::this_thread::sleep_for(2ms);
+    v.queues[0]->reap_rx(q0);
+    v.queues[1]->reap_rx(q1);
+    return !q0.empty();
+  }));
+  EXPECT_EQ(q0.back().bytes, f);
+  EXPECT_TRUE(q0.back().has_hash);
+  // Now a table sending everything to queue 1.
+  ASSERT_EQ(request(XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING_SIZE, 2), XEN_NETIF_CTRL_STATUS_SUCCESS);
+  ASSERT_EQ(request(XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING, *mref, 2, 0), XEN_NETIF_CTRL_STATUS_SUCCESS);
+  q0.clear();
+  q1.clear();
+  ASSERT_TRUE(eventually([&] {
+    wire_send(wire(11, 0), f);
+    std::this_thread::sleep_for(2ms);
+    v.queues[0]->reap_rx(q0);
+    v.queues[1]->reap_rx(q1);
+    return !q1.empty();
+  }));
+  EXPECT_EQ(q1.back().bytes, f);
+  (void)guest_->end_access(*kref);
+  (void)guest_->end_access(*mref);
+  ASSERT_TRUE(v.xb->close());
+  EXPECT_TRUE(backend_becomes(11, XenbusState::kClosed));
+}
+
 TEST_F(NetVifDevice, RateKeyLimitsGuestTransmit) {
   start();
   // 3000 bytes of credit per 10 s: three 1000-byte frames pass, the
