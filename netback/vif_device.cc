@@ -43,25 +43,6 @@ struct VifSiblings {
 
 }  // namespace
 
-void VifRegistry::add(const VifDevice* d) noexcept {
-  std::lock_guard<std::mutex> lock(mu_);
-  try {
-    devices_.push_back(d);
-  } catch (...) {
-    // Only status reporting misses it.
-  }
-}
-
-void VifRegistry::remove(const VifDevice* d) noexcept {
-  std::lock_guard<std::mutex> lock(mu_);
-  std::erase(devices_, d);
-}
-
-void VifRegistry::for_each(const std::function<void(const VifDevice&)>& fn) const noexcept {
-  std::lock_guard<std::mutex> lock(mu_);
-  for (const VifDevice* d : devices_) fn(*d);
-}
-
 std::optional<MacAddr> parse_vif_mac(std::string_view s) noexcept {
   // xen_net_read_mac: six hex groups separated by ':', nothing after. We
   // accept one or two digits a group (simple_strtoul would take more and
@@ -110,7 +91,7 @@ VifPortFactory dpdk_vif_port_factory(DpdkEnv& env, PacketPool& pool, std::string
 
 VifDevice::VifDevice(const DeviceAddress& addr, const VifOptions& opts, std::vector<NetWorker*> workers,
                      PacketPool& pool, VifPortFactory ports, std::optional<MacAddr> mac, RateSpec rate,
-                     VifErrorSink sink, VifRegistry* registry) noexcept
+                     VifErrorSink sink) noexcept
     : addr_(addr),
       opts_(opts),
       workers_(std::move(workers)),
@@ -119,17 +100,11 @@ VifDevice::VifDevice(const DeviceAddress& addr, const VifOptions& opts, std::vec
       mac_(mac),
       rate_(rate),
       sink_(std::move(sink)),
-      registry_(registry),
       log_(fmt::format("{} {}/{}: ", addr.type, addr.frontend_id, addr.devid)),
       max_queues_(opts.max_queues != 0 ? opts.max_queues
-                                       : static_cast<unsigned>(std::max<size_t>(workers_.size(), 1))) {
-  if (registry_ != nullptr) registry_->add(this);
-}
+                                       : static_cast<unsigned>(std::max<size_t>(workers_.size(), 1))) {}
 
-VifDevice::~VifDevice() {
-  if (registry_ != nullptr) registry_->remove(this);
-  disconnect();
-}
+VifDevice::~VifDevice() { disconnect(); }
 
 Status VifDevice::write_backend_features(XenStore& xs, XsTxn t) noexcept {
   const std::string& b = addr_.backend_path;
@@ -274,9 +249,6 @@ Status VifDevice::connect() noexcept {
     return unexpected(EINVAL);
   }
   std::shared_ptr<VifSiblings> sibs;
-  // A stats writer may be reading the old stats objects right now.
-  std::unique_lock<std::mutex> stats_lock;
-  if (registry_ != nullptr) stats_lock = registry_->guard();
   try {
     sibs = std::make_shared<VifSiblings>();
     sibs->entries.resize(n);
@@ -304,7 +276,6 @@ Status VifDevice::connect() noexcept {
       }
     }
   }
-  if (stats_lock.owns_lock()) stats_lock.unlock();
   // Without feature-rx-notify the frontend does not ask for RX events, so
   // a lack of posted buffers says nothing: Linux then disables stall
   // detection and drains after 30 ms.
@@ -515,7 +486,7 @@ Result<std::unique_ptr<BackendDevice>> VifDeviceType::create(const DeviceAddress
     const size_t base = next_++;
     for (size_t i = 0; i < workers_.size(); ++i) order.push_back(workers_[(base + i) % workers_.size()]);
     return std::unique_ptr<BackendDevice>(
-        new VifDevice(addr, opts_, std::move(order), pool_, ports_, mac, rate, sink_, registry_));
+        new VifDevice(addr, opts_, std::move(order), pool_, ports_, mac, rate, sink_));
   } catch (...) {
     return unexpected(ENOMEM);
   }

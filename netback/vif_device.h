@@ -43,7 +43,6 @@
 #include <chrono>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -98,25 +97,6 @@ struct VifOptions {
 // Parsers for the toolstack keys, exposed for tests.
 std::optional<MacAddr> parse_vif_mac(std::string_view s) noexcept;
 
-class VifDevice;
-
-// The VIFs that exist, for status reporting from any thread (a stats
-// writer): devices add themselves when created and remove themselves when
-// destroyed (control thread); for_each() holds the lock while it calls
-// `fn`, which must only read (stats counters, address, frontend config).
-class VifRegistry {
- public:
-  void add(const VifDevice* d) noexcept;
-  void remove(const VifDevice* d) noexcept;
-  void for_each(const std::function<void(const VifDevice&)>& fn) const noexcept;
-  // Held by a device while it replaces its stats objects (connect).
-  [[nodiscard]] std::unique_lock<std::mutex> guard() const noexcept { return std::unique_lock<std::mutex>(mu_); }
-
- private:
-  mutable std::mutex mu_;
-  std::vector<const VifDevice*> devices_;
-};
-
 // What the frontend wrote, after validation.
 struct VifFrontendConfig {
   struct Queue {
@@ -141,8 +121,7 @@ struct VifFrontendConfig {
 class VifDevice final : public BackendDevice {
  public:
   VifDevice(const DeviceAddress& addr, const VifOptions& opts, std::vector<NetWorker*> workers, PacketPool& pool,
-            VifPortFactory ports, std::optional<MacAddr> mac, RateSpec rate, VifErrorSink sink,
-            VifRegistry* registry = nullptr) noexcept;
+            VifPortFactory ports, std::optional<MacAddr> mac, RateSpec rate, VifErrorSink sink) noexcept;
   ~VifDevice() override;
 
   Status write_backend_features(XenStore& xs, XsTxn t) noexcept override;
@@ -171,7 +150,6 @@ class VifDevice final : public BackendDevice {
   std::optional<MacAddr> mac_;
   RateSpec rate_;
   VifErrorSink sink_;
-  VifRegistry* registry_;
   DeviceLog log_;
   unsigned max_queues_;
 
@@ -194,9 +172,9 @@ class VifDeviceType final : public DeviceType {
   // Queues are spread over `workers` (which, like `pool`, must outlive
   // every device).
   VifDeviceType(std::vector<NetWorker*> workers, PacketPool& pool, VifPortFactory ports, VifOptions opts = {},
-                VifErrorSink sink = {}, VifRegistry* registry = nullptr) noexcept
+                VifErrorSink sink = {}) noexcept
       : workers_(std::move(workers)), pool_(pool), ports_(std::move(ports)), opts_(std::move(opts)),
-        sink_(std::move(sink)), registry_(registry) {}
+        sink_(std::move(sink)) {}
 
   [[nodiscard]] std::string_view name() const noexcept override { return opts_.type_name; }
   // Reads mac and rate. ENOENT while the toolstack has not written mac.
@@ -209,7 +187,6 @@ class VifDeviceType final : public DeviceType {
   VifPortFactory ports_;
   VifOptions opts_;
   VifErrorSink sink_;
-  VifRegistry* registry_;
   size_t next_ = 0;
 };
 

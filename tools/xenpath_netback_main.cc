@@ -13,19 +13,18 @@
 // --port-template is given) sends back to them; per-VIF packet rates are
 // printed every second.
 //
-// SIGTERM/SIGINT: every VIF is disconnected (mappings and channels
-// released), then the daemon exits. --stats-file is rewritten (atomically)
-// every --stats-interval-ms with per-VIF, per-queue counters as JSON.
+// The process skeleton is common/daemon.h's BackendDaemon (control reactor,
+// workers, stats file, signals). SIGTERM/SIGINT: every VIF is disconnected
+// (mappings and channels released), then the daemon exits. --stats-file is
+// rewritten (atomically) every --stats-interval-ms with per-VIF, per-queue
+// counters as JSON.
 #include <fmt/format.h>
-#include <signal.h>
-#include <unistd.h>
+#include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -33,13 +32,13 @@
 #include <thread>
 #include <vector>
 
+#include "common/daemon.h"
 #include "common/log.h"
 #include "common/reactor.h"
 #include "common/sim/sim_host.h"
 #include "common/sim/sim_toolstack.h"
 #include "common/sim/sim_xenbus_frontend.h"
 #include "common/xen/platform.h"
-#include "common/xenbus/backend_driver.h"
 #include "netback/dpdk_port.h"
 #include "netback/sim_netfront.h"
 #include "netback/vif_device.h"
@@ -50,17 +49,17 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 using namespace xenpath;
 
+// Tells the sim demo's guest threads to stop.
 std::atomic<bool> g_stop{false};
 
 struct Options {
   std::string platform = "auto";
-  unsigned workers = 1;
+  DaemonOptions daemon;
+  VifOptions vif;
   std::string port_template;  // empty: net_tap vif<domid>.<devid> (xen), loopback rings (sim)
   std::string eal_args;
-  std::string stats_file;
   unsigned stats_interval_ms = 1000;
-  bool verbose = false;
-  // sim demo
+  // Simulated host only.
   unsigned guests = 2;
   double seconds = 0;  // 0: until SIGTERM/SIGINT
 };
@@ -72,74 +71,40 @@ std::vector<std::string> split_args(const std::string& s) {
   return out;
 }
 
-nlohmann::json vif_stats(const VifRegistry& reg) {
-  nlohmann::json vifs = nlohmann::json::array();
-  reg.for_each([&](const VifDevice& d) {
-    nlohmann::json v;
-    v["domid"] = d.address().frontend_id;
-    v["devid"] = d.address().devid;
-    v["connected"] = d.connected();
-    if (d.mac()) v["mac"] = d.mac()->str();
-    nlohmann::json qs = nlohmann::json::array();
-    for (size_t i = 0; i < d.queue_count(); ++i) {
-      const VifQueueStats& s = d.queue_stats(i);
-      nlohmann::json q;
-      q["tx_packets"] = s.tx_packets.get();
-      q["tx_bytes"] = s.tx_bytes.get();
-      q["tx_dropped"] = s.tx_dropped.get();
-      q["tx_port_dropped"] = s.tx_port_dropped.get();
-      q["tx_rate_limited"] = s.tx_rate_limited.get();
-      q["tx_multicast"] = s.tx_multicast.get();
-      q["tx_headers_pulled"] = s.tx_headers_pulled.get();
-      q["rx_packets"] = s.rx_packets.get();
-      q["rx_bytes"] = s.rx_bytes.get();
-      q["rx_dropped"] = s.rx_dropped.get();
-      q["rx_expired"] = s.rx_expired.get();
-      q["rx_stall_dropped"] = s.rx_stall_dropped.get();
-      q["rx_stalls"] = s.rx_stalls.get();
-      q["rx_stalled"] = s.rx_stalled.get() != 0;
-      q["rx_copy_failures"] = s.rx_copy_failures.get();
-      q["halted"] = s.tx_ring.halted.get() != 0 || s.rx_ring.halted.get() != 0;
-      qs.push_back(std::move(q));
-    }
-    v["queues"] = std::move(qs);
-    vifs.push_back(std::move(v));
-  });
-  return vifs;
-}
-
-void write_stats(const std::string& path, const VifRegistry& reg, const BackendDriverStats& ds) {
-  nlohmann::json j;
-  j["daemon"] = "xenpath-netback";
-  j["time"] = std::chrono::duration_cast<std::chrono::milliseconds>(
-                  std::chrono::system_clock::now().time_since_epoch())
-                  .count();
-  j["driver"] = {{"devices", ds.devices.get()},       {"connected", ds.connected.get()},
-                 {"connects", ds.connects.get()},     {"connect_failures", ds.connect_failures.get()},
-                 {"disconnects", ds.disconnects.get()}, {"xs_errors", ds.xs_errors.get()}};
-  j["vifs"] = vif_stats(reg);
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << j.dump(2) << "\n";
-    if (!out) {
-      spdlog::warn("stats file {}: write failed", tmp);
-      return;
-    }
+nlohmann::json vif_json(const DeviceAddress& a, XenbusState st, const VifDevice& d) {
+  nlohmann::json v;
+  v["type"] = a.type;
+  v["frontend"] = a.frontend_id;
+  v["devid"] = a.devid;
+  v["state"] = static_cast<int>(st);
+  v["connected"] = d.connected();
+  if (d.mac()) v["mac"] = d.mac()->str();
+  if (!d.rate().unlimited()) v["rate"] = {{"bytes", d.rate().bytes}, {"usec", d.rate().usec}};
+  nlohmann::json qs = nlohmann::json::array();
+  for (size_t i = 0; d.connected() && i < d.queue_count(); ++i) {
+    const VifQueueStats& s = d.queue_stats(i);
+    qs.push_back({{"tx_packets", s.tx_packets.get()},
+                  {"tx_bytes", s.tx_bytes.get()},
+                  {"tx_dropped", s.tx_dropped.get()},
+                  {"tx_port_dropped", s.tx_port_dropped.get()},
+                  {"tx_rate_limited", s.tx_rate_limited.get()},
+                  {"tx_multicast", s.tx_multicast.get()},
+                  {"tx_headers_pulled", s.tx_headers_pulled.get()},
+                  {"rx_packets", s.rx_packets.get()},
+                  {"rx_bytes", s.rx_bytes.get()},
+                  {"rx_dropped", s.rx_dropped.get()},
+                  {"rx_expired", s.rx_expired.get()},
+                  {"rx_stall_dropped", s.rx_stall_dropped.get()},
+                  {"rx_stalls", s.rx_stalls.get()},
+                  {"rx_stalled", s.rx_stalled.get() != 0},
+                  {"rx_copy_failures", s.rx_copy_failures.get()},
+                  {"halted", s.tx_ring.halted.get() != 0 || s.rx_ring.halted.get() != 0}});
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) spdlog::warn("stats file {}: rename failed", path);
-}
-
-std::unique_ptr<Reactor> make_reactor(const std::string& name) {
-  Reactor::Options o;
-  o.name = name;
-  o.uring_entries = 0;
-  auto r = Reactor::create(o);
-  if (!r) {
-    spdlog::critical("reactor {}: {}", name, error_string(r.error()));
-    return nullptr;
+  v["queues"] = std::move(qs);
+  if (const NetifCtrlStats* c = d.ctrl_stats(); c != nullptr && d.connected()) {
+    v["ctrl"] = {{"requests", c->ring.requests.get()}, {"hash_updates", c->hash_updates.get()}};
   }
-  return std::move(*r);
+  return v;
 }
 
 // The sim demo's wire: each VIF's port is one end of a net_ring pair; this
@@ -270,215 +235,217 @@ void run_guest(sim::SimHost& h, GuestLoad& load) {
   nf->reset();
 }
 
-int run(const Options& opt) {
-  const bool sim = opt.platform == "sim" || (opt.platform == "auto" && !xen_available());
-  std::unique_ptr<sim::SimHost> host;
-  std::unique_ptr<XenPlatform> platform;
-  if (sim) {
-    auto h = sim::SimHost::create({});
-    if (!h) {
-      spdlog::critical("simulated host: {}", error_string(h.error()));
-      return 2;
-    }
-    host = std::move(*h);
-    platform = sim::make_sim_platform(*host);
-    fmt::print("xenpath-netback on the simulated host (xenstored: {})\n", host->xenstored_path());
-  } else {
-    auto p = open_libxen_platform();
-    if (!p) {
-      spdlog::critical("Xen platform: {}", error_string(p.error()));
-      return 2;
-    }
-    platform = std::move(*p);
-  }
+// Everything the daemon owns for netif: DPDK, the packet pool, a NetWorker
+// per worker reactor, the loopback wire of the sim demo.
+struct Netback {
+  DpdkEnv* env = nullptr;
+  std::unique_ptr<PacketPool> pool;
+  std::vector<std::unique_ptr<NetWorker>> workers;
+  std::unique_ptr<LoopbackWire> wire;
+};
 
+Result<std::unique_ptr<BackendDaemon>> start_daemon(XenPlatform& platform, const Options& opt, bool sim,
+                                                    Netback& nb) {
   DpdkEnvOptions eo;
   eo.eal_args = split_args(opt.eal_args);
-  auto env = DpdkEnv::init(eo);
-  if (!env) {
-    spdlog::critical("DPDK EAL: {}", error_string(env.error()));
-    return 2;
-  }
+  XP_ASSIGN_OR_RETURN(nb.env, DpdkEnv::init(eo));
   DpdkPoolConfig pc;
   pc.name = "netback";
-  auto pool = (*env)->create_pool(pc);
-  if (!pool) {
-    spdlog::critical("DPDK pool: {}", error_string(pool.error()));
-    return 2;
-  }
-
-  auto control = make_reactor("xp-net-control");
-  if (!control || !control->start()) return 2;
-  std::vector<std::unique_ptr<Reactor>> reactors;
-  std::vector<std::unique_ptr<NetWorker>> workers;
+  XP_ASSIGN_OR_RETURN(nb.pool, nb.env->create_pool(pc));
+  DaemonOptions dopt = opt.daemon;
+  dopt.uring_entries = 0;  // netback's workers need no io_uring
+  XP_ASSIGN_OR_RETURN(auto daemon, BackendDaemon::create(platform, dopt));
   std::vector<NetWorker*> wptrs;
-  for (unsigned i = 0; i < opt.workers; ++i) {
-    auto r = make_reactor(fmt::format("xp-net{}", i));
-    if (!r || !r->start()) return 2;
+  for (Reactor* r : daemon->workers()) {
     Status reg = ok();
-    r->call([&] { reg = (*env)->register_thread(); });
-    if (!reg) spdlog::warn("worker {}: no DPDK lcore ({}): pool caches unused", i, error_string(reg.error()));
-    auto w = NetWorker::create(*r, *platform);
-    if (!w) {
-      spdlog::critical("worker {}: {}", i, error_string(w.error()));
-      return 2;
-    }
-    reactors.push_back(std::move(r));
-    workers.push_back(std::move(*w));
-    wptrs.push_back(workers.back().get());
+    r->call([&] { reg = nb.env->register_thread(); });
+    if (!reg) spdlog::warn("worker {}: no DPDK lcore ({}): pool caches unused", r->name(), error_string(reg.error()));
+    XP_ASSIGN_OR_RETURN(auto w, NetWorker::create(*r, platform));
+    wptrs.push_back(w.get());
+    nb.workers.push_back(std::move(w));
   }
-
-  std::unique_ptr<LoopbackWire> wire;
   VifPortFactory ports;
+  VifOptions vo = opt.vif;
   if (sim && opt.port_template.empty()) {
-    wire = std::make_unique<LoopbackWire>(**env, **pool);
-    ports = wire->factory();
-    wire->start();
+    nb.wire = std::make_unique<LoopbackWire>(*nb.env, *nb.pool);
+    ports = nb.wire->factory();
+    vo.max_queues = 1;  // one ring pair per VIF
+    nb.wire->start();
   } else {
     const std::string tmpl = opt.port_template.empty() ? std::string(kDefaultVifDevargs) : opt.port_template;
-    // Fail early on a template typo rather than at the first guest.
+    // A template typo fails now, not at the first guest.
     if (auto t = expand_devargs(tmpl, 1, 0); !t) {
       spdlog::critical("--port-template '{}': bad placeholder", tmpl);
+      return unexpected(EINVAL);
+    }
+    ports = dpdk_vif_port_factory(*nb.env, *nb.pool, tmpl, DpdkPortConfig{});
+  }
+  BackendDaemon* d = daemon.get();
+  XP_TRY(daemon->add_type(std::make_unique<VifDeviceType>(
+      wptrs, *nb.pool, ports, vo, [d](const DeviceAddress& a, int err) { d->report_device_error(a, err); })));
+  const std::string type_name = vo.type_name;
+  daemon->add_stats([d, &nb, type_name](nlohmann::json& j) {
+    uint64_t mapped = 0;
+    for (auto& w : nb.workers) mapped += w->grant_table().mapped_pages();
+    j["mapped_grant_pages"] = mapped;
+    j["packet_buffers_in_use"] = nb.pool->in_use();
+    nlohmann::json vifs = nlohmann::json::array();
+    d->driver().for_each_device([&](const DeviceAddress& a, XenbusState st, BackendDevice& dev) {
+      if (a.type != type_name) return;
+      vifs.push_back(vif_json(a, st, static_cast<const VifDevice&>(dev)));
+    });
+    j["vifs"] = std::move(vifs);
+  });
+  XP_TRY(daemon->start());
+  return daemon;
+}
+
+void stop_daemon(std::unique_ptr<BackendDaemon>& daemon, Netback& nb) {
+  if (daemon) {
+    // Every VIF disconnected (its port closed) while the workers still run,
+    // then their DPDK lcores go, then the reactors.
+    daemon->control().call([&] { daemon->driver().stop(); });
+    for (Reactor* r : daemon->workers()) r->call([&] { nb.env->unregister_thread(); });
+    daemon->stop();
+  }
+  nb.workers.clear();  // after the reactors stopped: nothing runs on them now
+  if (nb.wire) nb.wire->stop();
+  daemon.reset();
+}
+
+int run_xen(const Options& opt) {
+  auto platform = open_libxen_platform();
+  if (!platform) {
+    spdlog::critical("cannot open the Xen interfaces: {}", error_string(platform.error()));
+    return 2;
+  }
+  Netback nb;
+  auto daemon = start_daemon(**platform, opt, false, nb);
+  if (!daemon) {
+    spdlog::critical("cannot start: {}", error_string(daemon.error()));
+    return 2;
+  }
+  fmt::print("xenpath-netback: serving backend/{} of domain {} ({} workers); SIGTERM to stop\n",
+             opt.vif.type_name, (*platform)->self(), (*daemon)->workers().size());
+  std::fflush(stdout);
+  const int sig = wait_for_termination(1s, [] { return true; });
+  spdlog::info("signal {}: disconnecting every vif", sig);
+  stop_daemon(*daemon, nb);
+  return 0;
+}
+
+int run_sim(const Options& opt) {
+  auto h = sim::SimHost::create({});
+  if (!h) {
+    spdlog::critical("simulated host: {}", error_string(h.error()));
+    return 2;
+  }
+  sim::SimHost& host = **h;
+  auto platform = sim::make_sim_platform(host);
+  fmt::print("xenpath-netback on the simulated host (xenstored: {})\n", host.xenstored_path());
+  Netback nb;
+  auto daemon = start_daemon(*platform, opt, true, nb);
+  if (!daemon) {
+    spdlog::critical("cannot start: {}", error_string(daemon.error()));
+    return 2;
+  }
+  auto t = host.open_xenstore(kDom0);
+  if (!t) return 2;
+  sim::SimToolstack tool(**t);
+  std::vector<std::unique_ptr<GuestLoad>> loads;
+  for (unsigned g = 0; g < opt.guests; ++g) {
+    const DomId domid = static_cast<DomId>(g + 1);
+    if (!host.create_domain(domid, 4096, fmt::format("guest{}", domid))) return 2;
+    const std::string mac = fmt::format("00:16:3e:00:00:{:02x}", domid & 0xff);
+    if (auto r = tool.add_device("vif", domid, 0, kDom0,
+                                 {{"mac", mac}, {"handle", "0"}, {"script", "/bin/true"}, {"type", "vif"}},
+                                 {{"mac", mac}, {"handle", "0"}});
+        !r) {
+      spdlog::critical("add vif {}/0: {}", domid, error_string(r.error()));
       return 2;
     }
-    ports = dpdk_vif_port_factory(**env, **pool, tmpl, DpdkPortConfig{});
+    auto l = std::make_unique<GuestLoad>();
+    l->domid = domid;
+    loads.push_back(std::move(l));
   }
-
-  auto xs = platform->open_xenstore();
-  if (!xs) {
-    spdlog::critical("xenstore: {}", error_string(xs.error()));
-    return 2;
-  }
-  BackendDriver::Options dopt;
-  dopt.self = platform->self();
-  auto driver = std::make_unique<BackendDriver>(std::move(*xs), dopt);
-  VifRegistry registry;
-  BackendDriver* d = driver.get();
-  VifOptions vo;
-  if (sim && wire) vo.max_queues = 1;
-  if (auto st = driver->add_type(std::make_unique<VifDeviceType>(
-          wptrs, **pool, ports, vo,
-          [d](const DeviceAddress& a, int err) { d->report_device_error(a.type, a.frontend_id, a.devid, err); },
-          &registry));
-      !st) {
-    spdlog::critical("vif type: {}", error_string(st.error()));
-    return 2;
-  }
-  Status started = ok();
-  control->call([&] {
-    started = driver->start();
-    if (started) started = driver->attach(*control);
-  });
-  if (!started) {
-    spdlog::critical("backend driver: {}", error_string(started.error()));
-    return 2;
-  }
-  spdlog::info("serving vif devices with {} worker(s)", opt.workers);
-
-  // The sim demo's guests.
-  std::vector<std::unique_ptr<GuestLoad>> loads;
   std::vector<std::thread> guests;
-  std::unique_ptr<XenStore> tools_xs;
-  if (sim) {
-    auto t = host->open_xenstore(kDom0);
-    if (!t) return 2;
-    tools_xs = std::move(*t);
-    sim::SimToolstack tool(*tools_xs);
-    for (unsigned g = 0; g < opt.guests; ++g) {
-      const DomId domid = static_cast<DomId>(g + 1);
-      if (!host->create_domain(domid, 4096, fmt::format("guest{}", domid))) return 2;
-      const std::string mac = fmt::format("00:16:3e:00:00:{:02x}", domid & 0xff);
-      if (auto r = tool.add_device("vif", domid, 0, kDom0,
-                                   {{"mac", mac}, {"handle", "0"}, {"script", "/bin/true"}, {"type", "vif"}},
-                                   {{"mac", mac}, {"handle", "0"}});
-          !r) {
-        spdlog::critical("add vif {}/0: {}", domid, error_string(r.error()));
-        return 2;
-      }
-      auto l = std::make_unique<GuestLoad>();
-      l->domid = domid;
-      loads.push_back(std::move(l));
-    }
-    for (auto& l : loads) guests.emplace_back([&h = *host, &load = *l] { run_guest(h, load); });
-  }
+  for (auto& l : loads) guests.emplace_back([&host, &load = *l] { run_guest(host, load); });
 
   const auto t0 = Clock::now();
-  auto last_stats = t0;
-  auto last_print = t0;
-  while (!g_stop.load()) {
-    std::this_thread::sleep_for(50ms);
+  auto last = t0;
+  const int sig = wait_for_termination(1s, [&] {
     const auto now = Clock::now();
-    if (opt.seconds > 0 && now - t0 >= std::chrono::duration<double>(opt.seconds)) g_stop.store(true);
-    if (!opt.stats_file.empty() && now - last_stats >= std::chrono::milliseconds(opt.stats_interval_ms)) {
-      write_stats(opt.stats_file, registry, driver->stats());
-      last_stats = now;
-    }
-    if (sim && now - last_print >= 1s) {
-      const double dt = std::chrono::duration<double>(now - last_print).count();
-      last_print = now;
-      fmt::print("[{:6.1f}s]", std::chrono::duration<double>(now - t0).count());
-      for (auto& l : loads) {
-        const uint64_t tx = l->tx.load(), rx = l->rx.load();
-        fmt::print("  vif{}.0 {}: tx {:.0f} pps rx {:.0f} pps", l->domid,
-                   l->failed ? "failed" : (l->connected ? "up" : "connecting"),
-                   static_cast<double>(tx - l->shown_tx) / dt, static_cast<double>(rx - l->shown_rx) / dt);
-        l->shown_tx = tx;
-        l->shown_rx = rx;
-      }
-      fmt::print("\n");
-      std::fflush(stdout);
-    }
-  }
-  spdlog::info("stopping: disconnecting every vif");
-  for (auto& t : guests) t.join();
-  control->call([&] { driver->stop(); });
-  if (!opt.stats_file.empty()) write_stats(opt.stats_file, registry, driver->stats());
-  control->call([&] { driver.reset(); });
-  control->stop();
-  if (wire) wire->stop();
-  workers.clear();
-  for (auto& r : reactors) {
-    r->call([&] { (*env)->unregister_thread(); });
-    r->stop();
-  }
-  bool clean = true;
-  if (host) {
-    const uint64_t live = host->counters().mapped_pages_live.load();
-    clean = live == 0;
-    uint64_t tx = 0, rx = 0;
+    const double dt = std::chrono::duration<double>(now - last).count();
+    last = now;
+    fmt::print("[{:6.1f}s]", std::chrono::duration<double>(now - t0).count());
+    bool failed = false;
     for (auto& l : loads) {
-      tx += l->tx.load();
-      rx += l->rx.load();
-      clean = clean && !l->failed;
+      const uint64_t tx = l->tx.load(), rx = l->rx.load();
+      fmt::print("  vif{}.0 {}: tx {:.0f} pps rx {:.0f} pps", l->domid,
+                 l->failed ? "failed" : (l->connected ? "up" : "connecting"),
+                 static_cast<double>(tx - l->shown_tx) / dt, static_cast<double>(rx - l->shown_rx) / dt);
+      l->shown_tx = tx;
+      l->shown_rx = rx;
+      failed |= l->failed.load();
     }
-    fmt::print("summary: {} frames sent, {} received back; grant pages still mapped {} -> {}\n", tx, rx, live,
-               clean ? "OK" : "FAILED");
+    fmt::print("\n");
+    std::fflush(stdout);
+    return !failed && (opt.seconds <= 0 || now - t0 < std::chrono::duration<double>(opt.seconds));
+  });
+  g_stop.store(true);
+  for (auto& t : guests) t.join();
+  // The toolstack removes the NICs; then nothing may be left.
+  for (auto& l : loads) (void)tool.remove_device("vif", l->domid, 0, kDom0, 5s);
+  nlohmann::json stats;
+  for (int i = 0; i < 500; ++i) {
+    stats = (*daemon)->stats();
+    if (stats["xenbus"]["devices"] == 0) break;
+    std::this_thread::sleep_for(10ms);
   }
+  stop_daemon(*daemon, nb);
+  const uint64_t live = host.counters().mapped_pages_live.load();
+  uint64_t tx = 0, rx = 0;
+  bool clean = live == 0 && stats["xenbus"]["devices"] == 0 && stats["mapped_grant_pages"] == 0;
+  for (auto& l : loads) {
+    tx += l->tx.load();
+    rx += l->rx.load();
+    clean = clean && !l->failed;
+  }
+  fmt::print("summary: {} frames sent, {} received back{}; devices left {}, grant pages still mapped {} -> {}\n", tx,
+             rx, sig ? " (interrupted)" : "", stats["xenbus"]["devices"].get<uint64_t>(), live,
+             clean ? "OK" : "FAILED");
   return clean ? 0 : 1;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"xenpath-netback: the netif backend (vif devices) over DPDK"};
+  CLI::App app{"xenpath-netback: the netif backend daemon (Xen when /dev/xen exists, else the simulated host)"};
   Options opt;
-  app.add_option("--platform", opt.platform, "auto (xen when /dev/xen exists, else sim), xen or sim")
+  opt.daemon.name = "xenpath-netback";
+  opt.daemon.workers = 1;
+  bool verbose = false;
+  app.add_option("--platform", opt.platform, "auto (Xen when /dev/xen exists), xen or sim")
       ->check(CLI::IsMember({"auto", "xen", "sim"}));
-  app.add_option("--workers", opt.workers, "datapath worker reactors")->check(CLI::Range(1, 256));
+  app.add_option("--workers", opt.daemon.workers, "worker reactors (datapath threads); 0: one per CPU");
+  app.add_option("--first-cpu", opt.daemon.first_cpu, "pin worker i to CPU first-cpu + i");
   app.add_option("--port-template", opt.port_template,
                  "DPDK devargs per VIF, {domid}/{devid} expanded (default: " + std::string(kDefaultVifDevargs) +
                      "; sim: a loopback wire)");
   app.add_option("--eal-args", opt.eal_args, "the complete EAL argument list (default: --no-huge --no-pci ...)");
-  app.add_option("--stats-file", opt.stats_file, "rewrite this JSON file with per-VIF counters");
-  app.add_option("--stats-interval-ms", opt.stats_interval_ms, "stats file period")->check(CLI::Range(10, 3600000));
-  app.add_flag("-v,--verbose", opt.verbose, "log at info level");
-  app.add_option("--sim-guests", opt.guests, "sim: simulated guests with one vif each")->check(CLI::Range(0, 64));
-  app.add_option("--sim-seconds", opt.seconds, "sim: stop after this long (0: on SIGTERM/SIGINT)")
+  app.add_option("--max-queues", opt.vif.max_queues, "multi-queue-max-queues (0: one per worker)");
+  app.add_option("--stats-file", opt.daemon.stats_file, "JSON stats document, rewritten every interval");
+  app.add_option("--stats-interval-ms", opt.stats_interval_ms, "stats file interval")->check(CLI::Range(50, 3600000));
+  app.add_flag("-v,--verbose", verbose, "info logging (default: warnings)");
+  auto* sim_opts = app.add_option_group("simulated host", "used with --platform sim (or auto without Xen)");
+  sim_opts->add_option("--guests", opt.guests, "simulated guests, one vif each")->check(CLI::Range(1, 64));
+  sim_opts->add_option("--seconds", opt.seconds, "stop after this long (0: on SIGTERM/SIGINT)")
       ->check(CLI::Range(0.0, 86400.0));
   CLI11_PARSE(app, argc, argv);
-  log_init(opt.verbose ? "info" : "warn");
-  signal(SIGINT, [](int) { g_stop.store(true); });
-  signal(SIGTERM, [](int) { g_stop.store(true); });
-  signal(SIGPIPE, SIG_IGN);
-  return run(opt);
+  opt.daemon.stats_interval = std::chrono::milliseconds(opt.stats_interval_ms);
+  log_init(verbose ? "info" : "warn");
+  // Before any thread (EAL's included): the signals reach only this one.
+  block_termination_signals();
+  const bool sim = opt.platform == "sim" || (opt.platform == "auto" && !xen_available());
+  return sim ? run_sim(opt) : run_xen(opt);
 }
