@@ -28,16 +28,26 @@
 // against the guest's posted buffers (netif_rx.h) and copied with ONE grant
 // copy call per burst; responses go in the requests' slots.
 //
+// Packets wait for guest buffers at most rx_drain_timeout; a guest that
+// posts none for rx_stall_timeout while packets wait is stalled (carrier
+// off: queued and new packets dropped and counted, logged once) until it
+// posts again, so a silent guest costs bounded host memory (Linux's
+// rx_drain_timeout / rx_stall_timeout). With the guest's hash mapping
+// (control ring) a received flow may belong to another queue of the VIF:
+// it is handed over through that queue's inbox. Ports with a receive
+// wake-up fd (net_tap) are slept on instead of polled.
+//
 // A frontend caught lying (netif_tx.h's fatal cases, ring overflow) halts
 // the queue for good, as Linux disables the vif; the halt callback tells
 // the device.
 //
 // Threads: a VifQueue and its NetWorker belong to one reactor thread
-// (start/stop/destruction run there). Exception: the external-buffer free
+// (start/stop/destruction run there). Exceptions: the external-buffer free
 // callback, which may run on any thread and only touches the atomic bitmap
-// and the eventfd. Stats are single-writer counters. Guest memory: the two
-// ring pages, and the TX pages while mapped (read by the port, never by this
-// code). RX data reaches the guest only through grant copy.
+// and the eventfd; the steering inboxes (Mailbox: any thread pushes).
+// Stats are single-writer counters. Guest memory: the two ring pages, and
+// the TX pages while mapped (read by the port, never by this code). RX data
+// reaches the guest only through grant copy.
 #pragma once
 
 #include <atomic>
