@@ -752,6 +752,83 @@ TEST_F(NetVifDevice, HeadersLongerThanTheCopiedHeadGetChecksumAndGso) {
   EXPECT_EQ(d->queue_stats(0).tx_port_dropped.get(), 0u);
 }
 
+// IPv6 with a 64-byte hop-by-hop extension header and 40 bytes of TCP
+// options: 178 bytes of headers. Returns the frame; `ext` = 64.
+std::vector<uint8_t> ipv6_ext_frame(size_t payload, uint8_t seed) {
+  FrameSpec s;
+  s.v6 = true;
+  s.payload = payload;
+  s.payload_seed = seed;
+  auto base = make_frame(s);  // eth 14 + ipv6 40 + tcp 20 + payload
+  std::vector<uint8_t> f(base.begin(), base.begin() + 54);
+  std::vector<uint8_t> hbh(64, 0);
+  hbh[0] = 6;      // next header: TCP
+  hbh[1] = 7;      // (7 + 1) * 8 = 64 bytes
+  hbh[2] = 1;      // PadN option filling the rest
+  hbh[3] = 60;
+  f.insert(f.end(), hbh.begin(), hbh.end());
+  f.insert(f.end(), base.begin() + 54, base.begin() + 74);
+  f.insert(f.end(), 40, 0x01);  // TCP NOP options
+  f.insert(f.end(), base.begin() + 74, base.end());
+  uint8_t* ip = f.data() + 14;
+  ip[6] = 0;  // next header: hop-by-hop
+  put16(ip + 4, static_cast<uint16_t>(f.size() - 54));
+  uint8_t* tcp = ip + 40 + 64;
+  tcp[12] = 0xf0;
+  put16(tcp + 16, 0xbeef);
+  return f;
+}
+
+// The TCP checksum of such a frame (pseudo-header without the extension).
+bool ipv6_ext_tcp_checksum_ok(const std::vector<uint8_t>& f) {
+  const uint8_t* ip = f.data() + 14;
+  const size_t l4 = be16(ip + 4) - 64;
+  if (f.size() != 14 + 40 + 64 + l4) return false;
+  const uint32_t pseudo = sum16(ip + 8, 32) + 6 + static_cast<uint32_t>(l4);
+  return fold16(sum16(ip + 40 + 64, l4, pseudo)) == 0xffff;
+}
+
+TEST_F(NetVifDevice, Ipv6ExtensionHeadersBeyondTheCopiedHeadGetChecksumAndGso) {
+  start();
+  GuestVif& v = plug(12);
+  ASSERT_TRUE(v.xb->connect(rings(v, 1, false)));
+  const VifDevice* d = device(12);
+  ASSERT_NE(d, nullptr);
+  SimNetfront::TxFrame c;
+  c.bytes = ipv6_ext_frame(500, 3);
+  ASSERT_EQ(c.bytes.size(), 178u + 500u);
+  c.csum_blank = true;
+  ASSERT_TRUE(v.queues[0]->send(c));
+  auto got = wire_receive(wire(12, 0), 1);
+  ASSERT_EQ(got.size(), 1u);
+  {
+    const auto b = bytes_of(got[0]);
+    EXPECT_TRUE(ipv6_ext_tcp_checksum_ok(b));
+    EXPECT_TRUE(std::equal(b.begin() + 178, b.end(), c.bytes.begin() + 178));
+  }
+  pkt::free_bulk(got);
+  EXPECT_EQ(d->queue_stats(0).tx_headers_pulled.get(), 1u);
+
+  SimNetfront::TxFrame g;
+  g.bytes = ipv6_ext_frame(4000, 9);
+  g.csum_blank = true;
+  g.gso_type = XEN_NETIF_GSO_TYPE_TCPV6;
+  g.gso_size = 1000;
+  ASSERT_TRUE(v.queues[0]->send(g));
+  got = wire_receive(wire(12, 0), 4);
+  ASSERT_EQ(got.size(), 4u);
+  std::vector<uint8_t> payload;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const auto b = bytes_of(got[i]);
+    EXPECT_TRUE(ipv6_ext_tcp_checksum_ok(b)) << i;
+    ASSERT_GT(b.size(), 178u);
+    payload.insert(payload.end(), b.begin() + 178, b.end());
+  }
+  EXPECT_EQ(payload, std::vector<uint8_t>(g.bytes.begin() + 178, g.bytes.end()));
+  pkt::free_bulk(got);
+  EXPECT_EQ(d->queue_stats(0).tx_port_dropped.get(), 0u);
+}
+
 TEST_F(NetVifDevice, BadFrontendKeysEachRefuseTheConnection) {
   start();
   struct Case {
