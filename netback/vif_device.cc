@@ -459,6 +459,30 @@ void VifDevice::disconnect() noexcept {
   connected_.store(false, std::memory_order_release);
 }
 
+void VifDevice::backend_key_changed(XenStore& xs, std::string_view key) noexcept {
+  if (key != "rate") return;
+  RateSpec spec;  // absent or malformed: unlimited, as xen_net_read_rate
+  auto s = xs.read(kXsNoTxn, addr_.backend_path + "/rate");
+  if (s) {
+    if (auto r = parse_rate(*s)) spec = *r;
+    else log_.warn("failed to parse the rate key; traffic unlimited");
+  } else if (s.error() != ENOENT) {
+    return;
+  }
+  if (spec == rate_) return;
+  rate_ = spec;
+  auto sibs = std::static_pointer_cast<VifSiblings>(siblings_);
+  if (!sibs) return;  // not connected: the next connect uses it
+  log_.info("rate changed: {}", spec.unlimited() ? std::string("unlimited")
+                                                  : fmt::format("{} bytes / {} us", spec.bytes, spec.usec));
+  for (auto& e : sibs->entries) {
+    VifSiblings::Entry* ep = &e;
+    ep->reactor->post([sibs, ep, spec] {
+      if (ep->alive) ep->queue->set_rate(spec);
+    });
+  }
+}
+
 // ---------------------------------------------------------------------------
 
 Result<std::unique_ptr<BackendDevice>> VifDeviceType::create(const DeviceAddress& addr, XenStore& xs,

@@ -128,6 +128,9 @@ class VifDevice final : public BackendDevice {
   Status read_frontend(XenStore& xs, XsTxn t) noexcept override;
   Status connect() noexcept override;
   void disconnect() noexcept override;
+  // "rate" changed: re-read it and hand it to every queue, as Linux's
+  // credit watch does (a refused packet waiting for credit retries at once).
+  void backend_key_changed(XenStore& xs, std::string_view key) noexcept override;
 
   [[nodiscard]] bool connected() const noexcept { return connected_.load(std::memory_order_acquire); }
   [[nodiscard]] size_t queue_count() const noexcept { return stats_.size(); }

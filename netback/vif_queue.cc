@@ -711,6 +711,11 @@ bool VifQueue::tx_poll() noexcept {
 
 // --------------------------------------------------------------------- RX
 
+void VifQueue::set_rate(const RateSpec& spec) noexcept {
+  config_.rate = spec;
+  rate_.update(spec, RateLimiter::Clock::now());
+}
+
 void VifQueue::apply_multicast(uint8_t type, const MulticastFilter::Mac& addr) noexcept {
   if (type == XEN_NETIF_EXTRA_TYPE_MCAST_ADD) (void)mcast_.add(addr);
   else if (type == XEN_NETIF_EXTRA_TYPE_MCAST_DEL) mcast_.del(addr);

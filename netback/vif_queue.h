@@ -258,6 +258,8 @@ class VifQueue final : public Poller, public EvtchnTarget {
   // Queue thread: the control ring's hash configuration (RX packets then
   // carry a HASH extra when the algorithm is Toeplitz); null for none.
   void set_hash(std::shared_ptr<const NetifCtrl> hash) noexcept { hash_ = std::move(hash); }
+  // Queue thread: the backend's "rate" key changed (xen_net_rate_changed).
+  void set_rate(const RateSpec& spec) noexcept;
 
   [[nodiscard]] bool halted() const noexcept { return halted_; }
   [[nodiscard]] bool rx_stalled() const noexcept { return rx_stalled_; }

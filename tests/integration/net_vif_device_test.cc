@@ -627,6 +627,34 @@ TEST_F(NetVifDevice, RateKeyLimitsGuestTransmit) {
   EXPECT_TRUE(backend_becomes(3, XenbusState::kClosed));
 }
 
+TEST_F(NetVifDevice, RateKeyChangeAppliesWhileConnected) {
+  start();
+  // 1000 bytes per 100 s: one frame passes, the second waits ...
+  GuestVif& v = plug(13, {{"rate", "1000,100000000"}});
+  ASSERT_TRUE(v.xb->connect(rings(v, 1, false)));
+  const VifDevice* d = device(13);
+  ASSERT_NE(d, nullptr);
+  FrameSpec s;
+  s.payload = 1000 - 54;
+  SimNetfront::TxFrame f;
+  f.bytes = make_frame(s);
+  ASSERT_TRUE(v.queues[0]->send(f));
+  ASSERT_TRUE(v.queues[0]->send(f));
+  auto got = wire_receive(wire(13, 0), 2, 200ms);
+  EXPECT_EQ(got.size(), 1u);
+  pkt::free_bulk(got);
+  // ... until the toolstack raises the rate: the waiting frame goes now,
+  // not at the end of the 100 s window.
+  ASSERT_TRUE(tools_xs_->write(kXsNoTxn, be(13) + "/rate", "10000000,1000"));
+  got = wire_receive(wire(13, 0), 1, 3000ms);
+  EXPECT_EQ(got.size(), 1u);
+  pkt::free_bulk(got);
+  EXPECT_TRUE(eventually([&] { return device(13)->rate() == (RateSpec{10000000, 1000}); }));
+  // Removing the key means unlimited.
+  ASSERT_TRUE(tools_xs_->rm(kXsNoTxn, be(13) + "/rate"));
+  EXPECT_TRUE(eventually([&] { return device(13)->rate().unlimited(); }));
+}
+
 TEST_F(NetVifDevice, MalformedRateMeansUnlimited) {
   start();
   GuestVif& v = plug(4, {{"rate", "3000, 100"}});
