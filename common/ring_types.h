@@ -33,4 +33,14 @@ struct NetifRxRing {
   using Response = netif_rx_response;
 };
 
+// The netif control ring (feature-ctrl-ring): one page, hash and multicast
+// configuration messages.
+struct NetifCtrlRing {
+  using Sring = xen_netif_ctrl_sring;
+  using BackRing = xen_netif_ctrl_back_ring;
+  using FrontRing = xen_netif_ctrl_front_ring;
+  using Request = xen_netif_ctrl_request;
+  using Response = xen_netif_ctrl_response;
+};
+
 }  // namespace xenpath

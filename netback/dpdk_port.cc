@@ -475,6 +475,38 @@ bool parse_headers(PacketBuf* p, PacketMeta& out) noexcept {
   return true;
 }
 
+bool pull_up(PacketBuf* p, size_t len) noexcept {
+  rte_mbuf* m = mb(p);
+  len = std::min<size_t>(len, m->pkt_len);
+  if (m->data_len >= len) return true;
+  if (!RTE_MBUF_DIRECT(m) || rte_mbuf_refcnt_read(m) != 1 || rte_pktmbuf_tailroom(m) < len - m->data_len) {
+    return false;
+  }
+  auto* dst = rte_pktmbuf_mtod_offset(m, uint8_t*, m->data_len);
+  size_t need = len - m->data_len;
+  while (need > 0) {
+    rte_mbuf* s = m->next;
+    // A segment shared with another packet (a clone) must not be trimmed.
+    if (s == nullptr || rte_mbuf_refcnt_read(s) != 1) return false;
+    const size_t n = std::min<size_t>(need, s->data_len);
+    std::memcpy(dst, rte_pktmbuf_mtod(s, const uint8_t*), n);
+    dst += n;
+    need -= n;
+    m->data_len = static_cast<uint16_t>(m->data_len + n);
+    s->data_off = static_cast<uint16_t>(s->data_off + n);
+    s->data_len = static_cast<uint16_t>(s->data_len - n);
+    if (s->data_len == 0) {
+      m->next = s->next;
+      s->next = nullptr;
+      s->nb_segs = 1;
+      s->pkt_len = 0;
+      m->nb_segs = static_cast<uint16_t>(m->nb_segs - 1);
+      rte_pktmbuf_free_seg(s);
+    }
+  }
+  return true;
+}
+
 bool complete_checksums(PacketBuf* p, bool l4) noexcept { return sw_checksums(mb(p), true, l4); }
 
 bool prepare_partial_checksum(PacketBuf* p) noexcept {
@@ -728,6 +760,7 @@ class DpdkPort final : public PacketPort {
   struct Owned {
     rte_device* device = nullptr;     // removed on close
     std::shared_ptr<RingPair> rings;  // a ring pair's, freed with its last port
+    std::vector<int> rx_fds;          // per queue receive wake-up fds (the PMD's), or empty
   };
 
   DpdkPort(DpdkEnv& env, DpdkPool& pool, uint16_t port_id, std::string name, const DpdkPortConfig& cfg,
@@ -812,6 +845,9 @@ class DpdkPort final : public PacketPort {
     return taken;
   }
 
+  int rx_wait_fd(uint16_t q) const noexcept override {
+    return q < owned_.rx_fds.size() ? owned_.rx_fds[q] : -1;
+  }
   size_t tx_pending(uint16_t queue) const noexcept override {
     return queue < txq_.size() ? txq_[queue].pending() : 0;
   }
@@ -1201,6 +1237,11 @@ Result<std::unique_ptr<PacketPort>> start_port(DpdkEnv& env, DpdkPool& pool, uin
   rte_eth_conf conf{};
   conf.txmode.offloads = tx_off;
   conf.rxmode.offloads = rx_off;
+  // net_tap's receive "interrupt" is its queue's tun fd, readable while
+  // frames wait: the reactor can sleep on it instead of polling the port.
+  // Other PMDs' eventfd interrupts need an ack protocol not done here.
+  const bool want_intr = cfg.rx_interrupts && std::strcmp(info.driver_name, "net_tap") == 0;
+  conf.intr_conf.rxq = want_intr ? 1 : 0;
   if (int rc = rte_eth_dev_configure(port_id, cfg.rx_queues, cfg.tx_queues, &conf); rc != 0) return fail(-rc);
   uint16_t rxd = cfg.rx_desc;
   uint16_t txd = cfg.tx_desc;
@@ -1220,6 +1261,18 @@ Result<std::unique_ptr<PacketPort>> start_port(DpdkEnv& env, DpdkPool& pool, uin
     if (int rc = rte_eth_dev_set_mtu(port_id, static_cast<uint16_t>(cfg.mtu)); rc != 0) return fail(-rc);
   }
   if (int rc = rte_eth_dev_start(port_id); rc != 0) return fail(-rc);
+  if (want_intr) {
+    for (uint16_t q = 0; q < cfg.rx_queues; ++q) {
+      (void)rte_eth_dev_rx_intr_enable(port_id, q);
+      const int fd = rte_eth_dev_rx_intr_ctl_q_get_fd(port_id, q);
+      if (fd < 0) {
+        spdlog::warn("dpdk: port {}: no receive interrupt fd for queue {}; polling instead", port_id, q);
+        owned.rx_fds.clear();
+        break;
+      }
+      owned.rx_fds.push_back(fd);
+    }
+  }
 
   PortCaps caps;
   caps.multi_segment = (tx_off & RTE_ETH_TX_OFFLOAD_MULTI_SEGS) != 0;

@@ -73,6 +73,9 @@ struct DpdkPortConfig {
   // needing more (a tiny MSS) is dropped: a guest must not make one request
   // cost thousands of buffers.
   uint16_t gso_max_segments = 512;
+  // Receive interrupts (PacketPort::rx_wait_fd) where the driver has them
+  // in a form the reactor can poll (net_tap); others are polled.
+  bool rx_interrupts = true;
 };
 
 // "{domid}" and "{devid}" in `tmpl` replaced by their decimal values

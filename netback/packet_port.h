@@ -117,6 +117,14 @@ bool set_meta(PacketBuf* p, const PacketMeta& m) noexcept;
 // not all in the first segment (which the checksum and segmentation code
 // require; netback copies at least the headers into it).
 bool parse_headers(PacketBuf* p, PacketMeta& m) noexcept;
+// Moves bytes from the following segments into the first one's tailroom
+// until it holds the first `len` bytes (or the whole packet when shorter),
+// dropping segments it empties (an external one's free callback runs when
+// its last reference goes). For headers longer than what was copied into
+// the head (Linux pulls more than XEN_NETBACK_TX_COPY_LEN the same way).
+// False (packet unchanged or partly pulled, still valid) when the first
+// segment is not owned/writable or lacks the room.
+bool pull_up(PacketBuf* p, size_t len) noexcept;
 // Computes the checksums `meta` says are pending, in software, and clears
 // those bits (with `l4` false only the IPv4 header's). Headers must be in
 // the (writable, owned) first segment. False (packet unchanged) when the
@@ -232,6 +240,12 @@ class PacketPort {
   virtual size_t tx_burst(uint16_t queue, std::span<PacketBuf* const> pkts) noexcept = 0;
   // Frames prepared but not yet accepted by the device (backpressure).
   [[nodiscard]] virtual size_t tx_pending(uint16_t queue) const noexcept = 0;
+  // Receive wake-up: a descriptor that polls readable (level-triggered)
+  // while `queue` has packets waiting, for ports whose driver has receive
+  // interrupts (net_tap: its queue's tun fd); -1 when there is none and the
+  // caller must poll. Owned by the port (never read or close it); valid
+  // while the port is open.
+  [[nodiscard]] virtual int rx_wait_fd(uint16_t /*queue*/) const noexcept { return -1; }
 
   [[nodiscard]] virtual PortCaps caps() const noexcept = 0;
   [[nodiscard]] virtual MacAddr mac() const noexcept = 0;

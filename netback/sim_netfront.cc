@@ -221,6 +221,10 @@ unsigned SimNetfront::reap_rx(std::vector<RxFrame>& out) noexcept {
         if (e.type == XEN_NETIF_EXTRA_TYPE_GSO) {
           f.gso_type = e.u.gso.type;
           f.gso_size = e.u.gso.size;
+        } else if (e.type == XEN_NETIF_EXTRA_TYPE_HASH) {
+          f.has_hash = true;
+          f.hash_type = e.u.hash.type;
+          std::memcpy(&f.hash_value, e.u.hash.value, sizeof(f.hash_value));
         }
         extras = (e.flags & XEN_NETIF_EXTRA_FLAG_MORE) != 0;
       } else {

@@ -51,6 +51,9 @@ class SimNetfront {
     uint16_t flags = 0;  // NETRXF_* of the first slot
     uint8_t gso_type = XEN_NETIF_GSO_TYPE_NONE;
     uint16_t gso_size = 0;
+    bool has_hash = false;  // a HASH extra came with it
+    uint8_t hash_type = 0;  // _XEN_NETIF_CTRL_HASH_TYPE_*
+    uint32_t hash_value = 0;
     int16_t error = 0;   // a negative slot status (the packet is bad)
   };
 

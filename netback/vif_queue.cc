@@ -37,9 +37,9 @@ NetWorker::~NetWorker() {
   if (watching_) reactor_.call([this] { reactor_.unwatch_fd(evtchn_->fd()); });
 }
 
-void NetWorker::add_port(EvtchnPort port, VifQueue* q) noexcept {
+void NetWorker::add_port(EvtchnPort port, EvtchnTarget* target) noexcept {
   try {
-    ports_[port] = q;
+    ports_[port] = target;
   } catch (...) {
     // The queue still runs: it is polled every iteration and its arm()
     // final checks catch requests; only the wake-up is lost.
@@ -67,6 +67,13 @@ namespace {
 constexpr uint32_t kNoBurst = UINT32_MAX;
 constexpr uint16_t kNone = UINT16_MAX;
 constexpr size_t kMaxRxSegs = 64;  // segments of one packet we deliver without dropping it
+// Bytes of a TX packet pulled into its head when its protocol headers go
+// beyond the copied 128 (IPv6 extension headers, TCP options): as much as
+// set_meta() can describe (l2 < 128, l3 < 512, l4 < 256), within a buffer.
+constexpr size_t kMaxHeaderPull = 896;
+// Bytes of a frame's headers hashed for the control ring's HASH extra
+// (Ethernet + tags + IPv6 with extension headers + the TCP ports).
+constexpr size_t kHashHeaderBytes = 256;
 
 }  // namespace
 
@@ -183,6 +190,11 @@ Status VifQueue::init() noexcept {
 
     rx_carry_.resize(rx_.size());
     rx_pkts_.resize(config_.rx_backlog);
+    rx_info_.resize(config_.rx_backlog);
+    if (config_.inboxes.size() > 1) {
+      if (config_.queue_index >= config_.inboxes.size()) return unexpected(EINVAL);
+      steer_out_.resize(config_.inboxes.size());
+    }
     rx_copies_.resize(static_cast<size_t>(rx_.size()) * 2 + kMaxRxSegs);
     rx_copy_owner_.resize(rx_copies_.size());
     rx_rsps_.resize(rx_.size());
@@ -214,7 +226,23 @@ Status VifQueue::init() noexcept {
   } else {
     rx_port_ = tx_port_;
   }
-  auto t = worker_.reactor().add_timer(config_.port_poll, [] {});
+  if (!steer_out_.empty()) {
+    SteerInbox* inbox = config_.inboxes[config_.queue_index];
+    XP_TRY(worker_.reactor().watch_fd(inbox->fd(), EPOLLIN, [inbox](uint32_t) { inbox->clear_wakeup(); }));
+    watching_inbox_ = true;
+  }
+  rx_fd_ = config_.port->rx_wait_fd(config_.port_queue);
+  std::chrono::microseconds period = config_.port_poll;
+  if (rx_fd_ >= 0) {
+    rx_fd_watched_ = worker_.reactor().watch_fd(rx_fd_, EPOLLIN, [](uint32_t) {}).has_value();
+    if (!rx_fd_watched_) {
+      log_.warn("cannot watch the port's receive fd: polling it instead");
+      rx_fd_ = -1;
+    } else if (config_.rate.unlimited()) {
+      period = std::max<std::chrono::microseconds>(period, kHousekeepingPeriod);
+    }
+  }
+  auto t = worker_.reactor().add_timer(period, [] {});
   if (t) {
     timer_ = *t;
     have_timer_ = true;
@@ -224,11 +252,16 @@ Status VifQueue::init() noexcept {
   return ok();
 }
 
-void VifQueue::teardown() noexcept {
+void VifQueue::teardown(bool keep_tx_pages) noexcept {
   if (polling_) worker_.reactor().remove_poller(this);
   polling_ = false;
   if (have_timer_) worker_.reactor().cancel_timer(timer_);
   have_timer_ = false;
+  if (rx_fd_watched_) worker_.reactor().unwatch_fd(rx_fd_);
+  rx_fd_watched_ = false;
+  if (watching_inbox_) worker_.reactor().unwatch_fd(config_.inboxes[config_.queue_index]->fd());
+  watching_inbox_ = false;
+  for (auto& b : steer_out_) b.release();
   EventChannel& ev = worker_.event_channel();
   if (rx_bound_) {
     worker_.remove_port(rx_port_);
@@ -245,12 +278,19 @@ void VifQueue::teardown() noexcept {
   tx_backlog_len_ = 0;
   if (watching_done_) worker_.reactor().unwatch_fd(done_fd_);
   watching_done_ = false;
-  if (done_fd_ >= 0) ::close(done_fd_);
-  done_fd_ = -1;
-  for (auto& b : bursts_) b.map.reset();
   tx_ring_map_.reset();
   rx_ring_map_.reset();
   stopped_ = true;
+  if (keep_tx_pages) return;
+  if (done_fd_ >= 0) ::close(done_fd_);
+  done_fd_ = -1;
+  for (auto& b : bursts_) b.map.reset();
+}
+
+void VifQueue::abandon() noexcept {
+  if (stopped_) return;
+  halted_ = true;
+  teardown(/*keep_tx_pages=*/true);
 }
 
 Status VifQueue::stop() noexcept {
@@ -259,6 +299,21 @@ Status VifQueue::stop() noexcept {
   (void)publish();
   for (size_t i = 0; i < tx_backlog_len_; ++i) pkt::free(tx_backlog_[i]);
   tx_backlog_len_ = 0;
+  // Packets waiting for the guest may hold guest pages (ours, when the
+  // wire loops back; another VIF's): give them back, and what the port
+  // has queued for us too (bounded).
+  while (rx_len_ > 0) {
+    pkt::free(rx_pkts_[rx_head_]);
+    pop_rx();
+  }
+  for (auto& b : steer_out_) b.release();
+  if (!steer_out_.empty()) (void)config_.inboxes[config_.queue_index]->discard();
+  for (unsigned i = 0; i < 64; ++i) {
+    PacketBuf* in[kMaxBurst];
+    const size_t n = config_.port->rx_burst(config_.port_queue, in);
+    if (n == 0) break;
+    pkt::free_bulk({in, n});
+  }
   (void)reap_tx();
   (void)publish();
   // A page still attached somewhere may be read until its packet is freed;
@@ -421,6 +476,7 @@ unsigned VifQueue::parse_tx_burst(unsigned& works) noexcept {
         bool okay = true;
         if (p.mcast_type == XEN_NETIF_EXTRA_TYPE_MCAST_ADD) okay = mcast_.add(p.mcast_addr);
         else mcast_.del(p.mcast_addr);
+        if (config_.on_multicast) config_.on_multicast(p.mcast_type, p.mcast_addr);
         respond_tx(p.slots[0].id, okay ? NETIF_RSP_OKAY : NETIF_RSP_ERROR, p.slots[0].nulls);
         break;
       }
@@ -579,23 +635,7 @@ void VifQueue::execute_tx(unsigned works) noexcept {
       stats_.tx_dropped.add();
       pkt::free(w.pkt);  // attached pages come back through their callback
     } else {
-      PacketMeta m;
-      if (plan.data_validated) m.flags |= PacketMeta::kL4CsumVerified;
-      bool ok = true;
-      if (plan.csum_blank || plan.gso_type != XEN_NETIF_GSO_TYPE_NONE) {
-        // A checksum to fill in or a segmentation needs the protocol headers
-        // (Linux's checksum_setup); a packet without them is dropped.
-        ok = pkt::parse_headers(w.pkt, m);
-        m.flags |= PacketMeta::kL4CsumPending;
-        if (ok && plan.gso_type != XEN_NETIF_GSO_TYPE_NONE) {
-          const bool v4 = plan.gso_type == XEN_NETIF_GSO_TYPE_TCPV4;
-          ok = m.has(PacketMeta::kTcp) && m.has(v4 ? PacketMeta::kIpv4 : PacketMeta::kIpv6);
-          m.flags |= PacketMeta::kSegment;
-          m.mss = plan.gso_size;
-        }
-      }
-      if (ok) ok = pkt::set_meta(w.pkt, m);
-      if (ok) {
+      if (finish_tx_meta(w.pkt, plan)) {
         tx_out_[nout++] = w.pkt;
         stats_.tx_packets.add();
         stats_.tx_bytes.add(plan.size);
@@ -631,6 +671,34 @@ void VifQueue::execute_tx(unsigned works) noexcept {
   }
 }
 
+bool VifQueue::finish_tx_meta(PacketBuf* p, const TxPlan& plan) noexcept {
+  PacketMeta m;
+  if (plan.data_validated) m.flags |= PacketMeta::kL4CsumVerified;
+  if (plan.csum_blank || plan.gso_type != XEN_NETIF_GSO_TYPE_NONE) {
+    // A checksum to fill in or a segmentation needs the protocol headers
+    // (Linux's checksum_setup); a packet without them is dropped. Only the
+    // first 128 bytes were copied into the head: headers running beyond
+    // them are pulled in (copied, so the guest cannot change them under
+    // us afterwards), as Linux pulls past XEN_NETBACK_TX_COPY_LEN.
+    bool ok = pkt::parse_headers(p, m);
+    // Pull in steps, so a common long header costs a short copy.
+    for (const size_t want : {size_t{256}, size_t{512}, kMaxHeaderPull}) {
+      if (ok || pkt::segment_count(p) < 2 || !pkt::pull_up(p, want)) break;
+      ok = pkt::parse_headers(p, m);
+      if (ok) stats_.tx_headers_pulled.add();
+    }
+    if (!ok) return false;
+    m.flags |= PacketMeta::kL4CsumPending;
+    if (plan.gso_type != XEN_NETIF_GSO_TYPE_NONE) {
+      const bool v4 = plan.gso_type == XEN_NETIF_GSO_TYPE_TCPV4;
+      if (!m.has(PacketMeta::kTcp) || !m.has(v4 ? PacketMeta::kIpv4 : PacketMeta::kIpv6)) return false;
+      m.flags |= PacketMeta::kSegment;
+      m.mss = plan.gso_size;
+    }
+  }
+  return pkt::set_meta(p, m);
+}
+
 bool VifQueue::tx_poll() noexcept {
   bool work = flush_tx_backlog();
   if (tx_backlog_len_ != 0) return work;  // the port pushes back: so do we
@@ -643,8 +711,40 @@ bool VifQueue::tx_poll() noexcept {
 
 // --------------------------------------------------------------------- RX
 
-void VifQueue::queue_rx(PacketBuf* p) noexcept {
-  const PacketMeta m = pkt::meta(p);
+void VifQueue::set_rate(const RateSpec& spec) noexcept {
+  config_.rate = spec;
+  rate_.update(spec, RateLimiter::Clock::now());
+}
+
+void VifQueue::apply_multicast(uint8_t type, const MulticastFilter::Mac& addr) noexcept {
+  if (type == XEN_NETIF_EXTRA_TYPE_MCAST_ADD) (void)mcast_.add(addr);
+  else if (type == XEN_NETIF_EXTRA_TYPE_MCAST_DEL) mcast_.del(addr);
+}
+
+void VifQueue::push_rx(PacketBuf* p, const FrameHash* hash, RateLimiter::Clock::time_point now) noexcept {
+  if (rx_len_ == rx_pkts_.size()) {
+    stats_.rx_dropped.add();
+    pkt::free(p);
+    return;
+  }
+  // The guest's lack of buffers is measured from when a packet starts
+  // waiting for them.
+  if (rx_len_ == 0) rx_progress_ = now;
+  const size_t slot = (rx_head_ + rx_len_) % rx_pkts_.size();
+  rx_pkts_[slot] = p;
+  RxInfo& info = rx_info_[slot];
+  info.queued = now;
+  info.has_hash = hash != nullptr;
+  if (hash != nullptr) info.hash = *hash;
+  ++rx_len_;
+}
+
+void VifQueue::pop_rx() noexcept {
+  rx_head_ = (rx_head_ + 1) % rx_pkts_.size();
+  --rx_len_;
+}
+
+void VifQueue::queue_rx(PacketBuf* p, RateLimiter::Clock::time_point now) noexcept {
   if (config_.multicast_control) {
     MulticastFilter::Mac dst{};
     if (pkt::copy_out(p, 0, {reinterpret_cast<std::byte*>(dst.data()), dst.size()}) != dst.size() ||
@@ -654,15 +754,72 @@ void VifQueue::queue_rx(PacketBuf* p) noexcept {
       return;
     }
   }
-  auto push = [&](PacketBuf* q) {
-    if (rx_len_ == rx_pkts_.size()) {
-      stats_.rx_dropped.add();
-      pkt::free(q);
+  // The hash of the whole frame, computed once (segments share the flow).
+  FrameHash hash;
+  bool has_hash = false;
+  if (hash_ && hash_->algorithm() == XEN_NETIF_CTRL_HASH_ALGORITHM_TOEPLITZ) {
+    uint8_t hdr[kHashHeaderBytes];
+    const size_t n = pkt::copy_out(p, 0, {reinterpret_cast<std::byte*>(hdr), sizeof hdr});
+    if (auto h = hash_->hash_frame({hdr, n})) {
+      hash = *h;
+      has_hash = true;
+    }
+  }
+  const FrameHash* hp = has_hash ? &hash : nullptr;
+  if (has_hash && !steer_out_.empty()) {
+    // The guest's mapping decides which of its queues gets the flow.
+    const uint32_t target = hash_->queue_for(hash.value);
+    if (target != config_.queue_index && target < steer_out_.size()) {
+      SteeredRx& b = steer_out_[target];
+      b.pkts[b.n] = p;
+      b.hashes[b.n] = hash;
+      if (++b.n == SteeredRx::kMax) {
+        if (!config_.inboxes[target]->push(std::move(b))) stats_.rx_dropped.add(SteeredRx::kMax);
+        b.n = 0;
+      }
       return;
     }
-    rx_pkts_[(rx_head_ + rx_len_) % rx_pkts_.size()] = q;
-    ++rx_len_;
-  };
+  }
+  admit_rx(p, hp, now);
+}
+
+void VifQueue::flush_steered() noexcept {
+  for (size_t t = 0; t < steer_out_.size(); ++t) {
+    SteeredRx& b = steer_out_[t];
+    if (b.n == 0) continue;
+    const unsigned n = b.n;
+    // A refused batch (out of memory) frees its packets.
+    if (!config_.inboxes[t]->push(std::move(b))) stats_.rx_dropped.add(n);
+    b.n = 0;
+  }
+}
+
+bool VifQueue::take_steered() noexcept {
+  if (steer_out_.empty()) return false;
+  SteerInbox* inbox = config_.inboxes[config_.queue_index];
+  if (inbox->empty()) return false;
+  const auto now = RateLimiter::Clock::now();
+  // Bounded: a few batches per iteration.
+  const size_t got = inbox->drain(
+      [&](SteeredRx&& b) {
+        for (unsigned i = 0; i < b.n; ++i) admit_rx(b.pkts[i], &b.hashes[i], now);
+        b.n = 0;  // every packet is ours now
+      },
+      4);
+  return got > 0;
+}
+
+void VifQueue::admit_rx(PacketBuf* p, const FrameHash* hp, RateLimiter::Clock::time_point now) noexcept {
+  if (rx_stalled_) {
+    // Carrier off: what the host sends a stalled guest is dropped here
+    // rather than held (Linux stops the vif's queue; the stack drops).
+    stats_.rx_stall_dropped.add();
+    pkt::free(p);
+    return;
+  }
+  const PacketMeta m = pkt::meta(p);
+  // Whether the guest takes a blank L4 checksum of this address family.
+  const bool csum_offload = m.has(PacketMeta::kIpv6) ? config_.rx_ipv6_csum_offload : config_.rx_csum_offload;
   if (m.has(PacketMeta::kSegment)) {
     const bool supported = (m.has(PacketMeta::kIpv4) && config_.rx_gso_tcpv4) ||
                            (m.has(PacketMeta::kIpv6) && config_.rx_gso_tcpv6);
@@ -682,39 +839,90 @@ void VifQueue::queue_rx(PacketBuf* p) noexcept {
           // New lengths: the IPv4 header checksum is always redone here; the
           // L4 one too for a frontend without checksum offload, else its
           // partial form (pseudo-header) is rewritten for csum_blank.
-          const bool ok = config_.rx_csum_offload ? pkt::complete_checksums(s, false) && pkt::prepare_partial_checksum(s)
-                                                  : pkt::complete_checksums(s, true);
-          if (!ok) {
+          const bool ok = csum_offload ? pkt::complete_checksums(s, false) && pkt::prepare_partial_checksum(s)
+                                       : pkt::complete_checksums(s, true);
+          if (!ok || (!config_.rx_sg && pkt::length(s) > kPageSize)) {
             stats_.rx_dropped.add();
             pkt::free(s);
             continue;
           }
-          push(s);
+          push_rx(s, hp, now);
         }
         return;
       }
     }
   }
-  const PacketMeta now = pkt::meta(p);
+  // A frontend without feature-sg takes one slot per packet (Linux caps
+  // such a vif's MTU at 1500).
+  if (!config_.rx_sg && pkt::length(p) > kPageSize) {
+    stats_.rx_dropped.add();
+    pkt::free(p);
+    return;
+  }
+  const PacketMeta now_meta = pkt::meta(p);
   // A guest never fills in an IPv4 header checksum; the L4 one only with
   // checksum offload.
   bool ok = true;
-  if (now.has(PacketMeta::kIpCsumPending)) ok = pkt::complete_checksums(p, false);
-  if (ok && now.has(PacketMeta::kL4CsumPending) && !config_.rx_csum_offload) ok = pkt::complete_checksums(p, true);
+  if (now_meta.has(PacketMeta::kIpCsumPending)) ok = pkt::complete_checksums(p, false);
+  if (ok && now_meta.has(PacketMeta::kL4CsumPending) && !csum_offload) ok = pkt::complete_checksums(p, true);
   if (!ok) {
     stats_.rx_dropped.add();
     pkt::free(p);
     return;
   }
-  push(p);
+  push_rx(p, hp, now);
 }
 
 void VifQueue::fetch_rx() noexcept {
-  const size_t room = std::min<size_t>(rx_pkts_.size() - rx_len_, config_.burst);
+  // A stalled guest's packets are dropped as they come, so the port is
+  // drained at full burst; otherwise only as far as the backlog has room.
+  const size_t room = rx_stalled_ ? config_.burst : std::min<size_t>(rx_pkts_.size() - rx_len_, config_.burst);
   if (room == 0) return;  // the guest is not taking: the port queue backs up and drops
   PacketBuf* in[kMaxBurst];
   const size_t n = config_.port->rx_burst(config_.port_queue, {in, room});
-  for (size_t i = 0; i < n; ++i) queue_rx(in[i]);
+  if (n == 0) return;
+  const auto now = RateLimiter::Clock::now();
+  for (size_t i = 0; i < n; ++i) queue_rx(in[i], now);
+  flush_steered();
+}
+
+bool VifQueue::check_rx_stall(RateLimiter::Clock::time_point now) noexcept {
+  // Buffers the guest posted and we have not used yet.
+  const bool posted = rx_carry_len_ > 0 || rx_.unconsumed() > 0;
+  if (rx_stalled_) {
+    if (!posted) return false;
+    rx_stalled_ = false;
+    stats_.rx_stalled.set(0);
+    rx_progress_ = now;
+    log_.info("guest RX resumed: it posts buffers again (carrier on)");
+    return true;
+  }
+  bool work = false;
+  // Packets older than the drain timeout are dropped (FIFO: the oldest
+  // is at the head), so a slow guest cannot hold host memory for long.
+  while (rx_len_ > 0 && now - rx_info_[rx_head_].queued >= config_.rx_drain_timeout) {
+    pkt::free(rx_pkts_[rx_head_]);
+    pop_rx();
+    stats_.rx_expired.add();
+    work = true;
+  }
+  if (config_.rx_stall_timeout.count() > 0 && rx_len_ > 0 && !posted &&
+      now - rx_progress_ >= config_.rx_stall_timeout) {
+    rx_stalled_ = true;
+    stats_.rx_stalls.add();
+    stats_.rx_stalled.set(1);
+    const size_t dropped = rx_len_;
+    while (rx_len_ > 0) {
+      pkt::free(rx_pkts_[rx_head_]);
+      pop_rx();
+    }
+    stats_.rx_stall_dropped.add(dropped);
+    // Once per stall (not per packet): the guest may stay like this for good.
+    log_.warn("guest RX stalled: no buffer posted for {} ms; {} queued packets dropped, carrier off",
+              config_.rx_stall_timeout.count(), dropped);
+    work = true;
+  }
+  return work;
 }
 
 bool VifQueue::deliver_rx() noexcept {
@@ -734,7 +942,13 @@ bool VifQueue::deliver_rx() noexcept {
   rx_again_ = false;
   while (rx_len_ > 0 && planned < rx_scratch_.size()) {
     PacketBuf* p = rx_pkts_[rx_head_];
+    const RxInfo& info = rx_info_[rx_head_];
     RxPacket rp;
+    if (info.has_hash) {
+      rp.has_hash = true;
+      rp.hash_type = info.hash.type;
+      rp.hash_value = info.hash.value;
+    }
     RxVerdict v = RxVerdict::kTooBig;
     if (pkt::segment_count(p) <= rx_segs_.size()) {
       const size_t ns = pkt::segments(p, rx_segs_);
@@ -753,8 +967,7 @@ bool VifQueue::deliver_rx() noexcept {
       rx_again_ = true;
       break;
     }
-    rx_head_ = (rx_head_ + 1) % rx_pkts_.size();
-    --rx_len_;
+    pop_rx();
     if (v == RxVerdict::kPlanned) {
       rx_scratch_[planned++] = p;
     } else {
@@ -785,12 +998,15 @@ bool VifQueue::deliver_rx() noexcept {
   const unsigned used = batch.requests_used();
   std::copy(rx_carry_.begin() + used, rx_carry_.begin() + rx_carry_len_, rx_carry_.begin());
   rx_carry_len_ -= used;
+  rx_progress_ = RateLimiter::Clock::now();
   return true;
 }
 
 bool VifQueue::rx_poll() noexcept {
+  bool work = take_steered();
   fetch_rx();
-  return deliver_rx();
+  if (rx_len_ > 0 || rx_stalled_) work = check_rx_stall(RateLimiter::Clock::now());
+  return deliver_rx() || work;
 }
 
 // ----------------------------------------------------------------- reactor
@@ -841,6 +1057,18 @@ bool VifQueue::arm() noexcept {
   if (masked_tx_ && tx_bound_) (void)ev.unmask(tx_port_);
   if (masked_rx_ && rx_bound_) (void)ev.unmask(rx_port_);
   masked_tx_ = masked_rx_ = false;
+  if (rx_fd_ >= 0) {
+    // The port's fd stays readable while frames wait in it: watch it only
+    // while we would take them, or a guest that takes nothing would keep
+    // the reactor spinning.
+    const bool want = !halted_ && (rx_stalled_ || rx_len_ < rx_pkts_.size());
+    if (want && !rx_fd_watched_) {
+      rx_fd_watched_ = worker_.reactor().watch_fd(rx_fd_, EPOLLIN, [](uint32_t) {}).has_value();
+    } else if (!want && rx_fd_watched_) {
+      worker_.reactor().unwatch_fd(rx_fd_);
+      rx_fd_watched_ = false;
+    }
+  }
   sleeping_.store(true, std::memory_order_seq_cst);
   for (unsigned w = 0; w < done_words_; ++w) {
     if (done_bits_[w].load(std::memory_order_seq_cst) != 0) return true;
@@ -850,6 +1078,7 @@ bool VifQueue::arm() noexcept {
   // TX: new requests (unless the port or the rate limiter holds us back;
   // the periodic wake-up retries those).
   if (tx_backlog_len_ == 0 && !rate_.limited() && tx_.final_check()) return true;
+  if (!steer_out_.empty() && !config_.inboxes[config_.queue_index]->empty()) return true;
   // RX: packets waiting for guest buffers: wake when it posts some.
   if (rx_len_ > 0 && rx_.final_check()) return true;
   return late;

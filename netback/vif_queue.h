@@ -28,16 +28,26 @@
 // against the guest's posted buffers (netif_rx.h) and copied with ONE grant
 // copy call per burst; responses go in the requests' slots.
 //
+// Packets wait for guest buffers at most rx_drain_timeout; a guest that
+// posts none for rx_stall_timeout while packets wait is stalled (carrier
+// off: queued and new packets dropped and counted, logged once) until it
+// posts again, so a silent guest costs bounded host memory (Linux's
+// rx_drain_timeout / rx_stall_timeout). With the guest's hash mapping
+// (control ring) a received flow may belong to another queue of the VIF:
+// it is handed over through that queue's inbox. Ports with a receive
+// wake-up fd (net_tap) are slept on instead of polled.
+//
 // A frontend caught lying (netif_tx.h's fatal cases, ring overflow) halts
 // the queue for good, as Linux disables the vif; the halt callback tells
 // the device.
 //
 // Threads: a VifQueue and its NetWorker belong to one reactor thread
-// (start/stop/destruction run there). Exception: the external-buffer free
+// (start/stop/destruction run there). Exceptions: the external-buffer free
 // callback, which may run on any thread and only touches the atomic bitmap
-// and the eventfd. Stats are single-writer counters. Guest memory: the two
-// ring pages, and the TX pages while mapped (read by the port, never by this
-// code). RX data reaches the guest only through grant copy.
+// and the eventfd; the steering inboxes (Mailbox: any thread pushes).
+// Stats are single-writer counters. Guest memory: the two ring pages, and
+// the TX pages while mapped (read by the port, never by this code). RX data
+// reaches the guest only through grant copy.
 #pragma once
 
 #include <atomic>
@@ -50,6 +60,7 @@
 #include <vector>
 
 #include "common/log.h"
+#include "common/mailbox.h"
 #include "common/reactor.h"
 #include "common/ring.h"
 #include "common/ring_types.h"
@@ -67,6 +78,45 @@ namespace xenpath {
 
 class VifQueue;
 
+// Packets one queue of a VIF hands another, because the guest's hash
+// mapping (control ring) sends their flow to that queue. Owns its packets
+// (freed if the batch is dropped undelivered).
+struct SteeredRx {
+  static constexpr unsigned kMax = 32;
+  std::array<PacketBuf*, kMax> pkts{};
+  std::array<FrameHash, kMax> hashes{};
+  unsigned n = 0;
+
+  SteeredRx() noexcept = default;
+  SteeredRx(SteeredRx&& o) noexcept : pkts(o.pkts), hashes(o.hashes), n(o.n) { o.n = 0; }
+  SteeredRx& operator=(SteeredRx&& o) noexcept {
+    if (this != &o) {
+      release();
+      pkts = o.pkts;
+      hashes = o.hashes;
+      n = o.n;
+      o.n = 0;
+    }
+    return *this;
+  }
+  SteeredRx(const SteeredRx&) = delete;
+  SteeredRx& operator=(const SteeredRx&) = delete;
+  ~SteeredRx() { release(); }
+  void release() noexcept {
+    if (n > 0) pkt::free_bulk({pkts.data(), n});
+    n = 0;
+  }
+};
+using SteerInbox = Mailbox<SteeredRx>;
+
+// What a NetWorker hands a pending local event-channel port to (a VIF
+// queue, a control channel), on the worker's thread.
+class EvtchnTarget {
+ public:
+  virtual ~EvtchnTarget() = default;
+  virtual void on_event(EvtchnPort local) noexcept = 0;
+};
+
 // One reactor's Xen handles, shared by its VIF queues, and the dispatch of
 // its event-channel fd to them by local port. Reactor thread only (create()
 // and the destructor use Reactor::call from outside).
@@ -83,7 +133,7 @@ class NetWorker {
   [[nodiscard]] GrantTable& grant_table() noexcept { return *gt_; }
   [[nodiscard]] EventChannel& event_channel() noexcept { return *evtchn_; }
 
-  void add_port(EvtchnPort port, VifQueue* q) noexcept;
+  void add_port(EvtchnPort port, EvtchnTarget* target) noexcept;
   void remove_port(EvtchnPort port) noexcept;
 
  private:
@@ -94,7 +144,7 @@ class NetWorker {
   Reactor& reactor_;
   std::unique_ptr<GrantTable> gt_;
   std::unique_ptr<EventChannel> evtchn_;
-  std::unordered_map<EvtchnPort, VifQueue*> ports_;
+  std::unordered_map<EvtchnPort, EvtchnTarget*> ports_;
   bool watching_ = false;
 };
 
@@ -118,11 +168,17 @@ struct VifQueueStats {
   Counter rx_copy_calls;
   Counter rx_copy_failures;  // segments the hypervisor refused (bad guest grant)
   Counter rx_gso_segmented;  // GSO packets segmented for a frontend without GSO
+  Counter rx_expired;        // dropped after waiting longer than rx_drain_timeout
+  Counter rx_stall_dropped;  // dropped because the guest's RX was stalled
+  Counter rx_stalls;         // times the guest stopped posting buffers for rx_stall_timeout
+  Counter rx_stalled;        // 1 while stalled (carrier off)
+  Counter tx_headers_pulled; // packets whose headers went beyond the copied head
 };
 
-class VifQueue final : public Poller {
+class VifQueue final : public Poller, public EvtchnTarget {
  public:
   static constexpr unsigned kMaxBurst = 64;
+  static constexpr std::chrono::milliseconds kHousekeepingPeriod{10};
 
   struct Config {
     DomId frontend = 0;
@@ -140,14 +196,38 @@ class VifQueue final : public Poller {
     RateSpec rate;                  // the backend's "rate" key
     // What the frontend negotiated.
     bool rx_csum_offload = true;    // it accepts csum_blank (no feature-no-csum-offload)
+    bool rx_ipv6_csum_offload = true;  // the same for IPv6 (feature-ipv6-csum-offload)
+    bool rx_sg = true;              // feature-sg: packets may span several RX slots
     bool rx_gso_tcpv4 = false;      // feature-gso-tcpv4
     bool rx_gso_tcpv6 = false;      // feature-gso-tcpv6
     bool multicast_control = false; // request-multicast-control
     unsigned burst = kMaxBurst;
-    // Ports have no wake-up of their own here: while idle the reactor
-    // wakes this often to look for received packets.
+    // For ports without a receive wake-up (PacketPort::rx_wait_fd, e.g.
+    // net_ring): while idle the reactor wakes this often to look for
+    // received packets. With one, the reactor sleeps on the port's fd and
+    // this period only paces housekeeping (the rate limiter's replenish,
+    // port backpressure, RX drain/stall), at least every
+    // kHousekeepingPeriod, or port_poll when a rate limit is set.
     std::chrono::microseconds port_poll{1000};
     size_t rx_backlog = 256;        // packets held for a guest without buffers
+    // Linux's rx_drain_timeout: a packet waiting longer for guest buffers
+    // is dropped. rx_stall_timeout: a guest that posts no buffer for that
+    // long while packets wait is stalled (carrier off): what is queued is
+    // dropped and new packets are dropped at once until it posts buffers
+    // again. 0 disables stall detection (no feature-rx-notify).
+    std::chrono::milliseconds rx_drain_timeout{10'000};
+    std::chrono::milliseconds rx_stall_timeout{60'000};
+    // Called on this queue's thread after a guest MCAST_ADD/DEL was applied
+    // here, so the VIF's other queues apply it too (one list per VIF, as
+    // Linux keeps it).
+    std::function<void(uint8_t type, const MulticastFilter::Mac& addr)> on_multicast;
+    // Multi-queue VIFs: every queue's inbox, by queue index (this queue is
+    // `queue_index`). Once the guest set a hash mapping, a received packet
+    // whose flow maps to another queue goes to that queue's inbox, as
+    // Linux's xenvif_select_queue() picks the queue. The inboxes must
+    // outlive the queues. Empty: no steering.
+    std::vector<SteerInbox*> inboxes;
+    uint16_t queue_index = 0;
     std::string log_prefix = "vif: ";
   };
   using HaltSink = std::function<void(int error)>;
@@ -160,15 +240,30 @@ class VifQueue final : public Poller {
   // packets somewhere (in the port, a peer, a queue); once it returns ok
   // nothing of the guest stays mapped or bound.
   Status stop() noexcept;
+  // On the worker's thread, when stop() kept failing (a packet holding a
+  // guest page never came back): stops everything else (polling, channels,
+  // rings) but keeps the TX data mappings, so a late reader never sees an
+  // unmapped page. The caller then leaks the queue on purpose (never
+  // destroys it: the free callback may still run).
+  void abandon() noexcept;
   ~VifQueue() override;
   VifQueue(const VifQueue&) = delete;
   VifQueue& operator=(const VifQueue&) = delete;
 
   bool poll() noexcept override;
   bool arm() noexcept override;
-  void on_event(EvtchnPort local) noexcept;
+  void on_event(EvtchnPort local) noexcept override;
+  // Queue thread: a multicast change another queue of the VIF received.
+  void apply_multicast(uint8_t type, const MulticastFilter::Mac& addr) noexcept;
+  // Queue thread: the control ring's hash configuration (RX packets then
+  // carry a HASH extra when the algorithm is Toeplitz); null for none.
+  void set_hash(std::shared_ptr<const NetifCtrl> hash) noexcept { hash_ = std::move(hash); }
+  // Queue thread: the backend's "rate" key changed (xen_net_rate_changed).
+  void set_rate(const RateSpec& spec) noexcept;
 
   [[nodiscard]] bool halted() const noexcept { return halted_; }
+  [[nodiscard]] bool rx_stalled() const noexcept { return rx_stalled_; }
+  [[nodiscard]] size_t rx_queued() const noexcept { return rx_len_; }
   [[nodiscard]] const MulticastFilter& multicast() const noexcept { return mcast_; }
   [[nodiscard]] unsigned tx_pages_in_flight() const noexcept { return attached_; }
 
@@ -179,7 +274,9 @@ class VifQueue final : public Poller {
 
   VifQueue(NetWorker& worker, const Config& config, VifQueueStats& stats, HaltSink on_halt) noexcept;
   Status init() noexcept;
-  void teardown() noexcept;
+  // keep_tx_pages: abandon() (the TX data mappings, the eventfd and bitmap
+  // the free callback uses stay).
+  void teardown(bool keep_tx_pages = false) noexcept;
   void halt(const char* why) noexcept;
 
   static void page_released(void* addr, void* opaque);
@@ -197,7 +294,14 @@ class VifQueue final : public Poller {
 
   bool rx_poll() noexcept;
   void fetch_rx() noexcept;
-  void queue_rx(PacketBuf* p) noexcept;
+  void queue_rx(PacketBuf* p, RateLimiter::Clock::time_point now) noexcept;
+  void admit_rx(PacketBuf* p, const FrameHash* hash, RateLimiter::Clock::time_point now) noexcept;
+  void flush_steered() noexcept;
+  bool take_steered() noexcept;
+  void push_rx(PacketBuf* p, const FrameHash* hash, RateLimiter::Clock::time_point now) noexcept;
+  void pop_rx() noexcept;
+  bool check_rx_stall(RateLimiter::Clock::time_point now) noexcept;
+  bool finish_tx_meta(PacketBuf* p, const TxPlan& plan) noexcept;
   bool deliver_rx() noexcept;
 
   bool publish() noexcept;
@@ -257,6 +361,19 @@ class VifQueue final : public Poller {
   std::vector<netif_rx_request> rx_carry_;
   unsigned rx_carry_len_ = 0;
   std::vector<PacketBuf*> rx_pkts_;  // FIFO ring of packets for the guest
+  struct RxInfo {
+    RateLimiter::Clock::time_point queued{};
+    FrameHash hash{};
+    bool has_hash = false;
+  };
+  std::vector<RxInfo> rx_info_;      // parallel to rx_pkts_
+  std::shared_ptr<const NetifCtrl> hash_;
+  std::vector<SteeredRx> steer_out_;  // per target queue, flushed after each fetch
+  bool watching_inbox_ = false;
+  bool rx_stalled_ = false;
+  int rx_fd_ = -1;           // the port queue's receive wake-up, or -1
+  bool rx_fd_watched_ = false;
+  RateLimiter::Clock::time_point rx_progress_{};  // last time the guest's buffers let us deliver
   size_t rx_head_ = 0;
   size_t rx_len_ = 0;
   std::vector<GrantCopySegment> rx_copies_;

@@ -314,7 +314,9 @@ void BackendDriver::handle_device_event(uint32_t ti, DomId fe, uint32_t devid,
     const bool online = parse_online(xs_->read(kXsNoTxn, d.addr.backend_path + "/online"));
     if (online != d.fsm.online()) d.log.info("online = {}", online ? 1 : 0);
     (void)apply(d, d.fsm.online_changed(online));
+    return;
   }
+  if (d.impl && sub != "state") d.impl->backend_key_changed(*xs_, sub);
   // Everything else under the backend node is ours (state, features,
   // hotplug-status, error) or the toolstack's configuration: Linux backends
   // ignore the toolstack writing Closing into our state node too; the

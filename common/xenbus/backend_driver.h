@@ -70,6 +70,11 @@ class BackendDevice {
   virtual Status connect() noexcept = 0;
   // Idempotent; returns when every mapping and channel is released.
   virtual void disconnect() noexcept = 0;
+  // A key directly under the backend directory changed (the toolstack
+  // wrote it, or we did: state, features...), e.g. netback's "rate", which
+  // Linux re-reads while connected. `key` is the path below the backend
+  // directory. Default: ignored.
+  virtual void backend_key_changed(XenStore& /*xs*/, std::string_view /*key*/) noexcept {}
 };
 
 class DeviceType {

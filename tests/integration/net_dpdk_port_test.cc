@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <gtest/gtest.h>
+#include <poll.h>
 
 #include <atomic>
 #include <chrono>
@@ -672,6 +673,13 @@ TEST_F(NetDpdk, TapExchangesFramesWithTheKernel) {
     put16(tcp + 16, static_cast<uint16_t>(~fold16(sum16(tcp, kTcpLen + k.payload, pseudo))));
   }
   ASSERT_EQ(::send(sock, kf.data(), kf.size(), 0), static_cast<ssize_t>(kf.size())) << std::strerror(errno);
+  // net_tap has a receive wake-up: its queue fd polls readable while
+  // frames wait (a reactor sleeps on it instead of polling the port).
+  const int wake = tap->rx_wait_fd(0);
+  ASSERT_GE(wake, 0);
+  pollfd pfd{wake, POLLIN, 0};
+  EXPECT_EQ(::poll(&pfd, 1, 2000), 1) << "the frame did not make the wake-up fd readable";
+  EXPECT_EQ(tap->rx_wait_fd(1), -1) << "one queue only";
   bool arrived = false;
   for (int i = 0; i < 400 && !arrived; ++i) {
     PacketBuf* burst[32];
