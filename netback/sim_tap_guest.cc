@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/if.h>
 #include <linux/if_tun.h>
+#include <sys/uio.h>
 #include <poll.h>
 #include <sched.h>
 #include <sys/ioctl.h>
@@ -15,6 +16,24 @@
 namespace xenpath::sim {
 
 namespace {
+
+// struct virtio_net_hdr as tun/tap exchanges it (host byte order: the
+// legacy header, no TUNSETVNETLE/BE). <linux/virtio_net.h> is not valid C++.
+struct VnetHdr {
+  uint8_t flags;
+  uint8_t gso_type;
+  uint16_t hdr_len;
+  uint16_t gso_size;
+  uint16_t csum_start;
+  uint16_t csum_offset;
+};
+static_assert(sizeof(VnetHdr) == 10);
+constexpr uint8_t kVnetNeedsCsum = 1;   // kVnetNeedsCsum
+constexpr uint8_t kVnetDataValid = 2;   // kVnetDataValid
+constexpr uint8_t kVnetGsoNone = 0;     // VIRTIO_NET_HDR_GSO_*
+constexpr uint8_t kVnetGsoTcp4 = 1;
+constexpr uint8_t kVnetGsoTcp6 = 4;
+constexpr uint8_t kVnetGsoEcn = 0x80;
 
 // Largest frame one netif packet carries (the first slot's 16-bit size).
 constexpr size_t kMaxFrame = 65535;
@@ -49,7 +68,7 @@ class FdGuard {
 
 }  // namespace
 
-Result<int> open_tap(const std::string& name, const std::string& netns) noexcept {
+Result<int> open_tap(const std::string& name, const std::string& netns, bool vnet_hdr) noexcept {
   if (name.empty() || name.size() >= IFNAMSIZ) return unexpected(EINVAL);
   FdGuard home(-1), target(-1);
   if (!netns.empty()) {
@@ -70,15 +89,25 @@ Result<int> open_tap(const std::string& name, const std::string& netns) noexcept
   }
   if (tap.get() < 0) return unexpected(open_err);
   ifreq ifr{};
-  ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (vnet_hdr ? IFF_VNET_HDR : 0);
   std::memcpy(ifr.ifr_name, name.c_str(), name.size());
   if (::ioctl(tap.get(), TUNSETIFF, &ifr) != 0) return unexpected_errno();
+  if (vnet_hdr) {
+    int hdr = sizeof(VnetHdr);
+    if (::ioctl(tap.get(), TUNSETVNETHDRSZ, &hdr) != 0) return unexpected_errno();
+    // What netfront offers by default: checksum offload and TCP GSO.
+    const unsigned long off = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+    if (::ioctl(tap.get(), TUNSETOFFLOAD, off) != 0) return unexpected_errno();
+  }
   return tap.release();
 }
 
-SimTapGuest::SimTapGuest(SimNetfront& front, EventChannel& evtchn, int tap_fd) noexcept
-    : front_(front), evtchn_(evtchn), tap_(tap_fd) {
+SimTapGuest::SimTapGuest(SimNetfront& front, EventChannel& evtchn, int tap_fd, bool vnet_hdr) noexcept
+    : front_(front), evtchn_(evtchn), tap_(tap_fd), vnet_(vnet_hdr) {
   try {
+    // A GSO frame from the kernel may exceed what netif carries; reading it
+    // whole lets us count and drop it instead of truncating it.
+    buf_.resize(sizeof(VnetHdr) + 2 * kMaxFrame);
     pending_.bytes.reserve(kMaxFrame);
     answers_.reserve(256);
     frames_.reserve(256);
@@ -91,21 +120,61 @@ SimTapGuest::~SimTapGuest() {
   if (tap_ >= 0) ::close(tap_);
 }
 
+// The frame just read into buf_ (n bytes) as a TX request; false when it
+// cannot be carried (counted).
+bool SimTapGuest::to_tx_frame(size_t n) noexcept {
+  const size_t hl = vnet_ ? sizeof(VnetHdr) : 0;
+  if (n <= hl) return false;
+  if (n - hl > kMaxFrame) {
+    ++stats_.oversize_drops;
+    return false;
+  }
+  pending_.csum_blank = false;
+  pending_.data_validated = false;
+  pending_.gso_type = XEN_NETIF_GSO_TYPE_NONE;
+  pending_.gso_size = 0;
+  if (vnet_) {
+    VnetHdr h;
+    std::memcpy(&h, buf_.data(), sizeof h);
+    // netfront: CHECKSUM_PARTIAL -> csum_blank | data_validated.
+    if ((h.flags & kVnetNeedsCsum) != 0) pending_.csum_blank = pending_.data_validated = true;
+    else if ((h.flags & kVnetDataValid) != 0) pending_.data_validated = true;
+    switch (h.gso_type & ~kVnetGsoEcn) {
+      case kVnetGsoNone:
+        break;
+      case kVnetGsoTcp4:
+        pending_.gso_type = XEN_NETIF_GSO_TYPE_TCPV4;
+        pending_.gso_size = h.gso_size;
+        break;
+      case kVnetGsoTcp6:
+        pending_.gso_type = XEN_NETIF_GSO_TYPE_TCPV6;
+        pending_.gso_size = h.gso_size;
+        break;
+      default:
+        ++stats_.bad_offload;  // UFO and others were not offered
+        return false;
+    }
+    if (pending_.gso_type != XEN_NETIF_GSO_TYPE_NONE && pending_.gso_size == 0) {
+      ++stats_.bad_offload;
+      return false;
+    }
+  }
+  try {
+    pending_.bytes.assign(buf_.begin() + static_cast<ptrdiff_t>(hl), buf_.begin() + static_cast<ptrdiff_t>(n));
+  } catch (...) {
+    return false;
+  }
+  return true;
+}
+
 bool SimTapGuest::tap_to_ring() noexcept {
   bool any = false;
   for (unsigned i = 0; i < kStepFrames; ++i) {
     if (!have_pending_) {
-      try {
-        pending_.bytes.resize(kMaxFrame);
-      } catch (...) {
-        return any;
-      }
-      const ssize_t n = ::read(tap_, pending_.bytes.data(), pending_.bytes.size());
-      if (n <= 0) {
-        pending_.bytes.clear();
-        break;  // EAGAIN (or the tap went away)
-      }
-      pending_.bytes.resize(static_cast<size_t>(n));
+      const ssize_t n = ::read(tap_, buf_.data(), buf_.size());
+      if (n <= 0) break;  // EAGAIN (or the tap went away)
+      any = true;
+      if (!to_tx_frame(static_cast<size_t>(n))) continue;
       have_pending_ = true;
     }
     const Status st = front_.send(pending_);
@@ -118,6 +187,37 @@ bool SimTapGuest::tap_to_ring() noexcept {
   return any;
 }
 
+namespace {
+
+// Where the L4 header starts in an Ethernet frame and which protocol it is
+// (IPv4 with options, IPv6 without extension headers, one VLAN tag): what a
+// NEEDS_CSUM header must say. False for anything else.
+bool l4_of(const std::vector<uint8_t>& f, size_t& l4, uint8_t& proto) noexcept {
+  size_t off = 12;
+  if (f.size() < off + 2) return false;
+  uint16_t type = static_cast<uint16_t>((f[off] << 8) | f[off + 1]);
+  off += 2;
+  if (type == 0x8100) {
+    if (f.size() < off + 4) return false;
+    type = static_cast<uint16_t>((f[off + 2] << 8) | f[off + 3]);
+    off += 4;
+  }
+  if (type == 0x0800) {
+    if (f.size() < off + 20) return false;
+    proto = f[off + 9];
+    l4 = off + (f[off] & 0xfu) * 4u;
+  } else if (type == 0x86dd) {
+    if (f.size() < off + 40) return false;
+    proto = f[off + 6];
+    l4 = off + 40;
+  } else {
+    return false;
+  }
+  return (proto == 6 || proto == 17) && l4 < f.size();
+}
+
+}  // namespace
+
 bool SimTapGuest::ring_to_tap() noexcept {
   bool any = false;
   frames_.clear();
@@ -128,7 +228,32 @@ bool SimTapGuest::ring_to_tap() noexcept {
       ++stats_.rx_errors;
       continue;
     }
-    if (::write(tap_, f.bytes.data(), f.bytes.size()) < 0) {
+    VnetHdr h{};
+    if (vnet_) {
+      if ((f.flags & NETRXF_csum_blank) != 0) {
+        size_t l4 = 0;
+        uint8_t proto = 0;
+        if (!l4_of(f.bytes, l4, proto)) {
+          ++stats_.bad_offload;
+          continue;
+        }
+        h.flags = kVnetNeedsCsum;
+        h.csum_start = static_cast<uint16_t>(l4);
+        h.csum_offset = proto == 6 ? 16 : 6;
+      } else if ((f.flags & NETRXF_data_validated) != 0) {
+        h.flags = kVnetDataValid;
+      }
+      if (f.gso_type == XEN_NETIF_GSO_TYPE_TCPV4 || f.gso_type == XEN_NETIF_GSO_TYPE_TCPV6) {
+        h.gso_type = f.gso_type == XEN_NETIF_GSO_TYPE_TCPV4 ? kVnetGsoTcp4 : kVnetGsoTcp6;
+        h.gso_size = f.gso_size;
+      }
+    } else if ((f.flags & NETRXF_csum_blank) != 0) {
+      ++stats_.bad_offload;  // the backend should have completed it
+      continue;
+    }
+    iovec iov[2] = {{&h, sizeof h}, {const_cast<uint8_t*>(f.bytes.data()), f.bytes.size()}};
+    const ssize_t w = vnet_ ? ::writev(tap_, iov, 2) : ::writev(tap_, iov + 1, 1);
+    if (w < 0) {
       ++stats_.tap_write_drops;  // as a NIC drops when the host does not read
       continue;
     }

@@ -3,9 +3,13 @@
 // talk through the netif rings, the grant table and the backend:
 //   frames the kernel sends on the tap  -> guest TX ring (SimNetfront::send)
 //   frames the backend puts on RX ring  -> written to the tap
-// The tap is opened without offloads (IFF_NO_PI, no vnet header): the
-// kernel hands over whole, checksummed frames and expects the same back, so
-// the backend must be configured with rx_csum_offload = false and no RX GSO.
+// Without a vnet header the kernel hands over whole, checksummed frames and
+// expects the same back: configure the backend with rx_csum_offload = false
+// and no RX GSO. With one (IFF_VNET_HDR, TUNSETOFFLOAD csum + TSO4/6) the
+// guest behaves like Linux netfront with its default offloads: the kernel's
+// partial checksums and TCP GSO frames (up to 64 KiB) become csum_blank and
+// GSO extras on the TX ring, and csum_blank / data_validated / GSO on the RX
+// ring become the header's NEEDS_CSUM / DATA_VALID / gso fields.
 //
 // Owned by one thread (the simulated guest's), which calls step()/wait();
 // touches the guest's own memory through SimNetfront and the tap fd.
@@ -27,7 +31,9 @@ namespace xenpath::sim {
 // /run/netns, a path, or empty for the caller's namespace). The device lives
 // in that namespace; the returned fd (non-blocking) works from anywhere.
 // The calling thread's namespace is restored before returning.
-Result<int> open_tap(const std::string& name, const std::string& netns) noexcept;
+// `vnet_hdr`: frames carry a struct virtio_net_hdr and the kernel may send
+// partial checksums and TCP GSO frames.
+Result<int> open_tap(const std::string& name, const std::string& netns, bool vnet_hdr = false) noexcept;
 
 struct SimTapGuestStats {
   uint64_t tap_frames_in = 0;    // read from the tap, queued on the TX ring
@@ -36,13 +42,15 @@ struct SimTapGuestStats {
   uint64_t rx_errors = 0;        // RX packets with an error status
   uint64_t tap_write_drops = 0;  // the tap refused a frame (its queue was full)
   uint64_t oversize_drops = 0;   // frames larger than the ring can carry
+  uint64_t bad_offload = 0;      // vnet header / RX flags it could not translate
 };
 
 class SimTapGuest {
  public:
   // `front` and `evtchn` (the guest's handle the frontend uses) must
-  // outlive this. Takes ownership of `tap_fd`.
-  SimTapGuest(SimNetfront& front, EventChannel& evtchn, int tap_fd) noexcept;
+  // outlive this. Takes ownership of `tap_fd`, opened by open_tap() with
+  // the same `vnet_hdr`.
+  SimTapGuest(SimNetfront& front, EventChannel& evtchn, int tap_fd, bool vnet_hdr = false) noexcept;
   ~SimTapGuest();
   SimTapGuest(const SimTapGuest&) = delete;
   SimTapGuest& operator=(const SimTapGuest&) = delete;
@@ -59,10 +67,13 @@ class SimTapGuest {
  private:
   bool tap_to_ring() noexcept;
   bool ring_to_tap() noexcept;
+  bool to_tx_frame(size_t n) noexcept;
 
   SimNetfront& front_;
   EventChannel& evtchn_;
   int tap_ = -1;
+  bool vnet_ = false;
+  std::vector<uint8_t> buf_;      // one read from the tap (vnet header + frame)
   SimNetfront::TxFrame pending_;  // read from the tap, the ring was full
   bool have_pending_ = false;
   std::vector<netif_tx_response> answers_;

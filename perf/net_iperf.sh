@@ -5,8 +5,12 @@
 #       netfront rings, grants) -> VifQueue -> DPDK net_tap vif<domid>.0 ->
 #   netns xphost:  vif<domid>.0 10.77.0.1/24
 #
-# then the same iperf3 runs over a plain veth pair (xpvg/xpvh, 10.78.0.0/24 in
-# two more namespaces) as the reference. Prints Gb/s both ways and the ratio.
+# twice: the guest with Linux netfront's default offloads (csum + TCP GSO via
+# a vnet header on its tap) and without; then the same iperf3 over a plain
+# veth pair (xpvg/xpvh, 10.78.0.0/24 in two more namespaces), with default
+# offloads and with them off, as the reference. Prints Gb/s both ways and
+# the ratios. XP_NETGUEST_ARGS adds xenpath-netguest options (e.g.
+# "--copy-below 0 --port-poll-us 200").
 # Everything it creates is removed on exit. Needs root (namespaces, taps);
 # where they cannot be created (CI containers) it says so and exits 0.
 #
@@ -60,25 +64,34 @@ run_pair() {  # server-ns client-ns server-addr label
 }
 
 # --- the xenpath path ---------------------------------------------------
-"$guest_bin" --domid "$domid" --guest-netns $ns_g --guest-tap xpg0 --ready-file "$tmp/ready" \
-  >"$tmp/guest.out" 2>"$tmp/guest.err" &
-guest_pid=$!
-for _ in $(seq 100); do [ -e "$tmp/ready" ] && break; kill -0 $guest_pid 2>/dev/null || break; sleep 0.1; done
-if [ ! -e "$tmp/ready" ]; then
-  echo "net_iperf: xenpath-netguest did not start:" >&2; tail -5 "$tmp/guest.err" >&2
-  guest_pid=; exit 1
-fi
-ip link set "$vif" netns $ns_h
-ip -n $ns_h addr add 10.77.0.1/24 dev "$vif"
-ip -n $ns_h link set "$vif" up
-ip -n $ns_h link set lo up
-ip -n $ns_g addr add 10.77.0.2/24 dev xpg0
-ip -n $ns_g link set xpg0 up
-ip -n $ns_g link set lo up
-# up = guest -> host (guest TX ring), down = host -> guest (guest RX ring)
-run_pair $ns_h $ns_g 10.77.0.1 xp
-kill -INT $guest_pid; wait $guest_pid 2>/dev/null; guest_pid=
-counters=$(tail -1 "$tmp/guest.out")
+run_xenpath() {  # label netguest-args...
+  local label=$1; shift
+  rm -f "$tmp/ready"
+  "$guest_bin" --domid "$domid" "$@" ${XP_NETGUEST_ARGS:-} --guest-netns $ns_g --guest-tap xpg0 \
+    --ready-file "$tmp/ready" >"$tmp/$label.out" 2>"$tmp/$label.err" &
+  guest_pid=$!
+  for _ in $(seq 100); do [ -e "$tmp/ready" ] && break; kill -0 $guest_pid 2>/dev/null || break; sleep 0.1; done
+  if [ ! -e "$tmp/ready" ]; then
+    echo "net_iperf: xenpath-netguest did not start:" >&2; tail -5 "$tmp/$label.err" >&2
+    guest_pid=; exit 1
+  fi
+  ip link set "$vif" netns $ns_h
+  ip -n $ns_h addr add 10.77.0.1/24 dev "$vif"
+  ip -n $ns_h link set "$vif" up
+  ip -n $ns_h link set lo up
+  # netif carries at most 65535 bytes per packet, as Linux netfront limits
+  # its GSO size.
+  ip -n $ns_g link set xpg0 gso_max_size 65000 2>/dev/null || true
+  ip -n $ns_g addr add 10.77.0.2/24 dev xpg0
+  ip -n $ns_g link set xpg0 up
+  ip -n $ns_g link set lo up
+  # up = guest -> host (guest TX ring), down = host -> guest (guest RX ring)
+  run_pair $ns_h $ns_g 10.77.0.1 "$label"
+  kill -INT $guest_pid; wait $guest_pid 2>/dev/null; guest_pid=
+  tail -1 "$tmp/$label.out" >"$tmp/$label.counters"
+}
+run_xenpath xp
+run_xenpath xpnooff --no-offloads
 
 # --- the veth reference ------------------------------------------------------
 ip netns add $ns_vg && ip netns add $ns_vh || skip "cannot create network namespaces here"
@@ -95,14 +108,19 @@ for n in $ns_vg $ns_vh; do ip netns exec $n ethtool -K "$( [ $n = $ns_vg ] && ec
 run_pair $ns_vh $ns_vg 10.78.0.1 vethnooff
 
 xu=$(gbps "$tmp/xp-up.json") xd=$(gbps "$tmp/xp-down.json")
+xnu=$(gbps "$tmp/xpnooff-up.json") xnd=$(gbps "$tmp/xpnooff-down.json")
 vu=$(gbps "$tmp/veth-up.json") vd=$(gbps "$tmp/veth-down.json")
 nu=$(gbps "$tmp/vethnooff-up.json") nd=$(gbps "$tmp/vethnooff-down.json")
 ratio() { python3 -c 'import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print("%.2f" % (a/b) if b>0 else "-")' "$1" "$2"; }
 echo
 echo "iperf3 TCP, $secs s per direction (2 shared CPUs: noisy)"
-printf '%-34s %10s %10s\n' "path" "guest->host" "host->guest"
-printf '%-34s %10s %10s\n' "xenpath (tap-netfront-VifQueue-net_tap)" "$xu" "$xd"
-printf '%-34s %10s %10s\n' "veth, offloads off" "$nu" "$nd"
-printf '%-34s %10s %10s\n' "veth, default offloads" "$vu" "$vd"
-printf '%-34s %10s %10s\n' "xenpath / veth (offloads off)" "$(ratio "$xu" "$nu")" "$(ratio "$xd" "$nd")"
-echo "Gb/s received; xenpath counters: $counters"
+printf '%-40s %11s %11s\n' "path" "guest->host" "host->guest"
+printf '%-40s %11s %11s\n' "xenpath, guest csum+GSO offloads" "$xu" "$xd"
+printf '%-40s %11s %11s\n' "xenpath, guest without offloads" "$xnu" "$xnd"
+printf '%-40s %11s %11s\n' "veth, default offloads" "$vu" "$vd"
+printf '%-40s %11s %11s\n' "veth, offloads off" "$nu" "$nd"
+printf '%-40s %11s %11s\n' "ratio xenpath/veth (offloads)" "$(ratio "$xu" "$vu")" "$(ratio "$xd" "$vd")"
+printf '%-40s %11s %11s\n' "ratio xenpath/veth (no offloads)" "$(ratio "$xnu" "$nu")" "$(ratio "$xnd" "$nd")"
+echo "(Gb/s received)"
+echo "xenpath counters, offloads:    $(cat "$tmp/xp.counters")"
+echo "xenpath counters, no offloads: $(cat "$tmp/xpnooff.counters")"

@@ -49,6 +49,8 @@ int main(int argc, char** argv) {
   int backend_cpu = -1, guest_cpu = -1;
   unsigned copy_below = VifQueue::kTxCopyBelowDefault;
   bool zero_copy = true;
+  unsigned port_poll_us = 100;
+  bool offloads = true;
   CLI::App app{"a simulated guest bridged to a tap, through VifQueue to the DPDK vif port"};
   app.add_option("--domid", domid, "guest domain id (names the port vif<domid>.<devid>)")->check(CLI::Range(1u, 32752u));
   app.add_option("--devid", devid, "device id");
@@ -62,6 +64,10 @@ int main(int argc, char** argv) {
   app.add_option("--copy-below", copy_below, "TX slot remainders below this are copied, others mapped")
       ->check(CLI::Range(0u, 65535u));
   app.add_flag("!--no-zero-copy", zero_copy, "copy every TX byte");
+  app.add_flag("!--no-offloads", offloads,
+               "guest without checksum offload and GSO (plain frames on its tap)");
+  app.add_option("--port-poll-us", port_poll_us, "while idle, look for port packets this often")
+      ->check(CLI::Range(10u, 100000u));
   CLI11_PARSE(app, argc, argv);
 
   struct sigaction sa{};
@@ -70,7 +76,7 @@ int main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
 
   // The guest's tap first, while this is the only thread (setns is per thread anyway).
-  auto tap = sim::open_tap(guest_tap, guest_netns);
+  auto tap = sim::open_tap(guest_tap, guest_netns, offloads);
   if (!tap) {
     std::fprintf(stderr, "cannot create tap %s in netns '%s': %s\n", guest_tap.c_str(), guest_netns.c_str(),
                  error_string(tap.error()).c_str());
@@ -137,10 +143,14 @@ int main(int argc, char** argv) {
   c.pool = pool->get();
   c.zero_copy = zero_copy;
   c.tx_limits.copy_below = static_cast<uint16_t>(copy_below);
-  // The guest's tap takes finished frames only (no vnet header).
-  c.rx_csum_offload = false;
-  c.rx_gso_tcpv4 = c.rx_gso_tcpv6 = false;
-  c.port_poll = std::chrono::microseconds(100);
+  // What the frontend negotiated: Linux netfront's defaults with offloads;
+  // without them its tap takes finished frames only.
+  c.rx_csum_offload = offloads;
+  c.rx_gso_tcpv4 = c.rx_gso_tcpv6 = offloads;
+  // The tap port has no wake-up of its own here: while idle the reactor
+  // looks for packets from the kernel this often (the latency floor of
+  // host -> guest traffic after a pause, e.g. an ACK-clocked TCP flow).
+  c.port_poll = std::chrono::microseconds(port_poll_us);
   c.log_prefix = "vif" + std::to_string(domid) + "." + std::to_string(devid) + ": ";
   VifQueueStats stats;
   std::unique_ptr<VifQueue> queue;
@@ -156,7 +166,7 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  sim::SimTapGuest guest(**front, **gev, *tap);
+  sim::SimTapGuest guest(**front, **gev, *tap, offloads);
   if (!ready_file.empty()) std::ofstream(ready_file) << (*port)->name() << "\n";
   std::printf("ready: guest tap %s (netns %s) <-> %s\n", guest_tap.c_str(),
               guest_netns.empty() ? "-" : guest_netns.c_str(), (*port)->name().c_str());
@@ -194,6 +204,8 @@ int main(int argc, char** argv) {
                       {"guest_tx_errors", gs.tx_errors},
                       {"guest_rx_errors", gs.rx_errors},
                       {"tap_write_drops", gs.tap_write_drops},
+                      {"guest_oversize_drops", gs.oversize_drops},
+                      {"guest_bad_offload", gs.bad_offload},
                       {"vif_tx_packets", stats.tx_packets.get()},
                       {"vif_tx_bytes", stats.tx_bytes.get()},
                       {"vif_tx_dropped", stats.tx_dropped.get() + stats.tx_port_dropped.get()},
