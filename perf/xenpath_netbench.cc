@@ -104,6 +104,7 @@ struct Row {
   double gbps = 0;
   double backend_cpu = 0;        // seconds of reactor-thread CPU (spinning included)
   double backend_busy = 0;       // of which in polls that moved packets
+  double pkts_per_poll = 0;      // packets per productive poll (burst fill)
   double backend_ns_per_pkt = 0;
   double backend_util = 0;       // backend CPU / wall
   double guest_ns_per_pkt = 0;
@@ -308,6 +309,7 @@ class Rig {
     const auto t0 = Clock::now();
     const double b0 = thread_cpu_seconds(backend_clock_), g0 = thread_cpu_seconds(self);
     const double busy0 = busy();
+    const uint64_t polls0 = polls();
     const uint64_t p0 = counter(), y0 = bytes();
     const uint64_t m0 = stats_.tx_map_calls.get(), c0 = stats_.tx_copy_calls.get() + stats_.rx_copy_calls.get();
     const uint64_t mp0 = stats_.tx_mapped_pages.get();
@@ -317,6 +319,7 @@ class Rig {
     const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
     const double bcpu = thread_cpu_seconds(backend_clock_) - b0;
     const double bbusy = busy() - busy0;
+    const uint64_t npolls = polls() - polls0;
     const double gcpu = thread_cpu_seconds(self) - g0;
     r.seconds = wall;
     r.packets = counter() - p0;
@@ -325,6 +328,7 @@ class Rig {
     r.gbps = static_cast<double>(r.bytes) * 8 / wall / 1e9;
     r.backend_cpu = bcpu;
     r.backend_busy = bbusy;
+    if (npolls > 0) r.pkts_per_poll = static_cast<double>(r.packets) / static_cast<double>(npolls);
     r.backend_util = bcpu / wall;
     if (r.packets > 0) {
       r.backend_ns_per_pkt = bbusy * 1e9 / static_cast<double>(r.packets);
@@ -343,6 +347,11 @@ class Rig {
     double b = 0;
     reactor_->call([&] { b = meter_.busy; });
     return b;
+  }
+  uint64_t polls() {
+    uint64_t n = 0;
+    reactor_->call([&] { n = meter_.polls; });
+    return n;
   }
 
   Status build_frames() {
@@ -603,6 +612,7 @@ nlohmann::json to_json(const Row& r) {
           {"mapped_pages", r.mapped_pages},
           {"dropped", r.dropped},
           {"backend_busy_seconds", r.backend_busy},
+          {"pkts_per_poll", r.pkts_per_poll},
           {"testpmd_pps", r.testpmd_pps},
           {"testpmd_ns_per_pkt", r.testpmd_ns_per_pkt},
           {"testpmd_mode", r.testpmd_mode}};
@@ -650,7 +660,8 @@ int main(int argc, char** argv) {
   app.add_option("--seconds", o.seconds, "measured seconds per case")->check(CLI::Range(0.1, 60.0));
   app.add_option("--warmup", o.warmup, "warm-up seconds per case")->check(CLI::Range(0.0, 10.0));
   app.add_option("--vdev", o.vdevs, "vdev kinds: null, ring")->check(CLI::IsMember({"null", "ring"}));
-  app.add_option("--sizes", o.sizes, "frame sizes for the pps rows")->check(CLI::Range(60u, 2048u));
+  app.add_option("--sizes", o.sizes, "frame sizes for the pps rows (RX from net_null: at most 2048)")
+      ->check(CLI::Range(60u, 65535u));
   app.add_flag("!--no-gso", o.gso, "skip the 64 KiB GSO rows");
   app.add_flag("!--no-testpmd", o.testpmd, "skip the dpdk-testpmd rows");
   app.add_option("--testpmd", o.testpmd_path, "dpdk-testpmd binary");
@@ -664,9 +675,7 @@ int main(int argc, char** argv) {
 
   if (dpdk(256) == nullptr) return 1;
   pin_self(o.guest_cpu);
-  if (auto st = DpdkEnv::get()->register_thread(); !st) {
-    // The main thread is EAL's main lcore already (EEXIST-like): fine.
-  }
+  (void)DpdkEnv::get()->register_thread();  // the main thread is EAL's main lcore already
   DpdkPoolConfig pc;
   pc.name = "nb";
   pc.packets = 8191;
@@ -760,11 +769,12 @@ int main(int argc, char** argv) {
     // then whole-page slots (multi-page packets).
     const std::vector<unsigned> sizes = {192, 256, 384, 640, 1152, 1664, 2176, 3200, 4096, 8192, 16384, 32768, 65535};
     std::printf("\nTX per-packet backend CPU, slot remainders mapped vs copied (net_null):\n");
-    std::printf("%8s %10s %10s %10s %10s %8s\n", "size", "remainder", "map ns", "copy ns", "map-copy", "winner");
+    std::printf("%8s %10s %10s %10s %10s %8s %9s %9s\n", "size", "remainder", "map ns", "copy ns", "map-copy",
+                "winner", "map p/pl", "copy p/pl");
     nlohmann::json jc = nlohmann::json::array();
     int crossover = -1;
     for (unsigned s : sizes) {
-      double ns[2] = {0, 0};
+      double ns[2] = {0, 0}, ppp[2] = {0, 0};
       for (int m = 0; m < 2; ++m) {
         CaseSpec c;
         c.vdev = "null";
@@ -772,15 +782,24 @@ int main(int argc, char** argv) {
         c.size = s;
         c.copy_below = m == 0 ? 0 : 65535;
         c.what = m == 0 ? "map" : "copy";
-        if (auto r = run_case(o, **pool, c)) ns[m] = r->backend_ns_per_pkt;
+        if (auto r = run_case(o, **pool, c)) {
+          ns[m] = r->backend_ns_per_pkt;
+          ppp[m] = r->pkts_per_poll;
+        }
       }
       const unsigned rem = std::min(s, 4096u) - 128;
-      std::printf("%8u %10u %10.1f %10.1f %+10.1f %8s\n", s, rem, ns[0], ns[1], ns[0] - ns[1],
-                  ns[0] < ns[1] ? "map" : "copy");
+      std::printf("%8u %10u %10.1f %10.1f %+10.1f %8s %9.1f %9.1f\n", s, rem, ns[0], ns[1], ns[0] - ns[1],
+                  ns[0] < ns[1] ? "map" : "copy", ppp[0], ppp[1]);
       if (s <= 4096 && ns[0] < ns[1] && crossover < 0) crossover = static_cast<int>(rem);
       if (s <= 4096 && ns[0] >= ns[1]) crossover = -1;  // the smallest R from which map stays ahead
-      jc.push_back({{"size", s}, {"remainder", rem}, {"map_ns_per_pkt", ns[0]}, {"copy_ns_per_pkt", ns[1]}});
+      jc.push_back({{"size", s},
+                    {"remainder", rem},
+                    {"map_ns_per_pkt", ns[0]},
+                    {"copy_ns_per_pkt", ns[1]},
+                    {"map_pkts_per_poll", ppp[0]},
+                    {"copy_pkts_per_poll", ppp[1]}});
     }
+    std::printf("(p/pl: packets per productive backend poll, i.e. how full the bursts were)\n");
     if (crossover < 0) {
       std::printf("crossover: copying stays cheaper up to a whole page (copy_below >= 4096)\n");
     } else {
