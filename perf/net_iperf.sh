@@ -37,6 +37,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 command -v iperf3 >/dev/null || skip "iperf3 not installed"
+command -v ip >/dev/null || skip "iproute2 not installed"
+command -v python3 >/dev/null || skip "python3 (to read iperf3 JSON) not installed"
 [ -x "$guest_bin" ] || skip "$guest_bin not built (ninja -C $build xenpath-netguest)"
 [ "$(id -u)" -eq 0 ] || skip "needs root for network namespaces and taps"
 for n in $ns_g $ns_h $ns_vg $ns_vh; do
