@@ -188,6 +188,9 @@ struct CaseSpec {
 
 // One backend case: guest, queue, port(s); everything torn down at the end
 // with leak checks (a benchmark that leaks is not measuring the real thing).
+// Owned by the main thread, which is also the simulated guest (and the wire
+// for net_ring); the queue and the meters run on the reactor thread. Guest
+// memory: the simulated guest's own pages, through SimNetfront.
 class Rig {
  public:
   Rig(const Opts& o, PacketPool& pool, const CaseSpec& c) : o_(o), pool_(pool), c_(c) {}
