@@ -102,15 +102,24 @@ Status SimBlkfront::init() noexcept {
   } catch (...) {
     return unexpected(ENOMEM);
   }
+  const unsigned slots = ring_->size();
+  if (slots > 0xffff) return unexpected(EINVAL);
+  try {
+    pending_.resize(slots);
+    free_pending_.reserve(slots);
+    for (unsigned i = slots; i-- > 0;) free_pending_.push_back(i);
+    segs_.reserve(std::max<uint32_t>(opts_.max_indirect_segments, kBlkDirectSegments));
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
   XP_ASSIGN_OR_RETURN(port_, evtchn_.bind_unbound(opts_.backend));
   bound_ = true;
   return ok();
 }
 
 SimBlkfront::~SimBlkfront() {
-  for (auto& [id, p] : pending_) {
-    for (const Page& pg : p.data) (void)give_back(pg, opts_.persistent);
-    for (const Page& pg : p.indirect) (void)give_back(pg, opts_.persistent);
+  for (Pending& p : pending_) {
+    if (p.id != 0) release(p);
   }
   for (const Page& pg : pool_) {
     (void)dom_.end_access(pg.ref);
@@ -187,14 +196,31 @@ Status SimBlkfront::give_back(Page p, bool persistent_pool) noexcept {
   return ok();
 }
 
-Status SimBlkfront::submit(std::span<Io> ios, size_t i) noexcept {
-  Io& io = ios[i];
+void SimBlkfront::release(Pending& p) noexcept {
+  for (const Page& pg : p.data) (void)give_back(pg, opts_.persistent);
+  for (const Page& pg : p.indirect) (void)give_back(pg, opts_.persistent);
+  p.data.clear();
+  p.indirect.clear();
+}
+
+unsigned SimBlkfront::free_slots() const noexcept { return ring_->free_slots(); }
+
+Status SimBlkfront::start(Io& io) noexcept {
+  if (free_pending_.empty() || ring_->free_slots() == 0) return unexpected(ENOSPC);
+  const uint32_t slot = free_pending_.back();
+  Pending& pend = pending_[slot];
   BlkRequest req;
-  req.id = next_id_++;
+  req.id = (next_seq_ << 16) | slot;
   req.sector = io.sector;
-  Pending pend;
-  pend.io = i;
+  pend.io = &io;
   pend.op = io.op;
+  io.status = 1;
+  io.error = 0;
+  // On failure, what was taken so far goes back (grants revoked).
+  auto fail = [&](int err) -> Status {
+    release(pend);
+    return unexpected(err);
+  };
   if (io.op == BLKIF_OP_DISCARD) {
     req.ring_op = req.op = BLKIF_OP_DISCARD;
     req.nr_sectors = io.discard_sectors;
@@ -202,7 +228,7 @@ Status SimBlkfront::submit(std::span<Io> ios, size_t i) noexcept {
   } else {
     const uint32_t ss = opts_.sector_size;
     const uint32_t spp = kPageSize / ss;
-    if (io.first_sect >= spp || (io.sectors != 0 && io.data == nullptr)) return unexpected(EINVAL);
+    if (io.first_sect >= spp) return unexpected(EINVAL);
     const uint64_t end = static_cast<uint64_t>(io.first_sect) + io.sectors;  // in sectors from the first page
     const uint32_t nseg = io.sectors == 0 ? 0 : static_cast<uint32_t>((end + spp - 1) / spp);
     const bool indirect = io.indirect || nseg > kBlkDirectSegments;
@@ -215,28 +241,26 @@ Status SimBlkfront::submit(std::span<Io> ios, size_t i) noexcept {
     } catch (...) {
       return unexpected(ENOMEM);
     }
-    std::vector<BlkSegment> segs;
-    try {
-      segs.reserve(nseg);
-    } catch (...) {
-      return unexpected(ENOMEM);
-    }
+    segs_.clear();  // capacity reserved at init for the largest request
     const std::byte* src = io.data;
     for (uint32_t k = 0; k < nseg; ++k) {
-      XP_ASSIGN_OR_RETURN(const Page pg, take_page(io.op != BLKIF_OP_READ));
-      pend.data.push_back(pg);
+      auto pg = take_page(io.op != BLKIF_OP_READ);
+      if (!pg) return fail(pg.error());
+      pend.data.push_back(*pg);
       const uint32_t first = k == 0 ? io.first_sect : 0;
       const uint64_t seg_end = std::min<uint64_t>(end - static_cast<uint64_t>(k) * spp, spp);  // exclusive
       const uint32_t last = static_cast<uint32_t>(seg_end - 1);
       const size_t bytes = static_cast<size_t>(last - first + 1) * ss;
-      if (io.op != BLKIF_OP_READ) {
-        std::memcpy(dom_.page(pg.pfn) + static_cast<size_t>(first) * ss, src, bytes);
-      } else {
-        // Poison, so a read that did not happen shows.
-        std::memset(dom_.page(pg.pfn) + static_cast<size_t>(first) * ss, 0xee, bytes);
+      if (src != nullptr) {
+        if (io.op != BLKIF_OP_READ) {
+          std::memcpy(dom_.page(pg->pfn) + static_cast<size_t>(first) * ss, src, bytes);
+        } else {
+          // Poison, so a read that did not happen shows.
+          std::memset(dom_.page(pg->pfn) + static_cast<size_t>(first) * ss, 0xee, bytes);
+        }
+        src += bytes;
       }
-      src += bytes;
-      segs.push_back(BlkSegment{pg.ref, static_cast<uint8_t>(first), static_cast<uint8_t>(last)});
+      segs_.push_back(BlkSegment{pg->ref, static_cast<uint8_t>(first), static_cast<uint8_t>(last)});
     }
     req.op = io.op;
     req.nr_segments = nseg;
@@ -245,18 +269,20 @@ Status SimBlkfront::submit(std::span<Io> ios, size_t i) noexcept {
       req.indirect = true;
       const unsigned npages = blk_indirect_pages(nseg);
       req.nr_indirect_pages = static_cast<uint8_t>(npages);
+      try {
+        pend.indirect.reserve(npages);
+      } catch (...) {
+        return fail(ENOMEM);
+      }
       for (unsigned p = 0; p < npages; ++p) {
-        XP_ASSIGN_OR_RETURN(const Page pg, take_page(true));
-        try {
-          pend.indirect.push_back(pg);
-        } catch (...) {
-          return unexpected(ENOMEM);
-        }
-        req.indirect_grefs[p] = pg.ref;
-        std::byte* page = dom_.page(pg.pfn);
+        auto pg = take_page(true);
+        if (!pg) return fail(pg.error());
+        pend.indirect.push_back(*pg);
+        req.indirect_grefs[p] = pg->ref;
+        std::byte* page = dom_.page(pg->pfn);
         std::memset(page, 0, kPageSize);
         for (unsigned s = 0; s < kBlkSegmentsPerIndirectPage && p * kBlkSegmentsPerIndirectPage + s < nseg; ++s) {
-          const BlkSegment& sg = segs[p * kBlkSegmentsPerIndirectPage + s];
+          const BlkSegment& sg = segs_[p * kBlkSegmentsPerIndirectPage + s];
           blkif_request_segment d{};
           d.gref = sg.gref;
           d.first_sect = sg.first_sect;
@@ -266,32 +292,23 @@ Status SimBlkfront::submit(std::span<Io> ios, size_t i) noexcept {
       }
     } else {
       req.ring_op = io.op;
-      for (uint32_t k = 0; k < nseg; ++k) req.seg[k] = segs[k];
+      for (uint32_t k = 0; k < nseg; ++k) req.seg[k] = segs_[k];
     }
   }
-  const uint64_t id = req.id;
-  try {
-    pending_.emplace(id, std::move(pend));
-  } catch (...) {
-    return unexpected(ENOMEM);
-  }
-  if (!ring_->push(req)) {
-    pending_.erase(id);
-    return unexpected(ENOSPC);
-  }
+  if (!ring_->push(req)) return fail(ENOSPC);
+  ++next_seq_;
+  pend.id = req.id;
+  free_pending_.pop_back();
+  ++in_flight_;
   return ok();
 }
 
-Status SimBlkfront::complete(std::span<Io> ios, const BlkResponse& r) noexcept {
-  auto it = pending_.find(r.id);
-  if (it == pending_.end()) return unexpected(EPROTO);
-  Pending p = std::move(it->second);
-  pending_.erase(it);
-  Io& io = ios[p.io];
+Status SimBlkfront::complete(Pending& p, const BlkResponse& r) noexcept {
+  Io& io = *p.io;
   io.status = r.status;
   Status result;
   if (r.op != p.op) result = unexpected(EPROTO);
-  if (io.op == BLKIF_OP_READ && r.status == BLKIF_RSP_OKAY) {
+  if (io.op == BLKIF_OP_READ && r.status == BLKIF_RSP_OKAY && io.data != nullptr) {
     const uint32_t ss = opts_.sector_size;
     std::byte* dst = io.data;
     uint64_t left = io.sectors;
@@ -309,8 +326,41 @@ Status SimBlkfront::complete(std::span<Io> ios, const BlkResponse& r) noexcept {
   for (const Page& pg : p.indirect) {
     if (auto st = give_back(pg, opts_.persistent); !st && result) result = st;
   }
+  p.data.clear();
+  p.indirect.clear();
+  if (!result) io.error = result.error();
   return result;
 }
+
+unsigned SimBlkfront::reap(std::span<Io*> out) noexcept {
+  unsigned done = 0;
+  while (done < out.size()) {
+    BlkResponse rs[64];
+    const unsigned n = ring_->take(std::span(rs, std::min<size_t>(64, out.size() - done)));
+    if (n == 0) break;
+    for (unsigned i = 0; i < n; ++i) {
+      const uint64_t slot = rs[i].id & 0xffff;
+      if (slot >= pending_.size() || pending_[slot].id != rs[i].id || rs[i].id == 0) {
+        ++stray_;
+        continue;
+      }
+      Pending& p = pending_[slot];
+      (void)complete(p, rs[i]);  // the verdict is in io.error
+      p.id = 0;
+      free_pending_.push_back(static_cast<uint32_t>(slot));  // capacity: ring_size()
+      --in_flight_;
+      out[done++] = p.io;
+    }
+  }
+  return done;
+}
+
+Status SimBlkfront::publish() noexcept {
+  if (ring_->flush()) return evtchn_.notify(port_);
+  return ok();
+}
+
+bool SimBlkfront::rearm() noexcept { return ring_->final_check(); }
 
 Status SimBlkfront::wait_event(std::chrono::milliseconds limit) noexcept {
   pollfd pfd{evtchn_.fd(), POLLIN, 0};
@@ -327,23 +377,26 @@ Status SimBlkfront::wait_event(std::chrono::milliseconds limit) noexcept {
 
 Status SimBlkfront::run(std::span<Io> ios, std::chrono::milliseconds timeout) noexcept {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
+  const uint64_t stray0 = stray_;
+  const size_t in_flight0 = in_flight_;
   size_t next = 0;
   Status result;
-  while (next < ios.size() || !pending_.empty()) {
+  while (next < ios.size() || in_flight_ > in_flight0) {
     bool pushed = false;
     while (next < ios.size() && ring_->free_slots() > 0) {
-      XP_TRY(submit(ios, next));
+      XP_TRY(start(ios[next]));
       ++next;
       pushed = true;
     }
-    if (pushed && ring_->flush()) XP_TRY(evtchn_.notify(port_));
-    BlkResponse rs[64];
-    const unsigned n = ring_->take(rs);
+    if (pushed) XP_TRY(publish());
+    Io* done[64];
+    const unsigned n = reap(done);
     for (unsigned i = 0; i < n; ++i) {
-      if (auto st = complete(ios, rs[i]); !st && result) result = st;
+      if (done[i]->error != 0 && result) result = unexpected(done[i]->error);
     }
+    if (stray_ != stray0 && result) result = unexpected(EPROTO);
     if (n != 0 || pushed) continue;
-    if (ring_->final_check()) continue;  // answers arrived while re-arming
+    if (rearm()) continue;  // answers arrived while re-arming
     const auto now = std::chrono::steady_clock::now();
     if (now >= deadline) return unexpected(ETIMEDOUT);
     XP_TRY(wait_event(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now) +

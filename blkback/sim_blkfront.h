@@ -5,8 +5,10 @@
 // real ring macros, notifies when they say so, and collects the responses.
 // It can also misbehave on request (raw requests, a bogus producer index).
 //
-// Used by the integration tests and meant for the load generator: run() keeps
-// the ring as full as it can until every I/O is answered.
+// Two ways to drive it: run() (the tests) keeps the ring as full as it can
+// until every I/O of a batch is answered; the non-blocking calls (start,
+// publish, reap, rearm, wait_event: what BlkLoad uses) let one guest thread
+// keep a queue depth outstanding on several rings at once.
 //
 // Owned by one thread (the simulated guest's). Touches the guest's own
 // memory: ring pages, data pages, indirect descriptor pages.
@@ -16,7 +18,6 @@
 #include <cstdint>
 #include <memory>
 #include <span>
-#include <unordered_map>
 #include <vector>
 
 #include "blkback/blkif_abi.h"
@@ -44,7 +45,10 @@ class SimBlkfront {
   };
 
   // One I/O. `data` is the caller's buffer (sectors * sector_size bytes):
-  // the source of a write, the destination of a read.
+  // the source of a write, the destination of a read. nullptr: no copy at
+  // all, the granted pages are the buffer (as Linux blkfront grants a bio's
+  // own pages when not persistent); their content is then whatever the
+  // guest page held or the backend put there.
   struct Io {
     uint8_t op = BLKIF_OP_READ;  // READ, WRITE, FLUSH_DISKCACHE, WRITE_BARRIER, DISCARD
     uint64_t sector = 0;
@@ -55,6 +59,9 @@ class SimBlkfront {
     uint64_t discard_sectors = 0;  // DISCARD
     bool secure = false;           // DISCARD with BLKIF_DISCARD_SECURE
     int16_t status = 1;            // out: BLKIF_RSP_*
+    // out: the frontend's own verdict on the answer: EPROTO answered with
+    // the wrong operation, EBUSY a grant still mapped after the answer.
+    int error = 0;
   };
 
   static Result<std::unique_ptr<SimBlkfront>> create(SimDomain& dom, EventChannel& evtchn,
@@ -76,6 +83,27 @@ class SimBlkfront {
   // data grant could not be revoked after its answer (the backend kept it
   // mapped: a leak), EINVAL for an I/O that cannot be expressed.
   Status run(std::span<Io> ios, std::chrono::milliseconds timeout = std::chrono::seconds(10)) noexcept;
+
+  // Non-blocking interface. start() puts one I/O on the ring without
+  // publishing it (ENOSPC when the ring is full, EINVAL when it cannot be
+  // expressed); `io` and its data must stay put until reap() returns it.
+  // publish() makes started requests visible and notifies when the ring
+  // macros say so. reap() completes up to out.size() answered I/Os (status,
+  // read data copied out, grants released) and returns them. rearm()
+  // re-arms the response event; true when answers arrived meanwhile (reap
+  // before sleeping). wait_event() blocks until the event channel fires or
+  // `limit` passes, and unmasks what fired (every port of the handle: the
+  // rings sharing it must all be reaped afterwards).
+  [[nodiscard]] unsigned free_slots() const noexcept;
+  [[nodiscard]] size_t in_flight() const noexcept { return in_flight_; }
+  Status start(Io& io) noexcept;
+  Status publish() noexcept;
+  unsigned reap(std::span<Io*> out) noexcept;
+  bool rearm() noexcept;
+  Status wait_event(std::chrono::milliseconds limit) noexcept;
+  // Answers to nothing in flight (a misbehaving backend), dropped by reap().
+  [[nodiscard]] uint64_t stray_responses() const noexcept { return stray_; }
+  [[nodiscard]] EventChannel& event_channel() noexcept { return evtchn_; }
 
   // Raw access, for hostile tests. push_raw encodes `req` in the ring's ABI
   // as is (its grefs must have been granted by the caller).
@@ -99,8 +127,11 @@ class SimBlkfront {
     uint32_t pfn = 0;
     GrantRef ref = 0;
   };
+  // One in-flight request, indexed by its slot. Its vectors keep their
+  // capacity across requests: no allocation per I/O once warm.
   struct Pending {
-    size_t io = 0;
+    uint64_t id = 0;  // 0: free
+    Io* io = nullptr;
     uint8_t op = 0;
     std::vector<Page> data;      // data pages (pool pages when persistent)
     std::vector<Page> indirect;  // descriptor pages
@@ -110,9 +141,8 @@ class SimBlkfront {
   Status init() noexcept;
   Result<Page> take_page(bool readonly) noexcept;
   Status give_back(Page p, bool persistent_pool) noexcept;
-  Status submit(std::span<Io> ios, size_t i) noexcept;
-  Status complete(std::span<Io> ios, const BlkResponse& r) noexcept;
-  Status wait_event(std::chrono::milliseconds limit) noexcept;
+  void release(Pending& p) noexcept;
+  Status complete(Pending& p, const BlkResponse& r) noexcept;
 
   SimDomain& dom_;
   EventChannel& evtchn_;
@@ -122,8 +152,14 @@ class SimBlkfront {
   std::vector<GrantRef> ring_refs_;
   EvtchnPort port_ = 0;
   bool bound_ = false;
-  uint64_t next_id_ = 1;
-  std::unordered_map<uint64_t, Pending> pending_;
+  // Request ids are (sequence << 16) | slot: the slot finds the request,
+  // the sequence catches an answer to a request already answered.
+  uint64_t next_seq_ = 1;
+  std::vector<Pending> pending_;   // ring_size() slots
+  std::vector<uint32_t> free_pending_;
+  size_t in_flight_ = 0;
+  uint64_t stray_ = 0;
+  std::vector<BlkSegment> segs_;   // scratch for start()
   std::vector<Page> pool_;       // every persistent page (revoked at the end)
   std::vector<Page> pool_free_;  // LIFO, as blkfront keeps them
   // Non-persistent: guest pages reused for I/O (a guest's buffers are

@@ -291,17 +291,24 @@ Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress
     auto devtype = xs.read(t, addr.frontend_path + "/device-type");
     const bool cdrom = devtype && *devtype == "cdrom";
 
-    RawImage::Options io;
-    io.read_only = read_only || cdrom;
-    io.direct = opts_.direct;
-    auto opened = RawImage::open(p.path, io);
+    const bool ro = read_only || cdrom;
+    Result<std::unique_ptr<Image>> opened = unexpected(EIO);
+    if (opts_.open_image) {
+      opened = opts_.open_image(p, ro);
+    } else {
+      RawImage::Options io;
+      io.read_only = ro;
+      io.direct = opts_.direct;
+      auto raw = RawImage::open(p.path, io);
+      opened = raw ? Result<std::unique_ptr<Image>>(std::move(*raw)) : unexpected(raw.error());
+    }
     if (!opened) {
       DeviceLog(fmt::format("vbd {}/{}: ", addr.frontend_id, addr.devid))
           .warn("cannot open image {}: {}", p.path, error_string(opened.error()));
       // ENOENT would read as "not ready yet" to the driver.
       return unexpected(opened.error() == ENOENT ? ENODEV : opened.error());
     }
-    auto image = std::move(*opened);
+    std::unique_ptr<Image> image = std::move(*opened);
     const ImageInfo& info = image->info();
     if (std::max(info.logical_block_size, info.memory_align) > kPageSize) return unexpected(EINVAL);
 
@@ -310,7 +317,7 @@ Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress
     const size_t base = next_++;
     for (size_t i = 0; i < workers_.size(); ++i) order.push_back(workers_[(base + i) % workers_.size()]);
     return std::unique_ptr<BackendDevice>(new VbdDevice(addr, opts_, std::move(order), std::move(image),
-                                                        io.read_only, cdrom, discard != 0, sink_));
+                                                        ro, cdrom, discard != 0, sink_));
   } catch (...) {
     return unexpected(ENOMEM);
   }

@@ -48,6 +48,18 @@ namespace xenpath {
 // worker thread. The daemon wires it to BackendDriver::report_device_error.
 using VbdErrorSink = std::function<void(const DeviceAddress&, int error)>;
 
+// "<format>:<path>" or a path. Exposed for tests.
+struct VbdParams {
+  std::string path;
+  std::string format = "raw";
+};
+Result<VbdParams> parse_vbd_params(std::string_view params) noexcept;
+
+// Opens a device's image from its parsed params. The default (an empty
+// function) is RawImage, O_DIRECT unless VbdOptions::direct is off; tools
+// substitute other images (the load generator's NullImage).
+using VbdImageOpener = std::function<Result<std::unique_ptr<Image>>(const VbdParams& params, bool read_only)>;
+
 struct VbdOptions {
   std::string type_name = "vbd";
   unsigned max_ring_order = 4;                  // max-ring-page-order
@@ -55,18 +67,12 @@ struct VbdOptions {
   uint32_t max_indirect_segments = kBlkDefaultMaxIndirectSegments;
   bool persistent = true;                       // offer feature-persistent
   bool direct = true;                           // O_DIRECT images
-  uint32_t persistent_max_pages = 0;            // per queue; 0: RING_SIZE * 11
+  uint32_t persistent_max_pages = 0;            // per queue; 0: max(1056, RING_SIZE * 11)
   // Bounded wait for in-flight I/O at disconnect before giving up on a
   // queue (the kernel still owns its pages; it is kept, not unmapped).
   std::chrono::milliseconds drain_timeout{30'000};
+  VbdImageOpener open_image;                    // empty: RawImage
 };
-
-// "<format>:<path>" or a path. Exposed for tests.
-struct VbdParams {
-  std::string path;
-  std::string format = "raw";
-};
-Result<VbdParams> parse_vbd_params(std::string_view params) noexcept;
 
 class VbdDevice final : public BackendDevice {
  public:

@@ -97,6 +97,9 @@ class BlkWorker {
   bool watching_ = false;
 };
 
+// Linux blkback's default max_persistent_grants per ring.
+inline constexpr uint32_t kLinuxMaxPersistentGrants = 1056;
+
 struct VbdQueueStats {
   RingQueueStats ring;  // requests, responses, batches, notifications, halted
   Counter reads;
@@ -126,7 +129,7 @@ class VbdQueue final : public Poller {
     EvtchnPort remote_port = 0;       // the frontend's event-channel
     VbdLimits limits;
     bool persistent = false;  // feature-persistent negotiated
-    // 0: RING_SIZE * BLKIF_MAX_SEGMENTS_PER_REQUEST pages.
+    // 0: max(kLinuxMaxPersistentGrants, RING_SIZE * BLKIF_MAX_SEGMENTS_PER_REQUEST).
     uint32_t persistent_max_pages = 0;
     std::chrono::milliseconds persistent_idle{60'000};
     unsigned burst = kMaxBurst;
