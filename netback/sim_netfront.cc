@@ -269,6 +269,12 @@ unsigned SimNetfront::reap_rx(std::vector<RxFrame>& out) noexcept {
   return frames;
 }
 
+bool SimNetfront::arm() noexcept {
+  const bool tx = tx_.final_check_responses();
+  const bool rx = rx_.final_check_responses();
+  return tx || rx;
+}
+
 bool SimNetfront::wait(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
   const auto end = std::chrono::steady_clock::now() + timeout;
   while (!done()) {

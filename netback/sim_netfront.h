@@ -87,6 +87,11 @@ class SimNetfront {
   // Takes whole received packets.
   unsigned reap_rx(std::vector<RxFrame>& out) noexcept;
 
+  // Before the guest sleeps on its event channel: re-arms response
+  // notifications on both rings (RING_FINAL_CHECK_FOR_RESPONSES); true when
+  // responses arrived meanwhile (do not sleep then).
+  bool arm() noexcept;
+
   // Calls reap_*() until `done()` or the timeout (bounded; sleeps briefly).
   bool wait(const std::function<bool()>& done, std::chrono::milliseconds timeout = std::chrono::seconds(5));
 

@@ -78,7 +78,9 @@ VifPortFactory dpdk_vif_port_factory(DpdkEnv& env, PacketPool& pool, std::string
 struct VifOptions {
   std::string type_name = "vif";
   unsigned max_queues = 0;  // multi-queue-max-queues; 0: one per worker
-  NetifTxLimits tx_limits;
+  // The same measured default as a bare VifQueue (see kTxCopyBelowDefault);
+  // xenpath-netback --tx-copy-below sets it (0: map every remainder, as Linux).
+  NetifTxLimits tx_limits{.copy_below = VifQueue::kTxCopyBelowDefault};
   bool zero_copy = true;
   size_t rx_backlog = 256;  // packets held per queue for a guest without buffers
   std::chrono::microseconds port_poll{1000};

@@ -179,6 +179,9 @@ class VifQueue final : public Poller, public EvtchnTarget {
  public:
   static constexpr unsigned kMaxBurst = 64;
   static constexpr std::chrono::milliseconds kHousekeepingPeriod{10};
+  // Larger than any slot (a page): every TX byte is grant-copied. See
+  // Config::tx_limits.
+  static constexpr uint16_t kTxCopyBelowDefault = 4097;
 
   struct Config {
     DomId frontend = 0;
@@ -189,9 +192,17 @@ class VifQueue final : public Poller, public EvtchnTarget {
     PacketPort* port = nullptr;     // outlives the queue
     uint16_t port_queue = 0;
     PacketPool* pool = nullptr;     // outlives every packet it made
-    NetifTxLimits tx_limits;
-    // Attach mapped guest pages to packets (zero-copy TX). Forced off when
-    // the port cannot take external buffers; then every byte is copied.
+    // Slot rules, and the copy/map crossover: a slot remainder (after the
+    // 128 header bytes) shorter than tx_limits.copy_below is grant-copied,
+    // a longer one grant-mapped and attached zero-copy. The default is
+    // measured (perf/net_bench --crossover, docs/netback-perf.md): on the
+    // simulated host copying beats a map + unmap for every remainder up to
+    // a whole page, so it copies everything; 0 maps every remainder.
+    // Re-measure on a Xen host before lowering it.
+    NetifTxLimits tx_limits{.copy_below = kTxCopyBelowDefault};
+    // Allow attaching mapped guest pages to packets (zero-copy TX). Forced
+    // off when the port cannot take external buffers; then every byte is
+    // copied whatever copy_below says.
     bool zero_copy = true;
     RateSpec rate;                  // the backend's "rate" key
     // What the frontend negotiated.

@@ -6,7 +6,7 @@ pkgs=(
   build-essential cmake ninja-build ccache pkg-config git
   libxen-dev xenstore-utils
   liburing-dev
-  libdpdk-dev dpdk
+  libdpdk-dev dpdk dpdk-dev  # dpdk-dev: dpdk-testpmd, the reference of perf/net_bench
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   fio iperf3 iproute2

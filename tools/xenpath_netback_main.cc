@@ -434,6 +434,11 @@ int main(int argc, char** argv) {
                      "; sim: a loopback wire)");
   app.add_option("--eal-args", opt.eal_args, "the complete EAL argument list (default: --no-huge --no-pci ...)");
   app.add_option("--max-queues", opt.vif.max_queues, "multi-queue-max-queues (0: one per worker)");
+  app.add_option("--tx-copy-below", opt.vif.tx_limits.copy_below,
+                 "guest TX: grant-copy a slot's bytes (past the 128 copied header bytes) when fewer than this, "
+                 "grant-map them otherwise; 0 maps every remainder, as Linux netback (default: copy all, the "
+                 "crossover measured on the simulated host; docs/netback-perf.md)")
+      ->check(CLI::Range(0, 4097));
   app.add_option("--stats-file", opt.daemon.stats_file, "JSON stats document, rewritten every interval");
   app.add_option("--stats-interval-ms", opt.stats_interval_ms, "stats file interval")->check(CLI::Range(50, 3600000));
   app.add_flag("-v,--verbose", verbose, "info logging (default: warnings)");

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -50,6 +51,8 @@ struct RigOptions {
   bool rx_gso_tcpv4 = false;
   bool rx_csum_offload = true;
   bool zero_copy = true;
+  // Most tests exercise the map path (the default copies every slot).
+  std::optional<uint16_t> copy_below = 0;
   RateSpec rate;
 };
 
@@ -121,6 +124,7 @@ class VifRig {
     c.pool = pool_.get();
     c.rate = opts_.rate;
     c.zero_copy = opts_.zero_copy;
+    if (opts_.copy_below) c.tx_limits.copy_below = *opts_.copy_below;
     c.rx_gso_tcpv4 = opts_.rx_gso_tcpv4;
     c.rx_csum_offload = opts_.rx_csum_offload;
     c.multicast_control = true;
@@ -271,6 +275,29 @@ TEST(NetVifQueue, WithoutZeroCopyEveryByteIsCopiedAndAnsweredAtOnce) {
   EXPECT_EQ(rig.stats_.tx_mapped_pages.get(), 0u);
   EXPECT_EQ(rig.stats_.tx_copied_bytes.get(), 9000u);
   EXPECT_EQ(rig.stats_.tx_copy_calls.get(), 1u);
+  pkt::free_bulk(got);
+}
+
+TEST(NetVifQueue, ByDefaultEverySlotIsCopiedAndAnsweredAtOnce) {
+  if (dpdk() == nullptr) GTEST_SKIP();
+  RigOptions o;
+  o.copy_below.reset();  // VifQueue's measured default
+  VifRig rig(o);
+  SimNetfront::TxFrame f;
+  FrameSpec s;
+  s.payload = 9000 - 54;
+  f.bytes = make_frame(s);
+  f.slots = {100, 4000, 3999, 901};
+  ASSERT_TRUE(rig.front_->send(f));
+  rig.start_queue();
+  auto got = rig.wire_receive(1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(bytes_of(got[0]), f.bytes);
+  // Whole 4000-byte slots are below the default crossover too.
+  ASSERT_TRUE(rig.front_->wait([&] { return rig.answered(4); }));
+  EXPECT_EQ(rig.stats_.tx_map_calls.get(), 0u);
+  EXPECT_EQ(rig.stats_.tx_copied_bytes.get(), 9000u);
+  EXPECT_EQ(rig.hv_.counters().map_calls.load(), 2u) << "only the two ring pages were mapped";
   pkt::free_bulk(got);
 }
 
