@@ -92,13 +92,7 @@ VbdDevice::~VbdDevice() { disconnect(); }
 
 Status VbdDevice::write_backend_features(XenStore& xs, XsTxn t) noexcept {
   const std::string& b = addr_.backend_path;
-  auto w = [&](std::string_view key, uint64_t value) -> Status {
-    try {
-      return xs.write(t, fmt::format("{}/{}", b, key), fmt::format("{}", value));
-    } catch (...) {
-      return unexpected(ENOMEM);
-    }
-  };
+  auto w = [&](std::string_view key, uint64_t value) { return write_decimal(xs, t, b, key, value); };
   const ImageInfo& info = image_->info();
   if (limits_.max_indirect_segments != 0) XP_TRY(w("feature-max-indirect-segments", limits_.max_indirect_segments));
   XP_TRY(w("max-ring-page-order", opts_.max_ring_order));

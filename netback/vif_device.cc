@@ -108,13 +108,7 @@ VifDevice::~VifDevice() { disconnect(); }
 
 Status VifDevice::write_backend_features(XenStore& xs, XsTxn t) noexcept {
   const std::string& b = addr_.backend_path;
-  auto w = [&](std::string_view key, uint64_t value) -> Status {
-    try {
-      return xs.write(t, fmt::format("{}/{}", b, key), fmt::format("{}", value));
-    } catch (...) {
-      return unexpected(ENOMEM);
-    }
-  };
+  auto w = [&](std::string_view key, uint64_t value) { return write_decimal(xs, t, b, key, value); };
   XP_TRY(w("feature-sg", 1));
   XP_TRY(w("feature-gso-tcpv4", 1));
   XP_TRY(w("feature-gso-tcpv6", 1));

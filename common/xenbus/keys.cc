@@ -4,6 +4,14 @@
 
 namespace xenpath {
 
+Status write_decimal(XenStore& xs, XsTxn t, std::string_view dir, std::string_view key, uint64_t value) noexcept {
+  try {
+    return xs.write(t, fmt::format("{}/{}", dir, key), fmt::format("{}", value));
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
+}
+
 Result<RingRefs> read_ring_refs(XenStore& xs, XsTxn t, std::string_view dir, unsigned max_order,
                                 std::string_view ref_key) noexcept {
   RingRefs out;

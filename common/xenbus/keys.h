@@ -46,6 +46,9 @@ struct RingRefs {
   std::vector<GrantRef> refs;  // 2^order references, in ring order
 };
 
+// Writes "<dir>/<key>" = value in decimal (a backend's feature keys).
+Status write_decimal(XenStore& xs, XsTxn t, std::string_view dir, std::string_view key, uint64_t value) noexcept;
+
 // The frontend's ring references under `dir` (the frontend's directory or
 // one of its queue-%u subdirectories). Without "ring-page-order" the ring is
 // one page at "<ref_key>"; with it (even 0) the pages are
