@@ -8,62 +8,6 @@
 namespace xenpath {
 
 // ---------------------------------------------------------------------------
-// BlkWorker
-
-Result<std::unique_ptr<BlkWorker>> BlkWorker::create(Reactor& reactor, XenPlatform& platform) noexcept {
-  XP_ASSIGN_OR_RETURN(auto gt, platform.open_grant_table());
-  XP_ASSIGN_OR_RETURN(auto ev, platform.open_event_channel());
-  return create(reactor, std::move(gt), std::move(ev));
-}
-
-Result<std::unique_ptr<BlkWorker>> BlkWorker::create(Reactor& reactor, std::unique_ptr<GrantTable> gt,
-                                                      std::unique_ptr<EventChannel> evtchn) noexcept {
-  if (!gt || !evtchn) return unexpected(EINVAL);
-  std::unique_ptr<BlkWorker> w(new (std::nothrow) BlkWorker(reactor, std::move(gt), std::move(evtchn)));
-  if (!w) return unexpected(ENOMEM);
-  Status st;
-  BlkWorker* raw = w.get();
-  reactor.call([&] {
-    st = reactor.watch_fd(raw->evtchn_->fd(), EPOLLIN, [raw](uint32_t) { raw->on_events(); });
-    raw->watching_ = st.has_value();
-  });
-  XP_TRY(st);
-  return w;
-}
-
-BlkWorker::~BlkWorker() {
-  if (watching_) {
-    reactor_.call([this] { reactor_.unwatch_fd(evtchn_->fd()); });
-  }
-}
-
-void BlkWorker::add_port(EvtchnPort port, VbdQueue* q) noexcept {
-  try {
-    ports_[port] = q;
-  } catch (...) {
-    // Without the entry the queue still runs: it is polled every iteration
-    // and its arm() final check catches requests; only the wake-up is lost.
-  }
-}
-
-void BlkWorker::remove_port(EvtchnPort port) noexcept { ports_.erase(port); }
-
-void BlkWorker::on_events() noexcept {
-  // Bounded: a port stays masked after it was reported until its queue
-  // unmasks it, so one pass sees each port at most once.
-  for (unsigned i = 0; i < 1024; ++i) {
-    auto p = evtchn_->pending();
-    if (!p) break;
-    auto it = ports_.find(*p);
-    if (it != ports_.end()) {
-      it->second->on_event();
-    } else {
-      (void)evtchn_->unmask(*p);  // a port torn down meanwhile
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------
 // VbdQueue
 
 namespace {
@@ -245,7 +189,7 @@ VbdQueue::~VbdQueue() {
   }
 }
 
-void VbdQueue::on_event() noexcept {
+void VbdQueue::on_event(EvtchnPort) noexcept {
   stats_.ring.events_received.add();
   masked_ = true;  // the event channel stays masked until arm() unmasks it
 }

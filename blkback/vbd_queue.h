@@ -56,6 +56,7 @@
 #include "common/log.h"
 #include "common/reactor.h"
 #include "common/stats.h"
+#include "common/xen_worker.h"
 #include "common/xen/event_channel.h"
 #include "common/xen/grant_table.h"
 #include "common/xen/platform.h"
@@ -64,38 +65,9 @@ namespace xenpath {
 
 class VbdQueue;
 
-// The Xen handles of one reactor, shared by the VBD queues it runs, and the
-// dispatch of its event-channel fd to them by port. Reactor thread only
-// (create() and the destructor use Reactor::call from outside).
-class BlkWorker {
- public:
-  static Result<std::unique_ptr<BlkWorker>> create(Reactor& reactor, XenPlatform& platform) noexcept;
-  // Same, with handles the caller opened (tests, the simulated host).
-  static Result<std::unique_ptr<BlkWorker>> create(Reactor& reactor, std::unique_ptr<GrantTable> gt,
-                                                    std::unique_ptr<EventChannel> evtchn) noexcept;
-  ~BlkWorker();
-  BlkWorker(const BlkWorker&) = delete;
-  BlkWorker& operator=(const BlkWorker&) = delete;
-
-  [[nodiscard]] Reactor& reactor() noexcept { return reactor_; }
-  [[nodiscard]] GrantTable& grant_table() noexcept { return *gt_; }
-  [[nodiscard]] EventChannel& event_channel() noexcept { return *evtchn_; }
-  [[nodiscard]] size_t queues() const noexcept { return ports_.size(); }
-
-  void add_port(EvtchnPort port, VbdQueue* q) noexcept;
-  void remove_port(EvtchnPort port) noexcept;
-
- private:
-  BlkWorker(Reactor& reactor, std::unique_ptr<GrantTable> gt, std::unique_ptr<EventChannel> evtchn) noexcept
-      : reactor_(reactor), gt_(std::move(gt)), evtchn_(std::move(evtchn)) {}
-  void on_events() noexcept;
-
-  Reactor& reactor_;
-  std::unique_ptr<GrantTable> gt_;
-  std::unique_ptr<EventChannel> evtchn_;
-  std::unordered_map<EvtchnPort, VbdQueue*> ports_;
-  bool watching_ = false;
-};
+// The Xen handles of one reactor, shared by the VBD queues it runs
+// (common/xen_worker.h).
+using BlkWorker = XenWorker;
 
 // Linux blkback's default max_persistent_grants per ring.
 inline constexpr uint32_t kLinuxMaxPersistentGrants = 1056;
@@ -118,7 +90,7 @@ struct VbdQueueStats {
   BlkErrorStats errors;   // rejected/failed requests by reason
 };
 
-class VbdQueue final : public Poller {
+class VbdQueue final : public Poller, public EvtchnTarget {
  public:
   static constexpr unsigned kMaxBurst = 32;
 
@@ -153,7 +125,7 @@ class VbdQueue final : public Poller {
 
   bool poll() noexcept override;
   bool arm() noexcept override;
-  void on_event() noexcept;
+  void on_event(EvtchnPort local) noexcept override;
 
   [[nodiscard]] bool halted() const noexcept { return halted_; }
   [[nodiscard]] unsigned ring_size() const noexcept { return ring_->size(); }

@@ -10,56 +10,6 @@
 namespace xenpath {
 
 // ---------------------------------------------------------------------------
-// NetWorker
-
-Result<std::unique_ptr<NetWorker>> NetWorker::create(Reactor& reactor, XenPlatform& platform) noexcept {
-  XP_ASSIGN_OR_RETURN(auto gt, platform.open_grant_table());
-  XP_ASSIGN_OR_RETURN(auto ev, platform.open_event_channel());
-  return create(reactor, std::move(gt), std::move(ev));
-}
-
-Result<std::unique_ptr<NetWorker>> NetWorker::create(Reactor& reactor, std::unique_ptr<GrantTable> gt,
-                                                     std::unique_ptr<EventChannel> evtchn) noexcept {
-  if (!gt || !evtchn) return unexpected(EINVAL);
-  std::unique_ptr<NetWorker> w(new (std::nothrow) NetWorker(reactor, std::move(gt), std::move(evtchn)));
-  if (!w) return unexpected(ENOMEM);
-  Status st;
-  NetWorker* raw = w.get();
-  reactor.call([&] {
-    st = reactor.watch_fd(raw->evtchn_->fd(), EPOLLIN, [raw](uint32_t) { raw->on_events(); });
-    raw->watching_ = st.has_value();
-  });
-  XP_TRY(st);
-  return w;
-}
-
-NetWorker::~NetWorker() {
-  if (watching_) reactor_.call([this] { reactor_.unwatch_fd(evtchn_->fd()); });
-}
-
-void NetWorker::add_port(EvtchnPort port, EvtchnTarget* target) noexcept {
-  try {
-    ports_[port] = target;
-  } catch (...) {
-    // The queue still runs: it is polled every iteration and its arm()
-    // final checks catch requests; only the wake-up is lost.
-  }
-}
-
-void NetWorker::remove_port(EvtchnPort port) noexcept { ports_.erase(port); }
-
-void NetWorker::on_events() noexcept {
-  // Bounded: a reported port stays masked until its queue unmasks it.
-  for (unsigned i = 0; i < 1024; ++i) {
-    auto p = evtchn_->pending();
-    if (!p) break;
-    auto it = ports_.find(*p);
-    if (it != ports_.end()) it->second->on_event(*p);
-    else (void)evtchn_->unmask(*p);
-  }
-}
-
-// ---------------------------------------------------------------------------
 // VifQueue
 
 namespace {

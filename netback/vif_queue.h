@@ -65,6 +65,7 @@
 #include "common/ring.h"
 #include "common/ring_types.h"
 #include "common/stats.h"
+#include "common/xen_worker.h"
 #include "common/xen/event_channel.h"
 #include "common/xen/grant_table.h"
 #include "common/xen/platform.h"
@@ -109,44 +110,9 @@ struct SteeredRx {
 };
 using SteerInbox = Mailbox<SteeredRx>;
 
-// What a NetWorker hands a pending local event-channel port to (a VIF
-// queue, a control channel), on the worker's thread.
-class EvtchnTarget {
- public:
-  virtual ~EvtchnTarget() = default;
-  virtual void on_event(EvtchnPort local) noexcept = 0;
-};
-
-// One reactor's Xen handles, shared by its VIF queues, and the dispatch of
-// its event-channel fd to them by local port. Reactor thread only (create()
-// and the destructor use Reactor::call from outside).
-class NetWorker {
- public:
-  static Result<std::unique_ptr<NetWorker>> create(Reactor& reactor, XenPlatform& platform) noexcept;
-  static Result<std::unique_ptr<NetWorker>> create(Reactor& reactor, std::unique_ptr<GrantTable> gt,
-                                                   std::unique_ptr<EventChannel> evtchn) noexcept;
-  ~NetWorker();
-  NetWorker(const NetWorker&) = delete;
-  NetWorker& operator=(const NetWorker&) = delete;
-
-  [[nodiscard]] Reactor& reactor() noexcept { return reactor_; }
-  [[nodiscard]] GrantTable& grant_table() noexcept { return *gt_; }
-  [[nodiscard]] EventChannel& event_channel() noexcept { return *evtchn_; }
-
-  void add_port(EvtchnPort port, EvtchnTarget* target) noexcept;
-  void remove_port(EvtchnPort port) noexcept;
-
- private:
-  NetWorker(Reactor& reactor, std::unique_ptr<GrantTable> gt, std::unique_ptr<EventChannel> evtchn) noexcept
-      : reactor_(reactor), gt_(std::move(gt)), evtchn_(std::move(evtchn)) {}
-  void on_events() noexcept;
-
-  Reactor& reactor_;
-  std::unique_ptr<GrantTable> gt_;
-  std::unique_ptr<EventChannel> evtchn_;
-  std::unordered_map<EvtchnPort, EvtchnTarget*> ports_;
-  bool watching_ = false;
-};
+// The Xen handles of one reactor, shared by its VIF queues and control
+// channels (common/xen_worker.h).
+using NetWorker = XenWorker;
 
 struct VifQueueStats {
   RingQueueStats tx_ring;  // guest TX ring: requests, responses, notifications, halted

@@ -21,8 +21,6 @@ namespace {
 // Requests handled per poll() of one queue: a burst small enough that one
 // busy guest cannot starve the other queues of its worker.
 constexpr unsigned kBurst = 32;
-// Event-channel ports taken per wake-up of a worker's fd (bounded loop).
-constexpr unsigned kMaxPendingPerWake = 256;
 
 // Guest-written text for a log line: bounded, printable ASCII only (no
 // escape sequences or fake log lines from a hostile guest).
@@ -42,7 +40,7 @@ std::string printable(std::string_view s) {
 // Touches the mapped ring page, which the guest may rewrite at any moment:
 // BackRing copies requests out before they are looked at, and the ring
 // indexes are bounded by BackRing (overflow halts the queue).
-class EchoQueue final : public Poller {
+class EchoQueue final : public Poller, public EvtchnTarget {
  public:
   EchoQueue(EchoWorker& w, RingQueueStats& stats, std::string log_prefix, const DeviceAddress& addr,
             const EchoErrorSink& sink) noexcept
@@ -90,7 +88,7 @@ class EchoQueue final : public Poller {
     mapping_.reset();
   }
 
-  void on_event() noexcept {
+  void on_event(EvtchnPort) noexcept override {
     stats_.events_received.add();
     masked_ = true;  // the evtchn device keeps it masked until we unmask
   }
@@ -155,50 +153,6 @@ class EchoQueue final : public Poller {
   bool masked_ = false;
   bool halted_ = false;
 };
-
-// ---------------------------------------------------------------- EchoWorker
-
-Result<std::unique_ptr<EchoWorker>> EchoWorker::create(Reactor& reactor, XenPlatform& platform) noexcept {
-  XP_ASSIGN_OR_RETURN(auto gnttab, platform.open_grant_table());
-  XP_ASSIGN_OR_RETURN(auto evtchn, platform.open_event_channel());
-  std::unique_ptr<EchoWorker> w(new EchoWorker(reactor, std::move(gnttab), std::move(evtchn)));
-  Status st = unexpected(EIO);
-  EchoWorker* raw = w.get();
-  reactor.call([&] {
-    st = reactor.watch_fd(raw->evtchn_->fd(), EPOLLIN, [raw](uint32_t) { raw->on_events(); });
-  });
-  if (!st) return unexpected(st.error());
-  w->registered_ = true;
-  return w;
-}
-
-EchoWorker::EchoWorker(Reactor& reactor, std::unique_ptr<GrantTable> gnttab,
-                       std::unique_ptr<EventChannel> evtchn) noexcept
-    : reactor_(reactor), gnttab_(std::move(gnttab)), evtchn_(std::move(evtchn)) {}
-
-EchoWorker::~EchoWorker() {
-  if (registered_) {
-    const int fd = evtchn_->fd();
-    reactor_.call([&] { reactor_.unwatch_fd(fd); });
-  }
-}
-
-void EchoWorker::add_port(EvtchnPort port, EchoQueue* q) noexcept { ports_[port] = q; }
-
-void EchoWorker::remove_port(EvtchnPort port) noexcept { ports_.erase(port); }
-
-void EchoWorker::on_events() noexcept {
-  for (unsigned i = 0; i < kMaxPendingPerWake; ++i) {
-    auto port = evtchn_->pending();
-    if (!port) break;  // EAGAIN: drained
-    auto it = ports_.find(*port);
-    if (it != ports_.end()) {
-      it->second->on_event();  // its arm() unmasks, after polling
-    } else {
-      (void)evtchn_->unmask(*port);  // a port unbound meanwhile
-    }
-  }
-}
 
 // ---------------------------------------------------------------- EchoDevice
 

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "common/reactor.h"
+#include "common/xen_worker.h"
 #include "common/sim/front_ring.h"
 #include "common/sim/sim_host.h"
 #include "common/sim/sim_xenbus_frontend.h"
@@ -76,38 +77,9 @@ class EchoQueue;
 // BackendDriver::report_device_error, which is safe from any thread.
 using EchoErrorSink = std::function<void(const DeviceAddress&, int error)>;
 
-// The grant-table and event-channel handles of one worker reactor, shared by
-// the echo queues that run there, and the dispatch of its event-channel fd
-// to them. Owned by whoever owns the reactor; every method but create() and
-// the destructor runs on the worker's thread. Touches no guest memory.
-class EchoWorker {
- public:
-  // Opens the handles and registers the event-channel fd; `reactor` must be
-  // running (registration goes through Reactor::call).
-  static Result<std::unique_ptr<EchoWorker>> create(Reactor& reactor, XenPlatform& platform) noexcept;
-  // Unregisters from the reactor (still running). Every queue must be gone.
-  ~EchoWorker();
-  EchoWorker(const EchoWorker&) = delete;
-  EchoWorker& operator=(const EchoWorker&) = delete;
-
-  [[nodiscard]] Reactor& reactor() noexcept { return reactor_; }
-  [[nodiscard]] GrantTable& grant_table() noexcept { return *gnttab_; }
-  [[nodiscard]] EventChannel& event_channel() noexcept { return *evtchn_; }
-
-  void add_port(EvtchnPort port, EchoQueue* q) noexcept;
-  void remove_port(EvtchnPort port) noexcept;
-  [[nodiscard]] size_t queues() const noexcept { return ports_.size(); }
-
- private:
-  EchoWorker(Reactor& reactor, std::unique_ptr<GrantTable> gnttab, std::unique_ptr<EventChannel> evtchn) noexcept;
-  void on_events() noexcept;
-
-  Reactor& reactor_;
-  std::unique_ptr<GrantTable> gnttab_;
-  std::unique_ptr<EventChannel> evtchn_;
-  std::unordered_map<EvtchnPort, EchoQueue*> ports_;
-  bool registered_ = false;
-};
+// The Xen handles of one reactor, shared by the echo queues it runs
+// (common/xen_worker.h).
+using EchoWorker = XenWorker;
 
 // The backend device: owned by the BackendDriver's control thread; the
 // datapath (EchoQueue) lives on a worker and is connected/disconnected
