@@ -277,10 +277,16 @@ Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress
                                                              XsTxn t) noexcept {
   if (workers_.empty()) return unexpected(ENODEV);
   try {
-    XP_ASSIGN_OR_RETURN(const std::string params, xs.read(t, addr.backend_path + "/params"));
-    XP_ASSIGN_OR_RETURN(const std::string mode, xs.read(t, addr.backend_path + "/mode"));
-    XP_ASSIGN_OR_RETURN(const VbdParams p, parse_vbd_params(params));
-    const bool read_only = mode.find('w') == std::string::npos;
+    // Missing toolstack keys: not ready yet (the driver retries). From here
+    // on an error is fatal for the device (error node + Closing).
+    auto params = xs.read(t, addr.backend_path + "/params");
+    if (!params) return unexpected(params.error() == ENOENT ? EAGAIN : params.error());
+    auto mode = xs.read(t, addr.backend_path + "/mode");
+    if (!mode) return unexpected(mode.error() == ENOENT ? EAGAIN : mode.error());
+    auto parsed = parse_vbd_params(*params);
+    if (!parsed) return unexpected(parsed.error() == ENOENT ? EAGAIN : parsed.error());  // empty: no media yet
+    const VbdParams& p = *parsed;
+    const bool read_only = mode->find('w') == std::string::npos;
     XP_ASSIGN_OR_RETURN(const uint32_t discard, read_flag(xs, t, addr.backend_path, "discard-enable", 1));
     auto devtype = xs.read(t, addr.frontend_path + "/device-type");
     const bool cdrom = devtype && *devtype == "cdrom";
@@ -288,7 +294,14 @@ Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress
     RawImage::Options io;
     io.read_only = read_only || cdrom;
     io.direct = opts_.direct;
-    XP_ASSIGN_OR_RETURN(auto image, RawImage::open(p.path, io));
+    auto opened = RawImage::open(p.path, io);
+    if (!opened) {
+      DeviceLog(fmt::format("vbd {}/{}: ", addr.frontend_id, addr.devid))
+          .warn("cannot open image {}: {}", p.path, error_string(opened.error()));
+      // ENOENT would read as "not ready yet" to the driver.
+      return unexpected(opened.error() == ENOENT ? ENODEV : opened.error());
+    }
+    auto image = std::move(*opened);
     const ImageInfo& info = image->info();
     if (std::max(info.logical_block_size, info.memory_align) > kPageSize) return unexpected(EINVAL);
 

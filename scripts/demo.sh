@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the dependencies, builds xenpath (release) and runs the main job on
-# the embedded simulated Xen host: simulated guests connect their devices to
-# the xenpath backends and drive I/O, with live per-device statistics.
-# Extra arguments go to xenpath-sim (see `xenpath-sim --help`).
+# the embedded simulated Xen host: the xenpath-blkback daemon serves the
+# disks of simulated guests that do I/O through it, with live per-VBD
+# figures and a leak self-check at the end (non-zero exit if it fails).
+# Extra arguments go to xenpath-blkback (see `xenpath-blkback --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-deps.sh
 BUILD_DIR=${BUILD_DIR:-build/release}
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DXENPATH_BUILD_TESTS=OFF >/dev/null
-ninja -C "$BUILD_DIR" -j"$(nproc)" xenpath-sim
-exec "$BUILD_DIR/tools/xenpath-sim" demo "$@"
+ninja -C "$BUILD_DIR" -j"$(nproc)" xenpath-blkback
+# --platform sim: never serve a real host's devices from the demo, even on a dom0.
+exec "$BUILD_DIR/tools/xenpath-blkback" --platform sim "$@"

@@ -11,6 +11,7 @@
 #include <span>
 
 #include "common/result.h"
+#include "common/stats.h"
 #include "common/xen/types.h"
 
 namespace xenpath {
@@ -110,7 +111,9 @@ class GrantTable {
   // GNTST_* code per ref, as the hypervisor reports it.
   Result<GrantMapping> map(DomId dom, std::span<const GrantRef> refs, bool writable,
                            std::span<int16_t> status = {}) noexcept {
-    return do_map(dom, refs, writable, status);
+    auto m = do_map(dom, refs, writable, status);
+    if (m) mapped_pages_.add(m->pages());
+    return m;
   }
 
   // Grant copy of a batch in one call. Each segment gets its own GNTST_*
@@ -121,15 +124,27 @@ class GrantTable {
   // Upper bound of pages this handle may have mapped at once.
   virtual Status set_max_grants(uint32_t count) noexcept = 0;
 
+  // Pages this handle has mapped now: what a daemon reports so an operator
+  // (or the lab) can see that a destroyed guest left nothing mapped. Written
+  // by the owning thread only, readable from any.
+  [[nodiscard]] uint64_t mapped_pages() const noexcept { return mapped_pages_.get(); }
+
  protected:
   friend class GrantMapping;
   virtual Result<GrantMapping> do_map(DomId dom, std::span<const GrantRef> refs, bool writable,
                                       std::span<int16_t> status) noexcept = 0;
   virtual void unmap(void* addr, uint32_t pages) noexcept = 0;
+
+ private:
+  void release(void* addr, uint32_t pages) noexcept {
+    mapped_pages_.set(mapped_pages_.get() - pages);
+    unmap(addr, pages);
+  }
+  Counter mapped_pages_;
 };
 
 inline void GrantMapping::reset() noexcept {
-  if (owner_ != nullptr && addr_ != nullptr) owner_->unmap(addr_, pages_);
+  if (owner_ != nullptr && addr_ != nullptr) owner_->release(addr_, pages_);
   owner_ = nullptr;
   addr_ = nullptr;
   pages_ = 0;

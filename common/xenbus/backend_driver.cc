@@ -381,9 +381,13 @@ void BackendDriver::probe(uint32_t ti, DomId fe, uint32_t devid) noexcept {
     return true;
   });
   if (!probed || !*probed) {
+    if (!probed && probed.error() != ENOENT && probed.error() != EAGAIN) {
+      fail_probe(addr, probed.error());
+      return;
+    }
     stats_.probes_ignored.add();
     if (!probed) {
-      log_.warn("{}: probe failed: {}", addr.backend_path, error_string(probed.error()));
+      log_.debug("{}: not ready: {}", addr.backend_path, error_string(probed.error()));
     }
     return;
   }
@@ -413,6 +417,34 @@ void BackendDriver::probe(uint32_t ti, DomId fe, uint32_t devid) noexcept {
   } else {
     stats_.xs_errors.add();
     d.log.error("cannot watch {}: {}", d.frontend_state_path, error_string(w.error()));
+  }
+}
+
+// The device type refused the device (its image cannot be opened, a key
+// the toolstack wrote is invalid): what xenbus_dev_fatal() does in a Linux
+// backend's probe. The device is not tracked: its state is Closing now, so
+// later events on it are ignored until the toolstack removes it or writes a
+// fresh one (Initialising) at the same address.
+void BackendDriver::fail_probe(const DeviceAddress& addr, int error) noexcept {
+  stats_.probe_failures.add();
+  log_.warn("{}: cannot create the device: {}", addr.backend_path, error_string(error));
+  const std::string state_path = addr.backend_path + "/state";
+  // Next to the state node, as the connect-time errors are (see
+  // write_checked): the toolstack removes it with the device, where Linux's
+  // error/backend/... copies outlive it.
+  const std::string error_path = addr.backend_path + "/error";
+  auto r = run_transaction(*xs_, [&](XsTxn txn) -> Result<bool> {
+    auto cur = xs_->read(txn, state_path);
+    if (!cur) return cur.error() == ENOENT ? Result<bool>(false) : unexpected(cur.error());
+    auto s = parse_xenbus_state(*cur);
+    if (!s || (*s != XenbusState::kInitialising && *s != XenbusState::kInitWait)) return false;
+    XP_TRY(xs_->write(txn, error_path, fmt::format("{} creating the device: {}", error, error_string(error))));
+    XP_TRY(xs_->write(txn, state_path, state_value(XenbusState::kClosing)));
+    return true;
+  });
+  if (!r) {
+    stats_.xs_errors.add();
+    log_.error("{}: cannot report the failure: {}", addr.backend_path, error_string(r.error()));
   }
 }
 
@@ -639,6 +671,17 @@ BackendDevice* BackendDriver::device(std::string_view type, DomId fe, uint32_t d
     return it == devices_.end() ? nullptr : it->second->impl.get();
   }
   return nullptr;
+}
+
+}  // namespace xenpath
+
+namespace xenpath {
+
+void BackendDriver::for_each_device(
+    const std::function<void(const DeviceAddress&, XenbusState, BackendDevice&)>& fn) const {
+  for (const auto& [key, d] : devices_) {
+    if (d->impl) fn(d->addr, d->fsm.state(), *d->impl);
+  }
 }
 
 }  // namespace xenpath

@@ -79,8 +79,14 @@ class DeviceType {
   [[nodiscard]] virtual std::string_view name() const noexcept = 0;
   // Reads the toolstack's keys (params, mode...) in the probe transaction
   // `t` and builds the device. May run more than once for one device when
-  // the transaction is retried. An error leaves the device unprobed (ENOENT
-  // or EAGAIN-like "not ready yet" errors are retried on the next event).
+  // the transaction is retried. ENOENT or EAGAIN mean "not ready yet" (a
+  // key the toolstack has not written): the device stays unprobed and is
+  // tried again on the next event. Any other error is fatal for the device,
+  // as xenbus_dev_fatal() in a Linux backend's probe: the driver writes the
+  // error node and switches the backend to Closing, so the toolstack's wait
+  // for InitWait fails at once with a reason instead of timing out. A
+  // device type whose own resource is missing (an image file that does not
+  // exist) must therefore not report it as ENOENT.
   virtual Result<std::unique_ptr<BackendDevice>> create(const DeviceAddress& addr, XenStore& xs,
                                                         XsTxn t) noexcept = 0;
 };
@@ -90,6 +96,7 @@ struct BackendDriverStats {
   Counter connected;         // devices in Connected now
   Counter probes;            // devices probed successfully (InitWait written)
   Counter probes_ignored;    // probe attempts on absent/not-Initialising backend nodes
+  Counter probe_failures;    // devices the type refused (error node + Closing)
   Counter connects;          // successful connects
   Counter connect_failures;  // connects that failed (error node + Closing)
   Counter disconnects;
@@ -156,6 +163,9 @@ class BackendDriver {
   [[nodiscard]] std::optional<XenbusState> device_state(std::string_view type, DomId fe,
                                                         uint32_t devid) const noexcept;
   [[nodiscard]] BackendDevice* device(std::string_view type, DomId fe, uint32_t devid) const noexcept;
+  // Every known device (probed, in any state); owning thread only.
+  void for_each_device(
+      const std::function<void(const DeviceAddress&, XenbusState backend_state, BackendDevice&)>& fn) const;
 
  private:
   struct TypeEntry {
@@ -196,6 +206,7 @@ class BackendDriver {
   void handle_release_domain() noexcept;
   void enumerate(uint32_t type_index) noexcept;
   void probe(uint32_t type_index, DomId fe, uint32_t devid) noexcept;
+  void fail_probe(const DeviceAddress& addr, int error) noexcept;
 
   // Runs `actions` for `d` in order; destroys `d` when told to (the caller
   // must not touch `d` afterwards: returns false then). write=false skips

@@ -335,15 +335,29 @@ TEST_F(BlkVbd, BadFrontendKeysRefuseTheConnection) {
 
 TEST_F(BlkVbd, ProbeWaitsForParamsAndRefusesUnknownFormats) {
   TempFile file(kImageBytes);
-  // qcow2 is not served: the device is never probed (stays Initialising).
-  ASSERT_TRUE(tools_->add_device("vbd", kGuest, 30, kDom0, {{"params", "qcow2:" + file.path}, {"mode", "w"}}, {}));
+  // No params yet: not ready, the device stays Initialising until they come.
+  ASSERT_TRUE(tools_->add_device("vbd", kGuest, 29, kDom0, {{"mode", "w"}}, {}));
   std::this_thread::sleep_for(50ms);
-  EXPECT_EQ(key(30, "state"), "1");
-  // A raw image is.
+  EXPECT_EQ(key(29, "state"), "1");
+  ASSERT_TRUE(tools_xs_->write(kXsNoTxn, be(29) + "/params", file.path));
+  EXPECT_TRUE(backend_becomes(29, XenbusState::kInitWait));
+  // qcow2 is not served: refused at once with a reason (error node, Closing)
+  // so the toolstack does not sit out its InitWait timeout.
+  ASSERT_TRUE(tools_->add_device("vbd", kGuest, 30, kDom0, {{"params", "qcow2:" + file.path}, {"mode", "w"}}, {}));
+  EXPECT_TRUE(backend_becomes(30, XenbusState::kClosing));
+  EXPECT_EQ(key(30, "error").rfind(std::to_string(EOPNOTSUPP) + " ", 0), 0u) << key(30, "error");
+  // A raw image is served.
   ASSERT_TRUE(tools_->add_device("vbd", kGuest, 31, kDom0, {{"params", "raw:" + file.path}, {"mode", "w"}}, {}));
   EXPECT_TRUE(backend_becomes(31, XenbusState::kInitWait));
-  ASSERT_TRUE(tools_->force_remove("vbd", kGuest, 30, kDom0));
-  ASSERT_TRUE(tools_->force_remove("vbd", kGuest, 31, kDom0));
+  // An image that does not exist: refused, not mistaken for "not ready".
+  ASSERT_TRUE(tools_->add_device("vbd", kGuest, 32, kDom0, {{"params", file.path + ".absent"}, {"mode", "w"}}, {}));
+  EXPECT_TRUE(backend_becomes(32, XenbusState::kClosing));
+  EXPECT_NE(key(32, "error")[0], '<');
+  for (uint32_t dev : {29u, 30u, 31u, 32u}) ASSERT_TRUE(tools_->force_remove("vbd", kGuest, dev, kDom0));
+  // The toolstack may then plug a good disk at the same address.
+  ASSERT_TRUE(tools_->add_device("vbd", kGuest, 32, kDom0, {{"params", file.path}, {"mode", "w"}}, {}));
+  EXPECT_TRUE(backend_becomes(32, XenbusState::kInitWait));
+  ASSERT_TRUE(tools_->force_remove("vbd", kGuest, 32, kDom0));
 }
 
 TEST_F(BlkVbd, RingOverrunClosesTheDevice) {

@@ -1,0 +1,105 @@
+// BackendDaemon: the process skeleton every xenpath backend daemon shares
+// (xenpath-blkback, xenpath-netback): one control reactor running the
+// xenbus BackendDriver, N worker reactors for the datapath, a JSON stats
+// file for operators and the lab, and an orderly stop on SIGTERM/SIGINT.
+//
+// The daemon does not know its device types: the program creates them over
+// workers() (a BlkWorker or NetWorker per worker reactor) and add_type()s
+// them, and contributes its own figures to the stats file with add_stats().
+//
+// Threads: create/start/stop and the accessors run on the program's main
+// thread. The driver and every stats function run on the control reactor
+// (so they may read the driver's state). Device datapaths live on the
+// workers. No guest memory is touched here.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "common/reactor.h"
+#include "common/result.h"
+#include "common/xen/platform.h"
+#include "common/xenbus/backend_driver.h"
+
+namespace xenpath {
+
+struct DaemonOptions {
+  std::string name = "xenpath";      // thread names and the stats file's "daemon"
+  unsigned workers = 0;              // worker reactors; 0: one per online CPU (at most 64)
+  int first_cpu = -1;                // >= 0: pin worker i to CPU first_cpu + i
+  unsigned uring_entries = 256;      // per worker; 0: the workers need no io_uring
+  std::chrono::microseconds poll_window{50};
+  std::string stats_file;            // empty: none
+  std::chrono::milliseconds stats_interval{1000};
+  BackendDriver::Options driver;
+};
+
+class BackendDaemon {
+ public:
+  // Adds the program's figures to the stats document (control thread).
+  using StatsFn = std::function<void(nlohmann::json&)>;
+
+  // Starts the reactors (not the driver yet). `platform` must outlive the
+  // daemon.
+  static Result<std::unique_ptr<BackendDaemon>> create(XenPlatform& platform, const DaemonOptions& opts) noexcept;
+  ~BackendDaemon();
+  BackendDaemon(const BackendDaemon&) = delete;
+  BackendDaemon& operator=(const BackendDaemon&) = delete;
+
+  [[nodiscard]] XenPlatform& platform() noexcept { return platform_; }
+  [[nodiscard]] Reactor& control() noexcept { return *control_; }
+  [[nodiscard]] std::vector<Reactor*> workers() const;
+  [[nodiscard]] BackendDriver& driver() noexcept { return *driver_; }
+  [[nodiscard]] const DaemonOptions& options() const noexcept { return opts_; }
+
+  // Before start().
+  Status add_type(std::unique_ptr<DeviceType> type) noexcept;
+  void add_stats(StatsFn fn);
+
+  // Sets the driver's watches on the control reactor (devices that already
+  // exist are picked up: a restarted daemon takes its devices back) and
+  // starts the stats file.
+  Status start() noexcept;
+  // Disconnects every device (every grant unmapped, every port unbound),
+  // removes the watches, stops the reactors. Idempotent; the destructor
+  // calls it. The program destroys its device types' workers afterwards.
+  void stop() noexcept;
+
+  // The stats document now (any thread but the control reactor's).
+  nlohmann::json stats();
+  // Writes it to options().stats_file (atomically: temp file + rename).
+  Status write_stats_file();
+
+  // A worker's way to fail a device (a halted queue): any thread.
+  bool report_device_error(const DeviceAddress& addr, int error) noexcept {
+    return driver_->report_device_error(addr.type, addr.frontend_id, addr.devid, error);
+  }
+
+ private:
+  BackendDaemon(XenPlatform& platform, const DaemonOptions& opts) noexcept : platform_(platform), opts_(opts) {}
+  nlohmann::json collect();  // control thread
+  Status write_file(const nlohmann::json& j) noexcept;
+
+  XenPlatform& platform_;
+  DaemonOptions opts_;
+  std::unique_ptr<Reactor> control_;
+  std::vector<std::unique_ptr<Reactor>> workers_;
+  std::unique_ptr<BackendDriver> driver_;
+  std::vector<StatsFn> stats_fns_;
+  std::chrono::steady_clock::time_point started_at_{};
+  bool started_ = false;
+  bool stopped_ = false;
+};
+
+// Signals for a daemon's main thread: block_termination_signals() before any
+// thread is created (so SIGTERM/SIGINT/SIGHUP reach only the main thread),
+// then wait_for_termination() returns the signal number, or 0 when `tick`
+// (called every `period`) returned false.
+void block_termination_signals() noexcept;
+int wait_for_termination(std::chrono::milliseconds period, const std::function<bool()>& tick);
+
+}  // namespace xenpath
