@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$plan" in
-  short) backends="${backends:-xenpath,kernel}"; tmo="${tmo:-900}" ;;
+  short) backends="${backends:-xenpath,kernel}"; tmo="${tmo:-1200}" ;;
   full) backends="${backends:-xenpath,kernel,qdisk}"; tmo="${tmo:-2400}" ;;
   *) echo "run.sh: --plan short|full" >&2; exit 2 ;;
 esac

@@ -240,8 +240,10 @@ run_backend() {
   fi
   check "$b" create ok "domid $DOMID in ${CREATE_S}s"
   res "$b" create_s "$CREATE_S"
-  local budget=$((120 + 4 * SECS * 5))
+  # Guest boot plus every test, with room for a host whose cores other work shares.
+  local budget=$((300 + 12 * SECS * $(echo "$tests" | tr ',' '\n' | wc -l)))
   if wait_guest "$NAME" 'done' "$budget"; then :; else check "$b" guest-finished fail "no done line"; fi
+  glines "$NAME" | sed 's/^/  guest: /'
   local up; up="$(gfield "$NAME" disk 4)"
   if [ "$(gfield "$NAME" disk 3)" = up ]; then res "$b" disk_up_s "$up"; check "$b" connect ok "xvda up at ${up}s guest time"
   else check "$b" connect fail "xvda did not appear"; fi
