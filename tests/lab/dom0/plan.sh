@@ -1,0 +1,319 @@
+#!/bin/bash
+# The lab's test plan, run by dom0's /init once Xen's control plane is up. For each backend named
+# on the kernel command line (lab.backends=xenpath,kernel,qdisk) it creates a PV guest with one
+# disk (a raw file) and one vif, lets the guest run fio and iperf3 against them, destroys it and
+# checks that the backend let go of everything; the full plan adds a reconnect, a destroy in the
+# middle of I/O and hot-unplug. Results go to the console as
+#   LAB|res|<backend>|<metric>|<value>        LAB|check|<backend>|<check>|ok|fail|<detail>
+# and the exit status is the number of failed checks (0: all passed).
+set -u
+arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^lab\.$1=//p" | tail -n1; }
+PLAN="$(arg plan)"; PLAN="${PLAN:-short}"
+BACKENDS="$(arg backends | tr '+' ',')"; BACKENDS="${BACKENDS:-xenpath,kernel}"
+SECS="$(arg secs)"
+if [ "$PLAN" = full ]; then TESTS=verify,randread,seqread,net_tx,net_rx; SECS="${SECS:-10}"
+else TESTS=verify,randread,net_tx; SECS="${SECS:-5}"; fi
+DOM0_IP=169.254.100.1 GUEST_IP=169.254.100.2
+DISK=/lab/disk/disk.img
+NOOP=/etc/xen/scripts/lab-noop
+CONLOG=/var/log/xen/console
+failures=0
+gen=0
+
+say() { echo "LAB|$*"; }
+now() { cut -d' ' -f1 /proc/uptime; }
+res() { say "res|$1|$2|$3"; }
+check() {  # backend name ok|fail detail
+  say "check|$1|$2|$3|${4:-}"
+  [ "$3" = ok ] || failures=$((failures + 1))
+}
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# Waits until the guest's console log has a LABG line matching $2 (extended regex); $3 seconds.
+wait_guest() {
+  local name="$1" pat="$2" limit="$3" i=0
+  while [ $i -lt $((limit * 5)) ]; do
+    grep -qE "^LABG\|($pat)" "$CONLOG/guest-$name.log" 2>/dev/null && return 0
+    xl domid "$name" >/dev/null 2>&1 || return 1
+    sleep 0.2; i=$((i + 1))
+  done
+  return 1
+}
+glines() { grep -a '^LABG|' "$CONLOG/guest-$1.log" 2>/dev/null | tr -d '\r'; }
+gfield() { glines "$1" | grep "^LABG|$2|" | tail -n1 | cut -d'|' -f"$3"; }
+
+# Gives dom0's end of the guest's vif (vif<domid>.0: kernel netback's interface or the net_tap
+# port of xenpath-netback) the lab address once it appears.
+config_vif() {
+  local dev="vif$1.0" i=0
+  while [ ! -e "/sys/class/net/$dev" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+  [ -e "/sys/class/net/$dev" ] || return 1
+  ip -o addr show to "$DOM0_IP" | awk '{print $2}' | while read -r old; do
+    [ "$old" != "$dev" ] && ip addr del "$DOM0_IP/24" dev "$old" 2>/dev/null
+  done
+  ip addr add "$DOM0_IP/24" dev "$dev" 2>/dev/null
+  ip link set "$dev" up
+}
+
+# Every backend directory and kernel backend device of domain $2 gone within 20 s.
+backend_released() {
+  local domid="$1" i=0
+  while [ $i -lt 100 ]; do
+    if ! xenstore-ls /local/domain/0/backend 2>/dev/null | grep -qE "^ +$domid = " &&
+       ! ls /sys/bus/xen-backend/devices 2>/dev/null | grep -qE -- "-$domid-"; then
+      return 0
+    fi
+    sleep 0.2; i=$((i + 1))
+  done
+  return 1
+}
+
+# xenpath daemon stats: all gauges that count per-guest resources back to zero within 20 s.
+STATS_CHECK='
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+except Exception as e:
+    print("unreadable:", e); sys.exit(2)
+# The gauges that return to 0 once no guest is connected (docs/blkback.md; xenpath-netback
+# reports its driver gauges under "driver" and one entry per VIF under "vifs").
+got = {}
+for sec in ("xenbus", "driver"):
+    for k in ("devices", "connected"):
+        if isinstance(d.get(sec, {}).get(k), int): got[sec + "." + k] = d[sec][k]
+for k in ("mapped_grant_pages", "bound_ports"):
+    if isinstance(d.get(k), int): got[k] = d[k]
+for k in ("devices", "vifs"):
+    if isinstance(d.get(k), list): got[k + "[]"] = len(d[k])
+if len(got) < 3:
+    print("unrecognised stats file:", ",".join(d.keys())); sys.exit(2)
+print(" ".join("%s=%d" % kv for kv in sorted(got.items())))
+sys.exit(1 if any(got.values()) else 0)'
+daemon_released() {
+  local f="$1" i=0 out=""
+  while [ $i -lt 100 ]; do
+    out="$(python3 -c "$STATS_CHECK" "$f" 2>&1)" && { echo "$out"; return 0; }
+    sleep 0.2; i=$((i + 1))
+  done
+  echo "$out"; return 1
+}
+
+# ---- guest lifecycle ----
+# guest <backend> <tests> <with_vif 0|1> : creates it, prints its name
+guest_cfg() {
+  local b="$1" name="$2" tests="$3" vif="$4" disk
+  case "$b" in
+    xenpath) disk="format=raw,vdev=xvda,access=rw,backendtype=phy,script=$NOOP,target=$DISK" ;;
+    kernel)  disk="format=raw,vdev=xvda,access=rw,backendtype=phy,target=$DISK" ;;
+    qdisk)   disk="format=raw,vdev=xvda,access=rw,backendtype=qdisk,target=$DISK" ;;
+  esac
+  cat > "/lab/$name.cfg" <<EOF
+name = "$name"
+type = "pv"
+kernel = "/lab/vmlinuz"
+ramdisk = "/lab/guest.cpio"
+extra = "console=hvc0 loglevel=4 lab.tests=$tests lab.secs=$SECS lab.ip=$GUEST_IP/24 lab.srv=$DOM0_IP"
+memory = 512
+vcpus = 1
+on_poweroff = "destroy"
+on_crash = "destroy"
+disk = [ '$disk' ]
+EOF
+  [ "$vif" = 1 ] && echo "vif = [ 'mac=00:16:3e:4c:41:42,script=$NOOP' ]" >> "/lab/$name.cfg"
+}
+
+create() {  # backend tests vif -> sets NAME DOMID CREATE_S
+  gen=$((gen + 1))
+  NAME="lab-$1-$gen"
+  guest_cfg "$1" "$NAME" "$2" "$3"
+  local t0; t0="$(now)"
+  if ! timeout 120 xl create -q "/lab/$NAME.cfg" > "/tmp/$NAME.create" 2>&1; then
+    sed 's/^/  xl: /' "/tmp/$NAME.create" | tail -n 20
+    DOMID=""; return 1
+  fi
+  CREATE_S="$(elapsed "$t0")"
+  DOMID="$(xl domid "$NAME")"
+  [ "$3" = 1 ] && (config_vif "$DOMID" &)
+  return 0
+}
+
+destroy() {  # name
+  timeout 60 xl destroy "$1" >/dev/null 2>&1
+}
+
+dump_guest() {
+  echo "---- console of $1 (last 40 lines) ----"
+  tail -n 40 "$CONLOG/guest-$1.log" 2>/dev/null | tr -d '\r'
+  echo "----"
+}
+
+# ---- per-backend setup ----
+BLK_PID="" NET_PID=""
+HAVE_NETBACK=0
+start_backend() {
+  local b="$1"
+  case "$b" in
+    xenpath)
+      # The kernel must not serve backend/vbd or backend/vif alongside the daemons.
+      rmmod xen-blkback 2>/dev/null; rmmod xen-netback 2>/dev/null
+      if [ -d /sys/module/xen_blkback ] || [ -d /sys/module/xen_netback ]; then
+        check xenpath kernel-backends-unloaded fail; return 1
+      fi
+      local missing
+      missing="$(ldd /usr/local/bin/xenpath-* 2>&1 | grep 'not found' | sort -u | tr '\n' ' ')"
+      [ -z "$missing" ] || { check xenpath runtime-libraries fail "$missing"; return 1; }
+      if [ ! -x /usr/local/bin/xenpath-blkback ]; then
+        check xenpath blkback-binary fail "not in the image"; return 1
+      fi
+      xenpath-blkback --platform xen --stats-file /run/xenpath-blkback.json --stats-interval-ms 200 \
+        > /run/xenpath-blkback.log 2>&1 &
+      BLK_PID=$!
+      if [ -x /usr/local/bin/xenpath-netback ]; then
+        xenpath-netback --platform xen --stats-file /run/xenpath-netback.json --stats-interval-ms 200 \
+          > /run/xenpath-netback.log 2>&1 &
+        NET_PID=$!
+        HAVE_NETBACK=1
+      else
+        HAVE_NETBACK=0
+        res xenpath net "not available"
+      fi
+      local i=0
+      while [ ! -s /run/xenpath-blkback.json ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+      if ! kill -0 "$BLK_PID" 2>/dev/null || [ ! -s /run/xenpath-blkback.json ]; then
+        check xenpath blkback-start fail "$(tail -n 5 /run/xenpath-blkback.log | tr '\n' ' ')"; return 1
+      fi
+      if [ $HAVE_NETBACK = 1 ]; then
+        i=0
+        while [ ! -s /run/xenpath-netback.json ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+        kill -0 "$NET_PID" 2>/dev/null && [ -s /run/xenpath-netback.json ] ||
+          { check xenpath netback-start fail "$(tail -n 5 /run/xenpath-netback.log | tr '\n' ' ')"; HAVE_NETBACK=0; }
+      fi ;;
+    kernel|qdisk)
+      modprobe xen-blkback || { check "$b" modprobe fail xen-blkback; return 1; }
+      modprobe xen-netback || { check "$b" modprobe fail xen-netback; return 1; }
+      HAVE_NETBACK=1
+      [ "$b" = qdisk ] && { HAVE_NETBACK=0; res qdisk net "disk only"; } ;;
+  esac
+  return 0
+}
+
+stop_backend() {
+  local p
+  for p in $BLK_PID $NET_PID; do kill "$p" 2>/dev/null; done
+  for p in $BLK_PID $NET_PID; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null
+  done
+  BLK_PID="" NET_PID=""
+}
+
+daemons_alive_and_released() {  # backend label
+  [ "$1" = xenpath ] || return 0
+  local out
+  if kill -0 "$BLK_PID" 2>/dev/null; then
+    out="$(daemon_released /run/xenpath-blkback.json)" && check xenpath "$2-blkback-stats" ok "$out" ||
+      check xenpath "$2-blkback-stats" fail "$out"
+  else
+    check xenpath "$2-blkback-alive" fail "$(tail -n 5 /run/xenpath-blkback.log | tr '\n' ' ')"
+  fi
+  if [ $HAVE_NETBACK = 1 ]; then
+    if kill -0 "$NET_PID" 2>/dev/null; then
+      out="$(daemon_released /run/xenpath-netback.json)" && check xenpath "$2-netback-stats" ok "$out" ||
+        check xenpath "$2-netback-stats" fail "$out"
+    else
+      check xenpath "$2-netback-alive" fail "$(tail -n 5 /run/xenpath-netback.log | tr '\n' ' ')"
+    fi
+  fi
+}
+
+# ---- the plan for one backend ----
+run_backend() {
+  local b="$1" tests="$TESTS" vif
+  say "backend|$b|start|$(now)"
+  start_backend "$b" || { stop_backend; return; }
+  vif=$HAVE_NETBACK
+  [ $vif = 1 ] || tests="$(echo "$tests" | tr ',' '\n' | grep -v '^net_' | paste -sd, -)"
+
+  # 1. connect + the measurements
+  if ! create "$b" "$tests" "$vif"; then
+    check "$b" create fail "xl create failed"; stop_backend; return
+  fi
+  check "$b" create ok "domid $DOMID in ${CREATE_S}s"
+  res "$b" create_s "$CREATE_S"
+  # Guest boot plus every test, with room for a host whose cores other work shares.
+  local budget=$((300 + 12 * SECS * $(echo "$tests" | tr ',' '\n' | wc -l)))
+  if wait_guest "$NAME" 'done' "$budget"; then :; else check "$b" guest-finished fail "no done line"; fi
+  glines "$NAME" | sed 's/^/  guest: /'
+  local up; up="$(gfield "$NAME" disk 4)"
+  if [ "$(gfield "$NAME" disk 3)" = up ]; then res "$b" disk_up_s "$up"; check "$b" connect ok "xvda up at ${up}s guest time"
+  else check "$b" connect fail "xvda did not appear"; fi
+  local t
+  for t in $(echo "$tests" | tr ',' ' '); do
+    case "$(gfield "$NAME" "$t" 3)" in
+      ok)
+        case "$t" in
+          verify) check "$b" verify ok "32 MiB written and read back, 0 mismatches"
+                  res "$b" verify_write_kib_s "$(gfield "$NAME" verify 4)" ;;
+          randread) res "$b" randread_4k_qd16_iops "$(gfield "$NAME" randread 4)" ;;
+          seqread) res "$b" seqread_128k_kib_s "$(gfield "$NAME" seqread 5)" ;;
+          net_tx) res "$b" iperf_guest_to_dom0_kbit_s "$(gfield "$NAME" net_tx 4)" ;;
+          net_rx) res "$b" iperf_dom0_to_guest_kbit_s "$(gfield "$NAME" net_rx 4)" ;;
+        esac ;;
+      *) check "$b" "$t" fail "$(gfield "$NAME" "$t" 4)" ;;
+    esac
+  done
+  [ $failures -gt 0 ] && dump_guest "$NAME"
+  destroy "$NAME"
+  backend_released "$DOMID" && check "$b" release ok "backend nodes gone" || check "$b" release fail "backend nodes of $DOMID remain"
+  daemons_alive_and_released "$b" destroy
+
+  if [ "$PLAN" = full ]; then
+    # 2. reconnect: a second guest on the same backends, same disk, data still verifiable.
+    if create "$b" verify "$vif" && wait_guest "$NAME" 'done' 180 && [ "$(gfield "$NAME" verify 3)" = ok ]; then
+      check "$b" reconnect ok "second guest domid $DOMID verified"
+    else
+      check "$b" reconnect fail "$(glines "$NAME" | tail -n 3 | tr '\n' ' ')"; dump_guest "$NAME"
+    fi
+    [ -n "$DOMID" ] && { destroy "$NAME"; backend_released "$DOMID" || check "$b" reconnect-release fail; }
+    daemons_alive_and_released "$b" reconnect
+
+    # 3. destroy in the middle of I/O (requests in flight, grants mapped).
+    if create "$b" busy "$vif" && wait_guest "$NAME" 'busy' 120; then
+      sleep 3
+      destroy "$NAME"
+      backend_released "$DOMID" && check "$b" destroy-mid-io ok || check "$b" destroy-mid-io fail "backend nodes remain"
+    else
+      check "$b" destroy-mid-io fail "guest did not start I/O"; [ -n "$DOMID" ] && destroy "$NAME"
+    fi
+    daemons_alive_and_released "$b" mid-io
+
+    # 4. hot-unplug of the disk and the vif from a running guest.
+    if create "$b" idle "$vif" && wait_guest "$NAME" 'done' 120; then
+      local ok=1 d
+      timeout 60 xl block-detach "$NAME" xvda >/dev/null 2>&1 || ok=0
+      [ "$vif" = 1 ] && { timeout 60 xl network-detach "$NAME" 0 >/dev/null 2>&1 || ok=0; }
+      for d in vbd vif qdisk; do
+        for _ in $(seq 100); do
+          xenstore-ls "/local/domain/0/backend/$d/$DOMID" >/dev/null 2>&1 || break; sleep 0.2
+        done
+        xenstore-ls "/local/domain/0/backend/$d/$DOMID" >/dev/null 2>&1 && ok=0
+      done
+      [ $ok = 1 ] && check "$b" hot-unplug ok || check "$b" hot-unplug fail "detach failed or nodes remain"
+      destroy "$NAME"
+    else
+      check "$b" hot-unplug fail "guest did not come up"; [ -n "$DOMID" ] && destroy "$NAME"
+    fi
+    daemons_alive_and_released "$b" hot-unplug
+  fi
+}
+
+iperf3 -s -D --logfile /run/iperf3.log
+say "plan|$PLAN|$BACKENDS|$SECS"
+# xenpath first: the kernel backends are not loaded yet, and each later column loads its own.
+for b in $(echo "$BACKENDS" | tr '+,' '  '); do
+  run_backend "$b"
+  stop_backend
+  [ "$b" = xenpath ] || { rmmod xen-blkback 2>/dev/null; rmmod xen-netback 2>/dev/null; }
+  say "backend|$b|end|$(now)"
+done
+exit $failures
