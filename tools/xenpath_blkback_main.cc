@@ -120,6 +120,9 @@ struct GuestVbd {
   std::vector<std::unique_ptr<sim::BlkLoad>> loads;
   std::atomic<bool> ready{false};
   uint64_t shown_ops = 0, shown_bytes = 0;
+  // The loads' final figures, kept by the guest thread when they go (read
+  // after it was joined).
+  uint64_t final_ops = 0, final_bytes = 0, final_errors = 0, final_mismatches = 0;
 };
 
 uint64_t load_sum(const GuestVbd& v, uint64_t (*f)(const sim::BlkLoadStats&)) {
@@ -190,8 +193,20 @@ void run_guest(sim::SimHost& h, DomId domid, std::vector<GuestVbd*> mine, const 
   for (sim::BlkLoad* l : all) {
     if (!l->drain(10s)) ++failed;
   }
+  // The reporter reads the loads until the run stops (a failure above ends
+  // it too); only then may they go, before the rings they were driving.
+  while (!stop.load()) std::this_thread::sleep_for(10ms);
   // The frontends go with this thread's xenstore connection and channel.
   for (GuestVbd* v : mine) {
+    for (const auto& l : v->loads) {
+      const sim::BlkLoadStats& st = l->stats();
+      v->final_ops += st.ops.get();
+      v->final_bytes += st.read_bytes.get() + st.write_bytes.get();
+      v->final_errors += st.errors.get();
+      v->final_mismatches += st.mismatches.get();
+    }
+    v->ready.store(false, std::memory_order_release);
+    v->loads.clear();
     if (!v->disk) continue;
     if (v->disk->xenbus && !v->disk->xenbus->close()) ++failed;
     v->disk->queues.clear();
@@ -326,10 +341,10 @@ int run_sim(const Options& opt) {
 
   uint64_t total = 0, errors = 0, mismatches = 0, bytes = 0;
   for (auto& v : vbds) {
-    total += load_sum(*v, [](const sim::BlkLoadStats& s) { return s.ops.get(); });
-    bytes += load_sum(*v, [](const sim::BlkLoadStats& s) { return s.read_bytes.get() + s.write_bytes.get(); });
-    errors += load_sum(*v, [](const sim::BlkLoadStats& s) { return s.errors.get(); });
-    mismatches += load_sum(*v, [](const sim::BlkLoadStats& s) { return s.mismatches.get(); });
+    total += v->final_ops;
+    bytes += v->final_bytes;
+    errors += v->final_errors;
+    mismatches += v->final_mismatches;
   }
   const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
   // The toolstack tears the guests down; then nothing may be left.
