@@ -291,6 +291,47 @@ class NetVifDevice : public ::testing::Test {
     ASSERT_EQ(w.tx_burst(0, {&p, 1}), 1u);
   }
 
+  // The guest's control ring: a granted ring page (followed by
+  // `data_pages` free pages for keys and mappings), an unbound channel, and
+  // the keys announcing both, added to `keys`.
+  struct GuestCtrlRing {
+    sim::SimFrontRing<NetifCtrlRing> ring;
+    uint32_t pfn = 0;
+    EvtchnPort port = 0;
+    uint16_t next_id = 0;
+  };
+  void open_ctrl_ring(GuestCtrlRing& c, sim::XsKeys& keys, uint32_t data_pages) {
+    auto pfn = guest_->alloc_pages(1 + data_pages);
+    ASSERT_TRUE(pfn);
+    c.pfn = *pfn;
+    ASSERT_TRUE(c.ring.init(guest_->page(c.pfn), kPageSize));
+    auto ref = guest_->grant_access(kDom0, c.pfn, false);
+    ASSERT_TRUE(ref);
+    ctrl_ref_ = *ref;
+    auto port = guest_evtchn_->bind_unbound(kDom0);
+    ASSERT_TRUE(port);
+    c.port = *port;
+    keys.emplace_back("ctrl-ring-ref", std::to_string(*ref));
+    keys.emplace_back("event-channel-ctrl", std::to_string(*port));
+  }
+  // One control message and its answer (same id and type).
+  xen_netif_ctrl_response ctrl_request(GuestCtrlRing& c, uint16_t type, uint32_t d0, uint32_t d1 = 0,
+                                       uint32_t d2 = 0) {
+    xen_netif_ctrl_request r{};
+    r.id = ++c.next_id;
+    r.type = type;
+    r.data[0] = d0;
+    r.data[1] = d1;
+    r.data[2] = d2;
+    EXPECT_TRUE(c.ring.push(r));
+    if (c.ring.flush()) (void)guest_evtchn_->notify(c.port);
+    xen_netif_ctrl_response rsp{};
+    EXPECT_TRUE(eventually([&] { return c.ring.take_responses({&rsp, 1}) == 1; }));
+    EXPECT_EQ(rsp.id, r.id);
+    EXPECT_EQ(rsp.type, type);
+    return rsp;
+  }
+
   std::unique_ptr<sim::SimHost> host_;
   std::unique_ptr<XenPlatform> platform_;
   std::unique_ptr<Reactor> control_;
@@ -439,18 +480,9 @@ TEST_F(NetVifDevice, ControlRingHashMessagesAndHashExtras) {
   start();
   GuestVif& v = plug(2);
   sim::XsKeys keys = rings(v, 1, false);
-  // The control ring: a guest page, its grant, an unbound channel.
-  auto pfn = guest_->alloc_pages(2);
-  ASSERT_TRUE(pfn);
-  sim::SimFrontRing<NetifCtrlRing> ring;
-  ASSERT_TRUE(ring.init(guest_->page(*pfn), kPageSize));
-  auto ref = guest_->grant_access(kDom0, *pfn, false);
-  ASSERT_TRUE(ref);
-  ctrl_ref_ = *ref;
-  auto port = guest_evtchn_->bind_unbound(kDom0);
-  ASSERT_TRUE(port);
-  keys.emplace_back("ctrl-ring-ref", std::to_string(*ref));
-  keys.emplace_back("event-channel-ctrl", std::to_string(*port));
+  GuestCtrlRing ctrl;
+  ASSERT_NO_FATAL_FAILURE(open_ctrl_ring(ctrl, keys, 1));
+  const uint32_t pfn = ctrl.pfn;
   ASSERT_TRUE(v.xb->connect(keys));
   const VifDevice* d = device(2);
   ASSERT_NE(d, nullptr);
@@ -459,25 +491,12 @@ TEST_F(NetVifDevice, ControlRingHashMessagesAndHashExtras) {
   // The key page (read by grant copy).
   uint8_t key_bytes[40];
   for (size_t i = 0; i < sizeof key_bytes; ++i) key_bytes[i] = static_cast<uint8_t>(0x6d + i * 7);
-  std::memcpy(guest_->page(*pfn + 1), key_bytes, sizeof key_bytes);
-  auto kref = guest_->grant_access(kDom0, *pfn + 1, true);
+  std::memcpy(guest_->page(pfn + 1), key_bytes, sizeof key_bytes);
+  auto kref = guest_->grant_access(kDom0, pfn + 1, true);
   ASSERT_TRUE(kref);
 
   auto request = [&](uint16_t type, uint32_t d0, uint32_t d1 = 0, uint32_t d2 = 0) {
-    static uint16_t id = 0;
-    xen_netif_ctrl_request r{};
-    r.id = ++id;
-    r.type = type;
-    r.data[0] = d0;
-    r.data[1] = d1;
-    r.data[2] = d2;
-    EXPECT_TRUE(ring.push(r));
-    if (ring.flush()) (void)guest_evtchn_->notify(*port);
-    xen_netif_ctrl_response rsp{};
-    EXPECT_TRUE(eventually([&] { return ring.take_responses({&rsp, 1}) == 1; }));
-    EXPECT_EQ(rsp.id, r.id);
-    EXPECT_EQ(rsp.type, type);
-    return rsp;
+    return ctrl_request(ctrl, type, d0, d1, d2);
   };
   EXPECT_EQ(request(XEN_NETIF_CTRL_TYPE_GET_HASH_FLAGS, 0).status, XEN_NETIF_CTRL_STATUS_NOT_SUPPORTED)
       << "no algorithm yet";
@@ -525,43 +544,24 @@ TEST_F(NetVifDevice, HashMappingSteersFlowsToTheGuestsQueue) {
   start();
   GuestVif& v = plug(11);
   sim::XsKeys keys = rings(v, 2, false);
-  auto pfn = guest_->alloc_pages(3);
-  ASSERT_TRUE(pfn);
-  sim::SimFrontRing<NetifCtrlRing> ring;
-  ASSERT_TRUE(ring.init(guest_->page(*pfn), kPageSize));
-  auto ref = guest_->grant_access(kDom0, *pfn, false);
-  ASSERT_TRUE(ref);
-  ctrl_ref_ = *ref;
-  auto port = guest_evtchn_->bind_unbound(kDom0);
-  ASSERT_TRUE(port);
-  keys.emplace_back("ctrl-ring-ref", std::to_string(*ref));
-  keys.emplace_back("event-channel-ctrl", std::to_string(*port));
+  GuestCtrlRing ctrl;
+  ASSERT_NO_FATAL_FAILURE(open_ctrl_ring(ctrl, keys, 2));
+  const uint32_t pfn = ctrl.pfn;
   ASSERT_TRUE(v.xb->connect(keys));
   const VifDevice* d = device(11);
   ASSERT_NE(d, nullptr);
   ASSERT_EQ(d->queue_count(), 2u);
   uint8_t key_bytes[40];
   for (size_t i = 0; i < sizeof key_bytes; ++i) key_bytes[i] = static_cast<uint8_t>(i * 13 + 1);
-  std::memcpy(guest_->page(*pfn + 1), key_bytes, sizeof key_bytes);
-  auto kref = guest_->grant_access(kDom0, *pfn + 1, true);
+  std::memcpy(guest_->page(pfn + 1), key_bytes, sizeof key_bytes);
+  auto kref = guest_->grant_access(kDom0, pfn + 1, true);
   ASSERT_TRUE(kref);
   const uint32_t to_queue1[2] = {1, 1};
-  std::memcpy(guest_->page(*pfn + 2), to_queue1, sizeof to_queue1);
-  auto mref = guest_->grant_access(kDom0, *pfn + 2, true);
+  std::memcpy(guest_->page(pfn + 2), to_queue1, sizeof to_queue1);
+  auto mref = guest_->grant_access(kDom0, pfn + 2, true);
   ASSERT_TRUE(mref);
-  uint16_t id = 0;
   auto request = [&](uint16_t type, uint32_t d0, uint32_t d1 = 0, uint32_t d2 = 0) {
-    xen_netif_ctrl_request r{};
-    r.id = ++id;
-    r.type = type;
-    r.data[0] = d0;
-    r.data[1] = d1;
-    r.data[2] = d2;
-    EXPECT_TRUE(ring.push(r));
-    if (ring.flush()) (void)guest_evtchn_->notify(*port);
-    xen_netif_ctrl_response rsp{};
-    EXPECT_TRUE(eventually([&] { return ring.take_responses({&rsp, 1}) == 1; }));
-    return rsp.status;
+    return ctrl_request(ctrl, type, d0, d1, d2).status;
   };
   ASSERT_EQ(request(XEN_NETIF_CTRL_TYPE_SET_HASH_ALGORITHM, XEN_NETIF_CTRL_HASH_ALGORITHM_TOEPLITZ),
             XEN_NETIF_CTRL_STATUS_SUCCESS);
