@@ -135,6 +135,7 @@ nlohmann::json BackendDaemon::collect() {
     workers.push_back({{"name", w->name()},
                        {"iterations", r.iterations},
                        {"busy_iterations", r.busy_iterations},
+                       {"busy_ns", r.busy_ns},
                        {"sleeps", r.sleeps},
                        {"uring_submits", r.uring_submits},
                        {"uring_sqes", r.uring_sqes}});

@@ -229,10 +229,10 @@ void Reactor::Impl::loop() noexcept {
   auto last_work = std::chrono::steady_clock::now();
   while (!stop_requested.load(std::memory_order_acquire)) {
     ++stats.iterations;
+    const auto t0 = std::chrono::steady_clock::now();
     const bool work = run_work();
     int timeout = 0;
-    if (!work && !stop_requested.load(std::memory_order_acquire) &&
-        std::chrono::steady_clock::now() - last_work >= opts.poll_window) {
+    if (!work && !stop_requested.load(std::memory_order_acquire) && t0 - last_work >= opts.poll_window) {
       // Every poller re-arms (each must be armed before we sleep, whatever
       // the others say), and any late work cancels the sleep.
       bool late = false;
@@ -254,10 +254,14 @@ void Reactor::Impl::loop() noexcept {
       if (errno != EINTR) log.error("epoll_wait: {}", error_string(errno));
       n = 0;
     }
+    // Time asleep in epoll_wait is not busy time; what the woken handlers do is.
+    const auto t_wake = timeout < 0 ? std::chrono::steady_clock::now() : t0;
     const bool fd_work = dispatch_events(evs, n);
     if (work || fd_work) {
       ++stats.busy_iterations;
       last_work = std::chrono::steady_clock::now();
+      stats.busy_ns += static_cast<uint64_t>(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(last_work - t_wake).count());
     }
   }
   finish_loop();

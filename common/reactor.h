@@ -47,6 +47,11 @@ class UringCompletion {
 struct ReactorStats {
   uint64_t iterations = 0;
   uint64_t busy_iterations = 0;
+  // Wall time spent in iterations that did work (pollers, fd handlers,
+  // completions), not in spinning or sleeping: what the thread's datapath
+  // costs, as SPDK's busy_tsc. Divided by packets or requests it gives a
+  // per-item cost that does not depend on how long the poll window spins.
+  uint64_t busy_ns = 0;
   uint64_t sleeps = 0;           // epoll_wait calls that blocked
   uint64_t wakeups_by_arm = 0;   // sleeps avoided by a final check
   uint64_t uring_submits = 0;    // io_uring_submit calls

@@ -67,9 +67,49 @@ TEST(ReactorTest, SleepsWhenIdle) {
   EXPECT_EQ(s.iterations, 1u) << "one iteration, then asleep until stop()";
   EXPECT_EQ(s.sleeps, 1u);
   EXPECT_EQ(s.busy_iterations, 0u);
+  EXPECT_EQ(s.busy_ns, 0u) << "sleeping is not busy time";
   EXPECT_EQ(s.wakeups_by_arm, 0u);
   EXPECT_EQ(p.polls.load(), 1u);
   EXPECT_EQ(p.arms.load(), 1u);
+}
+
+// A poller that works for a measured while on its first few polls: the
+// reactor's busy time covers at least that work and none of the idle spin or
+// the sleep that follow.
+class TimedWorkPoller : public Poller {
+ public:
+  bool poll() noexcept override {
+    if (done >= 3) return false;
+    const auto t0 = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - t0 < 2ms) {
+    }
+    worked += std::chrono::steady_clock::now() - t0;
+    ++done;
+    return true;
+  }
+  bool arm() noexcept override { return false; }
+  int done = 0;
+  std::chrono::nanoseconds worked{0};
+};
+
+TEST(ReactorTest, BusyTimeCountsWorkNotSpinOrSleep) {
+  Reactor::Options o;
+  o.poll_window = 20ms;  // a long spin after the work, which is not busy time
+  o.uring_entries = 0;
+  auto r = make_reactor(o);
+  ASSERT_TRUE(r);
+  TimedWorkPoller p;
+  r->add_poller(&p);
+  ASSERT_TRUE(r->start());
+  std::this_thread::sleep_for(100ms);
+  r->stop();
+  const ReactorStats& s = r->stats();
+  ASSERT_EQ(p.done, 3);
+  EXPECT_EQ(s.busy_iterations, 3u);
+  EXPECT_GE(s.busy_ns, static_cast<uint64_t>(p.worked.count()));
+  // The 20 ms spin and the sleep until stop() are ~95 ms of wall time that
+  // must not count; the margin is for a preempted thread on a shared machine.
+  EXPECT_LT(s.busy_ns, static_cast<uint64_t>(p.worked.count()) + 50'000'000u);
 }
 
 TEST(ReactorTest, IterationsBoundedWhileIdleWithPollWindow) {

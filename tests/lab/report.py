@@ -18,7 +18,7 @@ METRICS = [  # (key, label, higher is better)
 
 
 def parse(path):
-    res, checks, notes = {}, [], []
+    res, checks, notes, xo = {}, [], [], {}
     end_rc, fatal, started, ended = None, None, set(), set()
     with open(path, "rb") as f:
         for raw in f:
@@ -36,11 +36,17 @@ def parse(path):
                 (started if p[3] == "start" else ended).add(p[2])
             elif kind == "end" and len(p) >= 3:
                 end_rc = int(p[2]) if p[2].lstrip("-").isdigit() else -1
+            elif kind == "xo" and len(p) >= 10:
+                # LAB|xo|case|mode|packets|bytes|busy_ns|mapped_pages|copied_bytes|kbit_s|cpu_ns,
+                # one line per round.
+                v = [num(x) or 0 for x in p[4:11]]
+                xo.setdefault(p[2], {}).setdefault(p[3], []).append(dict(zip(
+                    ("packets", "bytes", "busy_ns", "mapped_pages", "copied_bytes", "kbit_s", "cpu_ns"), v)))
             elif kind == "fatal":
                 fatal = "|".join(p[2:])
             else:
                 notes.append(line)
-    return res, checks, end_rc, fatal, started, ended, notes
+    return res, checks, end_rc, fatal, started, ended, notes, xo
 
 
 def num(v):
@@ -48,6 +54,43 @@ def num(v):
         return float(v)
     except (TypeError, ValueError):
         return None
+
+
+def print_crossover(xo):
+    """Guest TX cost per packet in the backend, copy vs map, per traffic case (crossover plan):
+    the rounds summed (total time over total packets), with the per-round spread."""
+    print()
+    print("guest TX through xenpath-netback, backend time per packet: copy every byte vs map the remainder")
+    head = "%-8s %9s  %-24s %-24s %8s %8s %11s %11s" % (
+        "case", "bytes/pkt", "copy busy us/pkt (range)", "map busy us/pkt (range)", "map/copy",
+        "cpu m/c", "copy Mbit/s", "map Mbit/s")
+    print(head)
+    print("-" * len(head))
+
+    def total(rounds, k):
+        return sum(r.get(k, 0) for r in rounds)
+
+    def per(rounds, k):
+        n = total(rounds, "packets")
+        return total(rounds, k) / n / 1000 if n else None
+
+    def spread(rounds):
+        v = [r["busy_ns"] / r["packets"] / 1000 for r in rounds if r.get("packets")]
+        return "%.0f (%.0f-%.0f)" % (per(rounds, "busy_ns"), min(v), max(v)) if v else "-"
+
+    for case, modes in xo.items():
+        c, m = modes.get("copy", []), modes.get("map", [])
+        any_rounds = c or m
+        size = total(any_rounds, "bytes") / max(1, total(any_rounds, "packets"))
+        bc, bm = per(c, "busy_ns"), per(m, "busy_ns")
+        cc, cm = per(c, "cpu_ns"), per(m, "cpu_ns")
+        mbit = lambda rs: "%.1f" % (total(rs, "kbit_s") / len(rs) / 1000) if rs else "-"
+        print("%-8s %9.0f  %-24s %-24s %8s %8s %11s %11s" % (
+            case, size, spread(c), spread(m),
+            "%.2f" % (bm / bc) if bc and bm else "-", "%.2f" % (cm / cc) if cc and cm else "-",
+            mbit(c), mbit(m)))
+        if m and not total(m, "mapped_pages"):
+            print("  (%s: map mode mapped no pages)" % case)
 
 
 def main():
@@ -61,7 +104,7 @@ def main():
     ap.add_argument("--total-s", type=int, default=0)
     a = ap.parse_args()
     backends = a.backends.split(",")
-    res, checks, end_rc, fatal, started, ended, notes = parse(a.log)
+    res, checks, end_rc, fatal, started, ended, notes, xo = parse(a.log)
 
     problems = []
     if a.qemu_rc == 124:
@@ -84,8 +127,9 @@ def main():
     head = "metric".ljust(w0) + "".join(b.rjust(12) for b in cols) + ("  xenpath/kernel" if ratio else "")
     print()
     print("lab (%s plan, Xen 4.17 nested in QEMU TCG)" % a.plan)
-    print(head)
-    print("-" * len(head))
+    if any(k in res.get(b, {}) for b in cols for k, _, _ in METRICS):
+        print(head)
+        print("-" * len(head))
     for key, label, _ in METRICS:
         vals = [res.get(b, {}).get(key) for b in cols]
         if all(v is None for v in vals):
@@ -99,6 +143,8 @@ def main():
         for k, v in res.get(b, {}).items():
             if k not in [m[0] for m in METRICS]:
                 print("  %s %s: %s" % (b, k, v))
+    if xo:
+        print_crossover(xo)
     print()
     for c in checks:
         print("  [%s] %-8s %-24s %s" % ("ok" if c["ok"] else "FAIL", c["backend"], c["check"], c["detail"]))
@@ -108,7 +154,7 @@ def main():
         "plan": a.plan, "backends": backends, "pass": ok, "problems": problems,
         "results": {b: {k: (num(v) if num(v) is not None else v) for k, v in res.get(b, {}).items()}
                     for b in cols},
-        "checks": checks, "seconds": {"boot_to_end": a.boot_s, "total": a.total_s},
+        "crossover": xo, "checks": checks, "seconds": {"boot_to_end": a.boot_s, "total": a.total_s},
     }
     with open(a.json, "w") as f:
         json.dump(out, f, indent=2)

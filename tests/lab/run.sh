@@ -3,7 +3,7 @@
 # the same run, the kernel backends (and QEMU qdisk), a stock Debian PV guest running fio and
 # iperf3 against each. Prints a side-by-side table, writes JSON, exits non-zero on any failure.
 #
-#   tests/lab/run.sh [--plan short|full] [--backends xenpath,kernel,qdisk] [--secs N]
+#   tests/lab/run.sh [--plan short|full|crossover] [--backends xenpath,kernel,qdisk] [--secs N]
 #                    [--timeout S] [--json PATH] [--no-build]
 #
 # See tests/lab/README.md. Needs root, qemu-system-x86, debootstrap, cpio (installed if missing).
@@ -27,7 +27,8 @@ done
 case "$plan" in
   short) backends="${backends:-xenpath,kernel}"; tmo="${tmo:-1200}" ;;
   full) backends="${backends:-xenpath,kernel,qdisk}"; tmo="${tmo:-2400}" ;;
-  *) echo "run.sh: --plan short|full" >&2; exit 2 ;;
+  crossover) backends=xenpath; tmo="${tmo:-1200}" ;;
+  *) echo "run.sh: --plan short|full|crossover" >&2; exit 2 ;;
 esac
 for b in ${backends//,/ }; do
   case "$b" in xenpath|kernel|qdisk) ;; *) echo "run.sh: unknown backend $b" >&2; exit 2 ;; esac

@@ -11,8 +11,13 @@ arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^lab\.$1=//p" | tail -n1; }
 PLAN="$(arg plan)"; PLAN="${PLAN:-short}"
 BACKENDS="$(arg backends | tr '+' ',')"; BACKENDS="${BACKENDS:-xenpath,kernel}"
 SECS="$(arg secs)"
-if [ "$PLAN" = full ]; then TESTS=verify,randread,seqread,net_tx,net_rx; SECS="${SECS:-10}"
-else TESTS=verify,randread,net_tx; SECS="${SECS:-5}"; fi
+case "$PLAN" in
+  full) TESTS=verify,randread,seqread,net_tx,net_rx; SECS="${SECS:-10}" ;;
+  crossover) TESTS=serve; SECS="${SECS:-5}"; BACKENDS=xenpath ;;
+  *) TESTS=verify,randread,net_tx; SECS="${SECS:-5}" ;;
+esac
+# Extra xenpath-netback options (the crossover plan sets --tx-copy-below per mode).
+NETBACK_ARGS=""
 DOM0_IP=169.254.100.1 GUEST_IP=169.254.100.2
 DISK=/lab/disk/disk.img
 NOOP=/etc/xen/scripts/lab-noop
@@ -169,8 +174,9 @@ start_backend() {
         > /run/xenpath-blkback.log 2>&1 &
       BLK_PID=$!
       if [ -x /usr/local/bin/xenpath-netback ]; then
+        # shellcheck disable=SC2086
         xenpath-netback --platform xen --stats-file /run/xenpath-netback.json --stats-interval-ms 200 \
-          > /run/xenpath-netback.log 2>&1 &
+          $NETBACK_ARGS > /run/xenpath-netback.log 2>&1 &
         NET_PID=$!
         HAVE_NETBACK=1
       else
@@ -307,8 +313,83 @@ run_backend() {
   fi
 }
 
+# ---- the copy/map crossover of guest TX (issue 4) ----
+# The guest serves iperf3; dom0 runs `iperf3 -R` so the guest sends, over UDP datagrams of a
+# few sizes (one slot each: 128 header bytes copied, the remainder copied or mapped) and TCP
+# (GSO: page-sized slots). For each, the netback workers' busy time (reactor busy_ns: time in
+# iterations that did work, not the poll-window spin) over the guest packets moved is the
+# backend's cost per packet. The daemon runs once per mode: --tx-copy-below 4097 (copy every
+# byte, the default) and 0 (map every remainder, as Linux netback), alternating, twice each
+# (lab.xo_rounds=N), so that drift on a shared host hits both modes alike. The daemon's process
+# CPU time (utime+stime, which includes the poll-window spin) is reported beside it.
+XO_STATS='
+import json, sys
+d = json.load(open(sys.argv[1]))
+q = [q for v in d.get("vifs", []) for q in v.get("queues", [])]
+s = lambda k: sum(int(x.get(k, 0)) for x in q)
+busy = sum(int(w.get("busy_ns", 0)) for w in d.get("workers", []))
+f = open("/proc/%s/stat" % sys.argv[2]).read().rsplit(")", 1)[1].split()
+cpu = (int(f[11]) + int(f[12])) * 1000000000 // os.sysconf("SC_CLK_TCK")  # utime + stime
+print(s("tx_packets"), s("tx_bytes"), busy, s("tx_mapped_pages"), s("tx_copied_bytes"), cpu)'
+xo_snap() {
+  sleep 0.6
+  python3 -c "import os; $XO_STATS" /run/xenpath-netback.json "$NET_PID" 2>/dev/null || echo "0 0 0 0 0 0"
+}
+
+xo_case() {  # mode case iperf3-args...
+  local mode="$1" case="$2"; shift 2
+  local a b out kbps
+  a="$(xo_snap)"
+  out="$(timeout $((SECS + 30)) iperf3 -c "$GUEST_IP" -R -t "$SECS" -f k "$@" 2>&1)"
+  b="$(xo_snap)"
+  kbps="$(echo "$out" | grep receiver | tail -n1 | awk '{for (f = 1; f < NF; f++) if ($(f + 1) == "Kbits/sec") print $f}')"
+  # LAB|xo|case|mode|packets|bytes|busy_ns|mapped_pages|copied_bytes|kbit_s|cpu_ns
+  say "xo|$case|$mode|$(echo "$a $b" | awk '{printf "%d|%d|%d|%d|%d", $7-$1, $8-$2, $9-$3, $10-$4, $11-$5}')|${kbps:-0}|$(echo "$a $b" | awk '{printf "%d", $12-$6}')"
+  [ -n "$kbps" ] || { echo "$out" | tail -n 3; return 1; }
+}
+
+run_crossover() {
+  local mode copy_below ok i
+  say "backend|xenpath|start|$(now)"
+  local rounds modes="" r
+  rounds="$(arg xo_rounds)"; rounds="${rounds:-2}"
+  for r in $(seq "$rounds"); do modes="$modes copy:4097 map:0"; done
+  for mode in $modes; do
+    copy_below="${mode#*:}"; mode="${mode%%:*}"
+    NETBACK_ARGS="--tx-copy-below $copy_below"
+    start_backend xenpath || { stop_backend; continue; }
+    [ $HAVE_NETBACK = 1 ] || { check xenpath "xo-$mode" fail "no netback"; stop_backend; continue; }
+    if ! create xenpath serve 1 || ! wait_guest "$NAME" 'done' 300; then
+      check xenpath "xo-$mode" fail "guest did not come up"; [ -n "$DOMID" ] && destroy "$NAME"
+      stop_backend; continue
+    fi
+    # dom0's end of the vif is configured in the background: wait until the guest answers.
+    i=0
+    until timeout 20 iperf3 -c "$GUEST_IP" -R -t 1 >/dev/null 2>&1; do
+      i=$((i + 1)); [ $i -lt 30 ] || break; sleep 1
+    done
+    ok=1
+    xo_case "$mode" udp256 -u -b 0 -l 256 || ok=0
+    xo_case "$mode" udp1024 -u -b 0 -l 1024 || ok=0
+    xo_case "$mode" udp1472 -u -b 0 -l 1472 || ok=0
+    xo_case "$mode" tcp || ok=0
+    [ $ok = 1 ] && check xenpath "xo-$mode" ok "--tx-copy-below $copy_below" ||
+      check xenpath "xo-$mode" fail "an iperf3 run failed"
+    destroy "$NAME"
+    backend_released "$DOMID" || check xenpath "xo-$mode-release" fail "backend nodes of $DOMID remain"
+    daemons_alive_and_released xenpath "xo-$mode"
+    stop_backend
+  done
+  NETBACK_ARGS=""
+  say "backend|xenpath|end|$(now)"
+}
+
 iperf3 -s -D --logfile /run/iperf3.log
 say "plan|$PLAN|$BACKENDS|$SECS"
+if [ "$PLAN" = crossover ]; then
+  run_crossover
+  exit $failures
+fi
 # xenpath first: the kernel backends are not loaded yet, and each later column loads its own.
 for b in $(echo "$BACKENDS" | tr '+,' '  '); do
   run_backend "$b"
