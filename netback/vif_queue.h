@@ -236,6 +236,10 @@ class VifQueue final : public Poller, public EvtchnTarget {
   void apply_multicast(uint8_t type, const MulticastFilter::Mac& addr) noexcept;
   // Queue thread: the control ring's hash configuration (RX packets then
   // carry a HASH extra when the algorithm is Toeplitz); null for none.
+  // The hash is always this VIF's own (its key, its types): a hash the
+  // packet carries (PacketMeta::hash: another guest's TX extra, a NIC's
+  // RSS) is never passed on, as Linux's xenvif_set_skb_hash recomputes
+  // skb->hash and only a software hash of its own becomes an extra.
   void set_hash(std::shared_ptr<const NetifCtrl> hash) noexcept { hash_ = std::move(hash); }
   // Queue thread: the backend's "rate" key changed (xen_net_rate_changed).
   void set_rate(const RateSpec& spec) noexcept;
