@@ -7,6 +7,7 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cassert>
 #include <condition_variable>
@@ -47,6 +48,7 @@ struct Reactor::Impl {
     int fd;
     bool timer;
     FdHandler handler;
+    bool oneshot = false;  // a timer armed by arm_timer()
   };
 
   explicit Impl(const Options& o) : opts(o), log("reactor " + o.name + ": ") {}
@@ -288,7 +290,7 @@ void Reactor::Impl::finish_loop() noexcept {
 
 Status Reactor::Impl::add_watch(int fd, uint32_t events, bool timer, FdHandler handler, uint64_t* key_out) noexcept {
   try {
-    auto w = std::make_shared<Watch>(Watch{fd, timer, std::move(handler)});
+    auto w = std::make_shared<Watch>(Watch{fd, timer, std::move(handler), false});
     const uint64_t key = next_key++;
     epoll_event ev{};
     ev.events = events;
@@ -521,6 +523,45 @@ Result<Reactor::TimerId> Reactor::add_timer(std::chrono::nanoseconds period, Tas
     return unexpected(st.error());
   }
   return key;
+}
+
+Result<Reactor::TimerId> Reactor::add_oneshot_timer(Task fn) noexcept {
+  assert(impl_->on_owner_side());
+  if (!fn) return unexpected(EINVAL);
+  // Created disarmed: not readable until arm_timer().
+  const int tfd = ::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  if (tfd < 0) return unexpected_errno();
+  FdHandler h = [tfd, fn = std::move(fn)](uint32_t) {
+    uint64_t expirations = 0;
+    if (::read(tfd, &expirations, sizeof expirations) == static_cast<ssize_t>(sizeof expirations) && expirations != 0) fn();
+  };
+  uint64_t key = 0;
+  if (auto st = impl_->add_watch(tfd, EPOLLIN, true, std::move(h), &key); !st) {
+    ::close(tfd);
+    return unexpected(st.error());
+  }
+  impl_->watches[key]->oneshot = true;
+  return key;
+}
+
+Status Reactor::arm_timer(TimerId id, std::chrono::steady_clock::time_point when) noexcept {
+  assert(impl_->on_owner_side());
+  auto it = impl_->watches.find(id);
+  if (it == impl_->watches.end() || !it->second->timer || !it->second->oneshot) return unexpected(EINVAL);
+  itimerspec its{};
+  int flags = 0;
+  if (when != std::chrono::steady_clock::time_point{}) {
+    // libstdc++'s steady_clock is CLOCK_MONOTONIC: an absolute expiry, so
+    // the delay spent getting here is not added to it. A zero it_value
+    // would disarm: the earliest expiry is 1 ns.
+    const auto ns = std::max<int64_t>(
+        1, std::chrono::duration_cast<std::chrono::nanoseconds>(when.time_since_epoch()).count());
+    its.it_value.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+    its.it_value.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+    flags = TFD_TIMER_ABSTIME;
+  }
+  if (::timerfd_settime(it->second->fd, flags, &its, nullptr) < 0) return unexpected_errno();
+  return ok();
 }
 
 void Reactor::cancel_timer(TimerId id) noexcept {

@@ -99,6 +99,15 @@ class Reactor {
   Status watch_fd(int fd, uint32_t epoll_events, FdHandler handler) noexcept;
   void unwatch_fd(int fd) noexcept;
   Result<TimerId> add_timer(std::chrono::nanoseconds period, Task fn) noexcept;
+  // A one-shot timer, created disarmed (no fd event, no wake-up until
+  // armed): arm_timer() sets or moves its expiry, and `fn` runs once per
+  // arming that expires. For deadlines known exactly (a rate limiter's
+  // replenish) instead of a periodic re-check.
+  Result<TimerId> add_oneshot_timer(Task fn) noexcept;
+  // Arms (or re-arms) a one-shot timer for `when` (steady_clock, i.e.
+  // CLOCK_MONOTONIC); a time already past fires at once. A default
+  // time_point disarms it. EINVAL for an unknown or periodic timer.
+  Status arm_timer(TimerId id, std::chrono::steady_clock::time_point when) noexcept;
   void cancel_timer(TimerId id) noexcept;
 
   // io_uring of this reactor (nullptr when uring_entries == 0). Pollers get

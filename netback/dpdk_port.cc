@@ -30,6 +30,7 @@
 #include <rte_lcore.h>
 #include <rte_log.h>
 #include <rte_mbuf.h>
+#include <rte_mbuf_dyn.h>
 #include <rte_mempool.h>
 #include <rte_net.h>
 #include <rte_ring.h>
@@ -55,6 +56,15 @@ constexpr uint64_t kTxMetaMask = RTE_MBUF_F_TX_IPV4 | RTE_MBUF_F_TX_IPV6 | RTE_M
                                  RTE_MBUF_F_TX_L4_MASK | RTE_MBUF_F_TX_TCP_SEG;
 constexpr uint64_t kRxMetaMask =
     RTE_MBUF_F_RX_L4_CKSUM_MASK | RTE_MBUF_F_RX_IP_CKSUM_MASK | RTE_MBUF_F_RX_LRO;
+// PacketMeta::kHashL4 rides in a dynamic mbuf flag (registered once by
+// DpdkEnv::init; 0 when that failed, and L4 hashes then read back as L3,
+// which is what a consumer may always assume of an L4 hash). The hash
+// itself is an RSS hash (RTE_MBUF_F_RX_RSS_HASH, hash.rss): what an mbuf
+// peer such as net_ring passes through untouched and what a NIC's receive
+// fills in.
+std::atomic<uint64_t> g_hash_l4_flag{0};
+constexpr const char* kHashL4FlagName = "xenpath_dynflag_hash_l4";
+
 constexpr uint8_t kTcpFlagFin = 0x01;
 constexpr uint8_t kTcpFlagPsh = 0x08;
 constexpr uint8_t kTcpFlagCwr = 0x80;
@@ -410,6 +420,11 @@ PacketMeta meta(const PacketBuf* p) noexcept {
   if ((f & RTE_MBUF_F_RX_L4_CKSUM_MASK) == RTE_MBUF_F_RX_L4_CKSUM_GOOD) r.flags |= PacketMeta::kL4CsumVerified;
   if ((f & RTE_MBUF_F_RX_L4_CKSUM_MASK) == RTE_MBUF_F_RX_L4_CKSUM_BAD) r.flags |= PacketMeta::kL4CsumBad;
   if ((f & RTE_MBUF_F_RX_IP_CKSUM_MASK) == RTE_MBUF_F_RX_IP_CKSUM_BAD) r.flags |= PacketMeta::kIpCsumBad;
+  if ((f & RTE_MBUF_F_RX_RSS_HASH) != 0) {
+    const uint64_t l4 = g_hash_l4_flag.load(std::memory_order_relaxed);
+    r.hash = m->hash.rss;
+    r.hash_type = (l4 != 0 && (f & l4) != 0) ? PacketMeta::kHashL4 : PacketMeta::kHashL3;
+  }
   return r;
 }
 
@@ -427,8 +442,15 @@ bool set_meta(PacketBuf* p, const PacketMeta& in) noexcept {
   if (seg && (!tcp || (!v4 && !v6) || in.mss == 0)) return false;
   if (l4_pending && (!(tcp || udp) || (!v4 && !v6))) return false;
   if (ip_pending && !v4) return false;
+  if (in.hash_type > PacketMeta::kHashL4) return false;
 
-  uint64_t f = m->ol_flags & ~(kTxMetaMask | kRxMetaMask);
+  const uint64_t hash_l4 = g_hash_l4_flag.load(std::memory_order_relaxed);
+  uint64_t f = m->ol_flags & ~(kTxMetaMask | kRxMetaMask | RTE_MBUF_F_RX_RSS_HASH | hash_l4);
+  if (in.hash_type != PacketMeta::kHashNone) {
+    f |= RTE_MBUF_F_RX_RSS_HASH;
+    if (in.hash_type == PacketMeta::kHashL4) f |= hash_l4;
+    m->hash.rss = in.hash;
+  }
   uint32_t pt = RTE_PTYPE_L2_ETHER;
   if (v4) {
     f |= RTE_MBUF_F_TX_IPV4;
@@ -692,6 +714,7 @@ class DpdkPool final : public PacketPool {
       ms[i]->ol_flags = (ms[i]->ol_flags & ~(RTE_MBUF_F_TX_TCP_SEG | RTE_MBUF_F_TX_L4_MASK)) |
                         RTE_MBUF_F_TX_TCP_CKSUM | (v4 ? RTE_MBUF_F_TX_IP_CKSUM : 0);
       ms[i]->tso_segsz = 0;
+      ms[i]->hash = m->hash;  // every segment is of the packet's flow
     }
     m->ol_flags = f & ~RTE_MBUF_F_TX_TCP_SEG;
     return static_cast<size_t>(n);
@@ -716,6 +739,7 @@ class DpdkPool final : public PacketPool {
     auto* dst = reinterpret_cast<std::byte*>(rte_pktmbuf_append(n, static_cast<uint16_t>(m->pkt_len)));
     pkt::copy_out(pb(m), 0, {dst, m->pkt_len});
     n->ol_flags = m->ol_flags;
+    n->hash = m->hash;
     n->packet_type = m->packet_type;
     n->tx_offload = m->tx_offload;
     n->port = m->port;
@@ -1145,6 +1169,13 @@ Result<DpdkEnv*> DpdkEnv::init(const DpdkEnvOptions& opts) noexcept {
       g_init_error = rte_errno != 0 ? rte_errno : EINVAL;
       spdlog::error("dpdk: rte_eal_init failed: {}", rte_strerror(g_init_error));
       return unexpected(g_init_error);
+    }
+    rte_mbuf_dynflag l4desc{};
+    std::snprintf(l4desc.name, sizeof l4desc.name, "%s", kHashL4FlagName);
+    if (const int bit = rte_mbuf_dynflag_register(&l4desc); bit >= 0) {
+      g_hash_l4_flag.store(uint64_t{1} << bit, std::memory_order_relaxed);
+    } else {
+      spdlog::warn("dpdk: cannot register the {} mbuf flag: L4 flow hashes pass as L3", kHashL4FlagName);
     }
     g_env = new DpdkEnv(std::move(args));
     spdlog::info("dpdk: EAL up ({}), IOVA mode {}", rte_version(),

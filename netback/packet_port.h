@@ -47,6 +47,20 @@ struct PacketMeta {
   uint16_t l3_len = 0;  // IP header incl. options / IPv6 extension headers
   uint16_t l4_len = 0;  // TCP header incl. options, or 8 for UDP
   uint16_t mss = 0;     // TCP payload bytes per segment when kSegment
+  // A flow hash that travels with the packet (Linux's skb->hash): a guest's
+  // XEN_NETIF_EXTRA_TYPE_HASH on TX, a NIC's RSS hash on receive. Which
+  // fields it covers is all a consumer may assume about it (Linux's
+  // PKT_HASH_TYPE_L3/L4); it is opaque otherwise, and guest-chosen when it
+  // came from a guest, so netback never hands it to another guest: a VIF
+  // with a Toeplitz hash configuration recomputes with its own key (Linux
+  // xenvif_set_skb_hash overwrites skb->hash the same way).
+  enum HashType : uint8_t {
+    kHashNone = 0,
+    kHashL3 = 1,  // addresses only
+    kHashL4 = 2,  // addresses and ports
+  };
+  uint8_t hash_type = kHashNone;
+  uint32_t hash = 0;  // meaningful when hash_type != kHashNone
 
   [[nodiscard]] bool has(uint32_t f) const noexcept { return (flags & f) == f; }
   [[nodiscard]] uint32_t header_len() const noexcept {

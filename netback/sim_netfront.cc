@@ -102,7 +102,8 @@ Status SimNetfront::send(const TxFrame& f) noexcept {
   }
   if (sum != total) return unexpected(EINVAL);
   const bool gso = f.gso_type != XEN_NETIF_GSO_TYPE_NONE;
-  if (tx_.free_slots() < sizes.size() + (gso ? 1 : 0) || tx_free_.size() < sizes.size()) return unexpected(EAGAIN);
+  const unsigned extras = (gso ? 1u : 0u) + (f.has_hash ? 1u : 0u);
+  if (tx_.free_slots() < sizes.size() + extras || tx_free_.size() < sizes.size()) return unexpected(EAGAIN);
   size_t off = 0;
   for (size_t i = 0; i < sizes.size(); ++i) {
     const uint16_t page_off = i == 0 ? f.first_offset : 0;
@@ -117,17 +118,29 @@ Status SimNetfront::send(const TxFrame& f) noexcept {
     if (i == 0) {
       if (f.csum_blank) r.flags |= NETTXF_csum_blank;
       if (f.data_validated) r.flags |= NETTXF_data_validated;
-      if (gso) r.flags |= NETTXF_extra_info;
+      if (extras > 0) r.flags |= NETTXF_extra_info;
     }
     (void)tx_.push(r);
+    auto push_extra = [&](netif_extra_info e, bool more) {
+      if (more) e.flags |= XEN_NETIF_EXTRA_FLAG_MORE;
+      netif_tx_request raw{};
+      std::memcpy(&raw, &e, sizeof(e));
+      (void)tx_.push(raw);
+    };
     if (i == 0 && gso) {
       netif_extra_info e{};
       e.type = XEN_NETIF_EXTRA_TYPE_GSO;
       e.u.gso.type = f.gso_type;
       e.u.gso.size = f.gso_size;
-      netif_tx_request raw{};
-      std::memcpy(&raw, &e, sizeof(e));
-      (void)tx_.push(raw);
+      push_extra(e, f.has_hash);
+    }
+    if (i == 0 && f.has_hash) {
+      netif_extra_info e{};
+      e.type = XEN_NETIF_EXTRA_TYPE_HASH;
+      e.u.hash.type = f.hash_type;
+      e.u.hash.algorithm = XEN_NETIF_CTRL_HASH_ALGORITHM_TOEPLITZ;
+      std::memcpy(e.u.hash.value, &f.hash_value, sizeof f.hash_value);  // LSB first (x86)
+      push_extra(e, false);
     }
     off += sizes[i];
   }

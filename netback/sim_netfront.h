@@ -44,6 +44,10 @@ class SimNetfront {
     bool data_validated = false;
     uint8_t gso_type = XEN_NETIF_GSO_TYPE_NONE;
     uint16_t gso_size = 0;
+    // A XEN_NETIF_EXTRA_TYPE_HASH extra (after the GSO one when both).
+    bool has_hash = false;
+    uint8_t hash_type = 0;  // _XEN_NETIF_CTRL_HASH_TYPE_*
+    uint32_t hash_value = 0;
   };
 
   struct RxFrame {

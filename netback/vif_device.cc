@@ -477,6 +477,32 @@ void VifDevice::backend_key_changed(XenStore& xs, std::string_view key) noexcept
   }
 }
 
+namespace {
+constexpr std::string_view kMulticastControlKey = "request-multicast-control";
+constexpr std::array<std::string_view, 1> kFrontendWatches = {kMulticastControlKey};
+}  // namespace
+
+std::span<const std::string_view> VifDevice::frontend_watches() const noexcept { return kFrontendWatches; }
+
+void VifDevice::frontend_key_changed(XenStore& xs, std::string_view key) noexcept {
+  if (key != kMulticastControlKey) return;
+  // Absent or not a number: off, as xenbus_read_unsigned(..., 0).
+  auto v = read_flag(xs, kXsNoTxn, addr_.frontend_path, kMulticastControlKey, 0);
+  if (!v) return;  // the store failed: keep what is in force
+  const bool on = *v != 0;
+  if (on == front_.multicast_control) return;
+  front_.multicast_control = on;
+  auto sibs = std::static_pointer_cast<VifSiblings>(siblings_);
+  if (!sibs) return;  // not connected: the next connect reads it again
+  log_.info("multicast control {}", on ? "on" : "off");
+  for (auto& e : sibs->entries) {
+    VifSiblings::Entry* ep = &e;
+    ep->reactor->post([sibs, ep, on] {
+      if (ep->alive) ep->queue->set_multicast_control(on);
+    });
+  }
+}
+
 // ---------------------------------------------------------------------------
 
 Result<std::unique_ptr<BackendDevice>> VifDeviceType::create(const DeviceAddress& addr, XenStore& xs,

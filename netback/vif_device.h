@@ -22,7 +22,9 @@
 //     drain), feature-sg, feature-gso-tcpv4/6 (GSO only with sg, as Linux's
 //     netdev features), feature-no-csum-offload, feature-ipv6-csum-offload,
 //     request-multicast-control: flags, absent or not a number = 0 (as
-//     xenbus_read_unsigned);
+//     xenbus_read_unsigned); request-multicast-control is also watched
+//     while connected and switches filtering on the fly
+//     (feature-dynamic-multicast-control);
 //   ctrl-ring-ref (optional) + event-channel-ctrl (then required).
 // Every value is guest input: strictly parsed, bounded.
 //
@@ -44,6 +46,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -133,6 +136,16 @@ class VifDevice final : public BackendDevice {
   // "rate" changed: re-read it and hand it to every queue, as Linux's
   // credit watch does (a refused packet waiting for credit retries at once).
   void backend_key_changed(XenStore& xs, std::string_view key) noexcept override;
+  // request-multicast-control, watched while connected (Linux's
+  // xen_register_mcast_ctrl_watch, which feature-dynamic-multicast-control
+  // promises the frontend).
+  [[nodiscard]] std::span<const std::string_view> frontend_watches() const noexcept override;
+  // The frontend rewrote request-multicast-control: filtering goes on or
+  // off on every queue (xen_mcast_ctrl_changed). The guest's list is kept
+  // either way, as Linux keeps it: MCAST_ADD/DEL are applied while
+  // filtering is off too, so switching it on filters against what the
+  // guest subscribed to so far.
+  void frontend_key_changed(XenStore& xs, std::string_view key) noexcept override;
 
   [[nodiscard]] bool connected() const noexcept { return connected_.load(std::memory_order_acquire); }
   [[nodiscard]] size_t queue_count() const noexcept { return stats_.size(); }

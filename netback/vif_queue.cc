@@ -188,7 +188,8 @@ Status VifQueue::init() noexcept {
     if (!rx_fd_watched_) {
       log_.warn("cannot watch the port's receive fd: polling it instead");
       rx_fd_ = -1;
-    } else if (config_.rate.unlimited()) {
+    } else {
+      // Credit replenish has its own exact timer (arm_credit_timer).
       period = std::max<std::chrono::microseconds>(period, kHousekeepingPeriod);
     }
   }
@@ -207,6 +208,9 @@ void VifQueue::teardown(bool keep_tx_pages) noexcept {
   polling_ = false;
   if (have_timer_) worker_.reactor().cancel_timer(timer_);
   have_timer_ = false;
+  if (have_credit_timer_) worker_.reactor().cancel_timer(credit_timer_);
+  have_credit_timer_ = false;
+  credit_at_ = {};
   if (rx_fd_watched_) worker_.reactor().unwatch_fd(rx_fd_);
   rx_fd_watched_ = false;
   if (watching_inbox_) worker_.reactor().unwatch_fd(config_.inboxes[config_.queue_index]->fd());
@@ -412,6 +416,7 @@ unsigned VifQueue::parse_tx_burst(unsigned& works) noexcept {
     // Credit is charged per request, as Linux does, before acting on it.
     if (!rate_.admit(rest[0].size, now)) {
       stats_.tx_rate_limited.add();
+      arm_credit_timer();
       break;
     }
     pos += p.consumed;
@@ -624,6 +629,14 @@ void VifQueue::execute_tx(unsigned works) noexcept {
 bool VifQueue::finish_tx_meta(PacketBuf* p, const TxPlan& plan) noexcept {
   PacketMeta m;
   if (plan.data_validated) m.flags |= PacketMeta::kL4CsumVerified;
+  if (plan.has_hash) {
+    // The guest's hash (its own Toeplitz, its own key) as Linux's
+    // skb_set_hash: only which fields it covers is kept.
+    const bool l4 = plan.hash_type == _XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP ||
+                    plan.hash_type == _XEN_NETIF_CTRL_HASH_TYPE_IPV6_TCP;
+    m.hash_type = l4 ? PacketMeta::kHashL4 : PacketMeta::kHashL3;
+    m.hash = plan.hash_value;
+  }
   if (plan.csum_blank || plan.gso_type != XEN_NETIF_GSO_TYPE_NONE) {
     // A checksum to fill in or a segmentation needs the protocol headers
     // (Linux's checksum_setup); a packet without them is dropped. Only the
@@ -663,7 +676,40 @@ bool VifQueue::tx_poll() noexcept {
 
 void VifQueue::set_rate(const RateSpec& spec) noexcept {
   config_.rate = spec;
+  // A pending replenish happens now (the refused packet is retried in this
+  // iteration's poll): its timer has nothing left to do.
   rate_.update(spec, RateLimiter::Clock::now());
+  if (credit_at_ != RateLimiter::Clock::time_point{} && have_credit_timer_) {
+    (void)worker_.reactor().arm_timer(credit_timer_, {});
+    credit_at_ = {};
+  }
+}
+
+// Credit ran out: wake exactly when it is replenished (Linux's
+// tx_credit_callback), rather than re-checking periodically. The packet
+// stays in the ring (or the carry) meanwhile and arm() does not wake for
+// the TX ring while limited.
+void VifQueue::arm_credit_timer() noexcept {
+  const auto at = rate_.replenish_at();
+  if (!at || *at == credit_at_ || credit_timer_failed_) return;  // armed for it already
+  if (!have_credit_timer_) {
+    auto t = worker_.reactor().add_oneshot_timer([this] {
+      stats_.tx_credit_timer.add();
+      credit_at_ = {};
+      // The reactor polls us in this iteration: the refused packet is
+      // admitted then.
+    });
+    if (!t) {
+      // No timer: the periodic housekeeping wake-up still retries.
+      log_.warn("cannot create the rate credit timer: {}; retrying on the periodic wake-up",
+                error_string(t.error()));
+      credit_timer_failed_ = true;
+      return;
+    }
+    credit_timer_ = *t;
+    have_credit_timer_ = true;
+  }
+  if (worker_.reactor().arm_timer(credit_timer_, *at)) credit_at_ = *at;
 }
 
 void VifQueue::apply_multicast(uint8_t type, const MulticastFilter::Mac& addr) noexcept {
@@ -1025,8 +1071,8 @@ bool VifQueue::arm() noexcept {
   }
   if (halted_) return late;
   if (tx_again_ || rx_again_) return true;
-  // TX: new requests (unless the port or the rate limiter holds us back;
-  // the periodic wake-up retries those).
+  // TX: new requests (unless the port or the rate limiter holds us back:
+  // the periodic wake-up retries the port, the credit timer the limiter).
   if (tx_backlog_len_ == 0 && !rate_.limited() && tx_.final_check()) return true;
   if (!steer_out_.empty() && !config_.inboxes[config_.queue_index]->empty()) return true;
   // RX: packets waiting for guest buffers: wake when it posts some.

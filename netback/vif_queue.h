@@ -127,6 +127,7 @@ struct VifQueueStats {
   Counter tx_mapped_pages;  // slot remainders attached zero-copy
   Counter tx_copied_bytes;  // header + crossover bytes copied
   Counter tx_rate_limited;  // times a packet had to wait for credit
+  Counter tx_credit_timer;  // credit timer expiries (Linux's tx_credit_callback)
   Counter tx_multicast;     // MCAST_ADD/DEL requests
   Counter rx_packets;       // packets delivered into the guest
   Counter rx_bytes;
@@ -182,9 +183,10 @@ class VifQueue final : public Poller, public EvtchnTarget {
     // For ports without a receive wake-up (PacketPort::rx_wait_fd, e.g.
     // net_ring): while idle the reactor wakes this often to look for
     // received packets. With one, the reactor sleeps on the port's fd and
-    // this period only paces housekeeping (the rate limiter's replenish,
-    // port backpressure, RX drain/stall), at least every
-    // kHousekeepingPeriod, or port_poll when a rate limit is set.
+    // this period only paces housekeeping (port backpressure, RX
+    // drain/stall), at least every kHousekeepingPeriod. A guest out of
+    // rate credit is not resumed by this period: a one-shot timer is
+    // armed for the exact replenish time (Linux's credit_timeout).
     std::chrono::microseconds port_poll{1000};
     size_t rx_backlog = 256;        // packets held for a guest without buffers
     // Linux's rx_drain_timeout: a packet waiting longer for guest buffers
@@ -234,9 +236,18 @@ class VifQueue final : public Poller, public EvtchnTarget {
   void apply_multicast(uint8_t type, const MulticastFilter::Mac& addr) noexcept;
   // Queue thread: the control ring's hash configuration (RX packets then
   // carry a HASH extra when the algorithm is Toeplitz); null for none.
+  // The hash is always this VIF's own (its key, its types): a hash the
+  // packet carries (PacketMeta::hash: another guest's TX extra, a NIC's
+  // RSS) is never passed on, as Linux's xenvif_set_skb_hash recomputes
+  // skb->hash and only a software hash of its own becomes an extra.
   void set_hash(std::shared_ptr<const NetifCtrl> hash) noexcept { hash_ = std::move(hash); }
   // Queue thread: the backend's "rate" key changed (xen_net_rate_changed).
   void set_rate(const RateSpec& spec) noexcept;
+  // Queue thread: the frontend rewrote request-multicast-control. Off lets
+  // every multicast frame through; on filters against the list the guest
+  // built (kept while off, as Linux keeps it).
+  void set_multicast_control(bool on) noexcept { config_.multicast_control = on; }
+  [[nodiscard]] bool multicast_control() const noexcept { return config_.multicast_control; }
 
   [[nodiscard]] bool halted() const noexcept { return halted_; }
   [[nodiscard]] bool rx_stalled() const noexcept { return rx_stalled_; }
@@ -282,6 +293,7 @@ class VifQueue final : public Poller, public EvtchnTarget {
   bool deliver_rx() noexcept;
 
   bool publish() noexcept;
+  void arm_credit_timer() noexcept;
 
   NetWorker& worker_;
   Config config_;
@@ -308,6 +320,12 @@ class VifQueue final : public Poller, public EvtchnTarget {
   bool watching_done_ = false;
   Reactor::TimerId timer_ = 0;
   bool have_timer_ = false;
+  // The rate limiter's replenish: a one-shot timer, created the first time
+  // credit runs out, armed for replenish_at() (credit_at_; {} = disarmed).
+  Reactor::TimerId credit_timer_ = 0;
+  bool have_credit_timer_ = false;
+  bool credit_timer_failed_ = false;  // could not create it: periodic wake-ups only
+  RateLimiter::Clock::time_point credit_at_{};
 
   RateLimiter rate_;
   MulticastFilter mcast_;

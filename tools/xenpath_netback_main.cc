@@ -80,6 +80,7 @@ nlohmann::json vif_json(const DeviceAddress& a, XenbusState st, const VifDevice&
   v["connected"] = d.connected();
   if (d.mac()) v["mac"] = d.mac()->str();
   if (!d.rate().unlimited()) v["rate"] = {{"bytes", d.rate().bytes}, {"usec", d.rate().usec}};
+  if (d.connected()) v["multicast_control"] = d.frontend().multicast_control;
   nlohmann::json qs = nlohmann::json::array();
   for (size_t i = 0; d.connected() && i < d.queue_count(); ++i) {
     const VifQueueStats& s = d.queue_stats(i);
@@ -88,6 +89,7 @@ nlohmann::json vif_json(const DeviceAddress& a, XenbusState st, const VifDevice&
                   {"tx_dropped", s.tx_dropped.get()},
                   {"tx_port_dropped", s.tx_port_dropped.get()},
                   {"tx_rate_limited", s.tx_rate_limited.get()},
+                  {"tx_credit_timer", s.tx_credit_timer.get()},
                   {"tx_multicast", s.tx_multicast.get()},
                   {"tx_headers_pulled", s.tx_headers_pulled.get()},
                   {"tx_map_calls", s.tx_map_calls.get()},

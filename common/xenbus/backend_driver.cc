@@ -14,6 +14,7 @@ namespace {
 
 constexpr std::string_view kTypeTokenPrefix = "xenpath-be:";
 constexpr std::string_view kFrontendTokenPrefix = "xenpath-fe:";
+constexpr std::string_view kFrontendKeyTokenPrefix = "xenpath-fk:";
 constexpr std::string_view kReleaseToken = "xenpath-release";
 constexpr std::string_view kReleaseDomain = "@releaseDomain";
 
@@ -143,6 +144,7 @@ void BackendDriver::stop() noexcept {
   detach();
   for (auto& [key, d] : devices_) {
     if (d->fsm.resources_held()) do_disconnect(*d);
+    unwatch_frontend_keys(*d);
     if (d->watching) (void)xs_->unwatch(d->frontend_state_path, d->token);
   }
   devices_.clear();
@@ -215,6 +217,11 @@ void BackendDriver::handle_event(const XsWatchEvent& ev) noexcept {
   if (token.starts_with(kFrontendTokenPrefix)) {
     auto serial = parse_decimal<uint64_t>(token.substr(kFrontendTokenPrefix.size()));
     if (serial) handle_frontend_state(*serial);
+    return;
+  }
+  if (token.starts_with(kFrontendKeyTokenPrefix)) {
+    auto serial = parse_decimal<uint64_t>(token.substr(kFrontendKeyTokenPrefix.size()));
+    if (serial) handle_frontend_key(*serial, ev.path);
     return;
   }
   if (token.starts_with(kTypeTokenPrefix)) {
@@ -470,6 +477,46 @@ void BackendDriver::handle_frontend_state(uint64_t serial) noexcept {
   (void)apply(d, d.fsm.frontend_changed(s));
 }
 
+void BackendDriver::handle_frontend_key(uint64_t serial, std::string_view path) noexcept {
+  auto it = by_serial_.find(serial);
+  if (it == by_serial_.end()) return;  // a late event of a destroyed device
+  Device& d = *it->second;
+  // Not connected (any more): a late event of a removed watch.
+  if (d.key_watches.empty() || !d.impl) return;
+  const std::string& fe = d.addr.frontend_path;
+  if (path.size() <= fe.size() + 1 || !path.starts_with(fe) || path[fe.size()] != '/') return;
+  d.impl->frontend_key_changed(*xs_, path.substr(fe.size() + 1));
+}
+
+void BackendDriver::watch_frontend_keys(Device& d) noexcept {
+  if (!d.impl || !d.key_watches.empty()) return;
+  const auto keys = d.impl->frontend_watches();
+  if (keys.empty()) return;
+  try {
+    d.frontend_key_token = fmt::format("{}{}", kFrontendKeyTokenPrefix, d.serial);
+    for (std::string_view k : keys) {
+      if (k.empty()) continue;
+      std::string path = fmt::format("{}/{}", d.addr.frontend_path, k);
+      if (auto w = xs_->watch(path, d.frontend_key_token); !w) {
+        stats_.xs_errors.add();
+        d.log.error("cannot watch {}: {}", path, error_string(w.error()));
+        continue;
+      }
+      d.key_watches.push_back(std::move(path));
+    }
+  } catch (...) {
+    stats_.xs_errors.add();
+    d.log.error("cannot watch the frontend's keys: out of memory");
+  }
+}
+
+void BackendDriver::unwatch_frontend_keys(Device& d) noexcept {
+  for (const auto& path : d.key_watches) {
+    if (auto u = xs_->unwatch(path, d.frontend_key_token); !u && u.error() != ENOENT) stats_.xs_errors.add();
+  }
+  d.key_watches.clear();
+}
+
 void BackendDriver::handle_release_domain() noexcept {
   // @releaseDomain does not say which domain died: check each frontend
   // domain we serve once (one read per domain, not per device). On Xen the
@@ -526,6 +573,7 @@ bool BackendDriver::apply(Device& d, const FsmActions& actions, bool write) noex
         if (err == 0) {
           stats_.connects.add();
           lifecycle_log(d, "connected");
+          watch_frontend_keys(d);
         } else {
           stats_.connect_failures.add();
           d.log.guest("connect failed: {}", error_string(err));
@@ -610,6 +658,7 @@ int BackendDriver::do_connect(Device& d) noexcept {
 }
 
 void BackendDriver::do_disconnect(Device& d) noexcept {
+  unwatch_frontend_keys(d);
   d.impl->disconnect();
   stats_.disconnects.add();
   lifecycle_log(d, "disconnected");
@@ -638,6 +687,7 @@ void BackendDriver::destroy(Device& d) noexcept {
     d.counted_connected = false;
     stats_.connected.set(stats_.connected.get() - 1);
   }
+  unwatch_frontend_keys(d);
   if (d.watching) {
     if (auto u = xs_->unwatch(d.frontend_state_path, d.token); !u && u.error() != ENOENT) {
       stats_.xs_errors.add();

@@ -4,7 +4,8 @@
 // type's connect/disconnect at the right moments.
 //
 // Cost model (what operators of 1000-VM hosts need): one watch per device
-// type plus one per device (the frontend's state node), never polling, never
+// type plus one per device (the frontend's state node), and while connected
+// one per frontend key the device asks for (frontend_watches()), never polling, never
 // a directory listing to find a device (only the one-off enumeration at
 // start, for devices that appeared while no daemon ran). A watch event's path
 // is parsed into (type, frontend domid, devid) and looked up in a hash map;
@@ -26,6 +27,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -75,6 +77,18 @@ class BackendDevice {
   // Linux re-reads while connected. `key` is the path below the backend
   // directory. Default: ignored.
   virtual void backend_key_changed(XenStore& /*xs*/, std::string_view /*key*/) noexcept {}
+  // Frontend keys (paths below the frontend directory) to watch while the
+  // device is connected, as a Linux backend registers watches on its other
+  // end's nodes when it connects (netback: request-multicast-control). The
+  // driver sets them after a successful connect (each fires once at once,
+  // so a value written during the connect is not missed) and removes them
+  // at disconnect. The span must stay valid while the device lives.
+  // Default: none.
+  [[nodiscard]] virtual std::span<const std::string_view> frontend_watches() const noexcept { return {}; }
+  // One of frontend_watches() (or a node below it) changed while connected;
+  // `key` is the path below the frontend directory. The value is
+  // guest-written: re-read and validate it. Default: ignored.
+  virtual void frontend_key_changed(XenStore& /*xs*/, std::string_view /*key*/) noexcept {}
 };
 
 class DeviceType {
@@ -192,6 +206,10 @@ class BackendDriver {
     std::unique_ptr<BackendDevice> impl;
     DeviceLog log;
     bool watching = false;
+    // frontend_watches() set while connected (full paths), under
+    // frontend_key_token.
+    std::vector<std::string> key_watches;
+    std::string frontend_key_token;
     bool counted_connected = false;
     uint32_t lifecycle_logs = 0;
 
@@ -208,6 +226,9 @@ class BackendDriver {
   void handle_frontend_dir(uint32_t type_index, DomId fe) noexcept;
   void handle_device_event(uint32_t type_index, DomId fe, uint32_t devid, std::string_view sub) noexcept;
   void handle_frontend_state(uint64_t serial) noexcept;
+  void handle_frontend_key(uint64_t serial, std::string_view path) noexcept;
+  void watch_frontend_keys(Device& d) noexcept;
+  void unwatch_frontend_keys(Device& d) noexcept;
   void handle_release_domain() noexcept;
   void enumerate(uint32_t type_index) noexcept;
   void probe(uint32_t type_index, DomId fe, uint32_t devid) noexcept;

@@ -250,6 +250,27 @@ TEST_F(NetDpdk, PacketOpsCopyTrimAppendAndMeta) {
   bad.flags = PacketMeta::kIpCsumPending | PacketMeta::kIpv6;
   EXPECT_FALSE(pkt::set_meta(p, bad));
   EXPECT_EQ(pkt::meta(p).mss, 1400) << "a rejected set_meta must change nothing";
+  EXPECT_EQ(pkt::meta(p).hash_type, PacketMeta::kHashNone);
+
+  // A flow hash, with which fields it covers; kHashNone clears it.
+  PacketMeta h = m;
+  h.hash_type = PacketMeta::kHashL4;
+  h.hash = 0xa5a5f00d;
+  ASSERT_TRUE(pkt::set_meta(p, h));
+  EXPECT_EQ(pkt::meta(p).hash_type, PacketMeta::kHashL4);
+  EXPECT_EQ(pkt::meta(p).hash, 0xa5a5f00du);
+  EXPECT_EQ(pkt::meta(p).mss, 1400);
+  h.hash_type = PacketMeta::kHashL3;
+  h.hash = 7;
+  ASSERT_TRUE(pkt::set_meta(p, h));
+  EXPECT_EQ(pkt::meta(p).hash_type, PacketMeta::kHashL3);
+  EXPECT_EQ(pkt::meta(p).hash, 7u);
+  bad = h;
+  bad.hash_type = 3;
+  EXPECT_FALSE(pkt::set_meta(p, bad));
+  EXPECT_EQ(pkt::meta(p).hash_type, PacketMeta::kHashL3) << "a rejected set_meta must change nothing";
+  ASSERT_TRUE(pkt::set_meta(p, m));
+  EXPECT_EQ(pkt::meta(p).hash_type, PacketMeta::kHashNone);
   pkt::free(p);
 }
 

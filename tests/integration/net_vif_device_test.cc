@@ -961,6 +961,179 @@ TEST_F(NetVifDevice, DisconnectReclaimsGuestPagesQueuedForItsOwnRx) {
   EXPECT_EQ(host_->counters().mapped_pages_live.load(), 0u);
 }
 
+// feature-dynamic-multicast-control: the backend watches the frontend's
+// request-multicast-control while connected and filters, or stops
+// filtering, when the guest rewrites it; the guest's list (built with
+// MCAST_ADD while filtering was off) is what it filters against.
+TEST_F(NetVifDevice, MulticastControlFollowsTheFrontendKeyWhileConnected) {
+  start();
+  GuestVif& v = plug(14);
+  sim::XsKeys keys = rings(v, 2, false);
+  for (auto& [k, val] : keys) {
+    if (k == "request-multicast-control") val = "0";
+  }
+  ASSERT_TRUE(v.xb->connect(keys));
+  const VifDevice* d = device(14);
+  ASSERT_NE(d, nullptr);
+  ASSERT_EQ(d->queue_count(), 2u);
+  EXPECT_FALSE(d->frontend().multicast_control);
+
+  // The guest subscribes to one group while filtering is off (Linux keeps
+  // the list either way).
+  const uint8_t group[6] = {0x01, 0x00, 0x5e, 0x01, 0x02, 0x03};
+  uint16_t mc_id = 0;
+  auto mref = v.queues[0]->grant_tx({}, 0, mc_id);
+  ASSERT_TRUE(mref);
+  netif_tx_request mc[2] = {};
+  mc[0].gref = *mref;
+  mc[0].id = mc_id;
+  mc[0].flags = NETTXF_extra_info;
+  netif_extra_info e{};
+  e.type = XEN_NETIF_EXTRA_TYPE_MCAST_ADD;
+  std::memcpy(e.u.mcast.addr, group, 6);
+  std::memcpy(&mc[1], &e, sizeof(e));
+  ASSERT_TRUE(v.queues[0]->send_raw(mc));
+  ASSERT_TRUE(v.queues[0]->wait([&] { return v.answered(1); }));
+  EXPECT_EQ(v.tx_answers.back().status, NETIF_RSP_OKAY);
+  ASSERT_EQ(v.queues[1]->post_rx(64), 64u);
+
+  auto mcast_frame = [&](uint8_t last) {
+    FrameSpec m;
+    m.udp = true;
+    m.payload = 30;
+    auto f = make_frame(m);
+    const uint8_t dst[6] = {0x01, 0x00, 0x5e, 0x01, 0x02, last};
+    std::memcpy(f.data(), dst, 6);
+    return f;
+  };
+  const VifQueueStats& st = d->queue_stats(1);
+  auto delivered = [&](uint8_t last) {
+    wire_send(wire(14, 1), mcast_frame(last));
+    return v.queues[1]->wait([&] { return v.received(v.rx_frames.size() + 1); }, 1000ms);
+  };
+  // Off: an unsubscribed group reaches the guest.
+  ASSERT_TRUE(delivered(0x99));
+  EXPECT_EQ(st.rx_dropped.get(), 0u);
+
+  // The guest turns it on: the same group is filtered, on every queue,
+  // once the change reached them (posted through their reactors).
+  ASSERT_TRUE(guest_xs_->write(kXsNoTxn, fe(14) + "/request-multicast-control", "1"));
+  ASSERT_TRUE(eventually([&] {
+    const uint64_t before = st.rx_dropped.get();
+    wire_send(wire(14, 1), mcast_frame(0x99));
+    if (!eventually([&] { return st.rx_dropped.get() > before || v.received(v.rx_frames.size() + 1); }, 1000ms)) {
+      return false;
+    }
+    return st.rx_dropped.get() > before;
+  }));
+  EXPECT_TRUE(device(14)->frontend().multicast_control);
+  // The subscribed group still passes, against the list built while off.
+  ASSERT_TRUE(delivered(0x03));
+  EXPECT_EQ(v.rx_frames.back().bytes[5], 0x03);
+  const size_t frames_while_on = v.rx_frames.size();
+
+  // Off again: everything flows.
+  ASSERT_TRUE(guest_xs_->write(kXsNoTxn, fe(14) + "/request-multicast-control", "0"));
+  ASSERT_TRUE(eventually([&] { return delivered(0x99); }));
+  EXPECT_EQ(v.rx_frames.back().bytes[5], 0x99);
+  EXPECT_GT(v.rx_frames.size(), frames_while_on);
+  EXPECT_FALSE(device(14)->frontend().multicast_control);
+  ASSERT_TRUE(v.xb->close());
+  EXPECT_TRUE(backend_becomes(14, XenbusState::kClosed));
+}
+
+// A guest's XEN_NETIF_EXTRA_TYPE_HASH travels with its packet to the peer
+// port (Linux's skb_set_hash); a hash a packet carries is never handed to
+// a guest (only the VIF's own Toeplitz hash is, as Linux recomputes).
+TEST_F(NetVifDevice, GuestTxHashReachesThePeerAndIsNotPassedToAGuest) {
+  start();
+  GuestVif& v = plug(15);
+  ASSERT_TRUE(v.xb->connect(rings(v, 1, false)));
+  FrameSpec s;
+  s.payload = 300;
+  std::vector<SimNetfront::TxFrame> tx(4);
+  for (auto& f : tx) f.bytes = make_frame(s);
+  tx[0].has_hash = true;
+  tx[0].hash_type = _XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP;
+  tx[0].hash_value = 0x12345678;
+  tx[1].has_hash = true;
+  tx[1].hash_type = _XEN_NETIF_CTRL_HASH_TYPE_IPV4;
+  tx[1].hash_value = 0x9abcdef0;
+  tx[2].has_hash = true;
+  tx[2].hash_type = 7;  // no such type: ignored, as Linux ignores it
+  tx[2].hash_value = 0x55555555;
+  // With a GSO extra before it.
+  FrameSpec big;
+  big.payload = 3000;
+  tx[3].bytes = make_frame(big);
+  tx[3].slots = {1000, 2054};
+  tx[3].csum_blank = true;
+  tx[3].gso_type = XEN_NETIF_GSO_TYPE_TCPV4;
+  tx[3].gso_size = 1448;
+  tx[3].has_hash = true;
+  tx[3].hash_type = _XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP;
+  tx[3].hash_value = 0xfeedf00d;
+  for (auto& f : tx) ASSERT_TRUE(v.queues[0]->send(f));
+  auto got = wire_receive(wire(15, 0), 2 + 1 + 3);
+  ASSERT_EQ(got.size(), 6u);
+  const PacketMeta m0 = pkt::meta(got[0]);
+  EXPECT_EQ(m0.hash_type, PacketMeta::kHashL4);
+  EXPECT_EQ(m0.hash, 0x12345678u);
+  const PacketMeta m1 = pkt::meta(got[1]);
+  EXPECT_EQ(m1.hash_type, PacketMeta::kHashL3);
+  EXPECT_EQ(m1.hash, 0x9abcdef0u);
+  EXPECT_EQ(pkt::meta(got[2]).hash_type, PacketMeta::kHashNone);
+  for (size_t i = 3; i < 6; ++i) {
+    // The port segmented it: every segment keeps the flow's hash.
+    const PacketMeta m = pkt::meta(got[i]);
+    EXPECT_EQ(m.hash_type, PacketMeta::kHashL4) << i;
+    EXPECT_EQ(m.hash, 0xfeedf00du) << i;
+  }
+  ASSERT_TRUE(v.queues[0]->wait([&] { return v.answered(5); }));
+  for (const auto& r : v.tx_answers) EXPECT_EQ(r.status, NETIF_RSP_OKAY);
+
+  // Back to the guest (no hash configuration on its control ring): the
+  // carried hash is not given to it.
+  ASSERT_EQ(v.queues[0]->post_rx(8), 8u);
+  ASSERT_EQ(wire(15, 0).tx_burst(0, {got.data(), 1}), 1u);
+  pkt::free_bulk({got.data() + 1, got.size() - 1});
+  ASSERT_TRUE(v.queues[0]->wait([&] { return v.received(1); }));
+  EXPECT_EQ(v.rx_frames[0].bytes, tx[0].bytes);
+  EXPECT_FALSE(v.rx_frames[0].has_hash);
+  ASSERT_TRUE(v.xb->close());
+  EXPECT_TRUE(backend_becomes(15, XenbusState::kClosed));
+}
+
+// Out of credit, the queue sleeps until a one-shot timer at the exact
+// replenish time (Linux's credit_timeout) resumes it.
+TEST_F(NetVifDevice, RateLimitedTransmitResumesOnTheCreditTimer) {
+  start();
+  // 2000 bytes per 20 ms: six 1000-byte frames need three windows.
+  GuestVif& v = plug(16, {{"rate", "2000,20000"}});
+  ASSERT_TRUE(v.xb->connect(rings(v, 1, false)));
+  const VifDevice* d = device(16);
+  ASSERT_NE(d, nullptr);
+  const VifQueueStats& st = d->queue_stats(0);
+  FrameSpec s;
+  s.payload = 1000 - 54;
+  SimNetfront::TxFrame f;
+  f.bytes = make_frame(s);
+  for (int i = 0; i < 6; ++i) ASSERT_TRUE(v.queues[0]->send(f));
+  auto got = wire_receive(wire(16, 0), 6);
+  EXPECT_EQ(got.size(), 6u);
+  pkt::free_bulk(got);
+  ASSERT_TRUE(v.queues[0]->wait([&] { return v.answered(6); }));
+  EXPECT_GE(st.tx_rate_limited.get(), 1u);
+  // The last arming is never moved or cancelled: it expires.
+  ASSERT_TRUE(eventually([&] { return st.tx_credit_timer.get() >= 1; }));
+  // One expiry per arming at most, one arming per refusal at most: no
+  // wake-ups of its own beyond the refusals.
+  EXPECT_LE(st.tx_credit_timer.get(), st.tx_rate_limited.get());
+  EXPECT_LE(st.tx_credit_timer.get(), 4u) << "three windows need two replenishes (a late one may merge)";
+  ASSERT_TRUE(v.xb->close());
+  EXPECT_TRUE(backend_becomes(16, XenbusState::kClosed));
+}
+
 TEST(NetVifMac, ParsesLikeXenNetReadMac) {
   auto m = parse_vif_mac("00:16:3E:0a:b:ff");
   ASSERT_TRUE(m);

@@ -243,6 +243,52 @@ TEST(ReactorTest, TimersFireAndCancel) {
   EXPECT_GT(r->stats().sleeps, 0u) << "slept between timer expirations";
 }
 
+TEST(ReactorTest, OneShotTimersFireOncePerArming) {
+  auto r = make_reactor();
+  ASSERT_TRUE(r);
+  std::atomic<int> fired{0};
+  auto id = r->add_oneshot_timer([&] { fired.fetch_add(1); });
+  ASSERT_TRUE(id);
+  auto periodic = r->add_timer(1h, [] {});
+  ASSERT_TRUE(periodic);
+  EXPECT_EQ(r->arm_timer(*periodic, std::chrono::steady_clock::now()).error(), EINVAL);
+  EXPECT_EQ(r->arm_timer(*id + 1000, std::chrono::steady_clock::now()).error(), EINVAL);
+  EXPECT_EQ(r->add_oneshot_timer({}).error(), EINVAL);
+  ASSERT_TRUE(r->start());
+  // Created disarmed: it never fires on its own.
+  std::this_thread::sleep_for(10ms);
+  r->call([] {});
+  EXPECT_EQ(fired.load(), 0);
+  Status st;
+  r->call([&] { st = r->arm_timer(*id, std::chrono::steady_clock::now() + 2ms); });
+  ASSERT_TRUE(st);
+  ASSERT_TRUE(eventually([&] { return fired.load() == 1; }));
+  std::this_thread::sleep_for(10ms);
+  r->call([] {});
+  EXPECT_EQ(fired.load(), 1) << "one expiry per arming";
+  // A deadline already past fires at once; re-arming moves it.
+  r->call([&] { st = r->arm_timer(*id, std::chrono::steady_clock::now() - 1s); });
+  ASSERT_TRUE(st);
+  ASSERT_TRUE(eventually([&] { return fired.load() == 2; }));
+  r->call([&] {
+    st = r->arm_timer(*id, std::chrono::steady_clock::now() + 1h);
+    if (st) st = r->arm_timer(*id, std::chrono::steady_clock::now() + 1ms);
+  });
+  ASSERT_TRUE(st);
+  ASSERT_TRUE(eventually([&] { return fired.load() == 3; }));
+  // Disarmed before its expiry: it does not fire.
+  r->call([&] {
+    st = r->arm_timer(*id, std::chrono::steady_clock::now() + 5ms);
+    if (st) st = r->arm_timer(*id, {});
+  });
+  ASSERT_TRUE(st);
+  std::this_thread::sleep_for(20ms);
+  r->call([] {});
+  EXPECT_EQ(fired.load(), 3);
+  r->call([&] { r->cancel_timer(*id); });
+  r->stop();
+}
+
 TEST(ReactorTest, PostAndCallFromOtherThreads) {
   auto r = make_reactor();
   ASSERT_TRUE(r);

@@ -46,7 +46,10 @@ struct Journal {
     bool live = false;  // connect succeeded, no disconnect since
     std::string params;
     uint32_t ring_ref = 0;
+    std::vector<std::string> key_events;  // frontend_key_changed() keys
+    bool key_event_while_down = false;    // one came while not connected
   };
+  bool watch_keys = false;  // devices ask for a watch on "watched-key"
   std::map<std::pair<DomId, uint32_t>, Entry> by_dev;
   int fail_connects = 0;  // next N connects fail with EIO
   Entry& at(DomId fe, uint32_t devid) { return by_dev[{fe, devid}]; }
@@ -89,6 +92,15 @@ class RecordingDevice final : public BackendDevice {
   void disconnect() noexcept override {
     e().disconnects++;
     e().live = false;
+  }
+  std::span<const std::string_view> frontend_watches() const noexcept override {
+    static constexpr std::string_view kKeys[] = {"watched-key"};
+    if (!j_.watch_keys) return {};
+    return kKeys;
+  }
+  void frontend_key_changed(XenStore& /*xs*/, std::string_view key) noexcept override {
+    if (!e().live) e().key_event_while_down = true;
+    e().key_events.emplace_back(key);
   }
 
  private:
@@ -306,6 +318,51 @@ TEST_F(XenbusDriverTest, OrderlyCloseReleasesAndReconnectWorks) {
   EXPECT_EQ(e.connects, 2);
   EXPECT_EQ(e.ring_ref, 777u);
   EXPECT_TRUE(e.live);
+}
+
+// A device's frontend_watches() are watched from its connect to its
+// disconnect only (Linux netback's request-multicast-control watch).
+TEST_F(XenbusDriverTest, FrontendKeyWatchesLiveOnlyWhileConnected) {
+  journal.watch_keys = true;
+  start_driver();
+  add(5, 1);
+  ASSERT_TRUE(wait_backend(5, 1, XenbusState::kInitWait));
+  auto& e = journal.at(5, 1);
+  const size_t watches_before = xsd->watch_count();
+  fe_write(5, 1, "watched-key", "0");
+  pump();
+  EXPECT_TRUE(e.key_events.empty()) << "not connected yet";
+  fe_initialised(5, 1, "100");
+  ASSERT_TRUE(wait_backend(5, 1, XenbusState::kConnected));
+  EXPECT_EQ(xsd->watch_count(), watches_before + 1);
+  // The watch's initial firing: a value written during the connect is seen.
+  ASSERT_TRUE(pump_until([&] { return e.key_events.size() == 1; }));
+  fe_write(5, 1, "watched-key", "1");
+  ASSERT_TRUE(pump_until([&] { return e.key_events.size() == 2; }));
+  EXPECT_EQ(e.key_events.back(), "watched-key");
+  fe_write(5, 1, "another-key", "1");
+  pump();
+  EXPECT_EQ(e.key_events.size(), 2u) << "only the keys asked for";
+
+  fe_state(5, 1, XenbusState::kClosing);
+  ASSERT_TRUE(wait_backend(5, 1, XenbusState::kClosing));
+  fe_state(5, 1, XenbusState::kClosed);
+  ASSERT_TRUE(wait_backend(5, 1, XenbusState::kClosed));
+  EXPECT_EQ(xsd->watch_count(), watches_before) << "removed at disconnect";
+  fe_write(5, 1, "watched-key", "0");
+  pump();
+  EXPECT_EQ(e.key_events.size(), 2u);
+  EXPECT_FALSE(e.key_event_while_down);
+
+  // A reconnect watches again.
+  fe_state(5, 1, XenbusState::kInitialising);
+  ASSERT_TRUE(wait_backend(5, 1, XenbusState::kInitWait));
+  fe_initialised(5, 1, "101");
+  ASSERT_TRUE(wait_backend(5, 1, XenbusState::kConnected));
+  ASSERT_TRUE(pump_until([&] { return e.key_events.size() == 3; }));
+  fe_write(5, 1, "watched-key", "1");
+  ASSERT_TRUE(pump_until([&] { return e.key_events.size() == 4; }));
+  EXPECT_FALSE(e.key_event_while_down);
 }
 
 TEST_F(XenbusDriverTest, SimXenbusFrontendDrivesTheWholeLifecycle) {
