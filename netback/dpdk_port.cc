@@ -334,7 +334,7 @@ struct GroFrame {
   uint16_t ip_id = 0;
   bool eligible = false;  // may join a group
   bool psh = false;       // ACK|PSH: joins, then ends its group
-  bool barrier = false;   // TCP/IPv4 whose headers cannot be read: ends every group
+  bool barrier = false;   // an IPv4 fragment, or TCP/IPv4 whose headers cannot be read: ends every group
 };
 
 struct GroGroup {
@@ -355,7 +355,13 @@ void gro_classify(GroFrame& f) noexcept {
   rte_mbuf* m = f.m;
   rte_net_hdr_lens lens{};
   const uint32_t pt = rte_net_get_ptype(m, &lens, RTE_PTYPE_L2_MASK | RTE_PTYPE_L3_MASK | RTE_PTYPE_L4_MASK);
-  if (!RTE_ETH_IS_IPV4_HDR(pt) || (pt & RTE_PTYPE_L4_MASK) != RTE_PTYPE_L4_TCP) return;
+  if (!RTE_ETH_IS_IPV4_HDR(pt)) return;
+  if ((pt & RTE_PTYPE_L4_MASK) == RTE_PTYPE_L4_FRAG) {
+    // Maybe a piece of some flow's segment: nothing may overtake it.
+    f.barrier = true;
+    return;
+  }
+  if ((pt & RTE_PTYPE_L4_MASK) != RTE_PTYPE_L4_TCP) return;
   const uint32_t hdr = static_cast<uint32_t>(lens.l2_len) + lens.l3_len + lens.l4_len;
   if (hdr > m->data_len || lens.l2_len > 127 || lens.l4_len < 20 || lens.l4_len > 60) {
     // Of some flow we cannot tell: nothing may be moved past it.

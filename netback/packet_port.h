@@ -165,7 +165,8 @@ struct CoalesceStats {
 // ends its packet; bounded by `opts`. Every other frame passes unchanged
 // (one checked good here gains kL4CsumVerified). Order is kept within every
 // flow; a merged packet takes the place of its first frame, so frames of
-// other flows may move behind it (as Linux GRO reorders across flows).
+// other flows may move behind it (as Linux GRO reorders across flows), but
+// nothing moves past an IPv4 fragment (it may belong to any flow).
 // Packets are rewritten in place; returns the new count (<= pkts.size()).
 // TCP/IPv6 is not merged (DPDK 22.11's librte_gro has no TCP/IPv6).
 size_t coalesce_tcp(std::span<PacketBuf*> pkts, const CoalesceOptions& opts = {},

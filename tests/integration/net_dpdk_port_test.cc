@@ -772,6 +772,23 @@ TEST_F(NetGro, OtherFramesPassInOrder) {
   EXPECT_TRUE(out[3].bytes == tcp6);
 }
 
+// An IPv4 fragment may be a piece of any flow's segment: no frame of a
+// packet being merged moves past it.
+TEST_F(NetGro, NothingOvertakesAnIpv4Fragment) {
+  FrameSpec u;
+  u.udp = true;
+  u.payload = 100;
+  auto frag = make_frame(u);
+  put16(frag.data() + 20, 0x2000);  // MF
+  fix_ip_checksum(frag);
+  std::vector<std::vector<uint8_t>> fs = {gro_frame(0), gro_frame(1), frag, gro_frame(2), gro_frame(3)};
+  auto out = run(fs);
+  ASSERT_EQ(out.size(), 3u);
+  expect_merged(out[0], fs, 0, 2);
+  EXPECT_TRUE(out[1].bytes == frag);
+  expect_merged(out[2], fs, 3, 5);
+}
+
 TEST_F(NetDpdk, TapExchangesFramesWithTheKernel) {
   const int tun = ::open("/dev/net/tun", O_RDWR);
   if (tun < 0) GTEST_SKIP() << "/dev/net/tun unavailable: " << std::strerror(errno);
