@@ -25,6 +25,7 @@
 #include <rte_eth_ring.h>
 #include <rte_ethdev.h>
 #include <rte_ether.h>
+#include <rte_gro.h>
 #include <rte_gso.h>
 #include <rte_ip.h>
 #include <rte_lcore.h>
@@ -318,6 +319,197 @@ int segment_tcp6(rte_mbuf* pkt, uint16_t mss, rte_mempool* direct, rte_mempool* 
   return static_cast<int>(n);
 }
 
+
+// ------------------------------------------------------------ coalescing
+//
+// librte_gro does the chaining (merge_two_tcp4_packets: the tail frame's
+// headers stripped with rte_pktmbuf_adj, the chains linked, the IPv4 total
+// length rewritten), but by itself it is not safe to hand a burst: it
+// checks no checksum, not TTL/TOS/window, merges a frame that arrived late
+// in front of an earlier one, and returns every merged packet before every
+// frame it did not take, so a flow's PSH or FIN frame can overtake the
+// segments around it. So the burst is first cut here into groups, each
+// the in-sequence run of one flow that Linux GRO would merge, and the
+// library only ever sees one group at a time: one flow, every frame the
+// next one in sequence, bounded so no merge fails for length.
+
+constexpr size_t kGroBurstMax = 64;
+
+struct GroFrame {
+  rte_mbuf* m = nullptr;
+  uint8_t* ip = nullptr;
+  uint8_t* tcp = nullptr;
+  uint32_t seq = 0;
+  uint32_t payload = 0;
+  uint16_t ip_id = 0;
+  bool eligible = false;  // may join a group
+  bool psh = false;       // ACK|PSH: joins, then ends its group
+  bool barrier = false;   // an IPv4 fragment, or TCP/IPv4 whose headers cannot be read: ends every group
+};
+
+struct GroGroup {
+  uint32_t first = 0;      // burst index of the first frame
+  uint32_t last = 0;       // burst index of the latest frame
+  uint32_t frames = 0;
+  uint32_t next_seq = 0;
+  uint32_t ip_len = 0;     // IPv4 total length once merged
+  uint32_t segs = 0;       // mbufs once merged
+  uint16_t mss = 0;
+  uint16_t next_ip_id = 0;
+  bool open = true;
+  bool psh = false;
+};
+
+// Where a frame's TCP/IPv4 headers are, and whether it may be merged.
+void gro_classify(GroFrame& f) noexcept {
+  rte_mbuf* m = f.m;
+  rte_net_hdr_lens lens{};
+  const uint32_t pt = rte_net_get_ptype(m, &lens, RTE_PTYPE_L2_MASK | RTE_PTYPE_L3_MASK | RTE_PTYPE_L4_MASK);
+  if (!RTE_ETH_IS_IPV4_HDR(pt)) return;
+  if ((pt & RTE_PTYPE_L4_MASK) == RTE_PTYPE_L4_FRAG) {
+    // Maybe a piece of some flow's segment: nothing may overtake it.
+    f.barrier = true;
+    return;
+  }
+  if ((pt & RTE_PTYPE_L4_MASK) != RTE_PTYPE_L4_TCP) return;
+  const uint32_t hdr = static_cast<uint32_t>(lens.l2_len) + lens.l3_len + lens.l4_len;
+  if (hdr > m->data_len || lens.l2_len > 127 || lens.l4_len < 20 || lens.l4_len > 60) {
+    // Of some flow we cannot tell: nothing may be moved past it.
+    f.barrier = true;
+    return;
+  }
+  f.ip = rte_pktmbuf_mtod_offset(m, uint8_t*, lens.l2_len);
+  f.tcp = f.ip + lens.l3_len;
+  f.seq = load_be32(f.tcp + 4);
+  f.ip_id = load_be16(f.ip + 4);
+  // Pending transmit work (a same-process sender's metadata) is the
+  // sender's to finish: such a frame's checksums are not filled in.
+  if ((m->ol_flags & (RTE_MBUF_F_TX_TCP_SEG | RTE_MBUF_F_TX_L4_MASK | RTE_MBUF_F_TX_IP_CKSUM |
+                      RTE_MBUF_F_RX_LRO)) != 0) {
+    return;
+  }
+  // inet_gro_receive: no IP options, no fragments; a frame padded past its
+  // IP length (a runt) would merge its padding as payload.
+  const uint32_t total = load_be16(f.ip + 2);
+  const uint16_t frag = load_be16(f.ip + 6);
+  if (lens.l3_len != 20 || (frag & 0x3fff) != 0 || lens.l2_len + total != m->pkt_len || total < 20u + lens.l4_len) {
+    return;
+  }
+  f.payload = total - 20 - lens.l4_len;
+  const uint8_t flags = f.tcp[13];
+  if (f.payload == 0 || (flags != RTE_TCP_ACK_FLAG && flags != (RTE_TCP_ACK_FLAG | RTE_TCP_PSH_FLAG))) return;
+  // The library rewrites the head's header and relinks the chains.
+  if (!head_writable(m)) return;
+  for (const rte_mbuf* s = m->next; s != nullptr; s = s->next) {
+    if (rte_mbuf_refcnt_read(s) != 1) return;
+  }
+  // Checksums: what the port verified, else checked here as Linux's GRO
+  // does (__skb_gro_checksum_complete); a bad one is never merged.
+  const uint64_t ipf = m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_MASK;
+  if (ipf == RTE_MBUF_F_RX_IP_CKSUM_BAD) return;
+  if (ipf != RTE_MBUF_F_RX_IP_CKSUM_GOOD && ipf != RTE_MBUF_F_RX_IP_CKSUM_NONE &&
+      rte_ipv4_cksum(reinterpret_cast<const rte_ipv4_hdr*>(f.ip)) != 0) {
+    return;
+  }
+  const uint64_t l4f = m->ol_flags & RTE_MBUF_F_RX_L4_CKSUM_MASK;
+  if (l4f == RTE_MBUF_F_RX_L4_CKSUM_BAD) return;
+  if (l4f != RTE_MBUF_F_RX_L4_CKSUM_GOOD && l4f != RTE_MBUF_F_RX_L4_CKSUM_NONE) {
+    L3View v{f.ip, true, static_cast<uint32_t>(lens.l2_len) + 20, total - 20u};
+    uint16_t raw = 0;
+    if (!raw_sum(m, v.l4_off, v.l4_len, raw)) return;
+    if (fold(static_cast<uint32_t>(raw) + pseudo_sum(v, IPPROTO_TCP, v.l4_len)) != 0xffff) return;
+    // Checked: the receiver need not check again (netif data_validated).
+    m->ol_flags = (m->ol_flags & ~RTE_MBUF_F_RX_L4_CKSUM_MASK) | RTE_MBUF_F_RX_L4_CKSUM_GOOD;
+  }
+  m->l2_len = lens.l2_len;
+  m->l3_len = lens.l3_len;
+  m->l4_len = lens.l4_len;
+  m->packet_type = pt;
+  f.psh = (flags & RTE_TCP_PSH_FLAG) != 0;
+  f.eligible = true;
+}
+
+bool gro_same_flow(const GroFrame& a, const GroFrame& b) noexcept {
+  // Addresses and ports.
+  return std::memcmp(a.ip + 12, b.ip + 12, 8) == 0 && std::memcmp(a.tcp, b.tcp, 4) == 0;
+}
+
+// Whether `f` may follow `g`'s latest frame `last` (of the same flow) in
+// one merged packet: what tcp_gro_receive/inet_gro_receive compare.
+bool gro_may_join(const GroGroup& g, const GroFrame& first, const GroFrame& f, const pkt::CoalesceOptions& o) noexcept {
+  if (!g.open || !f.eligible || f.seq != g.next_seq || f.payload > g.mss) return false;
+  const rte_mbuf* a = first.m;
+  const rte_mbuf* b = f.m;
+  if (a->l2_len != b->l2_len || a->l4_len != b->l4_len) return false;
+  if (std::memcmp(rte_pktmbuf_mtod(a, const uint8_t*), rte_pktmbuf_mtod(b, const uint8_t*), a->l2_len) != 0) {
+    return false;  // MACs, VLAN tags
+  }
+  if (first.ip[1] != f.ip[1] || first.ip[8] != f.ip[8]) return false;  // TOS, TTL
+  const bool df = (load_be16(first.ip + 6) & 0x4000) != 0;
+  if (df != ((load_be16(f.ip + 6) & 0x4000) != 0)) return false;
+  // Without DF the IDs must count up (the library checks the same).
+  if (!df && f.ip_id != g.next_ip_id) return false;
+  // ack, data offset, window; the flags are known to be ACK (or ACK|PSH);
+  // the options byte for byte.
+  if (std::memcmp(first.tcp + 8, f.tcp + 8, 5) != 0 || std::memcmp(first.tcp + 14, f.tcp + 14, 2) != 0) return false;
+  if (std::memcmp(first.tcp + 20, f.tcp + 20, a->l4_len - 20u) != 0) return false;
+  if (a->l2_len + g.ip_len + f.payload > o.max_len) return false;
+  if (g.segs + b->nb_segs > o.max_segments) return false;
+  return true;
+}
+
+void gro_start(GroGroup& g, const GroFrame& f, uint32_t idx) noexcept {
+  g = GroGroup{};
+  g.first = g.last = idx;
+  g.frames = 1;
+  if (!f.eligible) {
+    g.open = false;  // a group of one (another protocol, or a frame not to merge)
+    return;
+  }
+  g.next_seq = f.seq + f.payload;
+  g.ip_len = load_be16(f.ip + 2);
+  g.segs = f.m->nb_segs;
+  g.mss = static_cast<uint16_t>(std::min<uint32_t>(f.payload, UINT16_MAX));
+  g.next_ip_id = static_cast<uint16_t>(f.ip_id + 1);
+  g.open = !f.psh;
+  g.psh = f.psh;
+}
+
+void gro_join(GroGroup& g, const GroFrame& f, uint32_t idx) noexcept {
+  g.last = idx;
+  ++g.frames;
+  g.next_seq += f.payload;
+  g.ip_len += f.payload;
+  g.segs += f.m->nb_segs;
+  g.next_ip_id = static_cast<uint16_t>(f.ip_id + 1);
+  // tcp_gro_receive: a short segment or PSH ends the packet.
+  if (f.payload < g.mss || f.psh) g.open = false;
+  g.psh = f.psh;
+}
+
+// A merged packet's metadata and checksum field; false if it does not
+// describe itself (then it is passed on as the library left it).
+bool gro_finish(rte_mbuf* m, uint16_t mss, bool psh) noexcept {
+  uint8_t* ip = rte_pktmbuf_mtod_offset(m, uint8_t*, m->l2_len);
+  uint8_t* tcp = ip + m->l3_len;
+  if (psh) tcp[13] = static_cast<uint8_t>(tcp[13] | RTE_TCP_PSH_FLAG);
+  m->ol_flags = (m->ol_flags & ~(kTxMetaMask | kRxMetaMask)) | RTE_MBUF_F_TX_IPV4 | RTE_MBUF_F_TX_IP_CKSUM |
+                RTE_MBUF_F_TX_TCP_CKSUM | RTE_MBUF_F_TX_TCP_SEG;
+  m->tso_segsz = mss;
+  // The IPv4 header checksum is recomputed by whoever delivers it (the
+  // pending bit); the TCP one is left to the receiver (Linux's
+  // CHECKSUM_PARTIAL form, which a guest's GSO or checksum code expects).
+  L3View v;
+  if (!l3_view(m, v)) {
+    m->ol_flags &= ~kTxMetaMask;
+    m->tso_segsz = 0;
+    return false;
+  }
+  const uint16_t ph = pseudo_sum(v, IPPROTO_TCP, v.l4_len);
+  std::memcpy(tcp + 16, &ph, 2);
+  return true;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- pkt::
@@ -535,6 +727,103 @@ bool prepare_partial_checksum(PacketBuf* p) noexcept {
   rte_mbuf* m = mb(p);
   if ((m->ol_flags & RTE_MBUF_F_TX_L4_MASK) == 0 || (m->ol_flags & RTE_MBUF_F_TX_TCP_SEG) != 0) return false;
   return hw_checksum_prepare(m, false, true);
+}
+
+
+size_t coalesce_tcp(std::span<PacketBuf*> pkts, const CoalesceOptions& opts, CoalesceStats* stats) noexcept {
+  size_t out_n = 0;
+  for (size_t base = 0; base < pkts.size(); base += kGroBurstMax) {
+    const uint32_t n = static_cast<uint32_t>(std::min(pkts.size() - base, kGroBurstMax));
+    GroFrame fr[kGroBurstMax];
+    GroGroup groups[kGroBurstMax];
+    uint32_t group_of[kGroBurstMax];   // frame -> group
+    uint32_t next_in[kGroBurstMax];    // frame -> next frame of its group, or n
+    uint32_t flow_group[kGroBurstMax]; // flows seen: their latest group
+    uint32_t n_groups = 0;
+    uint32_t n_flows = 0;
+    for (uint32_t i = 0; i < n; ++i) {
+      fr[i].m = mb(pkts[base + i]);
+      next_in[i] = n;
+      gro_classify(fr[i]);
+      if (fr[i].barrier) {
+        for (uint32_t k = 0; k < n_flows; ++k) groups[flow_group[k]].open = false;
+      }
+      uint32_t flow = n_flows;
+      if (fr[i].ip != nullptr) {
+        for (uint32_t k = 0; k < n_flows; ++k) {
+          if (gro_same_flow(fr[groups[flow_group[k]].first], fr[i])) {
+            flow = k;
+            break;
+          }
+        }
+      }
+      if (flow < n_flows) {
+        GroGroup& g = groups[flow_group[flow]];
+        if (gro_may_join(g, fr[g.first], fr[i], opts)) {
+          next_in[g.last] = i;
+          group_of[i] = flow_group[flow];
+          gro_join(g, fr[i], i);
+          continue;
+        }
+        g.open = false;  // whatever follows starts after this frame
+      }
+      // A group of its own (a frame of another protocol is its own group
+      // and never a flow's).
+      GroGroup& g = groups[n_groups];
+      gro_start(g, fr[i], i);
+      group_of[i] = n_groups;
+      if (fr[i].ip != nullptr) {
+        if (flow < n_flows) flow_group[flow] = n_groups;
+        else flow_group[n_flows++] = n_groups;
+      }
+      ++n_groups;
+    }
+    // Each group in the place of its first frame.
+    for (uint32_t i = 0; i < n; ++i) {
+      GroGroup& g = groups[group_of[i]];
+      if (g.first != i) continue;
+      if (g.frames == 1) {
+        pkts[out_n++] = pb(fr[i].m);
+        continue;
+      }
+      rte_mbuf* ms[kGroBurstMax];
+      uint32_t k = 0;
+      for (uint32_t j = i; j < n; j = next_in[j]) {
+        // The library only takes ACK; PSH goes back on the merged header.
+        if (fr[j].psh) fr[j].tcp[13] = RTE_TCP_ACK_FLAG;
+        ms[k++] = fr[j].m;
+      }
+      rte_gro_param param{};
+      param.gro_types = RTE_GRO_TCP_IPV4;
+      param.max_flow_num = 1;
+      param.max_item_per_flow = static_cast<uint16_t>(k);
+      const uint16_t got = rte_gro_reassemble_burst(ms, static_cast<uint16_t>(k), &param);
+      // One flow, in sequence, within the length bound: the library merges
+      // it whole unless it disagrees on something checked above (then its
+      // items come back in sequence order, the later ones unmerged or in
+      // shorter runs).
+      for (uint16_t j = 0; j < got; ++j) {
+        rte_mbuf* m = ms[j];
+        const bool last = j + 1 == got;
+        const uint32_t payload = m->pkt_len - (static_cast<uint32_t>(m->l2_len) + m->l3_len + m->l4_len);
+        if (payload > g.mss) {
+          if (gro_finish(m, g.mss, last && g.psh)) {
+            if (stats != nullptr) {
+              ++stats->merged_packets;
+              stats->merged_frames += (payload + g.mss - 1) / g.mss;
+            }
+          }
+        } else {
+          if (last && g.psh) {
+            uint8_t* tcp = rte_pktmbuf_mtod_offset(m, uint8_t*, m->l2_len + m->l3_len);
+            tcp[13] = static_cast<uint8_t>(tcp[13] | RTE_TCP_PSH_FLAG);
+          }
+        }
+        pkts[out_n++] = pb(m);
+      }
+    }
+  }
+  return out_n;
 }
 
 }  // namespace pkt

@@ -150,6 +150,42 @@ bool complete_checksums(PacketBuf* p, bool l4 = true) noexcept;
 // expects, e.g. after segmentation changed the lengths. The bit stays set.
 bool prepare_partial_checksum(PacketBuf* p) noexcept;
 
+// Receive-side coalescing (GRO) of one receive burst, for a receiver that
+// takes GSO packets (a frontend with feature-gso-tcpv4, csum offload and sg).
+struct CoalesceOptions {
+  // Largest merged frame, L2 header included: 64 KiB, what kernel netback
+  // hands a guest at most (GSO_MAX_SIZE) and within 17 of netfront's 18 slots.
+  uint32_t max_len = 65536;
+  // Most segments (buffers) a merged packet may chain: the RX path copies
+  // a packet's segments in one go and drops longer chains.
+  uint16_t max_segments = 64;
+};
+struct CoalesceStats {
+  uint32_t merged_packets = 0;  // GSO packets built
+  uint32_t merged_frames = 0;   // received frames they hold
+};
+// Merges consecutive in-sequence TCP/IPv4 segments of one flow from
+// `pkts` (a port's receive burst, in arrival order) into one packet per run:
+// headers of the first, payloads chained (the tail frames' headers
+// stripped), IPv4 total length updated, metadata kIpv4|kTcp|kSegment with
+// mss = the first frame's payload length, and the TCP checksum field in
+// Linux's CHECKSUM_PARTIAL form (pseudo-header sum with the L4 length), so
+// a guest gets it with csum_blank|data_validated and a GSO extra. Linux
+// GRO's rules (tcp_gro_receive/inet_gro_receive): only frames whose IPv4
+// and TCP checksums are good (verified by the port, else checked here in
+// software), flags exactly ACK, no IP options or fragments, the same
+// addresses, ports, ack, window, TOS, TTL, DF and TCP options; a frame
+// longer than the first one's payload starts a new packet, a shorter one
+// ends its packet; bounded by `opts`. Every other frame passes unchanged
+// (one checked good here gains kL4CsumVerified). Order is kept within every
+// flow; a merged packet takes the place of its first frame, so frames of
+// other flows may move behind it (as Linux GRO reorders across flows), but
+// nothing moves past an IPv4 fragment (it may belong to any flow).
+// Packets are rewritten in place; returns the new count (<= pkts.size()).
+// TCP/IPv6 is not merged (DPDK 22.11's librte_gro has no TCP/IPv6).
+size_t coalesce_tcp(std::span<PacketBuf*> pkts, const CoalesceOptions& opts = {},
+                    CoalesceStats* stats = nullptr) noexcept;
+
 }  // namespace pkt
 
 // Where packets and their segments come from. Allocation may happen on any

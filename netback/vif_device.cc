@@ -290,6 +290,7 @@ Status VifDevice::connect() noexcept {
     c.pool = &pool_;
     c.tx_limits = opts_.tx_limits;
     c.zero_copy = opts_.zero_copy;
+    c.rx_gro = opts_.rx_gro;
     c.rate = rate_;
     c.rx_csum_offload = front_.csum;
     c.rx_ipv6_csum_offload = front_.ipv6_csum;

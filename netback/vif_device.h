@@ -85,6 +85,9 @@ struct VifOptions {
   // xenpath-netback --tx-copy-below sets it (0: map every remainder, as Linux).
   NetifTxLimits tx_limits{.copy_below = VifQueue::kTxCopyBelowDefault};
   bool zero_copy = true;
+  // Receive-side coalescing for frontends that take GSO (VifQueue::Config::rx_gro);
+  // xenpath-netback --rx-gro.
+  bool rx_gro = true;
   size_t rx_backlog = 256;  // packets held per queue for a guest without buffers
   std::chrono::microseconds port_poll{1000};
   // Linux's rx_stall_timeout / rx_drain_timeout module parameters (for a

@@ -875,8 +875,16 @@ void VifQueue::fetch_rx() noexcept {
   const size_t room = rx_stalled_ ? config_.burst : std::min<size_t>(rx_pkts_.size() - rx_len_, config_.burst);
   if (room == 0) return;  // the guest is not taking: the port queue backs up and drops
   PacketBuf* in[kMaxBurst];
-  const size_t n = config_.port->rx_burst(config_.port_queue, {in, room});
+  size_t n = config_.port->rx_burst(config_.port_queue, {in, room});
   if (n == 0) return;
+  if (config_.rx_gro && config_.rx_gso_tcpv4 && config_.rx_csum_offload && config_.rx_sg && n > 1) {
+    pkt::CoalesceStats cs;
+    pkt::CoalesceOptions co;
+    co.max_segments = static_cast<uint16_t>(kMaxRxSegs);
+    n = pkt::coalesce_tcp({in, n}, co, &cs);
+    stats_.rx_gro_packets.add(cs.merged_packets);
+    stats_.rx_gro_merged.add(cs.merged_frames);
+  }
   const auto now = RateLimiter::Clock::now();
   for (size_t i = 0; i < n; ++i) queue_rx(in[i], now);
   flush_steered();

@@ -22,7 +22,8 @@
 //  4. offload metadata (csum_blank, data_validated, GSO) goes on the packet
 //     (the port completes checksums / segments in software if it must);
 //     slots answered by copy alone are answered at once.
-// Guest RX: packets from the port (GSO kept for a frontend that negotiated
+// Guest RX: packets from the port (TCP frames of a burst coalesced into
+// GSO packets for a frontend that takes them, see Config::rx_gro; GSO kept for a frontend that negotiated
 // it, else segmented; checksums completed for a frontend without checksum
 // offload; multicast filtered when the frontend asked for it) are planned
 // against the guest's posted buffers (netif_rx.h) and copied with ONE grant
@@ -135,6 +136,8 @@ struct VifQueueStats {
   Counter rx_copy_calls;
   Counter rx_copy_failures;  // segments the hypervisor refused (bad guest grant)
   Counter rx_gso_segmented;  // GSO packets segmented for a frontend without GSO
+  Counter rx_gro_packets;    // GSO packets built from received frames (Config::rx_gro)
+  Counter rx_gro_merged;     // received frames merged into them
   Counter rx_expired;        // dropped after waiting longer than rx_drain_timeout
   Counter rx_stall_dropped;  // dropped because the guest's RX was stalled
   Counter rx_stalls;         // times the guest stopped posting buffers for rx_stall_timeout
@@ -179,6 +182,13 @@ class VifQueue final : public Poller, public EvtchnTarget {
     bool rx_gso_tcpv4 = false;      // feature-gso-tcpv4
     bool rx_gso_tcpv6 = false;      // feature-gso-tcpv6
     bool multicast_control = false; // request-multicast-control
+    // Receive-side coalescing (pkt::coalesce_tcp): consecutive in-sequence
+    // TCP/IPv4 frames of one flow in a port burst go to the guest as one GSO
+    // packet, as kernel netback hands it the host stack's GSO skbs. A port
+    // whose host side segments before we see the frames (net_tap without
+    // IFF_VNET_HDR) otherwise costs the guest one packet per MTU. Only for
+    // a frontend taking such packets: gso-tcpv4, checksum offload and sg.
+    bool rx_gro = true;
     unsigned burst = kMaxBurst;
     // For ports without a receive wake-up (PacketPort::rx_wait_fd, e.g.
     // net_ring): while idle the reactor wakes this often to look for

@@ -1,7 +1,7 @@
 // xenpath-netback: the netif backend daemon (the "vif" device type).
 //
 //   xenpath-netback [--platform auto|xen|sim] [--workers N]
-//                   [--port-template DEVARGS] [--eal-args ARGS]
+//                   [--port-template DEVARGS] [--eal-args ARGS] [--rx-gro on|off]
 //                   [--stats-file PATH] [--stats-interval-ms N] [-v]
 //
 // --platform xen serves /local/domain/<self>/backend/vif through libxen
@@ -58,6 +58,7 @@ struct Options {
   VifOptions vif;
   std::string port_template;  // empty: net_tap vif<domid>.<devid> (xen), loopback rings (sim)
   std::string eal_args;
+  std::string rx_gro = "on";
   unsigned stats_interval_ms = 1000;
   // Simulated host only.
   unsigned guests = 2;
@@ -104,6 +105,8 @@ nlohmann::json vif_json(const DeviceAddress& a, XenbusState st, const VifDevice&
                   {"rx_stalls", s.rx_stalls.get()},
                   {"rx_stalled", s.rx_stalled.get() != 0},
                   {"rx_copy_failures", s.rx_copy_failures.get()},
+                  {"rx_gro_packets", s.rx_gro_packets.get()},
+                  {"rx_gro_merged", s.rx_gro_merged.get()},
                   {"halted", s.tx_ring.halted.get() != 0 || s.rx_ring.halted.get() != 0}});
   }
   v["queues"] = std::move(qs);
@@ -445,6 +448,10 @@ int main(int argc, char** argv) {
                  "grant-map them otherwise; 0 maps every remainder, as Linux netback (default: copy all, the "
                  "crossover measured on the simulated host; docs/netback-perf.md)")
       ->check(CLI::Range(0, 4097));
+  app.add_option("--rx-gro", opt.rx_gro,
+                 "guest RX: coalesce a port burst's in-sequence TCP/IPv4 frames of a flow into one GSO packet "
+                 "for frontends with feature-gso-tcpv4 (default: on; docs/netback-perf.md)")
+      ->check(CLI::IsMember({"on", "off"}));
   app.add_option("--stats-file", opt.daemon.stats_file, "JSON stats document, rewritten every interval");
   app.add_option("--stats-interval-ms", opt.stats_interval_ms, "stats file interval")->check(CLI::Range(50, 3600000));
   app.add_flag("-v,--verbose", verbose, "info logging (default: warnings)");
@@ -454,6 +461,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 86400.0));
   CLI11_PARSE(app, argc, argv);
   opt.daemon.stats_interval = std::chrono::milliseconds(opt.stats_interval_ms);
+  opt.vif.rx_gro = opt.rx_gro == "on";
   log_init(verbose ? "info" : "warn");
   // Before any thread (EAL's included): the signals reach only this one.
   block_termination_signals();

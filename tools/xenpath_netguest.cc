@@ -51,6 +51,7 @@ int main(int argc, char** argv) {
   bool zero_copy = true;
   unsigned port_poll_us = 100;
   bool offloads = true;
+  std::string rx_gro = "on";
   CLI::App app{"a simulated guest bridged to a tap, through VifQueue to the DPDK vif port"};
   app.add_option("--domid", domid, "guest domain id (names the port vif<domid>.<devid>)")->check(CLI::Range(1u, 32752u));
   app.add_option("--devid", devid, "device id");
@@ -66,6 +67,8 @@ int main(int argc, char** argv) {
   app.add_flag("!--no-zero-copy", zero_copy, "copy every TX byte");
   app.add_flag("!--no-offloads", offloads,
                "guest without checksum offload and GSO (plain frames on its tap)");
+  app.add_option("--rx-gro", rx_gro, "coalesce received TCP/IPv4 frames into GSO packets for the guest")
+      ->check(CLI::IsMember({"on", "off"}));
   app.add_option("--port-poll-us", port_poll_us, "while idle, look for port packets this often")
       ->check(CLI::Range(10u, 100000u));
   CLI11_PARSE(app, argc, argv);
@@ -147,6 +150,7 @@ int main(int argc, char** argv) {
   // without them its tap takes finished frames only.
   c.rx_csum_offload = offloads;
   c.rx_gso_tcpv4 = c.rx_gso_tcpv6 = offloads;
+  c.rx_gro = rx_gro == "on";
   // The tap port has no wake-up of its own here: while idle the reactor
   // looks for packets from the kernel this often (the latency floor of
   // host -> guest traffic after a pause, e.g. an ACK-clocked TCP flow).
@@ -215,6 +219,8 @@ int main(int argc, char** argv) {
                       {"vif_rx_bytes", stats.rx_bytes.get()},
                       {"vif_rx_dropped", stats.rx_dropped.get()},
                       {"vif_rx_copy_calls", stats.rx_copy_calls.get()},
+                      {"vif_rx_gro_packets", stats.rx_gro_packets.get()},
+                      {"vif_rx_gro_merged", stats.rx_gro_merged.get()},
                       {"grant_mappings_leaked", hv.counters().mapped_pages_live.load()}};
   std::printf("%s\n", j.dump().c_str());
   front->reset();

@@ -23,6 +23,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <cstdlib>
 #include <memory>
 #include <numeric>
@@ -620,6 +621,195 @@ TEST_F(NetDpdk, SegmentRejectsLyingHeaders) {
 // net_tap against the kernel: what DPDK transmits appears on the kernel
 // interface (checked with an AF_PACKET socket), and what the kernel sends
 // out of the interface arrives at rx_burst.
+// ------------------------------------------------------------ coalescing
+
+// Frame i of a TCP/IPv4 flow (valid checksums, DF, ACK, `mss` payload).
+std::vector<uint8_t> gro_frame(uint32_t i, size_t mss = 1000, uint8_t flags = kTcpAck) {
+  FrameSpec s;
+  s.payload = mss;
+  s.seq = 1000 + i * 1000;
+  s.tcp_flags = flags;
+  s.ip_id = static_cast<uint16_t>(50 + i);
+  s.payload_seed = static_cast<uint8_t>(i * 13);
+  auto f = make_frame(s);
+  fix_tcp4_checksums(f);
+  return f;
+}
+
+class NetGro : public NetDpdk {
+ public:
+  // Coalesces `frames` (one burst) and returns the resulting packets' bytes
+  // and metadata; frees them.
+  struct Out {
+    std::vector<uint8_t> bytes;
+    PacketMeta meta;
+  };
+  std::vector<Out> run(const std::vector<std::vector<uint8_t>>& frames, pkt::CoalesceOptions o = {},
+                       pkt::CoalesceStats* st = nullptr) {
+    std::vector<PacketBuf*> ps;
+    for (const auto& f : frames) {
+      PacketBuf* p = pool_->alloc();
+      EXPECT_TRUE(pool_->append_copy(p, {reinterpret_cast<const std::byte*>(f.data()), f.size()}));
+      ps.push_back(p);
+    }
+    const size_t n = pkt::coalesce_tcp(ps, o, st);
+    std::vector<Out> out;
+    for (size_t i = 0; i < n; ++i) {
+      out.push_back({bytes_of(ps[i]), pkt::meta(ps[i])});
+      pkt::free(ps[i]);
+    }
+    return out;
+  }
+  // The payload of frames [from, to) after the first frame's headers.
+  static std::vector<uint8_t> payload_of(const std::vector<std::vector<uint8_t>>& fs, size_t from, size_t to) {
+    std::vector<uint8_t> v;
+    for (size_t i = from; i < to; ++i) v.insert(v.end(), fs[i].begin() + 54, fs[i].end());
+    return v;
+  }
+  static void expect_merged(const Out& o, const std::vector<std::vector<uint8_t>>& fs, size_t from, size_t to) {
+    ASSERT_EQ(o.bytes.size(), 54 + payload_of(fs, from, to).size());
+    EXPECT_TRUE(std::equal(o.bytes.begin() + 54, o.bytes.end(), payload_of(fs, from, to).begin()));
+    EXPECT_TRUE(std::equal(o.bytes.begin(), o.bytes.begin() + 14, fs[from].begin())) << "L2 header";
+    EXPECT_EQ(be16(o.bytes.data() + 16), o.bytes.size() - 14) << "IPv4 total length";
+    EXPECT_EQ(be32(o.bytes.data() + 38), be32(fs[from].data() + 38)) << "the first frame's sequence number";
+    EXPECT_EQ(be16(o.bytes.data() + 50), partial_field(o.bytes)) << "CHECKSUM_PARTIAL form";
+    EXPECT_TRUE(o.meta.has(PacketMeta::kIpv4 | PacketMeta::kTcp | PacketMeta::kSegment | PacketMeta::kL4CsumPending));
+    EXPECT_EQ(o.meta.mss, fs[from].size() - 54);
+    EXPECT_EQ(o.meta.header_len(), 54u);
+  }
+};
+
+// Each way a third frame may differ from the two before it: the two merge,
+// the third stays as it was, in place after them.
+TEST_F(NetGro, MergesOnlyWhatLinuxGroWould) {
+  struct Case {
+    const char* what;
+    std::function<void(std::vector<uint8_t>&)> mutate;
+    bool refix = true;  // recompute checksums after the change
+  };
+  const std::vector<Case> cases = {
+      {"ttl", [](auto& f) { f[22] = 63; }},
+      {"tos", [](auto& f) { f[15] = 0x10; }},
+      {"window", [](auto& f) { put16(f.data() + 48, 1000); }},
+      {"ack", [](auto& f) { put32(f.data() + 42, 78); }},
+      {"df", [](auto& f) { put16(f.data() + 20, 0); }},
+      {"fin", [](auto& f) { f[47] = kTcpAck | kTcpFin; }},
+      {"syn", [](auto& f) { f[47] = kTcpAck | 0x02; }},
+      {"cwr", [](auto& f) { f[47] = kTcpAck | kTcpCwr; }},
+      {"seq gap", [](auto& f) { put32(f.data() + 38, be32(f.data() + 38) + 1); }},
+      {"mac", [](auto& f) { f[0] = 0x04; }},
+      {"larger than the first", [](auto& f) {
+         f.push_back(1);
+         put16(f.data() + 16, static_cast<uint16_t>(f.size() - 14));
+       }},
+      {"bad tcp checksum", [](auto& f) { f.back() ^= 1; }, false},
+      {"bad ip checksum", [](auto& f) { f[24] ^= 1; }, false},
+      {"ethernet padding", [](auto& f) { f.push_back(0); }, false},
+  };
+  for (const auto& c : cases) {
+    std::vector<std::vector<uint8_t>> fs = {gro_frame(0), gro_frame(1), gro_frame(2)};
+    c.mutate(fs[2]);
+    if (c.refix) fix_tcp4_checksums(fs[2]);
+    pkt::CoalesceStats st;
+    auto out = run(fs, {}, &st);
+    ASSERT_EQ(out.size(), 2u) << c.what;
+    expect_merged(out[0], fs, 0, 2);
+    EXPECT_TRUE(out[1].bytes == fs[2]) << c.what;
+    EXPECT_FALSE(out[1].meta.has(PacketMeta::kSegment)) << c.what;
+    EXPECT_EQ(st.merged_packets, 1u) << c.what;
+    EXPECT_EQ(st.merged_frames, 2u) << c.what;
+  }
+}
+
+TEST_F(NetGro, PshAndShortSegmentsEndAPacket) {
+  std::vector<std::vector<uint8_t>> fs = {gro_frame(0), gro_frame(1, 1000, kTcpAck | kTcpPsh), gro_frame(2),
+                                          gro_frame(3), gro_frame(4)};
+  // Frame 3 is short: it ends the second packet; frame 4 continues the
+  // stream but starts a third.
+  fs[3].resize(54 + 400);
+  put16(fs[3].data() + 16, static_cast<uint16_t>(fs[3].size() - 14));
+  fix_tcp4_checksums(fs[3]);
+  put32(fs[4].data() + 38, be32(fs[3].data() + 38) + 400);
+  fix_tcp4_checksums(fs[4]);
+  auto out = run(fs);
+  ASSERT_EQ(out.size(), 3u);
+  expect_merged(out[0], fs, 0, 2);
+  EXPECT_EQ(out[0].bytes[47], kTcpAck | kTcpPsh) << "the PSH goes on the merged header";
+  expect_merged(out[1], fs, 2, 4);
+  EXPECT_EQ(out[1].bytes[47], kTcpAck);
+  EXPECT_TRUE(out[2].bytes == fs[4]);
+}
+
+TEST_F(NetGro, BoundedBySegmentsAndLength) {
+  std::vector<std::vector<uint8_t>> fs;
+  for (uint32_t i = 0; i < 7; ++i) fs.push_back(gro_frame(i));
+  pkt::CoalesceOptions o;
+  o.max_segments = 3;
+  auto out = run(fs, o);
+  ASSERT_EQ(out.size(), 3u);
+  expect_merged(out[0], fs, 0, 3);
+  expect_merged(out[1], fs, 3, 6);
+  EXPECT_TRUE(out[2].bytes == fs[6]);
+  o = {};
+  o.max_len = 54 + 2500;
+  out = run(fs, o);
+  ASSERT_EQ(out.size(), 4u);
+  for (size_t k = 0; k < 3; ++k) expect_merged(out[k], fs, 2 * k, 2 * k + 2);
+  EXPECT_TRUE(out[3].bytes == fs[6]);
+}
+
+// Without DF the IPv4 IDs must count up, as the library and Linux require.
+TEST_F(NetGro, IpIdsMustCountUpWithoutDf) {
+  std::vector<std::vector<uint8_t>> fs = {gro_frame(0), gro_frame(1), gro_frame(2), gro_frame(3)};
+  for (auto& f : fs) put16(f.data() + 20, 0);
+  put16(fs[3].data() + 18, 1);
+  for (auto& f : fs) fix_tcp4_checksums(f);
+  auto out = run(fs);
+  ASSERT_EQ(out.size(), 2u);
+  expect_merged(out[0], fs, 0, 3);
+  EXPECT_TRUE(out[1].bytes == fs[3]);
+}
+
+// Frames of other protocols pass where they were, in their order; a TCP
+// frame whose headers the adapter cannot read ends every packet.
+TEST_F(NetGro, OtherFramesPassInOrder) {
+  std::vector<uint8_t> arp(60, 0);
+  arp[12] = 0x08;
+  arp[13] = 0x06;
+  FrameSpec u;
+  u.udp = true;
+  u.payload = 100;
+  auto udp = make_frame(u);
+  FrameSpec v6;
+  v6.v6 = true;
+  v6.payload = 1000;
+  auto tcp6 = make_frame(v6);
+  std::vector<std::vector<uint8_t>> fs = {arp, gro_frame(0), udp, gro_frame(1), tcp6, gro_frame(2)};
+  auto out = run(fs);
+  ASSERT_EQ(out.size(), 4u);
+  EXPECT_TRUE(out[0].bytes == arp);
+  expect_merged(out[1], {gro_frame(0), gro_frame(1), gro_frame(2)}, 0, 3);
+  EXPECT_TRUE(out[2].bytes == udp);
+  EXPECT_TRUE(out[3].bytes == tcp6);
+}
+
+// An IPv4 fragment may be a piece of any flow's segment: no frame of a
+// packet being merged moves past it.
+TEST_F(NetGro, NothingOvertakesAnIpv4Fragment) {
+  FrameSpec u;
+  u.udp = true;
+  u.payload = 100;
+  auto frag = make_frame(u);
+  put16(frag.data() + 20, 0x2000);  // MF
+  fix_ip_checksum(frag);
+  std::vector<std::vector<uint8_t>> fs = {gro_frame(0), gro_frame(1), frag, gro_frame(2), gro_frame(3)};
+  auto out = run(fs);
+  ASSERT_EQ(out.size(), 3u);
+  expect_merged(out[0], fs, 0, 2);
+  EXPECT_TRUE(out[1].bytes == frag);
+  expect_merged(out[2], fs, 3, 5);
+}
+
 TEST_F(NetDpdk, TapExchangesFramesWithTheKernel) {
   const int tun = ::open("/dev/net/tun", O_RDWR);
   if (tun < 0) GTEST_SKIP() << "/dev/net/tun unavailable: " << std::strerror(errno);

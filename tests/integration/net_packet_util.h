@@ -121,6 +121,18 @@ inline void fix_ip_checksum(std::vector<uint8_t>& f) {
   put16(ip + 10, static_cast<uint16_t>(~fold16(sum16(ip, l3))));
 }
 
+// Makes both checksums of an Ethernet+IPv4+TCP frame valid.
+inline void fix_tcp4_checksums(std::vector<uint8_t>& f) {
+  fix_ip_checksum(f);
+  uint8_t* ip = f.data() + kEthLen;
+  const size_t l3 = (ip[0] & 0xf) * 4u;
+  const size_t l4len = be16(ip + 2) - l3;
+  uint8_t* tcp = ip + l3;
+  put16(tcp + 16, 0);
+  const uint32_t pseudo = sum16(ip + 12, 8) + 6 + static_cast<uint32_t>(l4len);
+  put16(tcp + 16, static_cast<uint16_t>(~fold16(sum16(tcp, l4len, pseudo))));
+}
+
 // The pseudo-header sum a CHECKSUM_PARTIAL (csum_blank) TCP/UDP field holds.
 inline uint16_t partial_field(const std::vector<uint8_t>& f) {
   const uint8_t* ip = f.data() + kEthLen;

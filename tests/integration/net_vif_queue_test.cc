@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <map>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -50,6 +51,7 @@ struct RigOptions {
   bool split = false;
   bool rx_gso_tcpv4 = false;
   bool rx_csum_offload = true;
+  bool rx_gro = true;
   bool zero_copy = true;
   // Most tests exercise the map path (the default copies every slot).
   std::optional<uint16_t> copy_below = 0;
@@ -127,6 +129,7 @@ class VifRig {
     if (opts_.copy_below) c.tx_limits.copy_below = *opts_.copy_below;
     c.rx_gso_tcpv4 = opts_.rx_gso_tcpv4;
     c.rx_csum_offload = opts_.rx_csum_offload;
+    c.rx_gro = opts_.rx_gro;
     c.multicast_control = true;
     c.port_poll = opts_.port_poll;
     c.log_prefix = "vif 11.0: ";
@@ -175,6 +178,18 @@ class VifRig {
       ASSERT_TRUE(pkt::set_meta(p, *meta));
     }
     ASSERT_EQ(wire_->tx_burst(0, {&p, 1}), 1u);
+  }
+  // Puts frames on the wire in one burst (the queue, started afterwards,
+  // receives them in one port burst).
+  void wire_send_burst(const std::vector<std::vector<uint8_t>>& frames) {
+    std::vector<PacketBuf*> ps;
+    for (const auto& f : frames) {
+      PacketBuf* p = pool_->alloc();
+      ASSERT_NE(p, nullptr);
+      ASSERT_TRUE(pool_->append_copy(p, {reinterpret_cast<const std::byte*>(f.data()), f.size()}));
+      ps.push_back(p);
+    }
+    ASSERT_EQ(wire_->tx_burst(0, ps), ps.size());
   }
 
   std::vector<netif_tx_response> tx_answers;
@@ -436,6 +451,175 @@ TEST(NetVifQueue, GsoSegmentedForAGuestWithoutIt) {
 TEST(NetVifQueue, ChecksumsCompletedForAGuestWithoutOffload) {
   if (dpdk() == nullptr) GTEST_SKIP();
   gso_to_guest(false, false);
+}
+
+// ------------------------------------------------------------ RX GRO
+
+// A TCP/IPv4 frame of flow `port` (source port) with valid checksums,
+// computed here independently of the adapter.
+std::vector<uint8_t> tcp_segment(uint16_t sport, uint32_t seq, size_t payload, uint16_t ip_id,
+                                 uint8_t flags = kTcpAck) {
+  FrameSpec s;
+  s.payload = payload;
+  s.seq = seq;
+  s.tcp_flags = flags;
+  s.ip_id = ip_id;
+  s.payload_seed = static_cast<uint8_t>(seq * 7 + sport);
+  auto f = make_frame(s);
+  put16(f.data() + kEthLen + kIp4Len, sport);
+  fix_tcp4_checksums(f);
+  EXPECT_TRUE(parse_frame(f).error.empty());
+  return f;
+}
+
+uint16_t frame_sport(const std::vector<uint8_t>& f) { return be16(f.data() + kEthLen + kIp4Len); }
+std::vector<uint8_t> frame_payload(const std::vector<uint8_t>& f) {
+  return {f.begin() + kEthLen + kIp4Len + kTcpLen, f.end()};
+}
+
+// What one merged packet must be: the first frame's headers (IPv4 total
+// length for the whole, header checksum valid; TCP flags of the first
+// frame plus the last one's PSH; the checksum field in CHECKSUM_PARTIAL
+// form), then every payload in order.
+void expect_merged(const SimNetfront::RxFrame& r, const std::vector<std::vector<uint8_t>>& parts) {
+  ASSERT_FALSE(parts.empty());
+  std::vector<uint8_t> want = parts[0];
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const auto pl = frame_payload(parts[i]);
+    want.insert(want.end(), pl.begin(), pl.end());
+  }
+  uint8_t* ip = want.data() + kEthLen;
+  put16(ip + 2, static_cast<uint16_t>(want.size() - kEthLen));
+  fix_ip_checksum(want);
+  uint8_t* tcp = ip + kIp4Len;
+  tcp[13] = static_cast<uint8_t>(tcp[13] | (parts.back()[kEthLen + kIp4Len + 13] & kTcpPsh));
+  put16(tcp + 16, partial_field(want));
+  EXPECT_EQ(r.bytes.size(), want.size());
+  EXPECT_TRUE(r.bytes == want) << "merged packet differs from the frames' concatenation";
+  EXPECT_EQ(r.gso_type, XEN_NETIF_GSO_TYPE_TCPV4);
+  EXPECT_EQ(r.gso_size, parts[0].size() - kEthLen - kIp4Len - kTcpLen);
+  EXPECT_EQ(r.flags & (NETRXF_csum_blank | NETRXF_data_validated | NETRXF_extra_info),
+            NETRXF_csum_blank | NETRXF_data_validated | NETRXF_extra_info);
+}
+
+std::vector<std::vector<uint8_t>> one_flow(size_t n, size_t mss = 1448) {
+  std::vector<std::vector<uint8_t>> fs;
+  for (size_t i = 0; i < n; ++i) {
+    const uint8_t flags = i + 1 == n ? (kTcpAck | kTcpPsh) : kTcpAck;
+    fs.push_back(tcp_segment(40000, static_cast<uint32_t>(1000 + i * mss), mss, static_cast<uint16_t>(7 + i), flags));
+  }
+  return fs;
+}
+
+TEST(NetVifQueue, GroMergesAFlowsSegmentsIntoOneGsoPacket) {
+  if (dpdk() == nullptr) GTEST_SKIP();
+  RigOptions o;
+  o.rx_gso_tcpv4 = true;
+  VifRig rig(o);
+  // 30 MSS-sized segments (43 KiB): one 11-slot packet plus its GSO extra.
+  const auto fs = one_flow(30);
+  rig.wire_send_burst(fs);
+  ASSERT_EQ(rig.front_->post_rx(64), 64u);
+  rig.start_queue();
+  ASSERT_TRUE(rig.front_->wait([&] { return rig.received(1); }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  rig.received(0);
+  ASSERT_EQ(rig.rx_frames.size(), 1u);
+  expect_merged(rig.rx_frames[0], fs);
+  EXPECT_EQ(rig.stats_.rx_gro_packets.get(), 1u);
+  EXPECT_EQ(rig.stats_.rx_gro_merged.get(), 30u);
+  EXPECT_EQ(rig.stats_.rx_packets.get(), 1u);
+  EXPECT_EQ(rig.stats_.rx_ring.responses.get(), 12u) << "11 full data slots and the GSO extra";
+}
+
+void gro_not_for(bool frontend_gso, bool gro) {
+  RigOptions o;
+  o.rx_gso_tcpv4 = frontend_gso;
+  o.rx_gro = gro;
+  VifRig rig(o);
+  const auto fs = one_flow(12);
+  rig.wire_send_burst(fs);
+  ASSERT_EQ(rig.front_->post_rx(64), 64u);
+  rig.start_queue();
+  ASSERT_TRUE(rig.front_->wait([&] { return rig.received(fs.size()); })) << rig.rx_frames.size();
+  ASSERT_EQ(rig.rx_frames.size(), fs.size());
+  for (size_t i = 0; i < fs.size(); ++i) {
+    EXPECT_TRUE(rig.rx_frames[i].bytes == fs[i]) << i;
+    EXPECT_EQ(rig.rx_frames[i].gso_type, XEN_NETIF_GSO_TYPE_NONE);
+  }
+  EXPECT_EQ(rig.stats_.rx_gro_packets.get(), 0u);
+}
+
+TEST(NetVifQueue, GroNotForAFrontendWithoutGso) {
+  if (dpdk() == nullptr) GTEST_SKIP();
+  gro_not_for(false, true);
+}
+TEST(NetVifQueue, GroOffKeepsFramesApart) {
+  if (dpdk() == nullptr) GTEST_SKIP();
+  gro_not_for(true, false);
+}
+
+// Two interleaved flows merge apart; a frame with a bad checksum is never
+// merged and ends its flow's packet; an out-of-order flow is not merged;
+// every flow keeps its order.
+TEST(NetVifQueue, GroKeepsFlowsApartAndInOrder) {
+  if (dpdk() == nullptr) GTEST_SKIP();
+  RigOptions o;
+  o.rx_gso_tcpv4 = true;
+  VifRig rig(o);
+  const size_t mss = 1000;
+  auto A = [&](uint32_t i) { return tcp_segment(1, 5000 + i * mss, mss, static_cast<uint16_t>(100 + i)); };
+  auto B = [&](uint32_t i) { return tcp_segment(2, 9000 + i * mss, mss, static_cast<uint16_t>(200 + i)); };
+  auto C = [&](uint32_t i) { return tcp_segment(3, 1000 + i * mss, mss, static_cast<uint16_t>(300 + i)); };
+  auto bad = A(3);
+  bad[bad.size() - 1] ^= 0x5a;  // payload changed after the checksum: bad
+  const std::vector<std::vector<uint8_t>> in = {A(0), B(0), A(1), C(0), B(1), A(2), C(2), bad, B(2), C(1), A(4)};
+  rig.wire_send_burst(in);
+  ASSERT_EQ(rig.front_->post_rx(64), 64u);
+  rig.start_queue();
+  // A: [0..2] merged, bad, 4; B: [0..2] merged; C: 0, 2, 1 apart.
+  ASSERT_TRUE(rig.front_->wait([&] { return rig.received(7); })) << rig.rx_frames.size();
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  rig.received(0);
+  ASSERT_EQ(rig.rx_frames.size(), 7u);
+  std::map<uint16_t, std::vector<const SimNetfront::RxFrame*>> by_flow;
+  for (const auto& r : rig.rx_frames) by_flow[frame_sport(r.bytes)].push_back(&r);
+  ASSERT_EQ(by_flow[1].size(), 3u);
+  expect_merged(*by_flow[1][0], {A(0), A(1), A(2)});
+  EXPECT_TRUE(by_flow[1][1]->bytes == bad);
+  EXPECT_EQ(by_flow[1][1]->gso_type, XEN_NETIF_GSO_TYPE_NONE);
+  EXPECT_EQ(by_flow[1][1]->flags & NETRXF_data_validated, 0) << "a bad checksum is not vouched for";
+  EXPECT_TRUE(by_flow[1][2]->bytes == A(4));
+  EXPECT_EQ(by_flow[1][2]->flags & NETRXF_data_validated, NETRXF_data_validated) << "checked good on the way";
+  ASSERT_EQ(by_flow[2].size(), 1u);
+  expect_merged(*by_flow[2][0], {B(0), B(1), B(2)});
+  ASSERT_EQ(by_flow[3].size(), 3u);
+  EXPECT_TRUE(by_flow[3][0]->bytes == C(0));
+  EXPECT_TRUE(by_flow[3][1]->bytes == C(2));
+  EXPECT_TRUE(by_flow[3][2]->bytes == C(1));
+  for (const auto* r : by_flow[3]) EXPECT_EQ(r->gso_type, XEN_NETIF_GSO_TYPE_NONE);
+  EXPECT_EQ(rig.stats_.rx_gro_packets.get(), 2u);
+  EXPECT_EQ(rig.stats_.rx_gro_merged.get(), 6u);
+}
+
+// A burst longer than 64 KiB: packets of at most 64 KiB, in sequence.
+TEST(NetVifQueue, GroBoundsAMergedPacketTo64KiB) {
+  if (dpdk() == nullptr) GTEST_SKIP();
+  RigOptions o;
+  o.rx_gso_tcpv4 = true;
+  VifRig rig(o);
+  const auto fs = one_flow(60);  // 86880 payload bytes
+  rig.wire_send_burst(fs);
+  ASSERT_EQ(rig.front_->post_rx(128), 128u);
+  rig.start_queue();
+  ASSERT_TRUE(rig.front_->wait([&] { return rig.received(2); })) << rig.rx_frames.size();
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  rig.received(0);
+  ASSERT_EQ(rig.rx_frames.size(), 2u);
+  // 14 + 40 + 45 * 1448 = 65214 <= 65536 < 66662 with a 46th.
+  expect_merged(rig.rx_frames[0], {fs.begin(), fs.begin() + 45});
+  expect_merged(rig.rx_frames[1], {fs.begin() + 45, fs.end()});
+  for (const auto& r : rig.rx_frames) EXPECT_LE(r.bytes.size(), 65536u);
 }
 
 TEST(NetVifQueue, BadPacketsAreAnsweredWithErrorsAndTrafficGoesOn) {

@@ -34,7 +34,7 @@ DOM0_PKGS=(
   liburing2 libspdlog1.10 libfmt9 dpdk
   librte-eal23 librte-ethdev23 librte-gso23 librte-mbuf23 librte-mempool23 librte-net23 librte-ring23
   librte-kvargs23 librte-meter23 librte-pci23 librte-telemetry23 librte-bus-vdev23 librte-bus-pci23
-  librte-net-ring23 librte-net-tap23 librte-net-null23 librte-mempool-ring23
+  librte-gro23 librte-net-ring23 librte-net-tap23 librte-net-null23 librte-mempool-ring23
   qemu-system-xen
   iproute2 iperf3 fio kmod procps e2fsprogs util-linux mount
 )

@@ -146,6 +146,43 @@ TEST(NetRxPlan, ExtrasFollowTheFirstDataSlot) {
   for (const auto& c : b.batch.copies()) EXPECT_TRUE(c.dest.foreign.ref != 501 && c.dest.foreign.ref != 502);
 }
 
+// A coalesced (GRO) packet: the first frame's 54 header bytes + payload,
+// then 43 payload-only segments; it fills whole pages (16 slots, not one
+// per segment) plus its GSO extra.
+TEST(NetRxPlan, CoalescedChainFillsWholePages) {
+  Burst b;
+  const auto reqs = posted(32);
+  b.batch.reset(reqs, kGuest);
+  std::vector<size_t> cuts = {54 + 1448};
+  for (int i = 0; i < 43; ++i) cuts.push_back(1448);
+  const size_t len = 54 + 44 * 1448;
+  Pkt p(len, cuts);
+  ASSERT_EQ(p.segs.size(), 44u);
+  p.pkt.csum_blank = true;
+  p.pkt.gso_type = XEN_NETIF_GSO_TYPE_TCPV4;
+  p.pkt.gso_size = 1448;
+  ASSERT_EQ(b.batch.add(p.pkt), RxVerdict::kPlanned);
+  const auto rs = b.batch.responses();
+  ASSERT_EQ(rs.size(), 17u);  // ceil(63766 / 4096) data slots + the GSO extra
+  EXPECT_EQ(extra_at(rs[1]).type, XEN_NETIF_EXTRA_TYPE_GSO);
+  size_t total = 0;
+  for (size_t i = 0; i < rs.size(); ++i) {
+    if (i == 1) continue;
+    const bool last = i + 1 == rs.size();
+    EXPECT_EQ(rs[i].status, last ? static_cast<int>(len - 15 * 4096) : 4096) << i;
+    total += static_cast<size_t>(rs[i].status);
+  }
+  EXPECT_EQ(total, len);
+  // One copy per slot plus one per segment boundary inside a slot.
+  EXPECT_LE(b.batch.copies().size(), 16u + 44u);
+  size_t src = 0;
+  for (const auto& c : b.batch.copies()) {
+    EXPECT_EQ(static_cast<const uint8_t*>(c.source.virt), p.bytes.data() + src);
+    src += c.len;
+  }
+  EXPECT_EQ(src, len);
+}
+
 TEST(NetRxPlan, ChecksumFlags) {
   Burst b;
   const auto reqs = posted(4);
