@@ -94,6 +94,16 @@ if len(got) < 3:
     print("unrecognised stats file:", ",".join(d.keys())); sys.exit(2)
 print(" ".join("%s=%d" % kv for kv in sorted(got.items())))
 sys.exit(1 if any(got.values()) else 0)'
+NET_SUMMARY='
+import json, sys
+d = json.load(open(sys.argv[1]))
+q = [q for v in d.get("vifs", []) for q in v.get("queues", [])]
+keys = ("tx_packets", "tx_dropped", "tx_port_dropped", "tx_rate_limited", "rx_packets", "rx_dropped",
+        "rx_expired", "rx_stalls", "rx_stall_dropped", "rx_gro_packets", "rx_gro_merged", "rx_copy_failures")
+out = ["%s=%d" % (k, sum(int(x.get(k, 0)) for x in q)) for k in keys]
+out.append("busy_s=%.1f" % (sum(int(w.get("busy_ns", 0)) for w in d.get("workers", [])) / 1e9))
+out.append("uptime_s=%.0f" % d.get("uptime_s", 0))
+print(" ".join(out))'
 daemon_released() {
   local f="$1" i=0 out=""
   while [ $i -lt 100 ]; do
@@ -269,6 +279,10 @@ run_backend() {
     esac
   done
   [ $failures -gt 0 ] && dump_guest "$NAME"
+  # xenpath-netback's counters for this guest, before it goes (diagnosis of the iperf3 figures).
+  if [ "$b" = xenpath ] && [ $HAVE_NETBACK = 1 ]; then
+    say "netstats|$(python3 -c "$NET_SUMMARY" /run/xenpath-netback.json 2>&1)"
+  fi
   destroy "$NAME"
   backend_released "$DOMID" && check "$b" release ok "backend nodes gone" || check "$b" release fail "backend nodes of $DOMID remain"
   daemons_alive_and_released "$b" destroy
@@ -344,7 +358,8 @@ xo_case() {  # mode case iperf3-args...
   b="$(xo_snap)"
   kbps="$(echo "$out" | grep receiver | tail -n1 | awk '{for (f = 1; f < NF; f++) if ($(f + 1) == "Kbits/sec") print $f}')"
   # LAB|xo|case|mode|packets|bytes|busy_ns|mapped_pages|copied_bytes|kbit_s|cpu_ns
-  say "xo|$case|$mode|$(echo "$a $b" | awk '{printf "%d|%d|%d|%d|%d", $7-$1, $8-$2, $9-$3, $10-$4, $11-$5}')|${kbps:-0}|$(echo "$a $b" | awk '{printf "%d", $12-$6}')"
+  # (%.0f: busy and CPU nanoseconds pass 2^31, where mawk's %d saturates.)
+  say "xo|$case|$mode|$(echo "$a $b" | awk '{printf "%.0f|%.0f|%.0f|%.0f|%.0f", $7-$1, $8-$2, $9-$3, $10-$4, $11-$5}')|${kbps:-0}|$(echo "$a $b" | awk '{printf "%.0f", $12-$6}')"
   [ -n "$kbps" ] || { echo "$out" | tail -n 3; return 1; }
 }
 
