@@ -68,6 +68,8 @@ struct Reactor::Impl {
   bool reap_cqes() noexcept;
   void finish_loop() noexcept;
   Status add_watch(int fd, uint32_t events, bool timer, FdHandler handler, uint64_t* key_out) noexcept;
+  // Watches timerfd `tfd` (closed on failure) and runs fn on each expiry.
+  Result<TimerId> add_timer_fd(int tfd, Task fn, bool oneshot) noexcept;
   void remove_watch(uint64_t key) noexcept;
   [[nodiscard]] bool on_owner_side() const noexcept;
 
@@ -511,6 +513,10 @@ Result<Reactor::TimerId> Reactor::add_timer(std::chrono::nanoseconds period, Tas
     ::close(tfd);
     return e;
   }
+  return impl_->add_timer_fd(tfd, std::move(fn), false);
+}
+
+Result<Reactor::TimerId> Reactor::Impl::add_timer_fd(int tfd, Task fn, bool oneshot) noexcept {
   // Expirations missed while the reactor was busy coalesce into one run:
   // periodic housekeeping wants "at least every period", not catch-up bursts.
   FdHandler h = [tfd, fn = std::move(fn)](uint32_t) {
@@ -518,10 +524,11 @@ Result<Reactor::TimerId> Reactor::add_timer(std::chrono::nanoseconds period, Tas
     if (::read(tfd, &expirations, sizeof expirations) == static_cast<ssize_t>(sizeof expirations) && expirations != 0) fn();
   };
   uint64_t key = 0;
-  if (auto st = impl_->add_watch(tfd, EPOLLIN, true, std::move(h), &key); !st) {
+  if (auto st = add_watch(tfd, EPOLLIN, true, std::move(h), &key); !st) {
     ::close(tfd);
     return unexpected(st.error());
   }
+  watches[key]->oneshot = oneshot;
   return key;
 }
 
@@ -531,17 +538,7 @@ Result<Reactor::TimerId> Reactor::add_oneshot_timer(Task fn) noexcept {
   // Created disarmed: not readable until arm_timer().
   const int tfd = ::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
   if (tfd < 0) return unexpected_errno();
-  FdHandler h = [tfd, fn = std::move(fn)](uint32_t) {
-    uint64_t expirations = 0;
-    if (::read(tfd, &expirations, sizeof expirations) == static_cast<ssize_t>(sizeof expirations) && expirations != 0) fn();
-  };
-  uint64_t key = 0;
-  if (auto st = impl_->add_watch(tfd, EPOLLIN, true, std::move(h), &key); !st) {
-    ::close(tfd);
-    return unexpected(st.error());
-  }
-  impl_->watches[key]->oneshot = true;
-  return key;
+  return impl_->add_timer_fd(tfd, std::move(fn), true);
 }
 
 Status Reactor::arm_timer(TimerId id, std::chrono::steady_clock::time_point when) noexcept {
