@@ -101,7 +101,11 @@ q = [q for v in d.get("vifs", []) for q in v.get("queues", [])]
 keys = ("tx_packets", "tx_dropped", "tx_port_dropped", "tx_rate_limited", "rx_packets", "rx_dropped",
         "rx_expired", "rx_stalls", "rx_stall_dropped", "rx_gro_packets", "rx_gro_merged", "rx_copy_failures")
 out = ["%s=%d" % (k, sum(int(x.get(k, 0)) for x in q)) for k in keys]
-out.append("busy_s=%.1f" % (sum(int(w.get("busy_ns", 0)) for w in d.get("workers", [])) / 1e9))
+w = d.get("workers", [])
+out.append("busy_s=%.1f" % (sum(int(x.get("busy_ns", 0)) for x in w) / 1e9))
+# Wake-ups (sleeps) and loop iterations per packet: the syscalls a packet costs scale with them.
+for k in ("iterations", "busy_iterations", "sleeps"):
+    out.append("%s=%d" % (k, sum(int(x.get(k, 0)) for x in w)))
 out.append("uptime_s=%.0f" % d.get("uptime_s", 0))
 print(" ".join(out))'
 daemon_released() {
