@@ -1607,9 +1607,13 @@ Result<std::unique_ptr<PacketPort>> start_port(DpdkEnv& env, DpdkPool& pool, uin
     caps.multi_segment = true;
   }
   // Software ports copy with the CPU; a NIC would need grant-mapped pages
-  // DMA-mapped, which this adapter does not do.
+  // DMA-mapped, which this adapter does not do. virtio_user is a vdev but
+  // not a CPU copier: its vhost backend (vhost-net, or a vhost-user switch)
+  // reads buffers through the memory table DPDK registered, which a
+  // grant-mapped guest page is not in, so it gets copies too.
   const char* bus = info.device != nullptr ? rte_bus_name(rte_dev_bus(info.device)) : "";
-  caps.external_buffers = bus != nullptr && std::strcmp(bus, "vdev") == 0;
+  caps.external_buffers = bus != nullptr && std::strcmp(bus, "vdev") == 0 &&
+                          std::strcmp(info.driver_name, "net_virtio_user") != 0;
   uint16_t mtu = 0;
   if (rte_eth_dev_get_mtu(port_id, &mtu) == 0) caps.mtu = mtu;
 
