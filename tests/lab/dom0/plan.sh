@@ -94,20 +94,29 @@ if len(got) < 3:
     print("unrecognised stats file:", ",".join(d.keys())); sys.exit(2)
 print(" ".join("%s=%d" % kv for kv in sorted(got.items())))
 sys.exit(1 if any(got.values()) else 0)'
-NET_SUMMARY='
-import json, sys
+# xenpath-netback's counters, summed over its VIFs' queues and its workers, from the stats file:
+#   python3 -c "$NET_COUNTERS" <stats file> <daemon pid> kv|values <key>...
+# "kv" prints key=value pairs (the plan's netstats line), "values" just the numbers (for awk).
+# Keys: any per-queue counter; the workers' busy_ns, iterations, busy_iterations, sleeps; busy_s;
+# uptime_s; cpu_ns (the daemon's utime + stime, from /proc).
+NET_COUNTERS='
+import json, os, sys
 d = json.load(open(sys.argv[1]))
 q = [q for v in d.get("vifs", []) for q in v.get("queues", [])]
-keys = ("tx_packets", "tx_dropped", "tx_port_dropped", "tx_rate_limited", "rx_packets", "rx_dropped",
-        "rx_expired", "rx_stalls", "rx_stall_dropped", "rx_gro_packets", "rx_gro_merged", "rx_copy_failures")
-out = ["%s=%d" % (k, sum(int(x.get(k, 0)) for x in q)) for k in keys]
 w = d.get("workers", [])
-out.append("busy_s=%.1f" % (sum(int(x.get("busy_ns", 0)) for x in w) / 1e9))
-# Wake-ups (sleeps) and loop iterations per packet: the syscalls a packet costs scale with them.
-for k in ("iterations", "busy_iterations", "sleeps"):
-    out.append("%s=%d" % (k, sum(int(x.get(k, 0)) for x in w)))
-out.append("uptime_s=%.0f" % d.get("uptime_s", 0))
-print(" ".join(out))'
+def get(k):
+    if k in ("busy_ns", "iterations", "busy_iterations", "sleeps"):
+        return "%d" % sum(int(x.get(k, 0)) for x in w)
+    if k == "busy_s":
+        return "%.1f" % (sum(int(x.get("busy_ns", 0)) for x in w) / 1e9)
+    if k == "uptime_s":
+        return "%.0f" % d.get("uptime_s", 0)
+    if k == "cpu_ns":
+        f = open("/proc/%s/stat" % sys.argv[2]).read().rsplit(")", 1)[1].split()
+        return "%d" % ((int(f[11]) + int(f[12])) * 1000000000 // os.sysconf("SC_CLK_TCK"))
+    return "%d" % sum(int(x.get(k, 0)) for x in q)
+keys = sys.argv[4:]
+print(" ".join((k + "=" if sys.argv[3] == "kv" else "") + get(k) for k in keys))'
 daemon_released() {
   local f="$1" i=0 out=""
   while [ $i -lt 100 ]; do
@@ -285,7 +294,10 @@ run_backend() {
   [ $failures -gt 0 ] && dump_guest "$NAME"
   # xenpath-netback's counters for this guest, before it goes (diagnosis of the iperf3 figures).
   if [ "$b" = xenpath ] && [ $HAVE_NETBACK = 1 ]; then
-    say "netstats|$(python3 -c "$NET_SUMMARY" /run/xenpath-netback.json 2>&1)"
+    # Worker iterations and sleeps per packet: the system calls a packet costs scale with them.
+    say "netstats|$(python3 -c "$NET_COUNTERS" /run/xenpath-netback.json "$NET_PID" kv tx_packets tx_dropped \
+      tx_port_dropped tx_rate_limited rx_packets rx_dropped rx_expired rx_stalls rx_stall_dropped \
+      rx_gro_packets rx_gro_merged rx_copy_failures busy_s iterations busy_iterations sleeps uptime_s 2>&1)"
   fi
   destroy "$NAME"
   backend_released "$DOMID" && check "$b" release ok "backend nodes gone" || check "$b" release fail "backend nodes of $DOMID remain"
@@ -340,18 +352,10 @@ run_backend() {
 # byte, the default) and 0 (map every remainder, as Linux netback), alternating, twice each
 # (lab.xo_rounds=N), so that drift on a shared host hits both modes alike. The daemon's process
 # CPU time (utime+stime, which includes the poll-window spin) is reported beside it.
-XO_STATS='
-import json, sys
-d = json.load(open(sys.argv[1]))
-q = [q for v in d.get("vifs", []) for q in v.get("queues", [])]
-s = lambda k: sum(int(x.get(k, 0)) for x in q)
-busy = sum(int(w.get("busy_ns", 0)) for w in d.get("workers", []))
-f = open("/proc/%s/stat" % sys.argv[2]).read().rsplit(")", 1)[1].split()
-cpu = (int(f[11]) + int(f[12])) * 1000000000 // os.sysconf("SC_CLK_TCK")  # utime + stime
-print(s("tx_packets"), s("tx_bytes"), busy, s("tx_mapped_pages"), s("tx_copied_bytes"), cpu)'
 xo_snap() {
   sleep 0.6
-  python3 -c "import os; $XO_STATS" /run/xenpath-netback.json "$NET_PID" 2>/dev/null || echo "0 0 0 0 0 0"
+  python3 -c "$NET_COUNTERS" /run/xenpath-netback.json "$NET_PID" values \
+    tx_packets tx_bytes busy_ns tx_mapped_pages tx_copied_bytes cpu_ns 2>/dev/null || echo "0 0 0 0 0 0"
 }
 
 xo_case() {  # mode case iperf3-args...
