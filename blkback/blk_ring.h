@@ -10,7 +10,7 @@
 #include <memory>
 #include <span>
 
-#include "blkback/blkif_abi.h"
+#include "blkback/blk_abi.h"
 #include "common/result.h"
 #include "common/ring.h"
 #include "common/stats.h"

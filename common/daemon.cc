@@ -64,6 +64,8 @@ Status BackendDaemon::add_type(std::unique_ptr<DeviceType> type) noexcept {
 
 void BackendDaemon::add_stats(StatsFn fn) { stats_fns_.push_back(std::move(fn)); }
 
+void BackendDaemon::add_stop_hook(std::function<void()> fn) { stop_hooks_.push_back(std::move(fn)); }
+
 Status BackendDaemon::start() noexcept {
   if (started_ || stopped_) return unexpected(EALREADY);
   Status st = ok();
@@ -102,6 +104,7 @@ void BackendDaemon::stop() noexcept {
       if (!opts_.stats_file.empty()) (void)write_file(collect());
     });
   }
+  for (auto& hook : stop_hooks_) hook();
   if (control_) control_->stop();
   for (auto& w : workers_) w->stop();
 }

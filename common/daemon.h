@@ -59,6 +59,10 @@ class BackendDaemon {
   // Before start().
   Status add_type(std::unique_ptr<DeviceType> type) noexcept;
   void add_stats(StatsFn fn);
+  // Runs on the stopping thread once every device is disconnected and
+  // before the reactors stop (a service's per-worker teardown, e.g. DPDK
+  // lcores, through Reactor::call()). In the order added.
+  void add_stop_hook(std::function<void()> fn);
 
   // Sets the driver's watches on the control reactor (devices that already
   // exist are picked up: a restarted daemon takes its devices back) and
@@ -90,6 +94,7 @@ class BackendDaemon {
   std::vector<std::unique_ptr<Reactor>> workers_;
   std::unique_ptr<BackendDriver> driver_;
   std::vector<StatsFn> stats_fns_;
+  std::vector<std::function<void()>> stop_hooks_;
   std::chrono::steady_clock::time_point started_at_{};
   bool started_ = false;
   bool stopped_ = false;

@@ -13,14 +13,14 @@
 // per request, apart from the simulated guest's own.
 //
 // Images: one file per VBD (--image repeated), one file shared by every VBD,
-// or --null (blkback/null_image.h: I/O completes at once without touching
+// or --null (blkback/image_null.h: I/O completes at once without touching
 // data, to measure the backend's own CPU cost). A missing file is created
 // with --size and preallocated (fallocate: unwritten extents read as zeros
 // without touching the disk, so for read benchmarks write the file fully
 // first: perf/blk_vs_fio.sh does).
 //
 // --verify checks every byte read against the last acknowledged write (see
-// blkback/sim_blkload.h); each ring then gets its own region of the disk and
+// sim/blk/sim_blkload.h); each ring then gets its own region of the disk and
 // the regions are zeroed (hole-punched) first. Exit status: 0, 1 on any
 // error or mismatch, 2 on a setup failure.
 #include <fcntl.h>
@@ -43,9 +43,9 @@
 #include <thread>
 #include <vector>
 
-#include "blkback/null_image.h"
-#include "blkback/sim_blkhost.h"
-#include "blkback/sim_blkload.h"
+#include "blkback/image_null.h"
+#include "sim/blk/sim_blkhost.h"
+#include "sim/blk/sim_blkload.h"
 #include "common/log.h"
 
 namespace {

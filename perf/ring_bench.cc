@@ -12,8 +12,8 @@
 
 #include "common/ring.h"
 #include "common/ring_types.h"
-#include "common/sim/front_ring.h"
-#include "common/sim/sim_host.h"
+#include "sim/front_ring.h"
+#include "sim/sim_host.h"
 
 namespace xenpath {
 namespace {

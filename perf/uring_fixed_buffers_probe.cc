@@ -25,7 +25,7 @@
 #include <cstring>
 #include <string>
 
-#include "common/sim/sim_hypervisor.h"
+#include "sim/sim_hypervisor.h"
 #include "common/xen/platform.h"
 
 namespace {

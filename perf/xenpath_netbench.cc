@@ -46,10 +46,10 @@
 #include <thread>
 #include <vector>
 
-#include "common/sim/sim_hypervisor.h"
-#include "netback/dpdk_port.h"
-#include "netback/sim_netfront.h"
-#include "netback/vif_queue.h"
+#include "sim/sim_hypervisor.h"
+#include "netback/port_dpdk.h"
+#include "sim/net/sim_netfront.h"
+#include "netback/net_queue.h"
 #include "tests/integration/net_packet_util.h"
 
 namespace xenpath {

@@ -9,6 +9,6 @@ cd "$(dirname "$0")/.."
 ./scripts/setup-deps.sh
 BUILD_DIR=${BUILD_DIR:-build/release}
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DXENPATH_BUILD_TESTS=OFF >/dev/null
-ninja -C "$BUILD_DIR" -j"$(nproc)" xenpath-blkback
-# --platform sim: never serve a real host's devices from the demo, even on a dom0.
-exec "$BUILD_DIR/tools/xenpath-blkback" --platform sim "$@"
+ninja -C "$BUILD_DIR" -j"$(nproc)" xenpath-sim
+# xenpath-sim blkback: the daemon on the simulated host only, never a real host's devices.
+exec "$BUILD_DIR/tools/xenpath-sim" blkback "$@"

@@ -20,11 +20,11 @@
 #include <fstream>
 #include <thread>
 
-#include "common/sim/sim_hypervisor.h"
-#include "netback/dpdk_port.h"
-#include "netback/sim_netfront.h"
-#include "netback/sim_tap_guest.h"
-#include "netback/vif_queue.h"
+#include "sim/sim_hypervisor.h"
+#include "netback/port_dpdk.h"
+#include "sim/net/sim_netfront.h"
+#include "sim/net/sim_tap_guest.h"
+#include "netback/net_queue.h"
 
 namespace {
 

@@ -1,5 +1,10 @@
 // xenpath-sim: the simulated Xen host with xenpath's backends on it.
 //
+//   xenpath-sim blkback    xenpath-blkback's daemon on the simulated host:
+//                          guests with raw disks drive verified I/O through
+//                          it (the README's first command).
+//   xenpath-sim netback    xenpath-netback's daemon on the simulated host:
+//                          guests whose frames a loopback wire sends back.
 //   xenpath-sim demo       guests connect devices through the xenbus
 //                          handshake and drive traffic through the shared
 //                          rings; live per-device statistics; at the end the
@@ -24,12 +29,17 @@
 #include <thread>
 #include <vector>
 
+#include "blkback/blk_service.h"
+#include "common/daemon_main.h"
 #include "common/log.h"
+#include "netback/net_service.h"
+#include "sim/blk/blk_demo.h"
+#include "sim/net/net_demo.h"
 #include "common/reactor.h"
-#include "common/sim/echo_device.h"
-#include "common/sim/sim_host.h"
-#include "common/sim/sim_toolstack.h"
-#include "common/sim/sim_xenstored.h"
+#include "sim/echo_device.h"
+#include "sim/sim_host.h"
+#include "sim/sim_toolstack.h"
+#include "sim/sim_xenstored.h"
 #include "common/xenbus/backend_driver.h"
 
 namespace {
@@ -286,9 +296,34 @@ int main(int argc, char** argv) {
   std::string xs_socket = "/tmp/xenpath-sim.sock";
   auto* x = app.add_subcommand("xenstored", "run only the simulated xenstored");
   x->add_option("--socket", xs_socket, "unix socket path");
+
+  // The daemons, as the production mains build them, on the simulated host.
+  xenpath::DaemonCli blk_cli{.daemon = xenpath::BlkbackService::daemon_defaults()};
+  xenpath::BlkbackService::Options blk_opts;
+  xenpath::sim::BlkDemoOptions blk_demo;
+  auto* b = app.add_subcommand("blkback", "xenpath-blkback on the simulated host, guests doing verified I/O");
+  xenpath::add_daemon_cli(*b, blk_cli);
+  xenpath::BlkbackService::add_cli(*b, blk_opts);
+  xenpath::sim::add_blkback_demo_cli(*b, blk_demo);
+  xenpath::DaemonCli net_cli{.daemon = xenpath::NetbackService::daemon_defaults(), .log_level = "warn"};
+  xenpath::NetbackService::Options net_opts;
+  xenpath::sim::NetDemoOptions net_demo;
+  auto* n = app.add_subcommand("netback", "xenpath-netback on the simulated host, guests' frames on a loopback wire");
+  xenpath::add_daemon_cli(*n, net_cli);
+  xenpath::NetbackService::add_cli(*n, net_opts);
+  xenpath::sim::add_netback_demo_cli(*n, net_demo);
+
   app.require_subcommand(1);
   CLI11_PARSE(app, argc, argv);
 
+  if (*b || *n) {
+    xenpath::DaemonCli& cli = *b ? blk_cli : net_cli;
+    xenpath::finish_daemon_cli(cli);
+    // Before any thread (EAL's included): the signals reach only this one.
+    xenpath::block_termination_signals();
+    return *b ? xenpath::sim::run_blkback_demo(cli, blk_opts, blk_demo)
+              : xenpath::sim::run_netback_demo(cli, net_opts, net_demo);
+  }
   xenpath::log_init(level);
   signal(SIGINT, [](int) { g_interrupted.store(true); });
   signal(SIGTERM, [](int) { g_interrupted.store(true); });

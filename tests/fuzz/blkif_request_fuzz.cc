@@ -10,7 +10,7 @@
 #include <cstring>
 #include <vector>
 
-#include "blkback/blk_request.h"
+#include "blkback/blk_protocol.h"
 
 using namespace xenpath;
 

@@ -12,8 +12,8 @@
 #include <memory>
 #include <vector>
 
-#include "netback/dpdk_port.h"
-#include "netback/packet_port.h"
+#include "netback/port_dpdk.h"
+#include "netback/port.h"
 #include "tests/integration/net_packet_util.h"
 
 namespace {

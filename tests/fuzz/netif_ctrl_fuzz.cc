@@ -8,7 +8,7 @@
 #include <cstring>
 #include <vector>
 
-#include "netback/ctrl_ring.h"
+#include "netback/net_ctrl.h"
 
 namespace {
 

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "netback/netif_rx.h"
+#include "netback/net_protocol_rx.h"
 
 namespace {
 void check(bool ok) {

@@ -6,7 +6,7 @@
 #include <cstring>
 #include <vector>
 
-#include "netback/netif_tx.h"
+#include "netback/net_protocol_tx.h"
 
 namespace {
 

@@ -26,10 +26,10 @@
 #include <vector>
 
 #include "blk_test_util.h"
-#include "blkback/raw_image.h"
-#include "blkback/sim_blkfront.h"
-#include "blkback/vbd_queue.h"
-#include "common/sim/sim_hypervisor.h"
+#include "blkback/image_raw.h"
+#include "sim/blk/sim_blkfront.h"
+#include "blkback/blk_queue.h"
+#include "sim/sim_hypervisor.h"
 
 namespace xenpath {
 namespace {

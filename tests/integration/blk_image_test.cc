@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "blkback/raw_image.h"
+#include "blkback/image_raw.h"
 #include "tests/integration/blk_test_util.h"
 
 namespace xenpath {

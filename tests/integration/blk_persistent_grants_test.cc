@@ -10,8 +10,8 @@
 #include <random>
 #include <vector>
 
-#include "blkback/persistent_grants.h"
-#include "common/sim/sim_hypervisor.h"
+#include "blkback/blk_persistent_grants.h"
+#include "sim/sim_hypervisor.h"
 
 namespace xenpath {
 namespace {

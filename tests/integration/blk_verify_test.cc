@@ -16,9 +16,9 @@
 #include <vector>
 
 #include "blk_test_util.h"
-#include "blkback/null_image.h"
-#include "blkback/sim_blkhost.h"
-#include "blkback/sim_blkload.h"
+#include "blkback/image_null.h"
+#include "sim/blk/sim_blkhost.h"
+#include "sim/blk/sim_blkload.h"
 
 namespace xenpath {
 namespace {

@@ -6,7 +6,7 @@
 // EAL can be initialised once per process; every test here shares one
 // environment (a function-local static) and leaves no port, pool buffer or
 // pinned CPU behind, so other tests in this binary are undisturbed.
-#include "netback/dpdk_port.h"
+#include "netback/port_dpdk.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>

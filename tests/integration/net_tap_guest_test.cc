@@ -3,7 +3,7 @@
 // a tap (SimTapGuest), the netif rings and grant copies (SimNetfront,
 // VifQueue) and the DPDK net_tap port vif<domid>.0. Skipped where network
 // namespaces or /dev/net/tun are not permitted.
-#include "netback/sim_tap_guest.h"
+#include "sim/net/sim_tap_guest.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -25,10 +25,10 @@
 #include <thread>
 #include <vector>
 
-#include "common/sim/sim_hypervisor.h"
-#include "netback/dpdk_port.h"
-#include "netback/sim_netfront.h"
-#include "netback/vif_queue.h"
+#include "sim/sim_hypervisor.h"
+#include "netback/port_dpdk.h"
+#include "sim/net/sim_netfront.h"
+#include "netback/net_queue.h"
 
 namespace xenpath {
 namespace {

@@ -1,6 +1,6 @@
 // Simulated event channels: Xen's binding rules and the Linux evtchn
 // device's mask-until-unmask semantics, on eventfds.
-#include "common/sim/sim_event_channel.h"
+#include "sim/sim_event_channel.h"
 
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -8,7 +8,7 @@
 #include <atomic>
 #include <thread>
 
-#include "common/sim/sim_hypervisor.h"
+#include "sim/sim_hypervisor.h"
 
 namespace xenpath::sim {
 namespace {

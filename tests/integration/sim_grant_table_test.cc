@@ -1,7 +1,7 @@
 // The simulated grant table: real mmap permissions, Xen's GNTST codes, the
 // errno a gntdev user sees, grant copy, and the counters other tests use as
 // leak checks.
-#include "common/sim/sim_grant_table.h"
+#include "sim/sim_grant_table.h"
 
 #include "common/xen/ring_protocol.h"  // GNTST_*
 
@@ -14,7 +14,7 @@
 #include <cstring>
 #include <vector>
 
-#include "common/sim/sim_hypervisor.h"
+#include "sim/sim_hypervisor.h"
 
 namespace xenpath::sim {
 namespace {

@@ -22,9 +22,9 @@
 #include <vector>
 
 #include "common/libxen/libxen_store.h"
-#include "common/sim/sim_toolstack.h"
-#include "common/sim/sim_xenbus_frontend.h"
-#include "common/sim/sim_xenstored.h"
+#include "sim/sim_toolstack.h"
+#include "sim/sim_xenbus_frontend.h"
+#include "sim/sim_xenstored.h"
 #include "common/xenbus/backend_driver.h"
 
 namespace xenpath::sim {

@@ -1,7 +1,7 @@
 // Guest-written keys: strict decimals and single/multi-page ring references.
 #include <gtest/gtest.h>
 
-#include "common/sim/sim_xenstored.h"
+#include "sim/sim_xenstored.h"
 #include "common/xenbus/keys.h"
 
 namespace xenpath {

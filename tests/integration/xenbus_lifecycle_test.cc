@@ -18,11 +18,11 @@
 #include <vector>
 
 #include "common/reactor.h"
-#include "common/sim/echo_device.h"
-#include "common/sim/sim_host.h"
-#include "common/sim/sim_toolstack.h"
-#include "common/sim/sim_xenbus_frontend.h"
-#include "common/sim/sim_xenstored.h"
+#include "sim/echo_device.h"
+#include "sim/sim_host.h"
+#include "sim/sim_toolstack.h"
+#include "sim/sim_xenbus_frontend.h"
+#include "sim/sim_xenstored.h"
 #include "common/xenbus/backend_driver.h"
 
 namespace xenpath::sim {

@@ -16,10 +16,10 @@
 #include <vector>
 
 #include "common/reactor.h"
-#include "common/sim/echo_device.h"
-#include "common/sim/sim_host.h"
-#include "common/sim/sim_toolstack.h"
-#include "common/sim/sim_xenstored.h"
+#include "sim/echo_device.h"
+#include "sim/sim_host.h"
+#include "sim/sim_toolstack.h"
+#include "sim/sim_xenstored.h"
 #include "common/xenbus/backend_driver.h"
 
 namespace xenpath::sim {

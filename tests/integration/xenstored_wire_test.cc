@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "common/libxen/libxen_store.h"
-#include "common/sim/sim_xenstored.h"
+#include "sim/sim_xenstored.h"
 #include "common/xen/xenstore.h"
 
 extern char** environ;

@@ -8,9 +8,9 @@
 #include <cstring>
 #include <vector>
 
-#include "blkback/blkif_abi.h"
+#include "blkback/blk_abi.h"
 #include "common/ring.h"
-#include "common/sim/front_ring.h"
+#include "sim/front_ring.h"
 
 namespace xenpath {
 namespace {

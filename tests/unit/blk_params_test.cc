@@ -1,7 +1,7 @@
 // The toolstack's params key: the path and format forms xl/libxl write.
 #include <gtest/gtest.h>
 
-#include "blkback/vbd_device.h"
+#include "blkback/blk_device.h"
 
 namespace xenpath {
 namespace {

@@ -5,7 +5,7 @@
 #include <random>
 #include <vector>
 
-#include "blkback/sim_blkload.h"
+#include "sim/blk/sim_blkload.h"
 
 namespace xenpath::sim {
 namespace {

@@ -8,7 +8,7 @@
 #include <limits>
 #include <vector>
 
-#include "blkback/blk_request.h"
+#include "blkback/blk_protocol.h"
 
 namespace xenpath {
 namespace {

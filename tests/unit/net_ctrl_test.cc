@@ -1,14 +1,14 @@
 // Control ring messages (hash.c semantics), Toeplitz against Microsoft's
 // published RSS verification vectors, frame hashing, and the multicast
 // filter.
-#include "netback/ctrl_ring.h"
+#include "netback/net_ctrl.h"
 
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <vector>
 
-#include "common/sim/sim_hypervisor.h"
+#include "sim/sim_hypervisor.h"
 
 namespace xenpath {
 namespace {

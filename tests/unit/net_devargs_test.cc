@@ -1,5 +1,5 @@
 // Port device arguments from the operator's template (no EAL needed).
-#include "netback/dpdk_port.h"
+#include "netback/port_dpdk.h"
 
 #include <gtest/gtest.h>
 

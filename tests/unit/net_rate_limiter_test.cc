@@ -1,5 +1,5 @@
 // Kernel netback's "rate" credit scheduler, with an explicit clock.
-#include "netback/rate_limiter.h"
+#include "netback/net_rate.h"
 
 #include <gtest/gtest.h>
 

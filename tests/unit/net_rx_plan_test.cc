@@ -1,7 +1,7 @@
 // Guest RX planning: coalesced grant copies, extras, flags, slot accounting,
 // and (over the simulated hypervisor) that the guest pages end up holding
 // the packet.
-#include "netback/netif_rx.h"
+#include "netback/net_protocol_rx.h"
 
 #include <gtest/gtest.h>
 
@@ -9,7 +9,7 @@
 #include <numeric>
 #include <vector>
 
-#include "common/sim/sim_hypervisor.h"
+#include "sim/sim_hypervisor.h"
 
 namespace xenpath {
 namespace {

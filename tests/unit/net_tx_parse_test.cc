@@ -1,5 +1,5 @@
 // Guest TX request parsing: Linux xen-netback's rules, slot by slot.
-#include "netback/netif_tx.h"
+#include "netback/net_protocol_tx.h"
 
 #include <gtest/gtest.h>
 

@@ -8,7 +8,7 @@
 
 #include "common/ring.h"
 #include "common/ring_types.h"
-#include "common/sim/front_ring.h"
+#include "sim/front_ring.h"
 
 namespace xenpath {
 namespace {

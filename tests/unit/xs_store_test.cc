@@ -1,6 +1,6 @@
 // XsStore semantics: the rules of C xenstored as libxenstore clients see
 // them (paths, permissions, transactions, watches, quotas, counters).
-#include "common/sim/xs_store.h"
+#include "sim/xs_store.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

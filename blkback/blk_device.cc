@@ -1,0 +1,320 @@
+#include "blkback/blk_device.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <bit>
+#include <thread>
+
+#include "blkback/image_raw.h"
+#include "common/xenbus/keys.h"
+
+namespace xenpath {
+
+namespace {
+
+// Store content in a log line: bounded, printable ASCII only.
+std::string printable(std::string_view s, size_t max = 64) {
+  std::string out;
+  for (char c : s.substr(0, max)) out.push_back(c >= 0x20 && c < 0x7f ? c : '?');
+  if (s.size() > max) out += "...";
+  return out;
+}
+
+// An optional flag: absent or not a number means 0, as Linux's
+// xenbus_read_unsigned() treats it.
+Result<uint32_t> read_flag(XenStore& xs, XsTxn t, std::string_view dir, std::string_view key, uint32_t dflt) {
+  auto v = read_decimal<uint32_t>(xs, t, dir, key);
+  if (v) return *v;
+  if (v.error() == ENOENT || v.error() == EINVAL) return dflt;
+  return unexpected(v.error());
+}
+
+}  // namespace
+
+Result<VbdParams> parse_vbd_params(std::string_view params) noexcept {
+  if (params.empty()) return unexpected(ENOENT);  // an empty drive (cdrom without media)
+  VbdParams out;
+  const size_t colon = params.find(':');
+  try {
+    if (colon != std::string_view::npos && params[0] != '/') {
+      const std::string_view fmt = params.substr(0, colon);
+      const std::string_view rest = params.substr(colon + 1);
+      if (fmt == "raw" || fmt == "aio" || fmt == "file" || fmt == "phy") {
+        out.format = "raw";
+      } else if (fmt == "qcow" || fmt == "qcow2" || fmt == "vhd" || fmt == "vhdx" || fmt == "qed") {
+        return unexpected(EOPNOTSUPP);  // a format this backend does not serve (yet)
+      } else {
+        return unexpected(EINVAL);
+      }
+      if (rest.empty()) return unexpected(ENOENT);
+      out.path = std::string(rest);
+    } else {
+      out.path = std::string(params);
+    }
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
+  if (out.path.empty() || out.path[0] != '/') return unexpected(EINVAL);
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+
+VbdDevice::VbdDevice(const DeviceAddress& addr, const VbdOptions& opts, std::vector<BlkWorker*> workers,
+                     std::unique_ptr<Image> image, bool read_only, bool cdrom, bool discard_enable,
+                     VbdErrorSink sink) noexcept
+    : addr_(addr),
+      opts_(opts),
+      workers_(std::move(workers)),
+      image_(std::move(image)),
+      cdrom_(cdrom),
+      sink_(std::move(sink)),
+      log_(fmt::format("{} {}/{}: ", addr.type, addr.frontend_id, addr.devid)),
+      max_queues_(opts.max_queues != 0 ? opts.max_queues : static_cast<unsigned>(std::max<size_t>(workers_.size(), 1))) {
+  const ImageInfo& info = image_->info();
+  limits_.sectors = info.size_bytes / 512;
+  limits_.sector_size = 512;
+  limits_.align_sectors = std::max<uint32_t>(std::max(info.logical_block_size, info.memory_align), 512) / 512;
+  limits_.read_only = read_only || info.read_only;
+  limits_.max_indirect_segments = std::min(opts_.max_indirect_segments, kBlkMaxIndirectSegmentsAbi);
+  if (!limits_.read_only) {
+    limits_.features = kBlkFeatureFlush | kBlkFeatureBarrier;
+    if (discard_enable && info.discard) {
+      limits_.features |= kBlkFeatureDiscard;
+      if (info.secure_discard) limits_.features |= kBlkFeatureDiscardSecure;
+    }
+  }
+  if (!discard_enable) limits_.features &= ~static_cast<uint32_t>(kBlkFeatureDiscard);
+}
+
+VbdDevice::~VbdDevice() { disconnect(); }
+
+Status VbdDevice::write_backend_features(XenStore& xs, XsTxn t) noexcept {
+  const std::string& b = addr_.backend_path;
+  auto w = [&](std::string_view key, uint64_t value) { return write_decimal(xs, t, b, key, value); };
+  const ImageInfo& info = image_->info();
+  if (limits_.max_indirect_segments != 0) XP_TRY(w("feature-max-indirect-segments", limits_.max_indirect_segments));
+  XP_TRY(w("max-ring-page-order", opts_.max_ring_order));
+  XP_TRY(w("multi-queue-max-queues", max_queues_));
+  XP_TRY(w("feature-persistent", opts_.persistent ? 1 : 0));
+  XP_TRY(w("feature-flush-cache", limits_.has(kBlkFeatureFlush) ? 1 : 0));
+  XP_TRY(w("feature-barrier", limits_.has(kBlkFeatureBarrier) ? 1 : 0));
+  if (limits_.has(kBlkFeatureDiscard)) {
+    XP_TRY(w("discard-granularity", info.discard_granularity));
+    XP_TRY(w("discard-alignment", info.discard_alignment));
+    XP_TRY(w("discard-secure", limits_.has(kBlkFeatureDiscardSecure) ? 1 : 0));
+    XP_TRY(w("feature-discard", 1));
+  } else if (!limits_.read_only) {
+    XP_TRY(w("feature-discard", 0));
+  }
+  XP_TRY(w("sectors", limits_.sectors));
+  XP_TRY(w("info", (cdrom_ ? VDISK_CDROM : 0) | (limits_.read_only ? VDISK_READONLY : 0)));
+  XP_TRY(w("sector-size", info.logical_block_size));
+  XP_TRY(w("physical-sector-size", info.physical_block_size));
+  return ok();
+}
+
+Status VbdDevice::read_frontend(XenStore& xs, XsTxn t) noexcept {
+  // May run again when the transaction is retried: store only what is read.
+  const std::string& fe = addr_.frontend_path;
+  try {
+    auto proto = xs.read(t, fe + "/protocol");
+    if (!proto && proto.error() != ENOENT) return unexpected(proto.error());
+    auto p = parse_blk_protocol(proto ? std::optional<std::string_view>(*proto) : std::nullopt);
+    if (!p) {
+      log_.guest("unknown frontend protocol '{}'", printable(*proto));
+      return unexpected(p.error());
+    }
+    protocol_ = *p;
+    XP_ASSIGN_OR_RETURN(const uint32_t pers, read_flag(xs, t, fe, "feature-persistent", 0));
+    persistent_ = opts_.persistent && pers == 1;
+
+    uint32_t nqueues = 1;
+    auto nq = read_decimal<uint32_t>(xs, t, fe, "multi-queue-num-queues");
+    if (nq) {
+      nqueues = *nq;
+    } else if (nq.error() != ENOENT) {
+      log_.guest("malformed multi-queue-num-queues");
+      return unexpected(EINVAL);
+    }
+    if (nqueues == 0 || nqueues > max_queues_) {
+      log_.guest("frontend asked for {} queues, at most {} offered", nqueues, max_queues_);
+      return unexpected(EINVAL);
+    }
+    // ring-page-order sits at the top even with several queues; with it
+    // (even 0) the references are ring-ref0..N-1, without it one ring-ref.
+    uint32_t order = 0;
+    bool multi_ref = false;
+    auto ord = read_decimal<uint32_t>(xs, t, fe, "ring-page-order");
+    if (ord) {
+      order = *ord;
+      multi_ref = true;
+    } else if (ord.error() != ENOENT) {
+      log_.guest("malformed ring-page-order");
+      return unexpected(EINVAL);
+    }
+    if (order > opts_.max_ring_order) {
+      log_.guest("ring-page-order {} above the offered {}", order, opts_.max_ring_order);
+      return unexpected(EINVAL);
+    }
+    std::vector<FrontQueue> queues(nqueues);
+    for (uint32_t q = 0; q < nqueues; ++q) {
+      const std::string dir = nqueues == 1 ? fe : fmt::format("{}/queue-{}", fe, q);
+      FrontQueue& fq = queues[q];
+      for (uint32_t i = 0; i < (1u << order); ++i) {
+        auto ref = read_decimal<GrantRef>(xs, t, dir, multi_ref ? fmt::format("ring-ref{}", i) : "ring-ref");
+        if (!ref) {
+          log_.guest("queue {}: missing or malformed ring reference {}", q, i);
+          return unexpected(ref.error() == ENOENT ? EINVAL : ref.error());
+        }
+        fq.refs.push_back(*ref);
+      }
+      auto port = read_decimal<EvtchnPort>(xs, t, dir, "event-channel");
+      if (!port) {
+        log_.guest("queue {}: missing or malformed event-channel", q);
+        return unexpected(port.error() == ENOENT ? EINVAL : port.error());
+      }
+      fq.port = *port;
+    }
+    front_ = std::move(queues);
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
+  return ok();
+}
+
+Status VbdDevice::connect() noexcept {
+  if (!queues_.empty()) return unexpected(EALREADY);
+  if (front_.empty() || workers_.empty()) return unexpected(EINVAL);
+  const size_t n = front_.size();
+  try {
+    stats_.clear();
+    for (size_t i = 0; i < n; ++i) stats_.push_back(std::make_unique<VbdQueueStats>());
+    queues_.resize(n);
+    queue_workers_.resize(n);
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    BlkWorker* w = workers_[i % workers_.size()];
+    queue_workers_[i] = w;
+    VbdQueue::Config c;
+    c.frontend = addr_.frontend_id;
+    c.protocol = protocol_;
+    c.remote_port = front_[i].port;
+    c.limits = limits_;
+    c.persistent = persistent_;
+    c.persistent_max_pages = opts_.persistent_max_pages;
+    try {
+      c.ring_refs = front_[i].refs;
+      c.log_prefix = n == 1 ? log_.prefix() : fmt::format("{} {}/{} q{}: ", addr_.type, addr_.frontend_id, addr_.devid, i);
+    } catch (...) {
+      return unexpected(ENOMEM);
+    }
+    Status st = unexpected(EIO);
+    VbdQueueStats& stats = *stats_[i];
+    w->reactor().call([&] {
+      auto q = VbdQueue::start(*w, *image_, c, stats, [this](int err) {
+        // On the worker: the driver moves the device to Closing.
+        if (sink_) sink_(addr_, err);
+      });
+      if (q) {
+        queues_[i] = std::move(*q);
+        st = ok();
+      } else {
+        st = unexpected(q.error());
+      }
+    });
+    if (!st) {
+      log_.guest("queue {}: cannot connect: {}", i, error_string(st.error()));
+      return st;  // the driver calls disconnect(), which stops the queues started so far
+    }
+  }
+  connected_.store(true, std::memory_order_release);
+  log_.info("connected: {} queue(s), {}, {} ring page(s){}", n, blk_protocol_name(protocol_),
+            front_[0].refs.size(), persistent_ ? ", persistent grants" : "");
+  return ok();
+}
+
+void VbdDevice::disconnect() noexcept {
+  for (size_t i = 0; i < queues_.size(); ++i) {
+    if (!queues_[i]) continue;
+    BlkWorker* w = queue_workers_[i];
+    VbdQueue* q = queues_[i].get();
+    // I/O in flight owns guest pages until the kernel completes it: wait
+    // (bounded) rather than unmap under it.
+    const auto deadline = std::chrono::steady_clock::now() + opts_.drain_timeout;
+    Status st;
+    for (;;) {
+      w->reactor().call([&] { st = q->stop(); });
+      if (st || st.error() != EBUSY || std::chrono::steady_clock::now() >= deadline) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    if (!st) {
+      // Never unmap pages the kernel may still write: keep the queue (and
+      // its mappings) for good; this is a leak, reported loudly.
+      log_.error("queue {}: I/O still in flight after {} ms; leaving it mapped", i, opts_.drain_timeout.count());
+      (void)queues_[i].release();
+      continue;
+    }
+    w->reactor().call([&] { queues_[i].reset(); });
+  }
+  queues_.clear();
+  queue_workers_.clear();
+  connected_.store(false, std::memory_order_release);
+}
+
+// ---------------------------------------------------------------------------
+
+Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress& addr, XenStore& xs,
+                                                             XsTxn t) noexcept {
+  if (workers_.empty()) return unexpected(ENODEV);
+  try {
+    // Missing toolstack keys: not ready yet (the driver retries). From here
+    // on an error is fatal for the device (error node + Closing).
+    auto params = xs.read(t, addr.backend_path + "/params");
+    if (!params) return unexpected(params.error() == ENOENT ? EAGAIN : params.error());
+    auto mode = xs.read(t, addr.backend_path + "/mode");
+    if (!mode) return unexpected(mode.error() == ENOENT ? EAGAIN : mode.error());
+    auto parsed = parse_vbd_params(*params);
+    if (!parsed) return unexpected(parsed.error() == ENOENT ? EAGAIN : parsed.error());  // empty: no media yet
+    const VbdParams& p = *parsed;
+    const bool read_only = mode->find('w') == std::string::npos;
+    XP_ASSIGN_OR_RETURN(const uint32_t discard, read_flag(xs, t, addr.backend_path, "discard-enable", 1));
+    auto devtype = xs.read(t, addr.frontend_path + "/device-type");
+    const bool cdrom = devtype && *devtype == "cdrom";
+
+    const bool ro = read_only || cdrom;
+    Result<std::unique_ptr<Image>> opened = unexpected(EIO);
+    if (opts_.open_image) {
+      opened = opts_.open_image(p, ro);
+    } else {
+      RawImage::Options io;
+      io.read_only = ro;
+      io.direct = opts_.direct;
+      auto raw = RawImage::open(p.path, io);
+      opened = raw ? Result<std::unique_ptr<Image>>(std::move(*raw)) : unexpected(raw.error());
+    }
+    if (!opened) {
+      DeviceLog(fmt::format("vbd {}/{}: ", addr.frontend_id, addr.devid))
+          .warn("cannot open image {}: {}", p.path, error_string(opened.error()));
+      // ENOENT would read as "not ready yet" to the driver.
+      return unexpected(opened.error() == ENOENT ? ENODEV : opened.error());
+    }
+    std::unique_ptr<Image> image = std::move(*opened);
+    const ImageInfo& info = image->info();
+    if (std::max(info.logical_block_size, info.memory_align) > kPageSize) return unexpected(EINVAL);
+
+    // Queues of successive devices start on successive workers.
+    std::vector<BlkWorker*> order;
+    const size_t base = next_++;
+    for (size_t i = 0; i < workers_.size(); ++i) order.push_back(workers_[(base + i) % workers_.size()]);
+    return std::unique_ptr<BackendDevice>(new VbdDevice(addr, opts_, std::move(order), std::move(image),
+                                                        ro, cdrom, discard != 0, sink_));
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
+}
+
+}  // namespace xenpath

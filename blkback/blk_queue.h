@@ -1,0 +1,217 @@
+// The blkif datapath of one VBD queue (one shared ring + event channel), and
+// the per-reactor worker its queues share.
+//
+// Per reactor iteration a VbdQueue (a Poller):
+//  1. publishes the responses completed since the last iteration, once, and
+//     notifies only when the ring macros say the frontend wants it;
+//  2. consumes a bounded burst (<= 32, and no more than free request slots)
+//     of private copies, validates each (blk_protocol.h);
+//  3. maps the burst's indirect descriptor pages in one call, copies the
+//     descriptors out, unmaps them;
+//  4. maps the burst's data grants in one GrantTable::map call per
+//     direction (reads need writable mappings, writes are granted read-only
+//     by a non-persistent frontend), or resolves them through the persistent
+//     grant table when negotiated;
+//  5. builds readv/writev straight into the mapped guest pages (no bounce
+//     buffer) and hands them to the image channel; the reactor submits the
+//     io_uring once for everyone.
+// On completion a request releases its grants; a burst's mapping is
+// unmapped (one call) when its last request is done, and only then are its
+// requests answered (a response must never precede the unmap of its grants).
+//
+// Ordering (blkif.h): FLUSH_DISKCACHE answers after fdatasync (after its
+// data, if it carries any, was written). WRITE_BARRIER waits until every
+// earlier request completed, fdatasyncs (earlier writes durable), writes its
+// data, fdatasyncs again (itself durable), and only then are later requests
+// dispatched.
+//
+// Hostile frontends: a request failing validation or whose grants do not
+// map is answered (EOPNOTSUPP / ERROR) and counted by reason, and a failed
+// batch map is retried request by request so only the culprit fails; a
+// producer overflow halts the queue for good (logged once, counted, and
+// reported through the halt callback so the device goes to Closing).
+//
+// Threads: a VbdQueue and its BlkWorker belong to one reactor thread;
+// start/stop/destruction run there (the device uses Reactor::call). The
+// stats are single-writer counters readable from any thread. Guest memory:
+// the ring pages (through BlkRingPort), indirect descriptor pages (read once
+// per descriptor), and data pages, which only the kernel reads or writes
+// (the iovecs of the I/O); never dereferenced here.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "blkback/blk_protocol.h"
+#include "blkback/blk_ring.h"
+#include "blkback/image.h"
+#include "blkback/blk_persistent_grants.h"
+#include "common/log.h"
+#include "common/reactor.h"
+#include "common/stats.h"
+#include "common/xen_worker.h"
+#include "common/xen/event_channel.h"
+#include "common/xen/grant_table.h"
+#include "common/xen/platform.h"
+
+namespace xenpath {
+
+class VbdQueue;
+
+// The Xen handles of one reactor, shared by the VBD queues it runs
+// (common/xen_worker.h).
+using BlkWorker = XenWorker;
+
+// Linux blkback's default max_persistent_grants per ring.
+inline constexpr uint32_t kLinuxMaxPersistentGrants = 1056;
+
+struct VbdQueueStats {
+  RingQueueStats ring;  // requests, responses, batches, notifications, halted
+  Counter reads;
+  Counter writes;
+  Counter flushes;
+  Counter barriers;
+  Counter discards;
+  Counter indirect;       // requests that came as BLKIF_OP_INDIRECT
+  Counter read_bytes;
+  Counter write_bytes;
+  Counter discard_bytes;
+  Counter in_flight;      // gauge: requests between consume and response
+  Counter map_calls;      // GrantTable::map calls for data and descriptors
+  Counter map_fallbacks;  // failed batch maps retried request by request
+  Counter barrier_drains; // barriers that had to wait for earlier requests
+  BlkErrorStats errors;   // rejected/failed requests by reason
+};
+
+class VbdQueue final : public Poller, public EvtchnTarget {
+ public:
+  static constexpr unsigned kMaxBurst = 32;
+
+  struct Config {
+    DomId frontend = 0;
+    BlkProtocol protocol = BlkProtocol::kNative;
+    std::vector<GrantRef> ring_refs;  // 1 << ring-page-order refs
+    EvtchnPort remote_port = 0;       // the frontend's event-channel
+    VbdLimits limits;
+    bool persistent = false;  // feature-persistent negotiated
+    // 0: max(kLinuxMaxPersistentGrants, RING_SIZE * BLKIF_MAX_SEGMENTS_PER_REQUEST).
+    uint32_t persistent_max_pages = 0;
+    std::chrono::milliseconds persistent_idle{60'000};
+    unsigned burst = kMaxBurst;
+    std::string log_prefix = "vbd: ";
+  };
+  // Called once, on the worker thread, when the queue halts (EPROTO).
+  using HaltSink = std::function<void(int error)>;
+
+  // On the worker's thread: maps the ring, binds the event channel, opens
+  // the image channel, starts polling. The image, worker and stats must
+  // outlive the queue.
+  static Result<std::unique_ptr<VbdQueue>> start(BlkWorker& worker, Image& image, const Config& config,
+                                                 VbdQueueStats& stats, HaltSink on_halt = {}) noexcept;
+  // On the worker's thread. Stops consuming; EBUSY while I/O is in flight
+  // (guest pages under DMA stay mapped until the kernel is done with them);
+  // once it returns ok nothing of the guest stays mapped or bound.
+  Status stop() noexcept;
+  ~VbdQueue() override;
+  VbdQueue(const VbdQueue&) = delete;
+  VbdQueue& operator=(const VbdQueue&) = delete;
+
+  bool poll() noexcept override;
+  bool arm() noexcept override;
+  void on_event(EvtchnPort local) noexcept override;
+
+  [[nodiscard]] bool halted() const noexcept { return halted_; }
+  [[nodiscard]] unsigned ring_size() const noexcept { return ring_->size(); }
+  [[nodiscard]] const PersistentGrants* persistent() const noexcept { return pgrants_.get(); }
+  [[nodiscard]] const ImageChannel& image_channel() const noexcept { return *channel_; }
+
+ private:
+  struct Slot;
+  // One map call's worth of grants, shared by the requests of a burst that
+  // go in one direction. Its requests are answered together once the last
+  // is done and the mapping is gone: a frontend may revoke a grant the
+  // moment it sees the answer (Linux blkfront treats a still-mapped grant
+  // as a backend bug), so no answer may precede its unmap.
+  struct BurstMap {
+    GrantMapping mapping;
+    uint32_t pending = 0;  // requests still using pages of `mapping`
+    Slot* done = nullptr;  // finished requests waiting for the unmap
+    uint32_t next_free = UINT32_MAX;
+  };
+  enum class Phase : uint8_t { kFree, kHeld, kWaitBarrier, kPreFlush, kData, kPostFlush, kDiscard };
+
+  VbdQueue(BlkWorker& worker, Image& image, const Config& config, VbdQueueStats& stats, HaltSink on_halt) noexcept;
+  Status init() noexcept;
+  void teardown() noexcept;
+
+  Slot* alloc_slot() noexcept;
+  void free_slot(Slot& s) noexcept;
+  void process_list(Slot* head) noexcept;
+  void dispatch(Slot** batch, unsigned n) noexcept;
+  void load_indirect(Slot** batch, unsigned n) noexcept;
+  void map_data(Slot** batch, unsigned n) noexcept;
+  void map_data_persistent(Slot** batch, unsigned n) noexcept;
+  void map_data_transient(Slot** batch, unsigned n, bool writable) noexcept;
+  bool map_one(Slot& s, bool writable) noexcept;
+  uint32_t take_burst(GrantMapping&& m, uint32_t users) noexcept;
+  void put_burst(uint32_t b) noexcept;
+  void respond(Slot& s) noexcept;
+  void start_io(Slot& s) noexcept;
+  void next_phase(Slot& s) noexcept;
+  void on_done(Slot& s, int result) noexcept;
+  void reject(Slot& s, BlkVerdict v) noexcept;
+  void finish(Slot& s, int16_t status, BlkReason reason) noexcept;
+  bool try_start_barrier() noexcept;
+  bool publish() noexcept;
+  void count_op(const Slot& s) noexcept;
+  [[nodiscard]] static bool wants_writable(const Slot& s) noexcept;
+  [[nodiscard]] uint32_t segment_capacity() const noexcept;
+
+  BlkWorker& worker_;
+  Image& image_;
+  Config config_;
+  VbdQueueStats& stats_;
+  HaltSink on_halt_;
+  DeviceLog log_;
+
+  GrantMapping ring_mapping_;
+  std::unique_ptr<BlkRingPort> ring_;
+  std::unique_ptr<ImageChannel> channel_;
+  std::unique_ptr<PersistentGrants> pgrants_;
+  EvtchnPort local_port_ = 0;
+  bool bound_ = false;
+  bool polling_ = false;
+  bool masked_ = false;
+  bool halted_ = false;
+  bool stopping_ = false;
+  bool stopped_ = false;
+  bool responses_pending_ = false;
+  Reactor::TimerId purge_timer_ = 0;
+  bool have_timer_ = false;
+
+  std::vector<std::unique_ptr<Slot>> slots_;
+  Slot* free_ = nullptr;
+  unsigned active_ = 0;         // dispatched to the image, not finished
+  unsigned in_use_ = 0;         // consumed, not answered
+  Slot* barrier_ = nullptr;     // a barrier waiting for / doing its work
+  Slot* held_head_ = nullptr;   // consumed after a pending barrier, in ring order
+  Slot* held_tail_ = nullptr;
+  std::vector<BurstMap> bursts_;
+  uint32_t free_burst_ = UINT32_MAX;
+
+  // Scratch for one dispatch (sized at start; no datapath allocation).
+  std::array<BlkRequest, kMaxBurst> consumed_{};
+  std::vector<GrantRef> refs_;
+  std::vector<std::byte*> pages_;
+  std::vector<PersistentGrants::Handle> handles_;
+  std::vector<int16_t> status_;
+};
+
+}  // namespace xenpath

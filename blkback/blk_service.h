@@ -1,0 +1,58 @@
+// BlkbackService: the blkif backend installed on a BackendDaemon — a
+// BlkWorker (grant table + event channel handles, port dispatch) on each of
+// the daemon's worker reactors and the vbd device type over them, with its
+// figures in the daemon's stats document. xenpath-blkback (real Xen), the
+// simulated host's `xenpath-sim blkback` and SimBlkHost (tests, the load
+// generator) are all this. The Service shape of common/daemon_main.h.
+//
+// Threads: created and destroyed on the daemon's owning thread, before
+// BackendDaemon::start() and after BackendDaemon::stop(). The stats function
+// runs on the control reactor and reads single-writer counters only. No
+// guest memory is touched here (the queues do).
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string_view>
+#include <vector>
+
+#include "blkback/blk_device.h"
+#include "blkback/blk_queue.h"
+#include "common/daemon.h"
+
+namespace xenpath {
+
+class BlkbackService {
+ public:
+  using Options = VbdOptions;
+  // xenpath-blkback's process: one worker per CPU, each with an io_uring.
+  static DaemonOptions daemon_defaults();
+  // --backend-type, --max-queues, --max-ring-page-order,
+  // --max-indirect-segments, --no-persistent.
+  static void add_cli(CLI::App& app, Options& opts);
+
+  // Opens a BlkWorker per worker reactor, adds the VbdDeviceType (errors of
+  // its devices reported through the daemon) and the stats contribution.
+  static Result<std::unique_ptr<BlkbackService>> create(BackendDaemon& daemon, const VbdOptions& opts) noexcept;
+  ~BlkbackService() = default;
+  BlkbackService(const BlkbackService&) = delete;
+  BlkbackService& operator=(const BlkbackService&) = delete;
+
+  [[nodiscard]] std::string_view type_name() const noexcept { return type_name_; }
+  [[nodiscard]] std::vector<BlkWorker*> workers() const;
+  // Grant pages the workers have mapped now; event channels bound to queues.
+  [[nodiscard]] uint64_t mapped_pages() const noexcept;
+  [[nodiscard]] uint64_t bound_ports() const noexcept;
+
+  // The stats document's blkback part: totals and one entry per VBD.
+  // Control thread (it walks the driver's devices).
+  void add_stats(nlohmann::json& j, const BackendDriver& driver) const;
+
+ private:
+  BlkbackService() noexcept = default;
+  std::vector<std::unique_ptr<BlkWorker>> workers_;
+  std::string type_name_;
+};
+
+}  // namespace xenpath

@@ -1,0 +1,38 @@
+// `xenpath-sim blkback`: the blkif backend daemon on the simulated host with
+// simulated guests driving verified I/O through it (blk_demo.cc).
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <string>
+
+#include "blkback/blk_device.h"
+#include "common/daemon_main.h"
+
+namespace xenpath::sim {
+
+struct BlkDemoOptions {
+  unsigned guests = 4;
+  unsigned vbds = 1;
+  unsigned queues = 2;
+  double seconds = 10;
+  std::string image_dir;
+  uint64_t image_mib = 64;
+  unsigned queue_depth = 32;
+  uint32_t block_size = 4096;
+  unsigned read_percent = 70;
+  bool persistent_front = true;
+  bool verify = true;
+  std::string json;
+};
+
+// --guests, --vbds, --queues, --seconds, --image-dir, --image-mib,
+// --queue-depth, --block-size, --read-percent, --no-verify,
+// --no-persistent-front, --json.
+void add_blkback_demo_cli(CLI::App& app, BlkDemoOptions& opt);
+
+// Runs the daemon and the guests; exit status 0 when the run and its
+// self-check passed, 1 when they did not, 2 when it could not start.
+int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoOptions& opt);
+
+}  // namespace xenpath::sim

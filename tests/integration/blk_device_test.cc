@@ -1,0 +1,380 @@
+// The vbd device type end to end on the simulated host, production path:
+// the BackendDriver on a control Reactor over the simulated xenstored's
+// socket, the VBD queues on a worker Reactor with io_uring, a toolstack
+// writing the keys libxl writes, and a guest doing the blkfront handshake
+// (ring-page-order / ring-ref%u / event-channel / protocol /
+// feature-persistent, or queue-%u/ for several queues) then I/O.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "blk_test_util.h"
+#include "sim/blk/sim_blkfront.h"
+#include "blkback/blk_device.h"
+#include "common/reactor.h"
+#include "sim/sim_host.h"
+#include "sim/sim_toolstack.h"
+#include "sim/sim_xenbus_frontend.h"
+#include "sim/sim_xenstored.h"
+#include "common/xenbus/backend_driver.h"
+
+namespace xenpath {
+namespace {
+
+using namespace std::chrono_literals;
+using blktest::fill_pattern;
+using blktest::TempFile;
+using sim::SimBlkfront;
+using sim::SimToolstack;
+using sim::SimXenbusFrontend;
+
+constexpr DomId kGuest = 5;
+constexpr uint64_t kImageBytes = 32ull << 20;
+
+template <typename F>
+bool eventually(F&& cond, std::chrono::milliseconds limit = 5000ms) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!cond()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+class BlkVbd : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    spdlog::set_level(spdlog::level::warn);
+    auto h = sim::SimHost::create({});
+    ASSERT_TRUE(h) << error_string(h.error());
+    host_ = std::move(*h);
+    platform_ = sim::make_sim_platform(*host_);
+    Reactor::Options copt;
+    copt.name = "control";
+    copt.uring_entries = 0;
+    auto c = Reactor::create(copt);
+    ASSERT_TRUE(c);
+    control_ = std::move(*c);
+    Reactor::Options wopt;
+    wopt.name = "blk-worker";
+    auto w = Reactor::create(wopt);
+    ASSERT_TRUE(w);
+    worker_ = std::move(*w);
+    ASSERT_TRUE(control_->start());
+    ASSERT_TRUE(worker_->start());
+    auto bw = BlkWorker::create(*worker_, *platform_);
+    ASSERT_TRUE(bw) << error_string(bw.error());
+    blk_worker_ = std::move(*bw);
+
+    auto ts = host_->open_xenstore(kDom0);
+    ASSERT_TRUE(ts);
+    tools_xs_ = std::move(*ts);
+    tools_ = std::make_unique<SimToolstack>(*tools_xs_);
+
+    auto xs = platform_->open_xenstore();
+    ASSERT_TRUE(xs) << error_string(xs.error());
+    driver_ = std::make_unique<BackendDriver>(std::move(*xs), BackendDriver::Options{});
+    BackendDriver* d = driver_.get();
+    VbdOptions vo;
+    vo.max_queues = 2;
+    ASSERT_TRUE(driver_->add_type(std::make_unique<VbdDeviceType>(
+        std::vector<BlkWorker*>{blk_worker_.get()}, vo,
+        [d](const DeviceAddress& a, int err) { d->report_device_error(a.type, a.frontend_id, a.devid, err); })));
+    Status st = unexpected(EIO);
+    control_->call([&] {
+      st = driver_->start();
+      if (st) st = driver_->attach(*control_);
+    });
+    ASSERT_TRUE(st) << error_string(st.error());
+
+    auto dom = host_->create_domain(kGuest, 8192, "guest");
+    ASSERT_TRUE(dom);
+    guest_ = *dom;
+    auto gxs = host_->open_xenstore(kGuest);
+    auto gev = host_->open_event_channel(kGuest);
+    ASSERT_TRUE(gxs && gev);
+    guest_xs_ = std::move(*gxs);
+    guest_evtchn_ = std::move(*gev);
+  }
+
+  void TearDown() override {
+    fronts_.clear();
+    xenbus_.clear();
+    if (control_ && driver_) control_->call([&] { driver_.reset(); });
+    blk_worker_.reset();
+    if (worker_) worker_->stop();
+    if (control_) control_->stop();
+    if (host_) {
+      EXPECT_EQ(host_->counters().mapped_pages_live.load(), 0u) << "a grant mapping leaked";
+    }
+  }
+
+  std::string be(uint32_t devid) { return SimToolstack::backend_path(kDom0, "vbd", kGuest, devid); }
+  std::string fe(uint32_t devid) { return SimToolstack::frontend_path(kGuest, "vbd", devid); }
+  std::string key(uint32_t devid, const std::string& k) {
+    auto v = tools_xs_->read(kXsNoTxn, be(devid) + "/" + k);
+    return v ? *v : "<" + error_string(v.error()) + ">";
+  }
+
+  // The toolstack plugs the disk; the guest attaches its xenbus frontend.
+  SimXenbusFrontend& plug(uint32_t devid, const std::string& params, const std::string& mode,
+                          const std::string& device_type = "disk") {
+    EXPECT_TRUE(tools_->add_device("vbd", kGuest, devid, kDom0,
+                                   {{"params", params}, {"mode", mode}, {"type", "file"}},
+                                   {{"virtual-device", std::to_string(devid)}, {"device-type", device_type}}));
+    auto xb = SimXenbusFrontend::attach(*guest_xs_, fe(devid), 5000ms);
+    EXPECT_TRUE(xb) << error_string(xb.error());
+    auto& slot = xenbus_[devid];
+    slot = std::move(*xb);
+    return *slot;
+  }
+
+  // A blkfront ring and the keys announcing it (under `prefix`), with the
+  // protocol key every blkfront writes (unless the caller wrote one).
+  SimBlkfront& ring(uint32_t devid, const SimBlkfront::Options& o, sim::XsKeys& keys, const std::string& prefix = "") {
+    bool has_protocol = false;
+    for (const auto& [k, v] : keys) has_protocol |= k == "protocol";
+    if (!has_protocol) keys.emplace_back("protocol", std::string(blk_protocol_name(o.protocol)));
+    auto f = SimBlkfront::create(*guest_, *guest_evtchn_, o);
+    EXPECT_TRUE(f) << error_string(f.error());
+    SimBlkfront& r = **f;
+    if (o.ring_order == 0 && prefix.empty()) {
+      keys.emplace_back("ring-ref", std::to_string(r.ring_refs()[0]));
+    } else {
+      for (size_t i = 0; i < r.ring_refs().size(); ++i) {
+        keys.emplace_back(prefix + "ring-ref" + std::to_string(i), std::to_string(r.ring_refs()[i]));
+      }
+    }
+    keys.emplace_back(prefix + "event-channel", std::to_string(r.port()));
+    fronts_[devid].push_back(std::move(*f));
+    return r;
+  }
+
+  bool backend_becomes(uint32_t devid, XenbusState s) {
+    return eventually([&] { return key(devid, "state") == state_value(s); });
+  }
+
+  // Writes a pattern through `f` and reads it back, every byte checked.
+  void verify_io(SimBlkfront& f, uint64_t sector, uint32_t seed) {
+    constexpr uint32_t kSectors = 128;  // 16 pages: indirect when offered
+    std::vector<std::byte> out(kSectors * 512), in(kSectors * 512);
+    fill_pattern(out.data(), out.size(), sector * 512, seed);
+    SimBlkfront::Io ios[2];
+    ios[0].op = BLKIF_OP_WRITE;
+    ios[0].sector = sector;
+    ios[0].sectors = kSectors;
+    ios[0].data = out.data();
+    ASSERT_TRUE(f.run(std::span(ios, 1)));
+    ASSERT_EQ(ios[0].status, BLKIF_RSP_OKAY);
+    ios[1].op = BLKIF_OP_READ;
+    ios[1].sector = sector;
+    ios[1].sectors = kSectors;
+    ios[1].data = in.data();
+    ASSERT_TRUE(f.run(std::span(ios + 1, 1)));
+    ASSERT_EQ(ios[1].status, BLKIF_RSP_OKAY);
+    ASSERT_EQ(in, out);
+  }
+
+  const VbdDevice* device(uint32_t devid) {
+    const VbdDevice* d = nullptr;
+    control_->call([&] { d = static_cast<const VbdDevice*>(driver_->device("vbd", kGuest, devid)); });
+    return d;
+  }
+
+  std::unique_ptr<sim::SimHost> host_;
+  std::unique_ptr<XenPlatform> platform_;
+  std::unique_ptr<Reactor> control_;
+  std::unique_ptr<Reactor> worker_;
+  std::unique_ptr<BlkWorker> blk_worker_;
+  std::unique_ptr<XenStore> tools_xs_;
+  std::unique_ptr<SimToolstack> tools_;
+  std::unique_ptr<BackendDriver> driver_;
+  sim::SimDomain* guest_ = nullptr;
+  std::unique_ptr<XenStore> guest_xs_;
+  std::unique_ptr<EventChannel> guest_evtchn_;
+  std::map<uint32_t, std::unique_ptr<SimXenbusFrontend>> xenbus_;
+  std::map<uint32_t, std::vector<std::unique_ptr<SimBlkfront>>> fronts_;
+};
+
+TEST_F(BlkVbd, HandshakeKeysIoAndClose) {
+  TempFile file(kImageBytes);
+  auto& xb = plug(51712, "aio:" + file.path, "w");
+  ASSERT_TRUE(xb.wait_backend(XenbusState::kInitWait));
+  // What the guest reads before building its ring.
+  EXPECT_EQ(key(51712, "feature-max-indirect-segments"), "256");
+  EXPECT_EQ(key(51712, "max-ring-page-order"), "4");
+  EXPECT_EQ(key(51712, "multi-queue-max-queues"), "2");
+  EXPECT_EQ(key(51712, "feature-persistent"), "1");
+  EXPECT_EQ(key(51712, "feature-flush-cache"), "1");
+  EXPECT_EQ(key(51712, "feature-barrier"), "1");
+  EXPECT_EQ(key(51712, "sectors"), std::to_string(kImageBytes / 512));
+  EXPECT_EQ(key(51712, "info"), "0");
+  EXPECT_EQ(key(51712, "hotplug-status"), "connected");
+  const std::string lbs = key(51712, "sector-size");
+  EXPECT_TRUE(lbs == "512" || lbs == "4096") << lbs;
+  EXPECT_NE(key(51712, "physical-sector-size")[0], '<');
+  const std::string discard = key(51712, "feature-discard");
+  if (discard == "1") {
+    EXPECT_NE(key(51712, "discard-granularity")[0], '<');
+    EXPECT_EQ(key(51712, "discard-alignment"), "0");
+    EXPECT_EQ(key(51712, "discard-secure"), "0");
+  }
+
+  SimBlkfront::Options o;
+  o.protocol = BlkProtocol::kX86_32;
+  o.ring_order = 4;
+  o.persistent = true;
+  o.max_indirect_segments = 256;
+  sim::XsKeys keys = {{"ring-page-order", "4"}, {"protocol", "x86_32-abi"}, {"feature-persistent", "1"}};
+  SimBlkfront& f = ring(51712, o, keys);
+  ASSERT_TRUE(xb.connect(keys));
+  EXPECT_EQ(key(51712, "state"), "4");
+  verify_io(f, 2048, 1);
+  const VbdDevice* d = device(51712);
+  ASSERT_NE(d, nullptr);
+  EXPECT_TRUE(d->connected());
+  ASSERT_EQ(d->queue_count(), 1u);
+  EXPECT_EQ(d->queue_stats(0).writes.get(), 1u);
+  EXPECT_EQ(d->queue_stats(0).reads.get(), 1u);
+  EXPECT_EQ(d->queue_stats(0).indirect.get(), 2u);
+  // The image file has it too.
+  std::vector<std::byte> want(128 * 512);
+  fill_pattern(want.data(), want.size(), 2048 * 512, 1);
+  EXPECT_EQ(file.read(2048 * 512, want.size()), want);
+
+  // Orderly close: Closed, and nothing of the guest stays mapped.
+  ASSERT_TRUE(xb.close());
+  EXPECT_TRUE(backend_becomes(51712, XenbusState::kClosed));
+  EXPECT_EQ(host_->counters().mapped_pages_live.load(), 0u);
+  fronts_.clear();  // revokes every grant: EBUSY would have meant a leak
+}
+
+TEST_F(BlkVbd, TwoQueues) {
+  TempFile file(kImageBytes);
+  auto& xb = plug(768, file.path, "w");
+  ASSERT_TRUE(xb.wait_backend(XenbusState::kInitWait));
+  SimBlkfront::Options o;
+  o.max_indirect_segments = 256;
+  sim::XsKeys keys = {{"multi-queue-num-queues", "2"}, {"ring-page-order", "1"}};
+  o.ring_order = 1;
+  SimBlkfront& q0 = ring(768, o, keys, "queue-0/");
+  SimBlkfront& q1 = ring(768, o, keys, "queue-1/");
+  ASSERT_TRUE(xb.connect(keys));
+  verify_io(q0, 0, 3);
+  verify_io(q1, 4096, 4);
+  const VbdDevice* d = device(768);
+  ASSERT_NE(d, nullptr);
+  ASSERT_EQ(d->queue_count(), 2u);
+  EXPECT_EQ(d->queue_stats(0).writes.get(), 1u);
+  EXPECT_EQ(d->queue_stats(1).writes.get(), 1u);
+  ASSERT_TRUE(xb.close());
+  EXPECT_TRUE(backend_becomes(768, XenbusState::kClosed));
+}
+
+TEST_F(BlkVbd, ReadOnlyCdrom) {
+  TempFile file(kImageBytes);
+  auto& xb = plug(5632, file.path, "r", "cdrom");
+  ASSERT_TRUE(xb.wait_backend(XenbusState::kInitWait));
+  EXPECT_EQ(key(5632, "info"), std::to_string(VDISK_CDROM | VDISK_READONLY));
+  EXPECT_EQ(key(5632, "feature-flush-cache"), "0");
+  EXPECT_EQ(key(5632, "feature-barrier"), "0");
+  EXPECT_EQ(key(5632, "feature-discard")[0], '<');  // not offered at all
+  SimBlkfront::Options o;
+  sim::XsKeys keys;
+  SimBlkfront& f = ring(5632, o, keys);
+  ASSERT_TRUE(xb.connect(keys));
+  std::vector<std::byte> buf(4096);
+  SimBlkfront::Io ios[2];
+  ios[0].op = BLKIF_OP_WRITE;
+  ios[0].sectors = 8;
+  ios[0].data = buf.data();
+  ios[1].op = BLKIF_OP_READ;
+  ios[1].sectors = 8;
+  ios[1].data = buf.data();
+  ASSERT_TRUE(f.run(ios));
+  EXPECT_EQ(ios[0].status, BLKIF_RSP_ERROR);
+  EXPECT_EQ(ios[1].status, BLKIF_RSP_OKAY);
+  ASSERT_TRUE(xb.close());
+}
+
+TEST_F(BlkVbd, BadFrontendKeysRefuseTheConnection) {
+  TempFile file(kImageBytes);
+  struct Case {
+    uint32_t devid;
+    sim::XsKeys extra;
+  };
+  const std::vector<Case> cases = {
+      {10, {{"protocol", "bogus-abi"}}},
+      {11, {{"multi-queue-num-queues", "3"}}},   // above the 2 offered
+      {12, {{"multi-queue-num-queues", "0"}}},
+      {13, {{"ring-page-order", "5"}}},          // above the 4 offered
+      {14, {{"ring-page-order", "01"}}},         // not a strict decimal
+  };
+  for (const Case& c : cases) {
+    auto& xb = plug(c.devid, file.path, "w");
+    SimBlkfront::Options o;
+    sim::XsKeys keys = c.extra;
+    ring(c.devid, o, keys);
+    ASSERT_TRUE(xb.publish(keys));
+    EXPECT_EQ(xb.await_connected().error(), EPIPE) << "device " << c.devid;
+    EXPECT_NE(key(c.devid, "error")[0], '<') << "device " << c.devid << " has no error node";
+  }
+  // A missing event-channel is refused too.
+  auto& xb = plug(20, file.path, "w");
+  auto f = SimBlkfront::create(*guest_, *guest_evtchn_, {});
+  ASSERT_TRUE(f);
+  ASSERT_TRUE(xb.publish({{"ring-ref", std::to_string((*f)->ring_refs()[0])}}));
+  EXPECT_EQ(xb.await_connected().error(), EPIPE);
+  fronts_[20].push_back(std::move(*f));
+}
+
+TEST_F(BlkVbd, ProbeWaitsForParamsAndRefusesUnknownFormats) {
+  TempFile file(kImageBytes);
+  // No params yet: not ready, the device stays Initialising until they come.
+  ASSERT_TRUE(tools_->add_device("vbd", kGuest, 29, kDom0, {{"mode", "w"}}, {}));
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(key(29, "state"), "1");
+  ASSERT_TRUE(tools_xs_->write(kXsNoTxn, be(29) + "/params", file.path));
+  EXPECT_TRUE(backend_becomes(29, XenbusState::kInitWait));
+  // qcow2 is not served: refused at once with a reason (error node, Closing)
+  // so the toolstack does not sit out its InitWait timeout.
+  ASSERT_TRUE(tools_->add_device("vbd", kGuest, 30, kDom0, {{"params", "qcow2:" + file.path}, {"mode", "w"}}, {}));
+  EXPECT_TRUE(backend_becomes(30, XenbusState::kClosing));
+  EXPECT_EQ(key(30, "error").rfind(std::to_string(EOPNOTSUPP) + " ", 0), 0u) << key(30, "error");
+  // A raw image is served.
+  ASSERT_TRUE(tools_->add_device("vbd", kGuest, 31, kDom0, {{"params", "raw:" + file.path}, {"mode", "w"}}, {}));
+  EXPECT_TRUE(backend_becomes(31, XenbusState::kInitWait));
+  // An image that does not exist: refused, not mistaken for "not ready".
+  ASSERT_TRUE(tools_->add_device("vbd", kGuest, 32, kDom0, {{"params", file.path + ".absent"}, {"mode", "w"}}, {}));
+  EXPECT_TRUE(backend_becomes(32, XenbusState::kClosing));
+  EXPECT_NE(key(32, "error")[0], '<');
+  for (uint32_t dev : {29u, 30u, 31u, 32u}) ASSERT_TRUE(tools_->force_remove("vbd", kGuest, dev, kDom0));
+  // The toolstack may then plug a good disk at the same address.
+  ASSERT_TRUE(tools_->add_device("vbd", kGuest, 32, kDom0, {{"params", file.path}, {"mode", "w"}}, {}));
+  EXPECT_TRUE(backend_becomes(32, XenbusState::kInitWait));
+  ASSERT_TRUE(tools_->force_remove("vbd", kGuest, 32, kDom0));
+}
+
+TEST_F(BlkVbd, RingOverrunClosesTheDevice) {
+  TempFile file(kImageBytes);
+  auto& xb = plug(40, file.path, "w");
+  SimBlkfront::Options o;
+  o.max_indirect_segments = 256;
+  sim::XsKeys keys;
+  SimBlkfront& f = ring(40, o, keys);
+  ASSERT_TRUE(xb.connect(keys));
+  verify_io(f, 0, 5);
+  f.set_req_prod_raw(f.req_prod_pvt() + 500);
+  ASSERT_TRUE(f.notify());
+  EXPECT_TRUE(backend_becomes(40, XenbusState::kClosing));
+  EXPECT_NE(key(40, "error")[0], '<');
+  EXPECT_TRUE(eventually([&] { return !device(40)->connected(); }));
+}
+
+}  // namespace
+}  // namespace xenpath
