@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-deps.sh
 BUILD_DIR=${BUILD_DIR:-build/release}
-cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DXENPATH_BUILD_TESTS=OFF >/dev/null
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
+cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 ninja -C "$BUILD_DIR" -j"$(nproc)" xenpath-sim
 # xenpath-sim blkback: the daemon on the simulated host only, never a real host's devices.
 exec "$BUILD_DIR/tools/xenpath-sim" blkback "$@"

@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-deps.sh
 BUILD_DIR=${BUILD_DIR:-build/asan}
+# Relative paths in ccache's keys: another clone of the tree (CI's) reuses
+# the objects this one compiled.
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DXENPATH_SANITIZE=ON -DXENPATH_WERROR=ON >/dev/null
 ninja -C "$BUILD_DIR" -j"$(nproc)"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
