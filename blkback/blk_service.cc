@@ -2,10 +2,10 @@
 
 namespace xenpath {
 
-DaemonOptions BlkbackService::daemon_defaults() {
-  DaemonOptions d;
-  d.name = "xenpath-blkback";
-  return d;
+DaemonCli BlkbackService::cli_defaults() {
+  DaemonCli c;
+  c.daemon.name = "xenpath-blkback";
+  return c;
 }
 
 void BlkbackService::add_cli(CLI::App& app, Options& opts) {

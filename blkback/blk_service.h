@@ -20,14 +20,15 @@
 #include "blkback/blk_device.h"
 #include "blkback/blk_queue.h"
 #include "common/daemon.h"
+#include "common/daemon_main.h"
 
 namespace xenpath {
 
 class BlkbackService {
  public:
   using Options = VbdOptions;
-  // xenpath-blkback's process: one worker per CPU, each with an io_uring.
-  static DaemonOptions daemon_defaults();
+  // xenpath-blkback's process: one worker per CPU, each with an io_uring; info logs.
+  static DaemonCli cli_defaults();
   // --backend-type, --max-queues, --max-ring-page-order,
   // --max-indirect-segments, --no-persistent.
   static void add_cli(CLI::App& app, Options& opts);

@@ -8,7 +8,7 @@
 //
 // A Service is a backend module's `<x>_service` class:
 //   using Options = ...;                                  its configuration
-//   static DaemonOptions daemon_defaults();               name, workers, io_uring
+//   static DaemonCli cli_defaults();                      name, workers, io_uring, log level
 //   static void add_cli(CLI::App&, Options&);             its command-line options
 //   static Result<std::unique_ptr<Service>> create(BackendDaemon&, const Options&) noexcept;
 //   std::string_view type_name() const;                   the xenstore device type served
@@ -44,6 +44,15 @@ struct DaemonCli {
 void add_daemon_cli(CLI::App& app, DaemonCli& cli);
 // After parsing: applies what the options imply (stats interval, logging).
 void finish_daemon_cli(DaemonCli& cli);
+
+// The options of a daemon serving `Service`: the shared ones, then the
+// service's. The production mains and xenpath-sim's subcommands add exactly
+// these, so a daemon takes the same options on Xen and on the simulated host.
+template <class Service>
+void add_service_cli(CLI::App& app, DaemonCli& cli, typename Service::Options& opts) {
+  add_daemon_cli(app, cli);
+  Service::add_cli(app, opts);
+}
 
 // A BackendDaemon with `Service` installed on it. The service (its workers'
 // handles) is destroyed only after the daemon stopped: nothing runs on the
@@ -91,6 +100,22 @@ int serve_xen(const DaemonCli& cli, const typename Service::Options& sopt) {
   spdlog::info("signal {}: disconnecting every device", sig);
   d.stop();
   return 0;
+}
+
+// A production daemon's whole main(): `--platform xen|auto` (both the real
+// interfaces; the simulated host is xenpath-sim's), the options, serve_xen.
+template <class Service>
+int daemon_main(int argc, char** argv, const std::string& description) {
+  CLI::App app{description};
+  DaemonCli cli = Service::cli_defaults();
+  typename Service::Options opts;
+  std::string platform = "xen";
+  app.add_option("--platform", platform, "xen (auto: the same; the simulated host is `xenpath-sim`)")
+      ->check(CLI::IsMember({"auto", "xen"}));
+  add_service_cli<Service>(app, cli, opts);
+  CLI11_PARSE(app, argc, argv);
+  finish_daemon_cli(cli);
+  return serve_xen<Service>(cli, opts);
 }
 
 }  // namespace xenpath

@@ -60,12 +60,13 @@ nlohmann::json vif_json(const DeviceAddress& a, XenbusState st, const VifDevice&
 
 }  // namespace
 
-DaemonOptions NetbackService::daemon_defaults() {
-  DaemonOptions d;
-  d.name = "xenpath-netback";
-  d.workers = 1;
-  d.uring_entries = 0;  // netback's workers need no io_uring
-  return d;
+DaemonCli NetbackService::cli_defaults() {
+  DaemonCli c;
+  c.daemon.name = "xenpath-netback";
+  c.daemon.workers = 1;
+  c.daemon.uring_entries = 0;  // netback's workers need no io_uring
+  c.log_level = "warn";        // quiet unless asked (--log-level, -v)
+  return c;
 }
 
 void NetbackService::add_cli(CLI::App& app, Options& opts) {

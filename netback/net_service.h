@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "common/daemon.h"
+#include "common/daemon_main.h"
 #include "netback/net_device.h"
 #include "netback/port_dpdk.h"
 
@@ -41,8 +42,8 @@ struct NetbackOptions {
 class NetbackService {
  public:
   using Options = NetbackOptions;
-  // xenpath-netback's process: one worker, no io_uring.
-  static DaemonOptions daemon_defaults();
+  // xenpath-netback's process: one worker, no io_uring; warnings only.
+  static DaemonCli cli_defaults();
   // --port-template, --eal-args, --max-queues, --tx-copy-below, --rx-gro.
   static void add_cli(CLI::App& app, Options& opts);
 

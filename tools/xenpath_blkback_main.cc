@@ -11,22 +11,10 @@
 // unmapped) and exit; a restarted daemon takes back devices that are still
 // in InitWait/Connected. --stats-file is a JSON document rewritten every
 // interval (devices, per-VBD counters, mapped grant pages, bound ports).
-#include <CLI/CLI.hpp>
-
 #include "blkback/blk_service.h"
 #include "common/daemon_main.h"
 
 int main(int argc, char** argv) {
-  using namespace xenpath;
-  CLI::App app{"xenpath-blkback: the blkif backend daemon of a Xen dom0 or driver domain"};
-  DaemonCli cli{.daemon = BlkbackService::daemon_defaults()};
-  BlkbackService::Options opts;
-  std::string platform = "xen";
-  app.add_option("--platform", platform, "xen (auto: the same; the simulated host is `xenpath-sim blkback`)")
-      ->check(CLI::IsMember({"auto", "xen"}));
-  add_daemon_cli(app, cli);
-  BlkbackService::add_cli(app, opts);
-  CLI11_PARSE(app, argc, argv);
-  finish_daemon_cli(cli);
-  return serve_xen<BlkbackService>(cli, opts);
+  return xenpath::daemon_main<xenpath::BlkbackService>(
+      argc, argv, "xenpath-blkback: the blkif backend daemon of a Xen dom0 or driver domain");
 }

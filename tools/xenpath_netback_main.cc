@@ -10,22 +10,10 @@
 // SIGTERM/SIGINT: every VIF is disconnected (mappings and channels
 // released), then the daemon exits. --stats-file is rewritten (atomically)
 // every --stats-interval-ms with per-VIF, per-queue counters as JSON.
-#include <CLI/CLI.hpp>
-
 #include "common/daemon_main.h"
 #include "netback/net_service.h"
 
 int main(int argc, char** argv) {
-  using namespace xenpath;
-  CLI::App app{"xenpath-netback: the netif backend daemon of a Xen dom0 or driver domain"};
-  DaemonCli cli{.daemon = NetbackService::daemon_defaults(), .log_level = "warn"};
-  NetbackService::Options opts;
-  std::string platform = "xen";
-  app.add_option("--platform", platform, "xen (auto: the same; the simulated host is `xenpath-sim netback`)")
-      ->check(CLI::IsMember({"auto", "xen"}));
-  add_daemon_cli(app, cli);
-  NetbackService::add_cli(app, opts);
-  CLI11_PARSE(app, argc, argv);
-  finish_daemon_cli(cli);
-  return serve_xen<NetbackService>(cli, opts);
+  return xenpath::daemon_main<xenpath::NetbackService>(
+      argc, argv, "xenpath-netback: the netif backend daemon of a Xen dom0 or driver domain");
 }

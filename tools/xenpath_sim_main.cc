@@ -297,20 +297,18 @@ int main(int argc, char** argv) {
   auto* x = app.add_subcommand("xenstored", "run only the simulated xenstored");
   x->add_option("--socket", xs_socket, "unix socket path");
 
-  // The daemons, as the production mains build them, on the simulated host.
-  xenpath::DaemonCli blk_cli{.daemon = xenpath::BlkbackService::daemon_defaults()};
+  // The daemons, with the options of their production mains, on the simulated host.
+  xenpath::DaemonCli blk_cli = xenpath::BlkbackService::cli_defaults();
   xenpath::BlkbackService::Options blk_opts;
   xenpath::sim::BlkDemoOptions blk_demo;
   auto* b = app.add_subcommand("blkback", "xenpath-blkback on the simulated host, guests doing verified I/O");
-  xenpath::add_daemon_cli(*b, blk_cli);
-  xenpath::BlkbackService::add_cli(*b, blk_opts);
+  xenpath::add_service_cli<xenpath::BlkbackService>(*b, blk_cli, blk_opts);
   xenpath::sim::add_blkback_demo_cli(*b, blk_demo);
-  xenpath::DaemonCli net_cli{.daemon = xenpath::NetbackService::daemon_defaults(), .log_level = "warn"};
+  xenpath::DaemonCli net_cli = xenpath::NetbackService::cli_defaults();
   xenpath::NetbackService::Options net_opts;
   xenpath::sim::NetDemoOptions net_demo;
   auto* n = app.add_subcommand("netback", "xenpath-netback on the simulated host, guests' frames on a loopback wire");
-  xenpath::add_daemon_cli(*n, net_cli);
-  xenpath::NetbackService::add_cli(*n, net_opts);
+  xenpath::add_service_cli<xenpath::NetbackService>(*n, net_cli, net_opts);
   xenpath::sim::add_netback_demo_cli(*n, net_demo);
 
   app.require_subcommand(1);
