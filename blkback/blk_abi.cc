@@ -44,6 +44,22 @@ T view(const Slot& slot) noexcept {
   return t;
 }
 
+// The addressing fields the rw, discard and indirect layouts share, each at
+// its own offset per layout and ABI.
+template <typename Layout>
+void decode_address(const Layout& l, BlkRequest& r) noexcept {
+  r.handle = l.handle;
+  r.id = l.id;
+  r.sector = l.sector_number;
+}
+
+template <typename Layout>
+void encode_address(const BlkRequest& r, Layout& l) noexcept {
+  l.handle = r.handle;
+  l.id = r.id;
+  l.sector_number = r.sector;
+}
+
 template <typename Rw, typename Discard, typename Indirect, typename Other, typename Slot>
 BlkRequest decode_layout(const Slot& slot) noexcept {
   BlkRequest r;
@@ -57,9 +73,7 @@ BlkRequest decode_layout(const Slot& slot) noexcept {
     case BLKIF_OP_WRITE_BARRIER:
     case BLKIF_OP_FLUSH_DISKCACHE: {
       const auto rw = view<Rw>(slot);
-      r.handle = rw.handle;
-      r.id = rw.id;
-      r.sector = rw.sector_number;
+      decode_address(rw, r);
       r.nr_segments = rw.nr_segments;
       const unsigned n = std::min<unsigned>(rw.nr_segments, kBlkDirectSegments);
       for (unsigned i = 0; i < n; ++i) {
@@ -69,9 +83,7 @@ BlkRequest decode_layout(const Slot& slot) noexcept {
     }
     case BLKIF_OP_DISCARD: {
       const auto d = view<Discard>(slot);
-      r.handle = d.handle;
-      r.id = d.id;
-      r.sector = d.sector_number;
+      decode_address(d, r);
       r.nr_sectors = d.nr_sectors;
       r.secure = (d.flag & BLKIF_DISCARD_SECURE) != 0;
       break;
@@ -80,9 +92,7 @@ BlkRequest decode_layout(const Slot& slot) noexcept {
       const auto ind = view<Indirect>(slot);
       r.indirect = true;
       r.op = ind.indirect_op;
-      r.handle = ind.handle;
-      r.id = ind.id;
-      r.sector = ind.sector_number;
+      decode_address(ind, r);
       r.nr_segments = ind.nr_segments;
       const unsigned pages = std::min(blk_indirect_pages(ind.nr_segments), kBlkMaxIndirectPages);
       r.nr_indirect_pages = static_cast<uint8_t>(pages);
@@ -106,9 +116,7 @@ void encode_layout(const BlkRequest& req, Slot& out) noexcept {
     ind.operation = BLKIF_OP_INDIRECT;
     ind.indirect_op = req.op;
     ind.nr_segments = static_cast<uint16_t>(req.nr_segments);
-    ind.id = req.id;
-    ind.sector_number = req.sector;
-    ind.handle = req.handle;
+    encode_address(req, ind);
     for (unsigned i = 0; i < kBlkMaxIndirectPages; ++i) ind.indirect_grefs[i] = req.indirect_grefs[i];
     std::memcpy(&out, &ind, sizeof(ind));
     return;
@@ -117,9 +125,7 @@ void encode_layout(const BlkRequest& req, Slot& out) noexcept {
     Discard d{};
     d.operation = BLKIF_OP_DISCARD;
     d.flag = req.secure ? BLKIF_DISCARD_SECURE : 0;
-    d.handle = req.handle;
-    d.id = req.id;
-    d.sector_number = req.sector;
+    encode_address(req, d);
     d.nr_sectors = req.nr_sectors;
     std::memcpy(&out, &d, sizeof(d));
     return;
@@ -127,9 +133,7 @@ void encode_layout(const BlkRequest& req, Slot& out) noexcept {
   Rw rw{};
   rw.operation = req.op;
   rw.nr_segments = static_cast<uint8_t>(req.nr_segments);
-  rw.handle = req.handle;
-  rw.id = req.id;
-  rw.sector_number = req.sector;
+  encode_address(req, rw);
   for (unsigned i = 0; i < kBlkDirectSegments; ++i) {
     rw.seg[i].gref = req.seg[i].gref;
     rw.seg[i].first_sect = req.seg[i].first_sect;

@@ -130,14 +130,12 @@ Status VbdDevice::read_frontend(XenStore& xs, XsTxn t) noexcept {
     XP_ASSIGN_OR_RETURN(const uint32_t pers, read_flag(xs, t, fe, "feature-persistent", 0));
     persistent_ = opts_.persistent && pers == 1;
 
-    uint32_t nqueues = 1;
-    auto nq = read_decimal<uint32_t>(xs, t, fe, "multi-queue-num-queues");
-    if (nq) {
-      nqueues = *nq;
-    } else if (nq.error() != ENOENT) {
+    auto nq = read_decimal_or<uint32_t>(xs, t, fe, "multi-queue-num-queues", 1);
+    if (!nq) {
       log_.guest("malformed multi-queue-num-queues");
       return unexpected(EINVAL);
     }
+    const uint32_t nqueues = *nq;
     if (nqueues == 0 || nqueues > max_queues_) {
       log_.guest("frontend asked for {} queues, at most {} offered", nqueues, max_queues_);
       return unexpected(EINVAL);
@@ -212,19 +210,12 @@ Status VbdDevice::connect() noexcept {
     } catch (...) {
       return unexpected(ENOMEM);
     }
-    Status st = unexpected(EIO);
     VbdQueueStats& stats = *stats_[i];
-    w->reactor().call([&] {
-      auto q = VbdQueue::start(*w, *image_, c, stats, [this](int err) {
+    const Status st = start_on_worker(*w, queues_[i], [&] {
+      return VbdQueue::start(*w, *image_, c, stats, [this](int err) {
         // On the worker: the driver moves the device to Closing.
         if (sink_) sink_(addr_, err);
       });
-      if (q) {
-        queues_[i] = std::move(*q);
-        st = ok();
-      } else {
-        st = unexpected(q.error());
-      }
     });
     if (!st) {
       log_.guest("queue {}: cannot connect: {}", i, error_string(st.error()));

@@ -57,7 +57,7 @@ namespace {
 constexpr BlkVerdict reject(BlkReason r) noexcept {
   const bool unsupported = r == BlkReason::kUnknownOp || r == BlkReason::kNotNegotiated ||
                            r == BlkReason::kNotSupported;
-  return BlkVerdict{static_cast<int16_t>(unsupported ? BLKIF_RSP_EOPNOTSUPP : BLKIF_RSP_ERROR), r};
+  return BlkVerdict{static_cast<int16_t>(unsupported ? BLKIF_RSP_EOPNOTSUPP : BLKIF_RSP_ERROR), r, /*fatal=*/false};
 }
 
 // [start, start + count) inside [0, capacity), without overflowing.
@@ -153,6 +153,45 @@ BlkVerdict blk_validate(const BlkRequest& req, std::span<const BlkSegment> segs,
     return v;
   }
   return blk_check_segments(req, segs, limits, total_sectors);
+}
+
+std::span<const GrantRef> blk_descriptor_grefs(const BlkRequest& req, const VbdLimits& limits) noexcept {
+  if (!req.indirect || !blk_check_header(req, limits).ok()) return {};
+  return {req.indirect_grefs.data(), req.nr_indirect_pages};
+}
+
+BlkAdmission blk_admit(const BlkRequest& req, const VbdLimits& limits,
+                       std::span<const std::byte* const> descriptor_pages,
+                       std::span<BlkSegment> descriptors) noexcept {
+  BlkAdmission a;
+  a.verdict = blk_check_header(req, limits);
+  if (!a.verdict.ok()) return a;
+  a.req.op = req.op;
+  a.req.sector = req.sector;
+  a.req.indirect = req.indirect;
+  if (req.ring_op == BLKIF_OP_DISCARD) {
+    a.req.sectors = req.nr_sectors;
+    a.req.secure = req.secure && limits.has(kBlkFeatureDiscardSecure);
+    return a;
+  }
+  std::span<const BlkSegment> segs = req.direct_segments();
+  if (req.indirect) {
+    if (descriptor_pages.empty()) {
+      a.verdict = reject(BlkReason::kIndirectMapFailed);
+      return a;
+    }
+    // The header vouched for the counts; a mismatch here is the caller's
+    // page list or array, answered as the count it cannot carry.
+    auto n = blk_copy_indirect_segments(req, descriptor_pages, descriptors);
+    if (!n) {
+      a.verdict = reject(BlkReason::kBadSegmentCount);
+      return a;
+    }
+    segs = descriptors.first(*n);
+  }
+  a.verdict = blk_check_segments(req, segs, limits, &a.req.sectors);
+  if (a.verdict.ok()) a.req.segs = segs;
+  return a;
 }
 
 Result<uint32_t> blk_copy_indirect_segments(const BlkRequest& req, std::span<const std::byte* const> pages,

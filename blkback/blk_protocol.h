@@ -1,9 +1,12 @@
-// Validation of canonical blkif requests against what a VBD is and what was
-// negotiated, and the copy of indirect segment descriptors out of guest pages.
+// Admission of canonical blkif requests: the one decision, per request, of
+// whether the backend performs it, against what a VBD is and what was
+// negotiated, including the copy of indirect segment descriptors out of guest
+// pages.
 //
 // Pure functions: no thread affinity. The only guest-shared memory touched is
-// the mapped indirect pages handed to blk_copy_indirect_segments(), read once
-// per descriptor into a private array; everything is validated on copies.
+// the mapped indirect pages handed to blk_admit() (through
+// blk_copy_indirect_segments()), read once per descriptor into a private
+// array; everything is validated on copies.
 //
 // What is checked, and what the frontend gets back (Linux xen-blkback is the
 // reference: EOPNOTSUPP for what the backend does not do, ERROR otherwise):
@@ -13,11 +16,14 @@
 //   anything but READ on a read-only VBD               -> ERROR kReadOnly
 //   segments: READ/WRITE 1..11, FLUSH/BARRIER 0..11,
 //             indirect 1..max_indirect_segments        -> ERROR kBadSegmentCount
+//   indirect descriptor pages could not be mapped      -> ERROR kIndirectMapFailed
 //   first_sect <= last_sect < kPageSize / sector_size  -> ERROR kBadSegment
 //   start, offsets and lengths on the image's I/O
 //   granularity (O_DIRECT on a 4K-sector disk)         -> ERROR kMisaligned
 //   the whole transfer / discard inside the image
 //   (overflow-safe)                                     -> ERROR kOutOfRange
+// None of these is fatal: Linux xen-blkback answers a malformed request and
+// goes on; only a producer overrun stops a ring, and BackRing finds that.
 #pragma once
 
 #include <array>
@@ -89,6 +95,10 @@ enum class BlkReason : uint8_t {
 struct BlkVerdict {
   int16_t status = BLKIF_RSP_OKAY;  // BLKIF_RSP_*
   BlkReason reason = BlkReason::kOk;
+  // The frontend broke the protocol beyond what one answer covers: the queue
+  // halts (as for a producer overrun). Admission decides it so the queue
+  // never has to; by Linux's rules no reason above is fatal.
+  bool fatal = false;
   [[nodiscard]] bool ok() const noexcept { return reason == BlkReason::kOk; }
 };
 
@@ -108,6 +118,51 @@ struct BlkErrorStats {
   }
 };
 
+// A request admission accepted, in the terms the datapath works in.
+struct BlkAdmitted {
+  // BLKIF_OP_READ, _WRITE, _FLUSH_DISKCACHE, _WRITE_BARRIER or _DISCARD (an
+  // indirect request's inner operation). The response echoes BlkRequest::op.
+  uint8_t op = BLKIF_OP_READ;
+  uint64_t sector = 0;   // first sector, in VbdLimits::sector_size units
+  uint64_t sectors = 0;  // the transfer (a discard's range); 0 for a dataless flush/barrier
+  // The segments to map and transfer: the request's own copy (direct) or the
+  // descriptors copied out of its pages (indirect). Empty for a discard.
+  std::span<const BlkSegment> segs;
+  bool secure = false;  // a secure discard, asked for and offered
+  bool indirect = false;
+
+  // A read writes into guest memory (its grants are mapped writable);
+  // everything else only reads it.
+  [[nodiscard]] bool writes_guest() const noexcept { return op == BLKIF_OP_READ; }
+};
+
+struct BlkAdmission {
+  BlkVerdict verdict;  // what to answer unless ok()
+  BlkAdmitted req;     // meaningful only if ok()
+  [[nodiscard]] bool ok() const noexcept { return verdict.ok(); }
+};
+
+// The descriptor pages blk_admit() will read for `req`: its indirect grefs,
+// or none if it is not indirect or is refused on its header alone, so a
+// request that is refused anyway never gets guest pages mapped (and its
+// answer names the header's reason, not a mapping failure).
+[[nodiscard]] std::span<const GrantRef> blk_descriptor_grefs(const BlkRequest& req, const VbdLimits& limits) noexcept;
+
+// The admission of one request: every check the backend makes before it maps
+// data grants or touches the image, in one place (the queue runs exactly
+// this; the fuzz target drives it). `req` is the private copy made off the
+// ring. For an indirect request `descriptor_pages` are the mapped pages of
+// blk_descriptor_grefs() (empty: they could not be mapped), whose
+// descriptors are copied into `descriptors` (at least
+// limits.max_indirect_segments long) before they are checked; the result's
+// segs then point into `descriptors`, otherwise into `req`.
+[[nodiscard]] BlkAdmission blk_admit(const BlkRequest& req, const VbdLimits& limits,
+                                     std::span<const std::byte* const> descriptor_pages,
+                                     std::span<BlkSegment> descriptors) noexcept;
+
+// The pieces blk_admit() is made of, for tests and tools that hold segments
+// already.
+//
 // Everything decidable without the indirect descriptor pages: operation,
 // negotiation, read-only, segment count, and the whole of a discard. For an
 // indirect request this is what must pass before its pages are mapped.

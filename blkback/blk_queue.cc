@@ -16,9 +16,9 @@ constexpr uint32_t kNoBurst = UINT32_MAX;
 
 struct VbdQueue::Slot final : ImageOp {
   VbdQueue* q = nullptr;
-  BlkRequest req;
+  BlkRequest req;                         // the private copy off the ring
+  BlkAdmitted a;                          // what admission accepted (its segs point into req or indirect_segs)
   std::vector<BlkSegment> indirect_segs;  // descriptors copied out of indirect pages
-  std::span<const BlkSegment> segs;       // the request's segments (direct or indirect)
   std::vector<iovec> iov;
   unsigned iovcnt = 0;
   std::vector<std::byte*> pages;          // mapped page of each segment
@@ -26,7 +26,6 @@ struct VbdQueue::Slot final : ImageOp {
   unsigned nhandles = 0;
   uint32_t burst = kNoBurst;
   GrantMapping own;  // a request mapped on its own (fallback, or transient overflow)
-  uint64_t sectors = 0;
   int16_t rsp_status = BLKIF_RSP_OKAY;
   Phase phase = Phase::kFree;
   bool started = false;
@@ -37,7 +36,7 @@ struct VbdQueue::Slot final : ImageOp {
 
 VbdQueue::VbdQueue(BlkWorker& worker, Image& image, const Config& config, VbdQueueStats& stats,
                    HaltSink on_halt) noexcept
-    : worker_(worker),
+    : XenRingPoller(worker),
       image_(image),
       config_(config),
       stats_(stats),
@@ -46,17 +45,7 @@ VbdQueue::VbdQueue(BlkWorker& worker, Image& image, const Config& config, VbdQue
 
 Result<std::unique_ptr<VbdQueue>> VbdQueue::start(BlkWorker& worker, Image& image, const Config& config,
                                                   VbdQueueStats& stats, HaltSink on_halt) noexcept {
-  std::unique_ptr<VbdQueue> q;
-  try {
-    q.reset(new VbdQueue(worker, image, config, stats, std::move(on_halt)));
-  } catch (...) {
-    return unexpected(ENOMEM);
-  }
-  if (auto st = q->init(); !st) {
-    q->teardown();
-    return unexpected(st.error());
-  }
-  return q;
+  return start_with<VbdQueue>([&] { return new VbdQueue(worker, image, config, stats, std::move(on_halt)); });
 }
 
 uint32_t VbdQueue::segment_capacity() const noexcept {
@@ -125,11 +114,8 @@ Status VbdQueue::init() noexcept {
     return unexpected(ENOMEM);
   }
 
-  XP_ASSIGN_OR_RETURN(local_port_, worker_.event_channel().bind_interdomain(config_.frontend, config_.remote_port));
-  bound_ = true;
-  worker_.add_port(local_port_, this);
-  worker_.reactor().add_poller(this);
-  polling_ = true;
+  XP_TRY(port_.bind(worker_, config_.frontend, config_.remote_port, this));
+  start_polling();
   if (pgrants_) {
     // Idle persistent grants go back to the guest after their timeout.
     auto t = worker_.reactor().add_timer(std::chrono::seconds(1), [this] {
@@ -145,15 +131,10 @@ Status VbdQueue::init() noexcept {
 }
 
 void VbdQueue::teardown() noexcept {
-  if (polling_) worker_.reactor().remove_poller(this);
-  polling_ = false;
+  stop_polling();
   if (have_timer_) worker_.reactor().cancel_timer(purge_timer_);
   have_timer_ = false;
-  if (bound_) {
-    worker_.remove_port(local_port_);
-    (void)worker_.event_channel().unbind(local_port_);
-  }
-  bound_ = false;
+  port_.unbind();
   // Consumed but never dispatched (behind a barrier): the frontend is going
   // away, there is nobody to answer.
   for (auto& s : slots_) {
@@ -183,15 +164,14 @@ Status VbdQueue::stop() noexcept {
 }
 
 VbdQueue::~VbdQueue() {
-  if (!stopped_) {
-    if (active_ != 0) log_.error("destroyed with {} requests in flight", active_);
-    teardown();
-  }
+  if (stopped_) return;
+  if (active_ != 0) log_.error("destroyed with {} requests in flight", active_);
+  teardown();
 }
 
 void VbdQueue::on_event(EvtchnPort) noexcept {
   stats_.ring.events_received.add();
-  masked_ = true;  // the event channel stays masked until arm() unmasks it
+  port_.on_event();  // the event channel stays masked until arm() unmasks it
 }
 
 VbdQueue::Slot* VbdQueue::alloc_slot() noexcept {
@@ -210,7 +190,7 @@ void VbdQueue::free_slot(Slot& s) noexcept {
   s.burst = kNoBurst;
   s.nhandles = 0;
   s.iovcnt = 0;
-  s.segs = {};
+  s.a = {};
   s.next = free_;
   free_ = &s;
   --in_use_;
@@ -232,9 +212,7 @@ bool VbdQueue::poll() noexcept {
     if (room != 0) {
       auto n = ring_->consume(std::span(consumed_.data(), room));
       if (!n) {
-        halted_ = true;
-        log_.error("frontend overran the ring ({}): queue halted", error_string(n.error()));
-        if (on_halt_) on_halt_(n.error());
+        halt("overran the ring", n.error());
       } else if (*n != 0) {
         Slot* head = nullptr;
         Slot* tail = nullptr;
@@ -260,10 +238,7 @@ bool VbdQueue::poll() noexcept {
 bool VbdQueue::arm() noexcept {
   if (stopped_) return false;
   bool late = publish();
-  if (masked_ && bound_) {
-    (void)worker_.event_channel().unmask(local_port_);
-    masked_ = false;
-  }
+  port_.unmask();
   if (barrier_ != nullptr) return late;  // completions wake us; nothing to consume meanwhile
   if (held_head_ != nullptr) return true;
   if (halted_ || stopping_ || in_use_ == ring_->size()) return late;
@@ -274,7 +249,7 @@ bool VbdQueue::arm() noexcept {
 bool VbdQueue::publish() noexcept {
   if (!responses_pending_) return false;
   responses_pending_ = false;
-  if (ring_->flush() && bound_) (void)worker_.event_channel().notify(local_port_);
+  if (ring_->flush()) port_.notify();
   return true;
 }
 
@@ -293,22 +268,21 @@ void VbdQueue::process_list(Slot* head) noexcept {
         held_head_ = s;
       }
       held_tail_ = s;
+    } else if (!s->req.indirect && !admit(*s, {})) {
+      // Refused and answered. A direct request is admitted as it is taken
+      // (all of it is in the private copy); an indirect one in dispatch(),
+      // once its burst's descriptor pages are mapped.
+    } else if (s->a.op == BLKIF_OP_WRITE_BARRIER) {  // admitted (a barrier is never indirect)
+      dispatch(batch, nb);
+      nb = 0;
+      barrier_ = s;
+      s->phase = Phase::kWaitBarrier;
+      if (active_ != 0) stats_.barrier_drains.add();
     } else {
-      const BlkVerdict v = blk_check_header(s->req, config_.limits);
-      if (!v.ok()) {
-        reject(*s, v);
-      } else if (s->req.ring_op == BLKIF_OP_WRITE_BARRIER) {
+      batch[nb++] = s;
+      if (nb == kMaxBurst) {
         dispatch(batch, nb);
         nb = 0;
-        barrier_ = s;
-        s->phase = Phase::kWaitBarrier;
-        if (active_ != 0) stats_.barrier_drains.add();
-      } else {
-        batch[nb++] = s;
-        if (nb == kMaxBurst) {
-          dispatch(batch, nb);
-          nb = 0;
-        }
       }
     }
     s = next;
@@ -324,53 +298,52 @@ bool VbdQueue::try_start_barrier() noexcept {
   return true;
 }
 
-bool VbdQueue::wants_writable(const Slot& s) noexcept {
-  // A read writes into guest memory; everything else only reads it.
-  return s.req.op == BLKIF_OP_READ;
+bool VbdQueue::admit(Slot& s, std::span<const std::byte* const> descriptor_pages) noexcept {
+  const BlkAdmission a = blk_admit(s.req, config_.limits, descriptor_pages, s.indirect_segs);
+  if (a.ok()) {
+    s.a = a.req;
+    return true;
+  }
+  reject(s, a.verdict);
+  if (a.verdict.fatal) halt("broke the protocol", EPROTO);
+  return false;
+}
+
+void VbdQueue::halt(std::string_view what, int error) noexcept {
+  if (halted_) return;
+  halted_ = true;
+  log_.error("frontend {} ({}): queue halted", what, error_string(error));
+  if (on_halt_) on_halt_(error);
 }
 
 void VbdQueue::dispatch(Slot** batch, unsigned n) noexcept {
   if (n == 0) return;
-  load_indirect(batch, n);
-  bool any = false;
-  for (unsigned i = 0; i < n; ++i) {
-    Slot* s = batch[i];
-    if (s == nullptr) continue;
-    if (s->req.ring_op == BLKIF_OP_DISCARD) {
-      s->sectors = s->req.nr_sectors;
-    } else {
-      s->segs = s->req.indirect ? std::span<const BlkSegment>(s->indirect_segs.data(), s->req.nr_segments)
-                                : s->req.direct_segments();
-      const BlkVerdict v = blk_check_segments(s->req, s->segs, config_.limits, &s->sectors);
-      if (!v.ok()) {
-        reject(*s, v);
-        batch[i] = nullptr;
-        continue;
-      }
-    }
-    any = true;
-  }
-  if (!any) return;
+  admit_indirect(batch, n);
+  if (std::all_of(batch, batch + n, [](const Slot* s) { return s == nullptr; })) return;
   map_data(batch, n);
   for (unsigned i = 0; i < n; ++i) {
     if (batch[i] != nullptr) start_io(*batch[i]);
   }
 }
 
-void VbdQueue::load_indirect(Slot** batch, unsigned n) noexcept {
+void VbdQueue::admit_indirect(Slot** batch, unsigned n) noexcept {
   GrantTable& gt = worker_.grant_table();
   size_t total = 0;
+  bool any = false;
   for (unsigned i = 0; i < n; ++i) {
     Slot* s = batch[i];
     if (s == nullptr || !s->req.indirect) continue;
-    for (unsigned p = 0; p < s->req.nr_indirect_pages; ++p) refs_[total++] = s->req.indirect_grefs[p];
+    any = true;
+    for (GrantRef g : blk_descriptor_grefs(s->req, config_.limits)) refs_[total++] = g;
   }
-  if (total == 0) return;
+  if (!any) return;
   // All the burst's descriptor pages in one call: read-only, or through the
   // persistent table (a persistent frontend takes them from its pool too).
   GrantMapping batch_map;
   bool mapped = false;
-  if (pgrants_) {
+  if (total == 0) {
+    // Every indirect request is refused on its header: nothing to map.
+  } else if (pgrants_) {
     const uint64_t before = pgrants_->stats().map_calls.get();
     mapped = pgrants_->acquire(std::span(refs_.data(), total), std::span(pages_.data(), total),
                                std::span(handles_.data(), total), &batch_map).has_value();
@@ -384,36 +357,33 @@ void VbdQueue::load_indirect(Slot** batch, unsigned n) noexcept {
       mapped = true;
     }
   }
-  if (!mapped) stats_.map_fallbacks.add();
+  if (total != 0 && !mapped) stats_.map_fallbacks.add();
   size_t at = 0;
   for (unsigned i = 0; i < n; ++i) {
     Slot* s = batch[i];
     if (s == nullptr || !s->req.indirect) continue;
-    const unsigned np = s->req.nr_indirect_pages;
+    const size_t np = blk_descriptor_grefs(s->req, config_.limits).size();
     const std::byte* pages[kBlkMaxIndirectPages];
+    size_t have = np;  // admission answers a request without its pages (0) as unmappable
     GrantMapping single;
-    if (mapped) {
-      for (unsigned p = 0; p < np; ++p) pages[p] = pages_[at + p];
+    if (np == 0) {
+      // Refused on its header: admission says why.
+    } else if (mapped) {
+      for (size_t p = 0; p < np; ++p) pages[p] = pages_[at + p];
     } else {
       // The batch failed: map this request's pages alone so only a request
       // with a bad descriptor gref fails.
       stats_.map_calls.add();
       auto one = gt.map(config_.frontend, std::span(refs_.data() + at, np), false);
-      if (!one) {
-        at += np;
-        reject(*s, BlkVerdict{BLKIF_RSP_ERROR, BlkReason::kIndirectMapFailed});
-        batch[i] = nullptr;
-        continue;
+      if (one) {
+        single = std::move(*one);
+        for (size_t p = 0; p < np; ++p) pages[p] = single.page(static_cast<uint32_t>(p));
+      } else {
+        have = 0;
       }
-      single = std::move(*one);
-      for (unsigned p = 0; p < np; ++p) pages[p] = single.page(p);
     }
     at += np;
-    auto copied = blk_copy_indirect_segments(s->req, std::span<const std::byte* const>(pages, np), s->indirect_segs);
-    if (!copied) {
-      reject(*s, BlkVerdict{BLKIF_RSP_ERROR, BlkReason::kBadSegmentCount});
-      batch[i] = nullptr;
-    }
+    if (!admit(*s, std::span<const std::byte* const>(pages, have))) batch[i] = nullptr;
   }
   // Only the copies remain: transient descriptor mappings go now (RAII),
   // persistent ones become idle.
@@ -459,8 +429,8 @@ void VbdQueue::map_data_transient(Slot** batch, unsigned n, bool writable) noexc
   uint32_t users = 0;
   for (unsigned i = 0; i < n; ++i) {
     Slot* s = batch[i];
-    if (s == nullptr || s->segs.empty() || wants_writable(*s) != writable) continue;
-    for (const BlkSegment& seg : s->segs) refs_[total++] = seg.gref;
+    if (s == nullptr || s->a.segs.empty() || s->a.writes_guest() != writable) continue;
+    for (const BlkSegment& seg : s->a.segs) refs_[total++] = seg.gref;
     ++users;
   }
   if (total == 0) return;
@@ -471,16 +441,16 @@ void VbdQueue::map_data_transient(Slot** batch, unsigned n, bool writable) noexc
     uint32_t at = 0;
     for (unsigned i = 0; i < n; ++i) {
       Slot* s = batch[i];
-      if (s == nullptr || s->segs.empty() || wants_writable(*s) != writable) continue;
+      if (s == nullptr || s->a.segs.empty() || s->a.writes_guest() != writable) continue;
       s->burst = b;
-      for (size_t k = 0; k < s->segs.size(); ++k) s->pages[k] = bursts_[b].mapping.page(at++);
+      for (size_t k = 0; k < s->a.segs.size(); ++k) s->pages[k] = bursts_[b].mapping.page(at++);
     }
     return;
   }
   stats_.map_fallbacks.add();
   for (unsigned i = 0; i < n; ++i) {
     Slot* s = batch[i];
-    if (s == nullptr || s->segs.empty() || wants_writable(*s) != writable) continue;
+    if (s == nullptr || s->a.segs.empty() || s->a.writes_guest() != writable) continue;
     if (!map_one(*s, writable)) {
       reject(*s, BlkVerdict{BLKIF_RSP_ERROR, BlkReason::kMapFailed});
       batch[i] = nullptr;
@@ -489,8 +459,8 @@ void VbdQueue::map_data_transient(Slot** batch, unsigned n, bool writable) noexc
 }
 
 bool VbdQueue::map_one(Slot& s, bool writable) noexcept {
-  const size_t nseg = s.segs.size();
-  for (size_t k = 0; k < nseg; ++k) refs_[k] = s.segs[k].gref;
+  const size_t nseg = s.a.segs.size();
+  for (size_t k = 0; k < nseg; ++k) refs_[k] = s.a.segs[k].gref;
   stats_.map_calls.add();
   auto m = worker_.grant_table().map(config_.frontend, std::span(refs_.data(), nseg), writable);
   if (!m) {
@@ -507,8 +477,8 @@ void VbdQueue::map_data_persistent(Slot** batch, unsigned n) noexcept {
   uint32_t users = 0;
   for (unsigned i = 0; i < n; ++i) {
     Slot* s = batch[i];
-    if (s == nullptr || s->segs.empty()) continue;
-    for (const BlkSegment& seg : s->segs) refs_[total++] = seg.gref;
+    if (s == nullptr || s->a.segs.empty()) continue;
+    for (const BlkSegment& seg : s->a.segs) refs_[total++] = seg.gref;
     ++users;
   }
   if (total == 0) return;
@@ -522,10 +492,10 @@ void VbdQueue::map_data_persistent(Slot** batch, unsigned n) noexcept {
     size_t at = 0;
     for (unsigned i = 0; i < n; ++i) {
       Slot* s = batch[i];
-      if (s == nullptr || s->segs.empty()) continue;
+      if (s == nullptr || s->a.segs.empty()) continue;
       s->burst = b;
-      s->nhandles = static_cast<unsigned>(s->segs.size());
-      for (size_t k = 0; k < s->segs.size(); ++k, ++at) {
+      s->nhandles = static_cast<unsigned>(s->a.segs.size());
+      for (size_t k = 0; k < s->a.segs.size(); ++k, ++at) {
         s->pages[k] = pages_[at];
         s->handles[k] = handles_[at];
       }
@@ -535,9 +505,9 @@ void VbdQueue::map_data_persistent(Slot** batch, unsigned n) noexcept {
   stats_.map_fallbacks.add();
   for (unsigned i = 0; i < n; ++i) {
     Slot* s = batch[i];
-    if (s == nullptr || s->segs.empty()) continue;
-    const size_t nseg = s->segs.size();
-    for (size_t k = 0; k < nseg; ++k) refs_[k] = s->segs[k].gref;
+    if (s == nullptr || s->a.segs.empty()) continue;
+    const size_t nseg = s->a.segs.size();
+    for (size_t k = 0; k < nseg; ++k) refs_[k] = s->a.segs[k].gref;
     GrantMapping own;
     const uint64_t before = pgrants_->stats().map_calls.get();
     Status one = pgrants_->acquire(std::span(refs_.data(), nseg), std::span(s->pages.data(), nseg),
@@ -555,43 +525,31 @@ void VbdQueue::map_data_persistent(Slot** batch, unsigned n) noexcept {
 }
 
 void VbdQueue::count_op(const Slot& s) noexcept {
-  const uint64_t bytes = s.sectors * config_.limits.sector_size;
-  if (s.req.indirect) stats_.indirect.add();
-  switch (s.req.ring_op == BLKIF_OP_INDIRECT ? s.req.op : s.req.ring_op) {
-    case BLKIF_OP_READ:
-      stats_.reads.add();
-      stats_.read_bytes.add(bytes);
-      break;
-    case BLKIF_OP_WRITE:
-      stats_.writes.add();
-      stats_.write_bytes.add(bytes);
-      break;
-    case BLKIF_OP_FLUSH_DISKCACHE:
-      stats_.flushes.add();
-      stats_.write_bytes.add(bytes);
-      break;
-    case BLKIF_OP_WRITE_BARRIER:
-      stats_.barriers.add();
-      stats_.write_bytes.add(bytes);
-      break;
-    case BLKIF_OP_DISCARD:
-      stats_.discards.add();
-      stats_.discard_bytes.add(bytes);
-      break;
-    default:
-      break;
+  // Each operation's count, and the byte counter its volume goes to
+  // (flushes and barriers carry writes).
+  Counter* op = nullptr;
+  Counter* volume = &stats_.write_bytes;
+  switch (s.a.op) {
+    case BLKIF_OP_READ: op = &stats_.reads, volume = &stats_.read_bytes; break;
+    case BLKIF_OP_WRITE: op = &stats_.writes; break;
+    case BLKIF_OP_FLUSH_DISKCACHE: op = &stats_.flushes; break;
+    case BLKIF_OP_WRITE_BARRIER: op = &stats_.barriers; break;
+    case BLKIF_OP_DISCARD: op = &stats_.discards, volume = &stats_.discard_bytes; break;
+    default: return;
   }
+  if (s.a.indirect) stats_.indirect.add();
+  op->add();
+  volume->add(s.a.sectors * config_.limits.sector_size);
 }
 
 void VbdQueue::start_io(Slot& s) noexcept {
   s.started = true;
   ++active_;
-  switch (s.req.ring_op) {
+  switch (s.a.op) {
     case BLKIF_OP_DISCARD: {
       const uint64_t ss = config_.limits.sector_size;
-      const bool secure = s.req.secure && config_.limits.has(kBlkFeatureDiscardSecure);
       s.phase = Phase::kDiscard;
-      s.prep_discard(s.req.sector * ss, s.req.nr_sectors * ss, secure);
+      s.prep_discard(s.a.sector * ss, s.a.sectors * ss, s.a.secure);
       channel_->submit(s);
       return;
     }
@@ -602,7 +560,7 @@ void VbdQueue::start_io(Slot& s) noexcept {
       channel_->submit(s);
       return;
     case BLKIF_OP_FLUSH_DISKCACHE:
-      if (s.segs.empty()) {
+      if (s.a.segs.empty()) {
         s.phase = Phase::kPostFlush;
         s.prep_flush();
         channel_->submit(s);
@@ -621,8 +579,8 @@ void VbdQueue::next_phase(Slot& s) noexcept {
   if (s.phase == Phase::kData) {
     const uint32_t ss = config_.limits.sector_size;
     unsigned cnt = 0;
-    for (size_t k = 0; k < s.segs.size(); ++k) {
-      const BlkSegment& seg = s.segs[k];
+    for (size_t k = 0; k < s.a.segs.size(); ++k) {
+      const BlkSegment& seg = s.a.segs[k];
       std::byte* base = s.pages[k] + static_cast<size_t>(seg.first_sect) * ss;
       const size_t len = static_cast<size_t>(seg.last_sect - seg.first_sect + 1) * ss;
       // Segments adjacent in our mapping (whole pages of one burst mapping)
@@ -634,8 +592,8 @@ void VbdQueue::next_phase(Slot& s) noexcept {
       }
     }
     s.iovcnt = cnt;
-    const uint64_t offset = s.req.sector * ss;
-    if (s.req.op == BLKIF_OP_READ) {
+    const uint64_t offset = s.a.sector * ss;
+    if (s.a.op == BLKIF_OP_READ) {
       s.prep_read(s.iov.data(), cnt, offset);
     } else {
       s.prep_write(s.iov.data(), cnt, offset);
@@ -657,14 +615,14 @@ void VbdQueue::on_done(Slot& s, int result) noexcept {
   }
   switch (s.phase) {
     case Phase::kPreFlush:
-      if (!s.segs.empty()) {
+      if (!s.a.segs.empty()) {
         s.phase = Phase::kData;
         next_phase(s);
         return;
       }
       break;  // a barrier without data: one flush is all of it
     case Phase::kData:
-      if (s.req.ring_op == BLKIF_OP_FLUSH_DISKCACHE || s.req.ring_op == BLKIF_OP_WRITE_BARRIER) {
+      if (s.a.op == BLKIF_OP_FLUSH_DISKCACHE || s.a.op == BLKIF_OP_WRITE_BARRIER) {
         s.phase = Phase::kPostFlush;
         next_phase(s);
         return;

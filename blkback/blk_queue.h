@@ -5,9 +5,11 @@
 //  1. publishes the responses completed since the last iteration, once, and
 //     notifies only when the ring macros say the frontend wants it;
 //  2. consumes a bounded burst (<= 32, and no more than free request slots)
-//     of private copies, validates each (blk_protocol.h);
-//  3. maps the burst's indirect descriptor pages in one call, copies the
-//     descriptors out, unmaps them;
+//     of private copies and admits each once (blk_admit, blk_protocol.h):
+//     a direct request as it is taken, an indirect one in step 3;
+//  3. maps the burst's indirect descriptor pages in one call (only for
+//     requests whose header admission accepts), admits each indirect request
+//     (descriptors copied out, then checked), unmaps the pages;
 //  4. maps the burst's data grants in one GrantTable::map call per
 //     direction (reads need writable mappings, writes are granted read-only
 //     by a non-persistent frontend), or resolves them through the persistent
@@ -45,7 +47,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -90,7 +94,7 @@ struct VbdQueueStats {
   BlkErrorStats errors;   // rejected/failed requests by reason
 };
 
-class VbdQueue final : public Poller, public EvtchnTarget {
+class VbdQueue final : public XenRingPoller {
  public:
   static constexpr unsigned kMaxBurst = 32;
 
@@ -120,8 +124,6 @@ class VbdQueue final : public Poller, public EvtchnTarget {
   // once it returns ok nothing of the guest stays mapped or bound.
   Status stop() noexcept;
   ~VbdQueue() override;
-  VbdQueue(const VbdQueue&) = delete;
-  VbdQueue& operator=(const VbdQueue&) = delete;
 
   bool poll() noexcept override;
   bool arm() noexcept override;
@@ -148,14 +150,16 @@ class VbdQueue final : public Poller, public EvtchnTarget {
   enum class Phase : uint8_t { kFree, kHeld, kWaitBarrier, kPreFlush, kData, kPostFlush, kDiscard };
 
   VbdQueue(BlkWorker& worker, Image& image, const Config& config, VbdQueueStats& stats, HaltSink on_halt) noexcept;
-  Status init() noexcept;
-  void teardown() noexcept;
+  Status init() noexcept override;
+  void teardown() noexcept override;
 
   Slot* alloc_slot() noexcept;
   void free_slot(Slot& s) noexcept;
   void process_list(Slot* head) noexcept;
   void dispatch(Slot** batch, unsigned n) noexcept;
-  void load_indirect(Slot** batch, unsigned n) noexcept;
+  void admit_indirect(Slot** batch, unsigned n) noexcept;
+  bool admit(Slot& s, std::span<const std::byte* const> descriptor_pages) noexcept;
+  void halt(std::string_view what, int error) noexcept;
   void map_data(Slot** batch, unsigned n) noexcept;
   void map_data_persistent(Slot** batch, unsigned n) noexcept;
   void map_data_transient(Slot** batch, unsigned n, bool writable) noexcept;
@@ -171,10 +175,8 @@ class VbdQueue final : public Poller, public EvtchnTarget {
   bool try_start_barrier() noexcept;
   bool publish() noexcept;
   void count_op(const Slot& s) noexcept;
-  [[nodiscard]] static bool wants_writable(const Slot& s) noexcept;
   [[nodiscard]] uint32_t segment_capacity() const noexcept;
 
-  BlkWorker& worker_;
   Image& image_;
   Config config_;
   VbdQueueStats& stats_;
@@ -185,10 +187,7 @@ class VbdQueue final : public Poller, public EvtchnTarget {
   std::unique_ptr<BlkRingPort> ring_;
   std::unique_ptr<ImageChannel> channel_;
   std::unique_ptr<PersistentGrants> pgrants_;
-  EvtchnPort local_port_ = 0;
-  bool bound_ = false;
-  bool polling_ = false;
-  bool masked_ = false;
+  WorkerPort port_;
   bool halted_ = false;
   bool stopping_ = false;
   bool stopped_ = false;

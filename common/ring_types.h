@@ -9,38 +9,25 @@
 
 namespace xenpath {
 
-struct BlkifRing {
-  using Sring = blkif_sring;
-  using BackRing = blkif_back_ring;
-  using FrontRing = blkif_front_ring;
-  using Request = blkif_request;
-  using Response = blkif_response;
+// The five types DEFINE_RING_TYPES(name, request, response) makes for one
+// ring protocol, as one traits type.
+template <typename S, typename Back, typename Front, typename Req, typename Rsp>
+struct RingTypes {
+  using Sring = S;
+  using BackRing = Back;
+  using FrontRing = Front;
+  using Request = Req;
+  using Response = Rsp;
 };
 
-struct NetifTxRing {
-  using Sring = netif_tx_sring;
-  using BackRing = netif_tx_back_ring;
-  using FrontRing = netif_tx_front_ring;
-  using Request = netif_tx_request;
-  using Response = netif_tx_response;
-};
-
-struct NetifRxRing {
-  using Sring = netif_rx_sring;
-  using BackRing = netif_rx_back_ring;
-  using FrontRing = netif_rx_front_ring;
-  using Request = netif_rx_request;
-  using Response = netif_rx_response;
-};
-
+using BlkifRing = RingTypes<blkif_sring, blkif_back_ring, blkif_front_ring, blkif_request, blkif_response>;
+using NetifTxRing =
+    RingTypes<netif_tx_sring, netif_tx_back_ring, netif_tx_front_ring, netif_tx_request, netif_tx_response>;
+using NetifRxRing =
+    RingTypes<netif_rx_sring, netif_rx_back_ring, netif_rx_front_ring, netif_rx_request, netif_rx_response>;
 // The netif control ring (feature-ctrl-ring): one page, hash and multicast
 // configuration messages.
-struct NetifCtrlRing {
-  using Sring = xen_netif_ctrl_sring;
-  using BackRing = xen_netif_ctrl_back_ring;
-  using FrontRing = xen_netif_ctrl_front_ring;
-  using Request = xen_netif_ctrl_request;
-  using Response = xen_netif_ctrl_response;
-};
+using NetifCtrlRing = RingTypes<xen_netif_ctrl_sring, xen_netif_ctrl_back_ring, xen_netif_ctrl_front_ring,
+                                xen_netif_ctrl_request, xen_netif_ctrl_response>;
 
 }  // namespace xenpath

@@ -35,43 +35,49 @@ Result<std::unique_ptr<EventChannel>> LibxenEventChannel::open() noexcept {
 
 LibxenEventChannel::~LibxenEventChannel() { xenevtchn_close(h_); }
 
-Result<EvtchnPort> LibxenEventChannel::bind_interdomain(DomId remote, EvtchnPort remote_port) noexcept {
+namespace {
+
+// libxenevtchn's two return conventions, with errno cleared first so a
+// failure that forgot to set it still reads as an error (unexpected_errno).
+template <typename Call>
+Result<EvtchnPort> port_or_errno(Call call) noexcept {
   errno = 0;
-  const xenevtchn_port_or_error_t p = xenevtchn_bind_interdomain(h_, remote, remote_port);
+  const xenevtchn_port_or_error_t p = call();
   if (p < 0) return unexpected_errno();
   return static_cast<EvtchnPort>(p);
+}
+
+template <typename Call>
+Status zero_or_errno(Call call) noexcept {
+  errno = 0;
+  if (call() != 0) return unexpected_errno();
+  return ok();
+}
+
+}  // namespace
+
+Result<EvtchnPort> LibxenEventChannel::bind_interdomain(DomId remote, EvtchnPort remote_port) noexcept {
+  return port_or_errno([&] { return xenevtchn_bind_interdomain(h_, remote, remote_port); });
 }
 
 Result<EvtchnPort> LibxenEventChannel::bind_unbound(DomId remote) noexcept {
-  errno = 0;
-  const xenevtchn_port_or_error_t p = xenevtchn_bind_unbound_port(h_, remote);
-  if (p < 0) return unexpected_errno();
-  return static_cast<EvtchnPort>(p);
-}
-
-Status LibxenEventChannel::unbind(EvtchnPort local) noexcept {
-  errno = 0;
-  if (xenevtchn_unbind(h_, local) != 0) return unexpected_errno();
-  return ok();
-}
-
-Status LibxenEventChannel::notify(EvtchnPort local) noexcept {
-  errno = 0;
-  if (xenevtchn_notify(h_, local) != 0) return unexpected_errno();
-  return ok();
+  return port_or_errno([&] { return xenevtchn_bind_unbound_port(h_, remote); });
 }
 
 Result<EvtchnPort> LibxenEventChannel::pending() noexcept {
-  errno = 0;
-  const xenevtchn_port_or_error_t p = xenevtchn_pending(h_);
-  if (p < 0) return unexpected_errno();
-  return static_cast<EvtchnPort>(p);
+  return port_or_errno([&] { return xenevtchn_pending(h_); });
+}
+
+Status LibxenEventChannel::unbind(EvtchnPort local) noexcept {
+  return zero_or_errno([&] { return xenevtchn_unbind(h_, local); });
+}
+
+Status LibxenEventChannel::notify(EvtchnPort local) noexcept {
+  return zero_or_errno([&] { return xenevtchn_notify(h_, local); });
 }
 
 Status LibxenEventChannel::unmask(EvtchnPort local) noexcept {
-  errno = 0;
-  if (xenevtchn_unmask(h_, local) != 0) return unexpected_errno();
-  return ok();
+  return zero_or_errno([&] { return xenevtchn_unmask(h_, local); });
 }
 
 }  // namespace xenpath

@@ -28,8 +28,6 @@ class LibxenEventChannel final : public EventChannel {
   static Result<std::unique_ptr<EventChannel>> open() noexcept;
   // Closing the device unbinds every port this handle still has.
   ~LibxenEventChannel() override;
-  LibxenEventChannel(const LibxenEventChannel&) = delete;
-  LibxenEventChannel& operator=(const LibxenEventChannel&) = delete;
 
   Result<EvtchnPort> bind_interdomain(DomId remote, EvtchnPort remote_port) noexcept override;
   Result<EvtchnPort> bind_unbound(DomId remote) noexcept override;

@@ -46,8 +46,6 @@ class LibxenGrantTable final : public GrantTable {
   // forbidden.
   static Result<std::unique_ptr<GrantTable>> open() noexcept;
   ~LibxenGrantTable() override;
-  LibxenGrantTable(const LibxenGrantTable&) = delete;
-  LibxenGrantTable& operator=(const LibxenGrantTable&) = delete;
 
   Result<uint32_t> copy(std::span<GrantCopySegment> segs) noexcept override;
   Status set_max_grants(uint32_t count) noexcept override;

@@ -12,7 +12,7 @@
 
 namespace xenpath {
 
-class EventChannel {
+class EventChannel : public XenHandle {
  public:
   virtual ~EventChannel() = default;
 

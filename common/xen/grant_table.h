@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <utility>
 
 #include "common/result.h"
 #include "common/stats.h"
@@ -26,20 +27,15 @@ class GrantMapping {
   GrantMapping() noexcept = default;
   GrantMapping(GrantTable* owner, void* addr, uint32_t pages) noexcept
       : owner_(owner), addr_(addr), pages_(pages) {}
-  GrantMapping(GrantMapping&& o) noexcept : owner_(o.owner_), addr_(o.addr_), pages_(o.pages_) {
-    o.owner_ = nullptr;
-    o.addr_ = nullptr;
-    o.pages_ = 0;
-  }
+  GrantMapping(GrantMapping&& o) noexcept
+      : owner_(std::exchange(o.owner_, nullptr)), addr_(std::exchange(o.addr_, nullptr)),
+        pages_(std::exchange(o.pages_, 0)) {}
   GrantMapping& operator=(GrantMapping&& o) noexcept {
     if (this != &o) {
       reset();
-      owner_ = o.owner_;
-      addr_ = o.addr_;
-      pages_ = o.pages_;
-      o.owner_ = nullptr;
-      o.addr_ = nullptr;
-      o.pages_ = 0;
+      owner_ = std::exchange(o.owner_, nullptr);
+      addr_ = std::exchange(o.addr_, nullptr);
+      pages_ = std::exchange(o.pages_, 0);
     }
     return *this;
   }
@@ -98,7 +94,7 @@ inline constexpr uint16_t kCopyDestGref = 1u << 1;    // GNTCOPY_dest_gref
   return true;
 }
 
-class GrantTable {
+class GrantTable : public XenHandle {
  public:
   virtual ~GrantTable() = default;
 

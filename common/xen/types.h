@@ -17,4 +17,16 @@ inline constexpr size_t kPageShift = 12;
 inline constexpr DomId kDom0 = 0;
 inline constexpr DomId kDomidInvalid = 0x7FF4;  // DOMID_INVALID
 
+// Base of the handle interfaces (EventChannel, GrantTable): a handle on an
+// open device has one owner and is never copied.
+class XenHandle {
+ public:
+  XenHandle(const XenHandle&) = delete;
+  XenHandle& operator=(const XenHandle&) = delete;
+
+ protected:
+  XenHandle() = default;
+  ~XenHandle() = default;
+};
+
 }  // namespace xenpath

@@ -1,8 +1,9 @@
 // Fuzz target: arbitrary bytes as a ring slot of each blkif ABI, plus the
-// contents of its indirect descriptor pages, through decode, header check,
-// descriptor copy and full validation. Nothing may crash or read outside the
-// slot or the pages (ASan), and whatever is accepted must really be inside
-// the image and inside its grant pages.
+// contents of its indirect descriptor pages, through decode and blk_admit(),
+// the admission the queue runs (descriptor grefs to map, header, descriptor
+// copy, segments). Nothing may crash or read outside the slot or the pages
+// (ASan), and whatever is admitted must really be inside the image and
+// inside its grant pages.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -60,47 +61,75 @@ void exercise(const uint8_t* data, size_t size, const VbdLimits& l) {
     if (r2.id != r.id || r2.op != r.op || r2.nr_segments != r.nr_segments) std::abort();
   }
 
+  // Refusals are answered, never fatal (Linux goes on after each).
+  auto refused = [](const BlkAdmission& a) {
+    if (a.verdict.status != BLKIF_RSP_ERROR && a.verdict.status != BLKIF_RSP_EOPNOTSUPP) std::abort();
+    if (a.verdict.fatal) std::abort();
+  };
   const BlkVerdict head = blk_check_header(r, l);
+  const std::span<const GrantRef> grefs = blk_descriptor_grefs(r, l);
   if (!head.ok()) {
-    if (head.status != BLKIF_RSP_ERROR && head.status != BLKIF_RSP_EOPNOTSUPP) std::abort();
+    // Refused on the header: no page is mapped for it, and admission says
+    // the header's reason.
+    if (!grefs.empty()) std::abort();
+    const BlkAdmission a = blk_admit(r, l, {}, {});
+    if (a.ok() || a.verdict.reason != head.reason || a.verdict.status != head.status) std::abort();
+    refused(a);
     return;
   }
   if (r.ring_op == BLKIF_OP_DISCARD) {
+    const BlkAdmission a = blk_admit(r, l, {}, {});
+    if (!a.ok() || a.req.op != BLKIF_OP_DISCARD || a.req.sectors != r.nr_sectors || !a.req.segs.empty()) std::abort();
     check_accepted(r, {}, l, 0);
     return;
   }
   if (!r.indirect) {
-    uint64_t total = 0;
-    if (blk_validate(r, r.direct_segments(), l, &total).ok()) check_accepted(r, r.direct_segments(), l, total);
+    if (!grefs.empty()) std::abort();
+    const BlkAdmission a = blk_admit(r, l, {}, {});
+    if (a.ok() != blk_validate(r, r.direct_segments(), l).ok()) std::abort();
+    if (!a.ok()) return refused(a);
+    if (a.req.segs.data() != r.direct_segments().data() || a.req.segs.size() != r.nr_segments) std::abort();
+    check_accepted(r, a.req.segs, l, a.req.sectors);
     return;
   }
+  if (grefs.size() != r.nr_indirect_pages || grefs.data() != r.indirect_grefs.data()) std::abort();
   // Indirect: descriptor pages from the rest of the input, each its own
   // exactly-sized allocation so ASan sees any overrun.
   const size_t rest = size > sizeof(slot) ? size - sizeof(slot) : 0;
   const uint8_t* src = data + (size - rest);
   std::vector<std::byte*> pages;
-  for (unsigned p = 0; p < r.nr_indirect_pages; ++p) {
+  for (unsigned p = 0; p < grefs.size(); ++p) {
     auto* page = static_cast<std::byte*>(std::aligned_alloc(kPageSize, kPageSize));
     std::memset(page, 0, kPageSize);
     const size_t off = p * kPageSize;
     if (off < rest) std::memcpy(page, src + off, std::min(kPageSize, rest - off));
     pages.push_back(page);
   }
-  std::vector<BlkSegment> segs(r.nr_segments);
-  auto n = blk_copy_indirect_segments(r, std::span<const std::byte* const>(pages.data(), pages.size()), segs);
+  const std::span<const std::byte* const> view(pages.data(), pages.size());
+  // Exactly what the queue gives it: room for the negotiated maximum.
+  std::vector<BlkSegment> segs(l.max_indirect_segments);
+  auto n = blk_copy_indirect_segments(r, view, segs);
   if (!n || *n != r.nr_segments) std::abort();  // the header check vouched for the counts
-  uint64_t total = 0;
-  if (blk_validate(r, segs, l, &total).ok()) check_accepted(r, segs, l, total);
+  const BlkAdmission a = blk_admit(r, l, view, segs);
+  if (a.ok()) {
+    if (a.req.segs.data() != segs.data() || a.req.segs.size() != r.nr_segments || !a.req.indirect) std::abort();
+    check_accepted(r, a.req.segs, l, a.req.sectors);
+  } else {
+    refused(a);
+  }
+  // Unmappable pages are refused as such, never read.
+  const BlkAdmission unmapped = blk_admit(r, l, {}, segs);
+  if (unmapped.ok() || unmapped.verdict.reason != BlkReason::kIndirectMapFailed) std::abort();
   // A short descriptor array or page list is refused, never read past.
+  if (r.nr_segments > 1 && blk_admit(r, l, view, std::span<BlkSegment>(segs).first(r.nr_segments - 1)).ok()) {
+    std::abort();
+  }
+  if (pages.size() > 1 && blk_admit(r, l, view.first(pages.size() - 1), segs).ok()) std::abort();
   if (r.nr_segments > 1 &&
-      blk_copy_indirect_segments(r, std::span<const std::byte* const>(pages.data(), pages.size()),
-                                 std::span<BlkSegment>(segs).first(r.nr_segments - 1))) {
+      blk_copy_indirect_segments(r, view, std::span<BlkSegment>(segs).first(r.nr_segments - 1))) {
     std::abort();
   }
-  if (!pages.empty() &&
-      blk_copy_indirect_segments(r, std::span<const std::byte* const>(pages.data(), pages.size() - 1), segs)) {
-    std::abort();
-  }
+  if (!pages.empty() && blk_copy_indirect_segments(r, view.first(pages.size() - 1), segs)) std::abort();
   for (auto* p : pages) std::free(p);
 }
 

@@ -1,11 +1,13 @@
 // Validation of canonical blkif requests: every rejection reason with the
-// response status the frontend gets, boundaries on both sides, and the copy
-// of indirect descriptors out of (simulated) guest pages.
+// response status the frontend gets, boundaries on both sides, the copy of
+// indirect descriptors out of (simulated) guest pages, and blk_admit(), the
+// one admission the queue runs, built of those pieces.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "blkback/blk_protocol.h"
@@ -322,6 +324,141 @@ TEST(BlkIndirect, CountsMustMatch) {
   const std::byte* holes[2] = {pages.mem[0], nullptr};
   EXPECT_EQ(blk_copy_indirect_segments(indirect(BLKIF_OP_READ, 0, 600), holes, segs).error(), EINVAL);
   EXPECT_TRUE(blk_copy_indirect_segments(indirect(BLKIF_OP_READ, 0, 600), pages.view(), segs).has_value());
+}
+
+// --- blk_admit: the admission the queue runs --------------------------------
+
+TEST(BlkAdmit, DescribesWhatItAdmits) {
+  const BlkRequest r = rw(BLKIF_OP_WRITE, 16, 3, 2, 5);
+  const BlkAdmission a = blk_admit(r, limits(), {}, {});
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a.verdict.status, BLKIF_RSP_OKAY);
+  EXPECT_EQ(a.req.op, BLKIF_OP_WRITE);
+  EXPECT_EQ(a.req.sector, 16u);
+  EXPECT_EQ(a.req.sectors, 12u);
+  EXPECT_EQ(a.req.segs.data(), r.seg.data());  // the request's own copy
+  EXPECT_EQ(a.req.segs.size(), 3u);
+  EXPECT_FALSE(a.req.indirect);
+  EXPECT_FALSE(a.req.writes_guest());
+  EXPECT_TRUE(blk_admit(rw(BLKIF_OP_READ, 0, 1), limits(), {}, {}).req.writes_guest());
+  // A dataless flush: nothing to map, nothing to transfer.
+  const BlkAdmission f = blk_admit(rw(BLKIF_OP_FLUSH_DISKCACHE, 0, 0), limits(), {}, {});
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(f.req.op, BLKIF_OP_FLUSH_DISKCACHE);
+  EXPECT_TRUE(f.req.segs.empty());
+  EXPECT_EQ(f.req.sectors, 0u);
+}
+
+TEST(BlkAdmit, RefusesAsTheChecksDo) {
+  // Every refusal of the table above comes out of admission unchanged, and
+  // none is fatal (Linux answers each and goes on).
+  VbdLimits ro = limits(kBlkFeatureFlush);
+  ro.read_only = true;
+  const std::pair<BlkRequest, VbdLimits> cases[] = {
+      {rw(7, 0, 1), limits()},
+      {rw(BLKIF_OP_WRITE_BARRIER, 0, 1), limits(0)},
+      {indirect(BLKIF_OP_FLUSH_DISKCACHE, 0, 8), limits()},
+      {rw(BLKIF_OP_WRITE, 0, 1), ro},
+      {rw(BLKIF_OP_READ, 0, 12), limits()},
+      {rw(BLKIF_OP_READ, 0, 1, 5, 4), limits()},
+      {rw(BLKIF_OP_READ, kSectors - 7, 1), limits()},
+      {discard(kSectors - 8, 9), limits()},
+  };
+  for (const auto& [r, l] : cases) {
+    const BlkVerdict v = blk_validate(r, r.direct_segments(), l);
+    ASSERT_FALSE(v.ok());
+    const BlkAdmission a = blk_admit(r, l, {}, {});
+    EXPECT_FALSE(a.ok());
+    EXPECT_EQ(a.verdict.reason, v.reason) << blk_reason_name(a.verdict.reason);
+    EXPECT_EQ(a.verdict.status, v.status);
+    EXPECT_FALSE(a.verdict.fatal);
+  }
+}
+
+TEST(BlkAdmit, DiscardSecureOnlyWhenOffered) {
+  BlkRequest d = discard(8, 16);
+  d.secure = true;
+  BlkAdmission a = blk_admit(d, limits(kBlkFeatureDiscard), {}, {});
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a.req.op, BLKIF_OP_DISCARD);
+  EXPECT_EQ(a.req.sector, 8u);
+  EXPECT_EQ(a.req.sectors, 16u);
+  EXPECT_TRUE(a.req.segs.empty());
+  EXPECT_FALSE(a.req.secure);
+  a = blk_admit(d, limits(kBlkFeatureDiscard | kBlkFeatureDiscardSecure), {}, {});
+  ASSERT_TRUE(a.ok());
+  EXPECT_TRUE(a.req.secure);
+  d.secure = false;
+  EXPECT_FALSE(blk_admit(d, limits(kBlkFeatureDiscard | kBlkFeatureDiscardSecure), {}, {}).req.secure);
+}
+
+TEST(BlkAdmit, IndirectDescriptorsAreCopiedThenChecked) {
+  const unsigned n = 600;  // two pages
+  DescriptorPages pages(2);
+  for (unsigned i = 0; i < n; ++i) pages.set(i, 7000 + i, 0, 7);
+  VbdLimits l = limits();
+  l.max_indirect_segments = 1024;
+  const BlkRequest r = indirect(BLKIF_OP_READ, 8, n);
+  // Its two descriptor grefs are what the queue maps.
+  const auto grefs = blk_descriptor_grefs(r, l);
+  EXPECT_EQ(grefs.size(), 2u);
+  EXPECT_EQ(grefs.data(), r.indirect_grefs.data());
+  std::vector<BlkSegment> segs(l.max_indirect_segments);
+  BlkAdmission a = blk_admit(r, l, pages.view(), segs);
+  ASSERT_TRUE(a.ok()) << blk_reason_name(a.verdict.reason);
+  EXPECT_EQ(a.req.op, BLKIF_OP_READ);
+  EXPECT_TRUE(a.req.indirect);
+  EXPECT_TRUE(a.req.writes_guest());
+  EXPECT_EQ(a.req.segs.data(), segs.data());
+  EXPECT_EQ(a.req.segs.size(), n);
+  EXPECT_EQ(a.req.segs[599], (BlkSegment{7599, 0, 7}));
+  EXPECT_EQ(a.req.sectors, 8u * n);
+  // One bad descriptor, anywhere: the request is refused.
+  pages.set(599, 1, 3, 2);
+  expect_reject(blk_admit(r, l, pages.view(), segs).verdict, BlkReason::kBadSegment);
+  pages.set(599, 1, 0, 7);
+  // Past the image through its descriptors.
+  l.sectors = 8 + 8 * n - 1;
+  expect_reject(blk_admit(r, l, pages.view(), segs).verdict, BlkReason::kOutOfRange);
+}
+
+TEST(BlkAdmit, IndirectWithoutItsPages) {
+  DescriptorPages pages(1);
+  std::vector<BlkSegment> segs(kBlkDefaultMaxIndirectSegments);
+  const BlkRequest r = indirect(BLKIF_OP_WRITE, 0, 16);
+  // Pages that could not be mapped.
+  expect_reject(blk_admit(r, limits(), {}, segs).verdict, BlkReason::kIndirectMapFailed);
+  // A page list or descriptor array that cannot hold the request: refused
+  // as the count, never read past.
+  expect_reject(blk_admit(r, limits(), pages.view(), std::span<BlkSegment>(segs).first(15)).verdict,
+                BlkReason::kBadSegmentCount);
+  const std::byte* three[3] = {pages.mem[0], pages.mem[0], pages.mem[0]};
+  expect_reject(blk_admit(r, limits(), three, segs).verdict, BlkReason::kBadSegmentCount);
+}
+
+TEST(BlkAdmit, NoPagesForARequestRefusedOnItsHeader) {
+  VbdLimits no_indirect = limits();
+  no_indirect.max_indirect_segments = 0;
+  VbdLimits ro = limits();
+  ro.read_only = true;
+  const std::pair<BlkRequest, VbdLimits> refused[] = {
+      {indirect(BLKIF_OP_READ, 0, 20), no_indirect},      // not negotiated
+      {indirect(BLKIF_OP_WRITE_BARRIER, 0, 20), limits()},  // bad inner op
+      {indirect(BLKIF_OP_WRITE, 0, 20), ro},               // read-only
+      {indirect(BLKIF_OP_READ, 0, 257), limits()},         // too many segments
+      {indirect(BLKIF_OP_READ, 0, 0), limits()},           // none
+  };
+  for (const auto& [r, l] : refused) {
+    EXPECT_TRUE(blk_descriptor_grefs(r, l).empty());
+    // Without pages, admission still names the header's reason.
+    const BlkAdmission a = blk_admit(r, l, {}, {});
+    EXPECT_FALSE(a.ok());
+    EXPECT_EQ(a.verdict.reason, blk_check_header(r, l).reason);
+    EXPECT_NE(a.verdict.reason, BlkReason::kIndirectMapFailed);
+  }
+  // Direct requests and discards have no descriptor pages.
+  EXPECT_TRUE(blk_descriptor_grefs(rw(BLKIF_OP_READ, 0, 2), limits()).empty());
+  EXPECT_TRUE(blk_descriptor_grefs(discard(0, 8), limits()).empty());
 }
 
 }  // namespace
