@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "blk_test_util.h"
+#include "tests/fixtures/blk_files.h"
 #include "blkback/image_null.h"
 #include "sim/blk/sim_blkhost.h"
 #include "sim/blk/sim_blkload.h"
@@ -24,7 +24,7 @@ namespace xenpath {
 namespace {
 
 using namespace std::chrono_literals;
-using blktest::TempFile;
+using test::TempFile;
 using sim::BlkLoad;
 using sim::BlkLoadSpec;
 using sim::SimBlkHost;

@@ -30,12 +30,12 @@
 #include <thread>
 #include <vector>
 
-#include "tests/integration/net_packet_util.h"
+#include "sim/net/sim_frames.h"
 
 namespace xenpath {
 namespace {
 
-using namespace nettest;
+using namespace sim::frames;
 
 cpu_set_t g_affinity_before;
 
