@@ -35,12 +35,8 @@ constexpr uint64_t kImageBytes = 32ull << 20;
 ::testing::AssertionResult run_all(const std::vector<BlkLoad*>& loads, std::chrono::milliseconds limit = 20s) {
   const auto deadline = std::chrono::steady_clock::now() + limit;
   for (;;) {
-    unsigned completions = 0;
-    bool all_done = true;
-    for (BlkLoad* l : loads) {
-      completions += l->poll();
-      all_done &= l->done();
-    }
+    bool all_done = false;
+    const unsigned completions = BlkLoad::poll_all(loads, all_done);
     if (all_done) return ::testing::AssertionSuccess();
     if (std::chrono::steady_clock::now() > deadline) return ::testing::AssertionFailure() << "loads did not finish";
     if (completions == 0) {
