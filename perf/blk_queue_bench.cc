@@ -9,16 +9,17 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "blkback/blk_queue.h"
 #include "blkback/image_raw.h"
 #include "sim/blk/sim_blkfront.h"
-#include "blkback/blk_queue.h"
-#include "sim/sim_hypervisor.h"
+#include "sim/sim_queue_host.h"
 
 namespace xenpath {
 namespace {
@@ -33,49 +34,28 @@ struct Rig {
     path = tmpl;
     (void)::fallocate(fd, 0, 0, static_cast<off_t>(kImageBytes));
     ::close(fd);
-    guest = *hv.create_domain(kGuest, 16384, "guest");
+    host = std::move(*sim::SimQueueHost::create({.guest = kGuest, .guest_pages = 16384, .reactor_name = "blk-bench"}));
     image = std::move(*RawImage::open(path, {}));
-    Reactor::Options ro;
-    ro.name = "blk-bench";
-    reactor = std::move(*Reactor::create(ro));
-    (void)reactor->start();
-    worker = std::move(*BlkWorker::create(*reactor, std::move(*hv.open_grant_table(kDom0)),
-                                          std::move(*hv.open_event_channel(kDom0))));
-    gev = std::move(*hv.open_event_channel(kGuest));
     sim::SimBlkfront::Options fo;
     fo.persistent = persistent;
     fo.max_indirect_segments = 256;
-    front = std::move(*sim::SimBlkfront::create(*guest, *gev, fo));
-    VbdQueue::Config c;
-    c.frontend = kGuest;
-    c.ring_refs = front->ring_refs();
-    c.remote_port = front->port();
+    front = std::move(*sim::SimBlkfront::create(host->guest(), host->guest_evtchn(), fo));
+    VbdQueue::Config c = sim::vbd_queue_config(*front, kGuest);
     c.limits.sectors = image->info().size_bytes / 512;
     c.limits.align_sectors = std::max(image->info().logical_block_size, image->info().memory_align) / 512;
     c.limits.max_indirect_segments = 256;
     c.limits.features = kBlkFeatureFlush | kBlkFeatureBarrier;
-    c.persistent = persistent;
-    reactor->call([&] { queue = std::move(*VbdQueue::start(*worker, *image, c, stats)); });
+    host->reactor().call([&] { queue = std::move(*VbdQueue::start(host->worker(), *image, c, stats)); });
   }
   ~Rig() {
-    for (;;) {
-      Status st;
-      reactor->call([&] { st = queue->stop(); });
-      if (st) break;
-    }
-    reactor->call([&] { queue.reset(); });
+    (void)host->stop_queue(queue, UINT32_MAX);
     front.reset();
-    worker.reset();
-    reactor->stop();
+    host.reset();
     ::unlink(path.c_str());
   }
   std::string path;
-  sim::SimHypervisor hv;
-  sim::SimDomain* guest = nullptr;
+  std::unique_ptr<sim::SimQueueHost> host;
   std::unique_ptr<RawImage> image;
-  std::unique_ptr<Reactor> reactor;
-  std::unique_ptr<BlkWorker> worker;
-  std::unique_ptr<EventChannel> gev;
   std::unique_ptr<sim::SimBlkfront> front;
   VbdQueueStats stats;
   std::unique_ptr<VbdQueue> queue;
@@ -90,7 +70,7 @@ void run_bench(benchmark::State& state, uint8_t op) {
   std::vector<sim::SimBlkfront::Io> ios(depth);
   std::mt19937_64 rng(1);
   const uint64_t slots = kImageBytes / 512 / sectors;
-  const uint64_t maps0 = rig.hv.counters().map_calls.load();
+  const uint64_t maps0 = rig.host->hv().counters().map_calls.load();
   uint64_t requests = 0;
   for (auto _ : state) {
     for (unsigned i = 0; i < depth; ++i) {
@@ -106,7 +86,7 @@ void run_bench(benchmark::State& state, uint8_t op) {
   state.SetItemsProcessed(static_cast<int64_t>(requests));
   state.SetBytesProcessed(static_cast<int64_t>(requests) * sectors * 512);
   state.counters["map_calls_per_req"] =
-      static_cast<double>(rig.hv.counters().map_calls.load() - maps0) / static_cast<double>(requests);
+      static_cast<double>(rig.host->hv().counters().map_calls.load() - maps0) / static_cast<double>(requests);
   state.counters["notify_per_req"] =
       static_cast<double>(rig.stats.ring.notifications_sent.get()) / static_cast<double>(requests);
 }

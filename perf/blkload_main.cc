@@ -158,12 +158,8 @@ struct LoadRef {
 // then drains them.
 void guest_thread(std::vector<BlkLoad*> loads, std::atomic<uint64_t>& cpu_ns, std::atomic<int>& failures) {
   for (;;) {
-    unsigned completions = 0;
-    bool all_done = true;
-    for (BlkLoad* l : loads) {
-      completions += l->poll();
-      all_done &= l->done();
-    }
+    bool all_done = false;
+    const unsigned completions = BlkLoad::poll_all(loads, all_done);
     if (all_done || g_stop.load(std::memory_order_relaxed)) break;
     if (completions == 0 && !BlkLoad::wait_any(loads, 100ms)) failures.fetch_add(1);
   }

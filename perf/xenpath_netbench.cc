@@ -46,11 +46,11 @@
 #include <thread>
 #include <vector>
 
-#include "sim/sim_hypervisor.h"
+#include "sim/sim_queue_host.h"
 #include "netback/port_dpdk.h"
 #include "sim/net/sim_netfront.h"
 #include "netback/net_queue.h"
-#include "tests/integration/net_packet_util.h"
+#include "sim/net/sim_frames.h"
 
 namespace xenpath {
 namespace {
@@ -196,13 +196,12 @@ class Rig {
   Rig(const Opts& o, PacketPool& pool, const CaseSpec& c) : o_(o), pool_(pool), c_(c) {}
 
   Status setup() {
-    XP_ASSIGN_OR_RETURN(guest_, hv_.create_domain(kGuest, 4096, "bench-guest"));
-    Reactor::Options ro;
-    ro.name = "netbench";
-    ro.uring_entries = 0;
-    ro.cpu = o_.backend_cpu;
-    XP_ASSIGN_OR_RETURN(reactor_, Reactor::create(ro));
-    XP_TRY(reactor_->start());
+    XP_ASSIGN_OR_RETURN(host_, sim::SimQueueHost::create({.guest = kGuest,
+                                                           .guest_pages = 4096,
+                                                           .reactor_name = "netbench",
+                                                           .uring_entries = 0,
+                                                           .cpu = o_.backend_cpu}));
+    reactor_ = &host_->reactor();
     Status reg;
     reactor_->call([&] {
       reg = dpdk(0)->register_thread();
@@ -218,12 +217,8 @@ class Rig {
     XP_TRY(reg);
     registered_ = true;
     if (pthread_getcpuclockid(backend_thread_, &backend_clock_) != 0) return unexpected(EINVAL);
-    XP_ASSIGN_OR_RETURN(auto gt, hv_.open_grant_table(kDom0));
-    XP_ASSIGN_OR_RETURN(auto ev, hv_.open_event_channel(kDom0));
-    XP_ASSIGN_OR_RETURN(worker_, NetWorker::create(*reactor_, std::move(gt), std::move(ev)));
-    XP_ASSIGN_OR_RETURN(guest_evtchn_, hv_.open_event_channel(kGuest));
     SimNetfront::Options fo;
-    XP_ASSIGN_OR_RETURN(front_, SimNetfront::create(*guest_, *guest_evtchn_, fo));
+    XP_ASSIGN_OR_RETURN(front_, SimNetfront::create(host_->guest(), host_->guest_evtchn(), fo));
 
     static int seq = 0;
     const std::string tag = std::to_string(getpid() % 100000) + "_" + std::to_string(seq++);
@@ -240,12 +235,7 @@ class Rig {
       wire_ = std::move(ports[1]);
     }
 
-    VifQueue::Config c;
-    c.frontend = kGuest;
-    c.tx_ring_ref = front_->tx_ring_ref();
-    c.rx_ring_ref = front_->rx_ring_ref();
-    c.tx_remote_port = front_->tx_port();
-    c.rx_remote_port = front_->rx_port();
+    VifQueue::Config c = sim::vif_queue_config(*front_, kGuest);
     c.port = vif_port_.get();
     c.pool = &pool_;
     c.zero_copy = c_.zero_copy;
@@ -260,7 +250,7 @@ class Rig {
     };
     reactor_->call([&] {
       reactor_->add_poller(&begin_);
-      auto q = VifQueue::start(*worker_, c, stats_);
+      auto q = VifQueue::start(host_->worker(), c, stats_);
       if (q) queue_ = std::move(*q);
       else st = unexpected(q.error());
       reactor_->add_poller(&end_);
@@ -271,18 +261,13 @@ class Rig {
   }
 
   ~Rig() {
-    if (queue_) {
-      for (int i = 0; i < 5000; ++i) {
-        Status st;
-        reactor_->call([&] { st = queue_->stop(); });
-        if (st) break;
-        drain_wire();
-        std::vector<netif_tx_response> a;
-        front_->reap_tx(a);
-        std::this_thread::sleep_for(std::chrono::microseconds(200));
-      }
-      reactor_->call([&] { queue_.reset(); });
-    }
+    if (!host_) return;
+    (void)host_->stop_queue(queue_, 5000, [this] {
+      drain_wire();
+      std::vector<netif_tx_response> a;
+      front_->reap_tx(a);
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    });
     if (metering_) {
       reactor_->call([&] {
         reactor_->remove_poller(&begin_);
@@ -293,16 +278,13 @@ class Rig {
     inject_.clear();
     drain_wire();
     front_.reset();
-    worker_.reset();
-    if (reactor_) {
-      if (registered_) reactor_->call([] { dpdk(0)->unregister_thread(); });
-      reactor_->stop();
-    }
+    if (registered_) reactor_->call([] { dpdk(0)->unregister_thread(); });
     vif_port_.reset();
     wire_.reset();
-    if (hv_.counters().mapped_pages_live.load() != 0) {
-      std::fprintf(stderr, "warning: %llu grant mappings leaked\n",
-                   static_cast<unsigned long long>(hv_.counters().mapped_pages_live.load()));
+    const uint64_t leaked = host_->live_maps();
+    host_.reset();
+    if (leaked != 0) {
+      std::fprintf(stderr, "warning: %llu grant mappings leaked\n", static_cast<unsigned long long>(leaked));
     }
   }
 
@@ -367,19 +349,19 @@ class Rig {
   }
 
   Status build_frames() {
-    nettest::FrameSpec s;
+    sim::frames::FrameSpec s;
     s.udp = !c_.gso;
-    const size_t hl = nettest::header_len(s);
+    const size_t hl = sim::frames::header_len(s);
     const unsigned size = std::max<unsigned>(c_.size, static_cast<unsigned>(hl));
     s.payload = size - hl;
-    tx_frame_.bytes = nettest::make_frame(s);
+    tx_frame_.bytes = sim::frames::make_frame(s);
     if (c_.gso) {
       tx_frame_.csum_blank = true;
       tx_frame_.gso_type = XEN_NETIF_GSO_TYPE_TCPV4;
       tx_frame_.gso_size = 1448;
     }
     wire_frame_ = tx_frame_.bytes;
-    nettest::fix_ip_checksum(wire_frame_);
+    sim::frames::fix_ip_checksum(wire_frame_);
     return ok();
   }
 
@@ -437,15 +419,12 @@ class Rig {
   const Opts& o_;
   PacketPool& pool_;
   const CaseSpec c_;
-  sim::SimHypervisor hv_;
-  sim::SimDomain* guest_ = nullptr;
-  std::unique_ptr<Reactor> reactor_;
+  std::unique_ptr<sim::SimQueueHost> host_;
+  Reactor* reactor_ = nullptr;
   bool registered_ = false;
   pthread_t backend_thread_{};
   clockid_t backend_clock_{};
   double clock_read_cost_ = 0;
-  std::unique_ptr<NetWorker> worker_;
-  std::unique_ptr<EventChannel> guest_evtchn_;
   std::unique_ptr<SimNetfront> front_;
   std::unique_ptr<PacketPort> vif_port_;
   std::unique_ptr<PacketPort> wire_;

@@ -343,6 +343,16 @@ Status BlkLoad::wait_any(std::span<BlkLoad* const> loads, std::chrono::milliseco
   return loads[0]->front_.wait_event(limit);
 }
 
+unsigned BlkLoad::poll_all(std::span<BlkLoad* const> loads, bool& all_done) noexcept {
+  unsigned completions = 0;
+  all_done = true;
+  for (BlkLoad* l : loads) {
+    completions += l->poll();
+    all_done &= l->done();
+  }
+  return completions;
+}
+
 Status BlkLoad::drain(std::chrono::milliseconds timeout) noexcept {
   draining_ = true;
   const auto deadline = std::chrono::steady_clock::now() + timeout;

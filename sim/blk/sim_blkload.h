@@ -117,6 +117,9 @@ class BlkLoad {
   // For loads whose rings share one event channel (one guest thread driving
   // several): re-arms each and sleeps once on that channel if none has work.
   static Status wait_any(std::span<BlkLoad* const> loads, std::chrono::milliseconds limit) noexcept;
+  // One pass of a guest thread over its loads: poll() on each. Returns the
+  // completions reaped; `all_done` says whether every load is done().
+  static unsigned poll_all(std::span<BlkLoad* const> loads, bool& all_done) noexcept;
   // Stops submitting and reaps until nothing is in flight; ETIMEDOUT if the
   // backend does not answer everything in time.
   Status drain(std::chrono::milliseconds timeout) noexcept;

@@ -14,12 +14,12 @@
 
 #include "netback/port_dpdk.h"
 #include "netback/port.h"
-#include "tests/integration/net_packet_util.h"
+#include "sim/net/sim_frames.h"
 
 namespace {
 
 using namespace xenpath;
-using namespace xenpath::nettest;
+using namespace xenpath::sim::frames;
 
 void check(bool ok) {
   if (!ok) __builtin_trap();

@@ -1,6 +1,7 @@
 // The vbd device type end to end on the simulated host, production path:
 // the BackendDriver on a control Reactor over the simulated xenstored's
-// socket, the VBD queues on a worker Reactor with io_uring, a toolstack
+// socket, the VBD queues on a worker Reactor with io_uring (the
+// BlkbackService on a BackendDaemon, as xenpath-blkback runs it), a toolstack
 // writing the keys libxl writes, and a guest doing the blkfront handshake
 // (ring-page-order / ring-ref%u / event-channel / protocol /
 // feature-persistent, or queue-%u/ for several queues) then I/O.
@@ -13,22 +14,19 @@
 #include <thread>
 #include <vector>
 
-#include "blk_test_util.h"
-#include "sim/blk/sim_blkfront.h"
 #include "blkback/blk_device.h"
-#include "common/reactor.h"
-#include "sim/sim_host.h"
-#include "sim/sim_toolstack.h"
-#include "sim/sim_xenbus_frontend.h"
-#include "sim/sim_xenstored.h"
-#include "common/xenbus/backend_driver.h"
+#include "blkback/blk_service.h"
+#include "sim/blk/sim_blkfront.h"
+#include "tests/fixtures/backend_rig.h"
+#include "tests/fixtures/blk_files.h"
 
 namespace xenpath {
 namespace {
 
 using namespace std::chrono_literals;
-using blktest::fill_pattern;
-using blktest::TempFile;
+using test::fill_pattern;
+using test::eventually;
+using test::TempFile;
 using sim::SimBlkfront;
 using sim::SimToolstack;
 using sim::SimXenbusFrontend;
@@ -36,101 +34,30 @@ using sim::SimXenbusFrontend;
 constexpr DomId kGuest = 5;
 constexpr uint64_t kImageBytes = 32ull << 20;
 
-template <typename F>
-bool eventually(F&& cond, std::chrono::milliseconds limit = 5000ms) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!cond()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
-
-class BlkVbd : public ::testing::Test {
+class BlkVbd : public ::testing::Test, public test::SimBackendRig<BlkbackService> {
  protected:
   void SetUp() override {
     spdlog::set_level(spdlog::level::warn);
-    auto h = sim::SimHost::create({});
-    ASSERT_TRUE(h) << error_string(h.error());
-    host_ = std::move(*h);
-    platform_ = sim::make_sim_platform(*host_);
-    Reactor::Options copt;
-    copt.name = "control";
-    copt.uring_entries = 0;
-    auto c = Reactor::create(copt);
-    ASSERT_TRUE(c);
-    control_ = std::move(*c);
-    Reactor::Options wopt;
-    wopt.name = "blk-worker";
-    auto w = Reactor::create(wopt);
-    ASSERT_TRUE(w);
-    worker_ = std::move(*w);
-    ASSERT_TRUE(control_->start());
-    ASSERT_TRUE(worker_->start());
-    auto bw = BlkWorker::create(*worker_, *platform_);
-    ASSERT_TRUE(bw) << error_string(bw.error());
-    blk_worker_ = std::move(*bw);
-
-    auto ts = host_->open_xenstore(kDom0);
-    ASSERT_TRUE(ts);
-    tools_xs_ = std::move(*ts);
-    tools_ = std::make_unique<SimToolstack>(*tools_xs_);
-
-    auto xs = platform_->open_xenstore();
-    ASSERT_TRUE(xs) << error_string(xs.error());
-    driver_ = std::make_unique<BackendDriver>(std::move(*xs), BackendDriver::Options{});
-    BackendDriver* d = driver_.get();
+    DaemonOptions dopt;
+    dopt.name = "blk-test";
+    dopt.workers = 1;
     VbdOptions vo;
     vo.max_queues = 2;
-    ASSERT_TRUE(driver_->add_type(std::make_unique<VbdDeviceType>(
-        std::vector<BlkWorker*>{blk_worker_.get()}, vo,
-        [d](const DeviceAddress& a, int err) { d->report_device_error(a.type, a.frontend_id, a.devid, err); })));
-    Status st = unexpected(EIO);
-    control_->call([&] {
-      st = driver_->start();
-      if (st) st = driver_->attach(*control_);
-    });
-    ASSERT_TRUE(st) << error_string(st.error());
-
-    auto dom = host_->create_domain(kGuest, 8192, "guest");
-    ASSERT_TRUE(dom);
-    guest_ = *dom;
-    auto gxs = host_->open_xenstore(kGuest);
-    auto gev = host_->open_event_channel(kGuest);
-    ASSERT_TRUE(gxs && gev);
-    guest_xs_ = std::move(*gxs);
-    guest_evtchn_ = std::move(*gev);
+    ASSERT_NO_FATAL_FAILURE(start(kGuest, dopt, vo));
   }
 
   void TearDown() override {
     fronts_.clear();
     xenbus_.clear();
-    if (control_ && driver_) control_->call([&] { driver_.reset(); });
-    blk_worker_.reset();
-    if (worker_) worker_->stop();
-    if (control_) control_->stop();
-    if (host_) {
-      EXPECT_EQ(host_->counters().mapped_pages_live.load(), 0u) << "a grant mapping leaked";
-    }
-  }
-
-  std::string be(uint32_t devid) { return SimToolstack::backend_path(kDom0, "vbd", kGuest, devid); }
-  std::string fe(uint32_t devid) { return SimToolstack::frontend_path(kGuest, "vbd", devid); }
-  std::string key(uint32_t devid, const std::string& k) {
-    auto v = tools_xs_->read(kXsNoTxn, be(devid) + "/" + k);
-    return v ? *v : "<" + error_string(v.error()) + ">";
+    stop();
   }
 
   // The toolstack plugs the disk; the guest attaches its xenbus frontend.
   SimXenbusFrontend& plug(uint32_t devid, const std::string& params, const std::string& mode,
                           const std::string& device_type = "disk") {
-    EXPECT_TRUE(tools_->add_device("vbd", kGuest, devid, kDom0,
-                                   {{"params", params}, {"mode", mode}, {"type", "file"}},
-                                   {{"virtual-device", std::to_string(devid)}, {"device-type", device_type}}));
-    auto xb = SimXenbusFrontend::attach(*guest_xs_, fe(devid), 5000ms);
-    EXPECT_TRUE(xb) << error_string(xb.error());
     auto& slot = xenbus_[devid];
-    slot = std::move(*xb);
+    slot = BackendRigBase::plug(devid, {{"params", params}, {"mode", mode}, {"type", "file"}},
+                                {{"virtual-device", std::to_string(devid)}, {"device-type", device_type}});
     return *slot;
   }
 
@@ -155,10 +82,6 @@ class BlkVbd : public ::testing::Test {
     return r;
   }
 
-  bool backend_becomes(uint32_t devid, XenbusState s) {
-    return eventually([&] { return key(devid, "state") == state_value(s); });
-  }
-
   // Writes a pattern through `f` and reads it back, every byte checked.
   void verify_io(SimBlkfront& f, uint64_t sector, uint32_t seed) {
     constexpr uint32_t kSectors = 128;  // 16 pages: indirect when offered
@@ -180,23 +103,8 @@ class BlkVbd : public ::testing::Test {
     ASSERT_EQ(in, out);
   }
 
-  const VbdDevice* device(uint32_t devid) {
-    const VbdDevice* d = nullptr;
-    control_->call([&] { d = static_cast<const VbdDevice*>(driver_->device("vbd", kGuest, devid)); });
-    return d;
-  }
+  const VbdDevice* device(uint32_t devid) { return backend_device<VbdDevice>(devid); }
 
-  std::unique_ptr<sim::SimHost> host_;
-  std::unique_ptr<XenPlatform> platform_;
-  std::unique_ptr<Reactor> control_;
-  std::unique_ptr<Reactor> worker_;
-  std::unique_ptr<BlkWorker> blk_worker_;
-  std::unique_ptr<XenStore> tools_xs_;
-  std::unique_ptr<SimToolstack> tools_;
-  std::unique_ptr<BackendDriver> driver_;
-  sim::SimDomain* guest_ = nullptr;
-  std::unique_ptr<XenStore> guest_xs_;
-  std::unique_ptr<EventChannel> guest_evtchn_;
   std::map<uint32_t, std::unique_ptr<SimXenbusFrontend>> xenbus_;
   std::map<uint32_t, std::vector<std::unique_ptr<SimBlkfront>>> fronts_;
 };

@@ -25,16 +25,16 @@
 #include <thread>
 #include <vector>
 
-#include "blk_test_util.h"
+#include "tests/fixtures/blk_files.h"
 #include "blkback/image_raw.h"
 #include "sim/blk/sim_blkfront.h"
 #include "blkback/blk_queue.h"
-#include "sim/sim_hypervisor.h"
+#include "sim/sim_queue_host.h"
 
 namespace xenpath {
 namespace {
 
-using blktest::TempFile;
+using test::TempFile;
 using sim::SimBlkfront;
 
 constexpr DomId kGuest = 7;
@@ -77,36 +77,23 @@ struct Report {
 // The child: backend + guest; writes generation after generation until
 // killed. Never returns.
 [[noreturn]] void child_main(const std::string& path, int report_fd, uint64_t gen_base) {
-  sim::SimHypervisor hv;
-  auto g = hv.create_domain(kGuest, 4096, "guest");
+  auto host = sim::SimQueueHost::create({.guest = kGuest, .guest_pages = 4096, .reactor_name = "blk-kill9"});
   RawImage::Options io;
   auto img = RawImage::open(path, io);
-  Reactor::Options ro;
-  ro.name = "blk-kill9";
-  auto r = Reactor::create(ro);
-  if (!g || !img || !r || !(*r)->start()) _exit(10);
-  auto gt = hv.open_grant_table(kDom0);
-  auto ev = hv.open_event_channel(kDom0);
-  auto gev = hv.open_event_channel(kGuest);
-  if (!gt || !ev || !gev) _exit(11);
-  auto w = BlkWorker::create(**r, std::move(*gt), std::move(*ev));
-  if (!w) _exit(12);
+  if (!host || !img) _exit(10);
+  sim::SimQueueHost& h = **host;
   SimBlkfront::Options fo;
   fo.persistent = true;
-  auto f = SimBlkfront::create(**g, **gev, fo);
+  auto f = SimBlkfront::create(h.guest(), h.guest_evtchn(), fo);
   if (!f) _exit(13);
-  VbdQueue::Config c;
-  c.frontend = kGuest;
-  c.ring_refs = (*f)->ring_refs();
-  c.remote_port = (*f)->port();
+  VbdQueue::Config c = sim::vbd_queue_config(**f, kGuest);
   c.limits.sectors = kImageBytes / 512;
   c.limits.align_sectors = std::max((*img)->info().logical_block_size, (*img)->info().memory_align) / 512;
   c.limits.features = kBlkFeatureFlush | kBlkFeatureBarrier;
-  c.persistent = true;
   VbdQueueStats stats;
   std::unique_ptr<VbdQueue> q;
-  (*r)->call([&] {
-    auto s = VbdQueue::start(**w, **img, c, stats);
+  h.reactor().call([&] {
+    auto s = VbdQueue::start(h.worker(), **img, c, stats);
     if (s) q = std::move(*s);
   });
   if (!q) _exit(14);

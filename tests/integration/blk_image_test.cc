@@ -20,12 +20,12 @@
 #include <vector>
 
 #include "blkback/image_raw.h"
-#include "tests/integration/blk_test_util.h"
+#include "tests/fixtures/blk_files.h"
 
 namespace xenpath {
 namespace {
 
-using blktest::TempFile;
+using test::TempFile;
 
 struct Buffer {
   explicit Buffer(size_t n) : size(n), p(static_cast<char*>(std::aligned_alloc(4096, (n + 4095) / 4096 * 4096))) {

@@ -14,17 +14,17 @@
 #include <tuple>
 #include <vector>
 
-#include "blk_test_util.h"
+#include "tests/fixtures/blk_files.h"
 #include "blkback/image_raw.h"
 #include "sim/blk/sim_blkfront.h"
 #include "blkback/blk_queue.h"
-#include "sim/sim_hypervisor.h"
+#include "tests/fixtures/queue_rig.h"
 
 namespace xenpath {
 namespace {
 
-using blktest::fill_pattern;
-using blktest::TempFile;
+using test::fill_pattern;
+using test::TempFile;
 using sim::SimBlkfront;
 using Io = SimBlkfront::Io;
 
@@ -41,32 +41,15 @@ struct RigOptions {
 };
 
 // Backend (reactor thread) + frontend (this thread) over one simulated host.
-class Rig {
+class Rig : public test::QueueRig {
  public:
-  explicit Rig(const RigOptions& o) : opts_(o), file_(kImageBytes) {
-    auto g = hv_.create_domain(kGuest, 8192, "guest");
-    EXPECT_TRUE(g);
-    guest_ = *g;
+  explicit Rig(const RigOptions& o)
+      : QueueRig({.guest = kGuest, .guest_pages = 8192, .reactor_name = "blk-queue-test"}), opts_(o), file_(kImageBytes) {
     RawImage::Options io;
     io.read_only = o.read_only;
     auto img = RawImage::open(file_.path, io);
     EXPECT_TRUE(img) << error_string(img.error());
     image_ = std::move(*img);
-    Reactor::Options ro;
-    ro.name = "blk-queue-test";
-    auto r = Reactor::create(ro);
-    EXPECT_TRUE(r);
-    reactor_ = std::move(*r);
-    EXPECT_TRUE(reactor_->start());
-    auto gt = hv_.open_grant_table(kDom0);
-    auto ev = hv_.open_event_channel(kDom0);
-    EXPECT_TRUE(gt && ev);
-    auto w = BlkWorker::create(*reactor_, std::move(*gt), std::move(*ev));
-    EXPECT_TRUE(w) << error_string(w.error());
-    worker_ = std::move(*w);
-    auto gev = hv_.open_event_channel(kGuest);
-    EXPECT_TRUE(gev);
-    guest_evtchn_ = std::move(*gev);
 
     const ImageInfo& info = image_->info();
     limits_.sectors = info.size_bytes / 512;
@@ -81,7 +64,7 @@ class Rig {
     fo.ring_order = o.ring_order;
     fo.persistent = o.persistent;
     fo.max_indirect_segments = o.max_indirect;
-    auto f = SimBlkfront::create(*guest_, *guest_evtchn_, fo);
+    auto f = SimBlkfront::create(guest(), guest_evtchn(), fo);
     EXPECT_TRUE(f) << error_string(f.error());
     front_ = std::move(*f);
     start_queue();
@@ -90,21 +73,14 @@ class Rig {
   ~Rig() {
     stop_queue();
     front_.reset();
-    worker_.reset();
-    reactor_->stop();
   }
 
   void start_queue() {
-    VbdQueue::Config c;
-    c.frontend = kGuest;
-    c.protocol = opts_.protocol;
-    c.ring_refs = front_->ring_refs();
-    c.remote_port = front_->port();
+    VbdQueue::Config c = sim::vbd_queue_config(*front_, kGuest);
     c.limits = limits_;
-    c.persistent = opts_.persistent;
     c.log_prefix = "vbd 9/51712: ";
-    reactor_->call([&] {
-      auto q = VbdQueue::start(*worker_, *image_, c, stats_, [this](int err) {
+    reactor().call([&] {
+      auto q = VbdQueue::start(worker(), *image_, c, stats_, [this](int err) {
         halt_error_ = err;
         halts_.fetch_add(1);
       });
@@ -115,28 +91,12 @@ class Rig {
 
   // Stops the queue (retrying while I/O is in flight) and destroys it.
   void stop_queue() {
-    if (!queue_) return;
-    for (int i = 0; i < 5000; ++i) {
-      Status st;
-      reactor_->call([&] { st = queue_->stop(); });
-      if (st) break;
-      ASSERT_EQ(st.error(), EBUSY);
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    reactor_->call([&] { queue_.reset(); });
+    QueueRig::stop_queue(queue_, 5000, [] { std::this_thread::sleep_for(std::chrono::milliseconds(1)); });
   }
 
-  uint64_t live_maps() { return hv_.counters().mapped_pages_live.load(); }
-  uint64_t map_calls() { return hv_.counters().map_calls.load(); }
-
   const RigOptions opts_;
-  sim::SimHypervisor hv_;
-  sim::SimDomain* guest_ = nullptr;
   TempFile file_;
   std::unique_ptr<RawImage> image_;
-  std::unique_ptr<Reactor> reactor_;
-  std::unique_ptr<BlkWorker> worker_;
-  std::unique_ptr<EventChannel> guest_evtchn_;
   std::unique_ptr<SimBlkfront> front_;
   VbdLimits limits_;
   VbdQueueStats stats_;
@@ -320,12 +280,12 @@ TEST(BlkQueue, OneMapCallPerBurstAndOneUnmapWhenItIsDone) {
   std::vector<Transfer> reads;
   for (int i = 0; i < 8; ++i) reads.emplace_back(BLKIF_OP_READ, static_cast<uint64_t>(i) * 64 * a, 8);
   const uint64_t calls = rig.map_calls();
-  const uint64_t unmaps = rig.hv_.counters().unmap_calls.load();
+  const uint64_t unmaps = rig.hv().counters().unmap_calls.load();
   ASSERT_TRUE(run(rig, reads));
   expect_all(reads, BLKIF_RSP_OKAY);
   // Eight requests published together: one burst, one map, one unmap.
   EXPECT_EQ(rig.map_calls() - calls, 1u);
-  EXPECT_EQ(rig.hv_.counters().unmap_calls.load() - unmaps, 1u);
+  EXPECT_EQ(rig.hv().counters().unmap_calls.load() - unmaps, 1u);
   EXPECT_EQ(rig.stats_.ring.batches.get(), 1u);
   // Reads and writes mixed: one writable and one read-only map.
   std::vector<Transfer> mixed;
@@ -491,7 +451,7 @@ TEST(BlkQueue, ProducerOverflowHaltsTheQueueOnce) {
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   EXPECT_EQ(rig.halts_.load(), 1);
   bool halted = false;
-  rig.reactor_->call([&] { halted = rig.queue_->halted(); });
+  rig.reactor().call([&] { halted = rig.queue_->halted(); });
   EXPECT_TRUE(halted);
   rig.stop_queue();
   EXPECT_EQ(rig.live_maps(), 0u);

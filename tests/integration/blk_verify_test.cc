@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "blk_test_util.h"
+#include "tests/fixtures/blk_files.h"
 #include "blkback/image_null.h"
 #include "sim/blk/sim_blkhost.h"
 #include "sim/blk/sim_blkload.h"
@@ -24,7 +24,7 @@ namespace xenpath {
 namespace {
 
 using namespace std::chrono_literals;
-using blktest::TempFile;
+using test::TempFile;
 using sim::BlkLoad;
 using sim::BlkLoadSpec;
 using sim::SimBlkHost;
@@ -35,12 +35,8 @@ constexpr uint64_t kImageBytes = 32ull << 20;
 ::testing::AssertionResult run_all(const std::vector<BlkLoad*>& loads, std::chrono::milliseconds limit = 20s) {
   const auto deadline = std::chrono::steady_clock::now() + limit;
   for (;;) {
-    unsigned completions = 0;
-    bool all_done = true;
-    for (BlkLoad* l : loads) {
-      completions += l->poll();
-      all_done &= l->done();
-    }
+    bool all_done = false;
+    const unsigned completions = BlkLoad::poll_all(loads, all_done);
     if (all_done) return ::testing::AssertionSuccess();
     if (std::chrono::steady_clock::now() > deadline) return ::testing::AssertionFailure() << "loads did not finish";
     if (completions == 0) {

@@ -1,6 +1,7 @@
 // The vif device type end to end on the simulated host, production path:
 // the BackendDriver on a control Reactor over the simulated xenstored, VIF
-// queues on two worker reactors, a toolstack writing the keys libxl writes,
+// queues on two worker reactors (the NetbackService on a BackendDaemon, as
+// xenpath-netback runs it), a toolstack writing the keys libxl writes,
 // a guest doing netfront's handshake (per queue tx-ring-ref / rx-ring-ref /
 // event-channel(-tx/-rx), request-rx-copy, features, ctrl-ring-ref) and
 // traffic, and a wire made of net_ring pairs (one per queue) this thread
@@ -17,49 +18,31 @@
 #include <thread>
 #include <vector>
 
-#include "common/reactor.h"
-#include "sim/front_ring.h"
-#include "sim/sim_host.h"
-#include "sim/sim_toolstack.h"
-#include "sim/sim_xenbus_frontend.h"
-#include "common/xenbus/backend_driver.h"
-#include "netback/port_dpdk.h"
-#include "sim/net/sim_netfront.h"
 #include "netback/net_device.h"
-#include "tests/integration/net_packet_util.h"
+#include "netback/net_service.h"
+#include "netback/port_dpdk.h"
+#include "sim/front_ring.h"
+#include "sim/net/sim_frames.h"
+#include "sim/net/sim_netfront.h"
+#include "tests/fixtures/backend_rig.h"
+#include "tests/fixtures/net_wire.h"
 
 namespace xenpath {
 namespace {
 
 using namespace std::chrono_literals;
-using namespace nettest;
+using namespace sim::frames;
 using sim::SimNetfront;
 using sim::SimToolstack;
 using sim::SimXenbusFrontend;
+using test::bytes_of;
+using test::drain;
+using test::eventually;
+using test::test_dpdk;
+using test::wire_receive;
 
 constexpr DomId kGuest = 7;
 constexpr const char* kMac = "00:16:3e:12:34:56";
-
-DpdkEnv* dpdk() {
-  static DpdkEnv* env = [] {
-    DpdkEnvOptions o;
-    o.memory_mb = 128;
-    auto r = DpdkEnv::init(o);
-    EXPECT_TRUE(r) << error_string(r.error());
-    return r ? *r : nullptr;
-  }();
-  return env;
-}
-
-template <typename F>
-bool eventually(F&& cond, std::chrono::milliseconds limit = 5000ms) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!cond()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
 
 // A port whose queue q is net_ring pair q: what a multi-queue vdev looks
 // like to the VIF, with a wire end per queue for the test.
@@ -83,12 +66,6 @@ class MultiRingPort final : public PacketPort {
   std::vector<std::unique_ptr<PacketPort>> qs_;
 };
 
-std::vector<uint8_t> bytes_of(const PacketBuf* p) {
-  std::vector<uint8_t> v(pkt::length(p));
-  pkt::copy_out(p, 0, {reinterpret_cast<std::byte*>(v.data()), v.size()});
-  return v;
-}
-
 // One guest NIC: its xenbus frontend and one SimNetfront per queue.
 struct GuestVif {
   std::unique_ptr<SimXenbusFrontend> xb;
@@ -105,63 +82,26 @@ struct GuestVif {
   }
 };
 
-class NetVifDevice : public ::testing::Test {
+class NetVifDevice : public ::testing::Test, public test::SimBackendRig<NetbackService> {
  protected:
+  // The NetbackService on two workers; each VIF's port is one net_ring pair
+  // per queue, whose far ends are the test's wire.
   void start(VifOptions vo = {}) {
     spdlog::set_level(spdlog::level::warn);
-    ASSERT_NE(dpdk(), nullptr);
-    auto h = sim::SimHost::create({});
-    ASSERT_TRUE(h) << error_string(h.error());
-    host_ = std::move(*h);
-    platform_ = sim::make_sim_platform(*host_);
-    Reactor::Options copt;
-    copt.name = "control";
-    copt.uring_entries = 0;
-    auto c = Reactor::create(copt);
-    ASSERT_TRUE(c);
-    control_ = std::move(*c);
-    ASSERT_TRUE(control_->start());
-    for (int i = 0; i < 2; ++i) {
-      Reactor::Options wopt;
-      wopt.name = "net-worker";
-      wopt.uring_entries = 0;
-      auto w = Reactor::create(wopt);
-      ASSERT_TRUE(w);
-      ASSERT_TRUE((*w)->start());
-      auto nw = NetWorker::create(**w, *platform_);
-      ASSERT_TRUE(nw) << error_string(nw.error());
-      reactors_.push_back(std::move(*w));
-      workers_.push_back(std::move(*nw));
-    }
-    DpdkPoolConfig pc;
-    pc.name = "vifdev";
-    pc.packets = 2047;
-    pc.attachments = 2047;
-    pc.cache = 0;
-    auto pool = dpdk()->create_pool(pc);
-    ASSERT_TRUE(pool);
-    pool_ = std::move(*pool);
-
-    auto ts = host_->open_xenstore(kDom0);
-    ASSERT_TRUE(ts);
-    tools_xs_ = std::move(*ts);
-    tools_ = std::make_unique<SimToolstack>(*tools_xs_);
-
-    auto xs = platform_->open_xenstore();
-    ASSERT_TRUE(xs) << error_string(xs.error());
-    driver_ = std::make_unique<BackendDriver>(std::move(*xs), BackendDriver::Options{});
-    BackendDriver* d = driver_.get();
+    ASSERT_NE(test_dpdk(), nullptr);
+    DaemonOptions dopt;
+    dopt.name = "net-test";
+    dopt.workers = 2;
+    dopt.uring_entries = 0;
+    NetbackOptions no;
     if (vo.max_queues == 0) vo.max_queues = 2;
     vo.drain_timeout = 2000ms;
-    std::vector<NetWorker*> ws;
-    for (auto& w : workers_) ws.push_back(w.get());
-    auto factory = [this](const DeviceAddress& a, uint16_t queues) -> Result<std::unique_ptr<PacketPort>> {
+    no.vif = vo;
+    no.ports = [this](const DeviceAddress& a, uint16_t queues) -> Result<std::unique_ptr<PacketPort>> {
       std::vector<std::unique_ptr<PacketPort>> vif_side;
       std::vector<std::unique_ptr<PacketPort>> wire_side;
-      static int seq = 0;
       for (uint16_t q = 0; q < queues; ++q) {
-        auto pair = dpdk()->open_ring_pair(*pool_, "vd" + std::to_string(getpid() % 10000) + "_" + std::to_string(seq++),
-                                           DpdkPortConfig{});
+        auto pair = test_dpdk()->open_ring_pair(service().pool(), test::unique_port_name("vd"), DpdkPortConfig{});
         if (!pair) return unexpected(pair.error());
         vif_side.push_back(std::move((*pair)[0]));
         wire_side.push_back(std::move((*pair)[1]));
@@ -171,24 +111,7 @@ class NetVifDevice : public ::testing::Test {
       return std::unique_ptr<PacketPort>(new MultiRingPort(
           "vif" + std::to_string(a.frontend_id) + "." + std::to_string(a.devid), std::move(vif_side)));
     };
-    ASSERT_TRUE(driver_->add_type(std::make_unique<VifDeviceType>(
-        ws, *pool_, factory, vo,
-        [d](const DeviceAddress& a, int err) { d->report_device_error(a.type, a.frontend_id, a.devid, err); })));
-    Status st = unexpected(EIO);
-    control_->call([&] {
-      st = driver_->start();
-      if (st) st = driver_->attach(*control_);
-    });
-    ASSERT_TRUE(st) << error_string(st.error());
-
-    auto dom = host_->create_domain(kGuest, 8192, "guest");
-    ASSERT_TRUE(dom);
-    guest_ = *dom;
-    auto gxs = host_->open_xenstore(kGuest);
-    auto gev = host_->open_event_channel(kGuest);
-    ASSERT_TRUE(gxs && gev);
-    guest_xs_ = std::move(*gxs);
-    guest_evtchn_ = std::move(*gev);
+    ASSERT_NO_FATAL_FAILURE(SimBackendRig::start(kGuest, dopt, no));
   }
 
   void TearDown() override {
@@ -197,40 +120,21 @@ class NetVifDevice : public ::testing::Test {
     }
     vifs_.clear();
     if (ctrl_ref_ != 0) (void)guest_->end_access(ctrl_ref_);
-    if (control_ && driver_) control_->call([&] { driver_.reset(); });
+    stop_daemon();
     wires_.clear();
-    workers_.clear();
-    for (auto& r : reactors_) r->stop();
-    if (control_) control_->stop();
-    if (pool_) {
-      EXPECT_EQ(pool_->in_use(), 0u) << "packet buffers leaked";
+    if (served_.service) {
+      EXPECT_EQ(service().pool().in_use(), 0u) << "packet buffers leaked";
     }
-    if (host_) {
-      EXPECT_EQ(host_->counters().mapped_pages_live.load(), 0u) << "a grant mapping leaked";
-    }
-  }
-
-  std::string be(uint32_t devid) { return SimToolstack::backend_path(kDom0, "vif", kGuest, devid); }
-  std::string fe(uint32_t devid) { return SimToolstack::frontend_path(kGuest, "vif", devid); }
-  std::string key(uint32_t devid, const std::string& k) {
-    auto v = tools_xs_->read(kXsNoTxn, be(devid) + "/" + k);
-    return v ? *v : "<" + error_string(v.error()) + ">";
-  }
-  bool backend_becomes(uint32_t devid, XenbusState s) {
-    return eventually([&] { return key(devid, "state") == state_value(s); });
+    stop();
   }
 
   // The toolstack plugs the NIC (libxl's backend keys); the guest attaches.
   GuestVif& plug(uint32_t devid, sim::XsKeys backend_extra = {}, const std::string& mac = kMac) {
     sim::XsKeys bk = {{"mac", mac}, {"handle", std::to_string(devid)}, {"script", "/bin/true"}, {"type", "vif"}};
     for (auto& kv : backend_extra) bk.push_back(kv);
-    EXPECT_TRUE(tools_->add_device("vif", kGuest, devid, kDom0, bk,
-                                   {{"handle", std::to_string(devid)}, {"mac", mac}}));
-    auto xb = SimXenbusFrontend::attach(*guest_xs_, fe(devid), 5000ms);
-    EXPECT_TRUE(xb) << error_string(xb.error());
     auto& v = vifs_[devid];
     v = std::make_unique<GuestVif>();
-    v->xb = std::move(*xb);
+    v->xb = BackendRigBase::plug(devid, bk, {{"handle", std::to_string(devid)}, {"mac", mac}});
     return *v;
   }
 
@@ -259,37 +163,13 @@ class NetVifDevice : public ::testing::Test {
     return keys;
   }
 
-  const VifDevice* device(uint32_t devid) {
-    const VifDevice* d = nullptr;
-    control_->call([&] { d = static_cast<const VifDevice*>(driver_->device("vif", kGuest, devid)); });
-    return d;
-  }
+  const VifDevice* device(uint32_t devid) { return backend_device<VifDevice>(devid); }
 
   PacketPort& wire(uint32_t devid, size_t q) {
     std::lock_guard<std::mutex> lock(wire_mu_);
     return *wires_.at(devid).at(q);
   }
-  static void drain(PacketPort& w) {
-    PacketBuf* b[64];
-    for (size_t k; (k = w.rx_burst(0, b)) > 0;) pkt::free_bulk({b, k});
-  }
-  std::vector<PacketBuf*> wire_receive(PacketPort& w, size_t n, std::chrono::milliseconds limit = 5000ms) {
-    std::vector<PacketBuf*> got;
-    const auto end = std::chrono::steady_clock::now() + limit;
-    while (got.size() < n && std::chrono::steady_clock::now() < end) {
-      PacketBuf* b[64];
-      const size_t k = w.rx_burst(0, b);
-      got.insert(got.end(), b, b + k);
-      if (k == 0) std::this_thread::sleep_for(200us);
-    }
-    return got;
-  }
-  void wire_send(PacketPort& w, const std::vector<uint8_t>& f) {
-    PacketBuf* p = pool_->alloc();
-    ASSERT_NE(p, nullptr);
-    ASSERT_TRUE(pool_->append_copy(p, {reinterpret_cast<const std::byte*>(f.data()), f.size()}));
-    ASSERT_EQ(w.tx_burst(0, {&p, 1}), 1u);
-  }
+  void wire_send(PacketPort& w, const std::vector<uint8_t>& f) { test::wire_send(service().pool(), w, f); }
 
   // The guest's control ring: a granted ring page (followed by
   // `data_pages` free pages for keys and mappings), an unbound channel, and
@@ -332,18 +212,6 @@ class NetVifDevice : public ::testing::Test {
     return rsp;
   }
 
-  std::unique_ptr<sim::SimHost> host_;
-  std::unique_ptr<XenPlatform> platform_;
-  std::unique_ptr<Reactor> control_;
-  std::vector<std::unique_ptr<Reactor>> reactors_;
-  std::vector<std::unique_ptr<NetWorker>> workers_;
-  std::unique_ptr<PacketPool> pool_;
-  std::unique_ptr<XenStore> tools_xs_;
-  std::unique_ptr<SimToolstack> tools_;
-  std::unique_ptr<BackendDriver> driver_;
-  sim::SimDomain* guest_ = nullptr;
-  std::unique_ptr<XenStore> guest_xs_;
-  std::unique_ptr<EventChannel> guest_evtchn_;
   std::map<uint32_t, std::unique_ptr<GuestVif>> vifs_;
   std::mutex wire_mu_;
   std::map<uint32_t, std::vector<std::unique_ptr<PacketPort>>> wires_;

@@ -30,33 +30,17 @@
 #include <thread>
 #include <vector>
 
-#include "tests/integration/net_packet_util.h"
+#include "sim/net/sim_frames.h"
+#include "tests/fixtures/net_wire.h"
 
 namespace xenpath {
 namespace {
 
-using namespace nettest;
+using namespace sim::frames;
+using test::bytes_of;
 
-cpu_set_t g_affinity_before;
-
-DpdkEnv* test_env() {
-  static DpdkEnv* env = [] {
-    CPU_ZERO(&g_affinity_before);
-    pthread_getaffinity_np(pthread_self(), sizeof(g_affinity_before), &g_affinity_before);
-    DpdkEnvOptions o;
-    o.memory_mb = 128;
-    auto r = DpdkEnv::init(o);
-    EXPECT_TRUE(r) << error_string(r.error());
-    return r ? *r : nullptr;
-  }();
-  return env;
-}
-
-std::string unique(const char* prefix) {
-  static int n = 0;
-  // Short: DPDK derives ring/memzone names (at most ~28 characters) from these.
-  return std::string(prefix) + std::to_string(getpid() % 10000) + "_" + std::to_string(n++);
-}
+DpdkEnv* test_env() { return test::test_dpdk(); }
+std::string unique(const char* prefix) { return test::unique_port_name(prefix); }
 
 // Stand-in for grant-mapped guest pages: page-aligned memory, one
 // ExtBufShared and one free counter per page.
@@ -92,12 +76,6 @@ struct GuestPages {
   std::vector<std::atomic<int>> frees;
   void* last_addr = nullptr;
 };
-
-std::vector<uint8_t> bytes_of(const PacketBuf* p) {
-  std::vector<uint8_t> v(pkt::length(p));
-  EXPECT_EQ(pkt::copy_out(p, 0, {reinterpret_cast<std::byte*>(v.data()), v.size()}), v.size());
-  return v;
-}
 
 class NetDpdk : public ::testing::Test {
  public:
@@ -182,7 +160,7 @@ TEST(NetDpdkEnv, InitOnceKeepsCallerAffinity) {
   cpu_set_t now;
   CPU_ZERO(&now);
   ASSERT_EQ(pthread_getaffinity_np(pthread_self(), sizeof(now), &now), 0);
-  EXPECT_TRUE(CPU_EQUAL(&now, &g_affinity_before)) << "EAL left the calling thread pinned";
+  EXPECT_TRUE(CPU_EQUAL(&now, &test::affinity_before_dpdk())) << "EAL left the calling thread pinned";
   const auto& a = env->eal_args();
   EXPECT_NE(std::find(a.begin(), a.end(), "--no-huge"), a.end());
   EXPECT_NE(std::find(a.begin(), a.end(), "--no-shconf"), a.end());

@@ -21,29 +21,21 @@
 #include <thread>
 #include <vector>
 
-#include "sim/sim_hypervisor.h"
 #include "netback/port_dpdk.h"
 #include "sim/net/sim_netfront.h"
-#include "tests/integration/net_packet_util.h"
+#include "sim/net/sim_frames.h"
+#include "tests/fixtures/net_wire.h"
+#include "tests/fixtures/queue_rig.h"
 
 namespace xenpath {
 namespace {
 
-using namespace nettest;
+using namespace sim::frames;
 using sim::SimNetfront;
+using test::bytes_of;
+using test::test_dpdk;
 
 constexpr DomId kGuest = 11;
-
-DpdkEnv* dpdk() {
-  static DpdkEnv* env = [] {
-    DpdkEnvOptions o;
-    o.memory_mb = 128;
-    auto r = DpdkEnv::init(o);
-    EXPECT_TRUE(r) << error_string(r.error());
-    return r ? *r : nullptr;
-  }();
-  return env;
-}
 
 struct RigOptions {
   bool pass_metadata = false;
@@ -58,46 +50,21 @@ struct RigOptions {
   RateSpec rate;
 };
 
-class VifRig {
+class VifRig : public test::QueueRig {
  public:
-  explicit VifRig(const RigOptions& o = {}) : opts_(o) {
-    auto g = hv_.create_domain(kGuest, 2048, "guest");
-    EXPECT_TRUE(g);
-    guest_ = *g;
-    Reactor::Options ro;
-    ro.name = "vif-test";
-    ro.uring_entries = 0;
-    auto r = Reactor::create(ro);
-    EXPECT_TRUE(r);
-    reactor_ = std::move(*r);
-    EXPECT_TRUE(reactor_->start());
-    auto gt = hv_.open_grant_table(kDom0);
-    auto ev = hv_.open_event_channel(kDom0);
-    EXPECT_TRUE(gt && ev);
-    auto w = NetWorker::create(*reactor_, std::move(*gt), std::move(*ev));
-    EXPECT_TRUE(w) << error_string(w.error());
-    worker_ = std::move(*w);
-    auto gev = hv_.open_event_channel(kGuest);
-    EXPECT_TRUE(gev);
-    guest_evtchn_ = std::move(*gev);
+  explicit VifRig(const RigOptions& o = {})
+      : QueueRig({.guest = kGuest, .guest_pages = 2048, .reactor_name = "vif-test", .uring_entries = 0}), opts_(o) {
     SimNetfront::Options fo;
     fo.split_event_channels = o.split;
-    auto f = SimNetfront::create(*guest_, *guest_evtchn_, fo);
+    auto f = SimNetfront::create(guest(), guest_evtchn(), fo);
     EXPECT_TRUE(f) << error_string(f.error());
     front_ = std::move(*f);
 
-    DpdkPoolConfig pc;
-    pc.name = "vif";
-    pc.packets = 2047;
-    pc.attachments = 2047;
-    pc.cache = 0;
-    auto pool = dpdk()->create_pool(pc);
-    EXPECT_TRUE(pool);
-    pool_ = std::move(*pool);
+    pool_ = test::test_pool("vif");
+    EXPECT_NE(pool_, nullptr);
     DpdkPortConfig base;
     base.pass_metadata = o.pass_metadata;
-    static int seq = 0;
-    auto ports = dpdk()->open_ring_pair(*pool_, "v" + std::to_string(getpid() % 10000) + "_" + std::to_string(seq++), base);
+    auto ports = test_dpdk()->open_ring_pair(*pool_, test::unique_port_name("v"), base);
     EXPECT_TRUE(ports) << error_string(ports.error());
     vif_port_ = std::move((*ports)[0]);
     wire_ = std::move((*ports)[1]);
@@ -107,21 +74,14 @@ class VifRig {
     drain_wire();
     stop_queue();
     front_.reset();
-    worker_.reset();
-    reactor_->stop();
     vif_port_.reset();
     wire_.reset();
     EXPECT_EQ(pool_->in_use(), 0u) << "packet buffers leaked";
-    EXPECT_EQ(hv_.counters().mapped_pages_live.load(), 0u) << "grant mappings leaked";
+    EXPECT_EQ(hv().counters().mapped_pages_live.load(), 0u) << "grant mappings leaked";
   }
 
   void start_queue() {
-    VifQueue::Config c;
-    c.frontend = kGuest;
-    c.tx_ring_ref = front_->tx_ring_ref();
-    c.rx_ring_ref = front_->rx_ring_ref();
-    c.tx_remote_port = front_->tx_port();
-    c.rx_remote_port = front_->rx_port();
+    VifQueue::Config c = sim::vif_queue_config(*front_, kGuest);
     c.port = vif_port_.get();
     c.pool = pool_.get();
     c.rate = opts_.rate;
@@ -133,63 +93,33 @@ class VifRig {
     c.multicast_control = true;
     c.port_poll = opts_.port_poll;
     c.log_prefix = "vif 11.0: ";
-    reactor_->call([&] {
-      auto q = VifQueue::start(*worker_, c, stats_, [this](int) { halts_.fetch_add(1); });
+    reactor().call([&] {
+      auto q = VifQueue::start(worker(), c, stats_, [this](int) { halts_.fetch_add(1); });
       EXPECT_TRUE(q) << error_string(q.error());
       if (q) queue_ = std::move(*q);
     });
   }
 
   void stop_queue() {
-    if (!queue_) return;
-    for (int i = 0; i < 2000; ++i) {
-      Status st;
-      reactor_->call([&] { st = queue_->stop(); });
-      if (st) break;
-      ASSERT_EQ(st.error(), EBUSY);
+    QueueRig::stop_queue(queue_, 2000, [this] {
       drain_wire();
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    reactor_->call([&] { queue_.reset(); });
+    });
   }
 
   // Frames that reached the wire (bounded wait for `n`); the caller frees.
   std::vector<PacketBuf*> wire_receive(size_t n, std::chrono::milliseconds limit = std::chrono::seconds(5)) {
-    std::vector<PacketBuf*> got;
-    const auto end = std::chrono::steady_clock::now() + limit;
-    while (got.size() < n && std::chrono::steady_clock::now() < end) {
-      PacketBuf* b[64];
-      const size_t k = wire_->rx_burst(0, b);
-      got.insert(got.end(), b, b + k);
-      if (k == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
-    return got;
+    return test::wire_receive(*wire_, n, limit);
   }
-  void drain_wire() {
-    PacketBuf* b[64];
-    for (size_t k; (k = wire_->rx_burst(0, b)) > 0;) pkt::free_bulk({b, k});
-  }
+  void drain_wire() { test::drain(*wire_); }
   // Puts a frame on the wire towards the guest.
   void wire_send(const std::vector<uint8_t>& f, const PacketMeta* meta = nullptr) {
-    PacketBuf* p = pool_->alloc();
-    ASSERT_NE(p, nullptr);
-    ASSERT_TRUE(pool_->append_copy(p, {reinterpret_cast<const std::byte*>(f.data()), f.size()}));
-    if (meta != nullptr) {
-      ASSERT_TRUE(pkt::set_meta(p, *meta));
-    }
-    ASSERT_EQ(wire_->tx_burst(0, {&p, 1}), 1u);
+    test::wire_send(*pool_, *wire_, f, meta);
   }
   // Puts frames on the wire in one burst (the queue, started afterwards,
   // receives them in one port burst).
   void wire_send_burst(const std::vector<std::vector<uint8_t>>& frames) {
-    std::vector<PacketBuf*> ps;
-    for (const auto& f : frames) {
-      PacketBuf* p = pool_->alloc();
-      ASSERT_NE(p, nullptr);
-      ASSERT_TRUE(pool_->append_copy(p, {reinterpret_cast<const std::byte*>(f.data()), f.size()}));
-      ps.push_back(p);
-    }
-    ASSERT_EQ(wire_->tx_burst(0, ps), ps.size());
+    test::wire_send_burst(*pool_, *wire_, frames);
   }
 
   std::vector<netif_tx_response> tx_answers;
@@ -204,11 +134,6 @@ class VifRig {
   }
 
   const RigOptions opts_;
-  sim::SimHypervisor hv_;
-  sim::SimDomain* guest_ = nullptr;
-  std::unique_ptr<Reactor> reactor_;
-  std::unique_ptr<NetWorker> worker_;
-  std::unique_ptr<EventChannel> guest_evtchn_;
   std::unique_ptr<SimNetfront> front_;
   std::unique_ptr<PacketPool> pool_;
   std::unique_ptr<PacketPort> vif_port_;
@@ -218,14 +143,8 @@ class VifRig {
   std::atomic<int> halts_{0};
 };
 
-std::vector<uint8_t> bytes_of(const PacketBuf* p) {
-  std::vector<uint8_t> v(pkt::length(p));
-  pkt::copy_out(p, 0, {reinterpret_cast<std::byte*>(v.data()), v.size()});
-  return v;
-}
-
 TEST(NetVifQueue, GuestTransmitsZeroCopyAndIsAnsweredAfterTheUnmap) {
-  if (dpdk() == nullptr) GTEST_SKIP();
+  if (test_dpdk() == nullptr) GTEST_SKIP();
   VifRig rig;
   FrameSpec a;
   a.udp = true;
@@ -258,18 +177,18 @@ TEST(NetVifQueue, GuestTransmitsZeroCopyAndIsAnsweredAfterTheUnmap) {
   // The 60-byte frame and the 100-byte first slot of the third.
   EXPECT_EQ(rig.tx_answers.size(), 2u);
   EXPECT_GT(rig.front_->tx_in_flight(), 0u);
-  EXPECT_EQ(rig.hv_.counters().mapped_pages_live.load(), rings + 5) << "the burst's five data pages";
+  EXPECT_EQ(rig.hv().counters().mapped_pages_live.load(), rings + 5) << "the burst's five data pages";
   pkt::free_bulk(got);
   ASSERT_TRUE(rig.front_->wait([&] { return rig.answered(7); })) << rig.tx_answers.size();
   for (const auto& r : rig.tx_answers) EXPECT_EQ(r.status, NETIF_RSP_OKAY);
   EXPECT_EQ(rig.front_->tx_in_flight(), 0u);
   EXPECT_EQ(rig.front_->revoke_failures(), 0u) << "a grant was answered while still mapped";
-  EXPECT_EQ(rig.hv_.counters().mapped_pages_live.load(), rings);
+  EXPECT_EQ(rig.hv().counters().mapped_pages_live.load(), rings);
   EXPECT_EQ(rig.stats_.tx_unmap_calls.get(), 1u);
 }
 
 TEST(NetVifQueue, WithoutZeroCopyEveryByteIsCopiedAndAnsweredAtOnce) {
-  if (dpdk() == nullptr) GTEST_SKIP();
+  if (test_dpdk() == nullptr) GTEST_SKIP();
   RigOptions o;
   o.zero_copy = false;  // what a port without external-buffer support gets
   VifRig rig(o);
@@ -294,7 +213,7 @@ TEST(NetVifQueue, WithoutZeroCopyEveryByteIsCopiedAndAnsweredAtOnce) {
 }
 
 TEST(NetVifQueue, ByDefaultEverySlotIsCopiedAndAnsweredAtOnce) {
-  if (dpdk() == nullptr) GTEST_SKIP();
+  if (test_dpdk() == nullptr) GTEST_SKIP();
   RigOptions o;
   o.copy_below.reset();  // VifQueue's measured default
   VifRig rig(o);
@@ -312,12 +231,12 @@ TEST(NetVifQueue, ByDefaultEverySlotIsCopiedAndAnsweredAtOnce) {
   ASSERT_TRUE(rig.front_->wait([&] { return rig.answered(4); }));
   EXPECT_EQ(rig.stats_.tx_map_calls.get(), 0u);
   EXPECT_EQ(rig.stats_.tx_copied_bytes.get(), 9000u);
-  EXPECT_EQ(rig.hv_.counters().map_calls.load(), 2u) << "only the two ring pages were mapped";
+  EXPECT_EQ(rig.hv().counters().map_calls.load(), 2u) << "only the two ring pages were mapped";
   pkt::free_bulk(got);
 }
 
 TEST(NetVifQueue, WireTrafficReachesTheGuestWithOneCopyPerBurst) {
-  if (dpdk() == nullptr) GTEST_SKIP();
+  if (test_dpdk() == nullptr) GTEST_SKIP();
   VifRig rig;
   ASSERT_EQ(rig.front_->post_rx(64), 64u);
   std::vector<std::vector<uint8_t>> sent;
@@ -342,7 +261,7 @@ TEST(NetVifQueue, WireTrafficReachesTheGuestWithOneCopyPerBurst) {
 }
 
 TEST(NetVifQueue, PacketsWaitForGuestBuffers) {
-  if (dpdk() == nullptr) GTEST_SKIP();
+  if (test_dpdk() == nullptr) GTEST_SKIP();
   VifRig rig;
   rig.start_queue();
   FrameSpec s;
@@ -360,7 +279,7 @@ TEST(NetVifQueue, PacketsWaitForGuestBuffers) {
 }
 
 TEST(NetVifQueue, GuestGsoIsSegmentedForAWireWithoutTso) {
-  if (dpdk() == nullptr) GTEST_SKIP();
+  if (test_dpdk() == nullptr) GTEST_SKIP();
   VifRig rig;
   rig.start_queue();
   FrameSpec s;
@@ -441,15 +360,15 @@ void gso_to_guest(bool frontend_gso, bool frontend_csum) {
 }
 
 TEST(NetVifQueue, GsoToAGuestThatNegotiatedIt) {
-  if (dpdk() == nullptr) GTEST_SKIP();
+  if (test_dpdk() == nullptr) GTEST_SKIP();
   gso_to_guest(true, true);
 }
 TEST(NetVifQueue, GsoSegmentedForAGuestWithoutIt) {
-  if (dpdk() == nullptr) GTEST_SKIP();
+  if (test_dpdk() == nullptr) GTEST_SKIP();
   gso_to_guest(false, true);
 }
 TEST(NetVifQueue, ChecksumsCompletedForAGuestWithoutOffload) {
-  if (dpdk() == nullptr) GTEST_SKIP();
+  if (test_dpdk() == nullptr) GTEST_SKIP();
   gso_to_guest(false, false);
 }
 
@@ -512,7 +431,7 @@ std::vector<std::vector<uint8_t>> one_flow(size_t n, size_t mss = 1448) {
 }
 
 TEST(NetVifQueue, GroMergesAFlowsSegmentsIntoOneGsoPacket) {
-  if (dpdk() == nullptr) GTEST_SKIP();
+  if (test_dpdk() == nullptr) GTEST_SKIP();
   RigOptions o;
   o.rx_gso_tcpv4 = true;
   VifRig rig(o);
@@ -551,11 +470,11 @@ void gro_not_for(bool frontend_gso, bool gro) {
 }
 
 TEST(NetVifQueue, GroNotForAFrontendWithoutGso) {
-  if (dpdk() == nullptr) GTEST_SKIP();
+  if (test_dpdk() == nullptr) GTEST_SKIP();
   gro_not_for(false, true);
 }
 TEST(NetVifQueue, GroOffKeepsFramesApart) {
-  if (dpdk() == nullptr) GTEST_SKIP();
+  if (test_dpdk() == nullptr) GTEST_SKIP();
   gro_not_for(true, false);
 }
 
@@ -563,7 +482,7 @@ TEST(NetVifQueue, GroOffKeepsFramesApart) {
 // merged and ends its flow's packet; an out-of-order flow is not merged;
 // every flow keeps its order.
 TEST(NetVifQueue, GroKeepsFlowsApartAndInOrder) {
-  if (dpdk() == nullptr) GTEST_SKIP();
+  if (test_dpdk() == nullptr) GTEST_SKIP();
   RigOptions o;
   o.rx_gso_tcpv4 = true;
   VifRig rig(o);
@@ -604,7 +523,7 @@ TEST(NetVifQueue, GroKeepsFlowsApartAndInOrder) {
 
 // A burst longer than 64 KiB: packets of at most 64 KiB, in sequence.
 TEST(NetVifQueue, GroBoundsAMergedPacketTo64KiB) {
-  if (dpdk() == nullptr) GTEST_SKIP();
+  if (test_dpdk() == nullptr) GTEST_SKIP();
   RigOptions o;
   o.rx_gso_tcpv4 = true;
   VifRig rig(o);
@@ -623,7 +542,7 @@ TEST(NetVifQueue, GroBoundsAMergedPacketTo64KiB) {
 }
 
 TEST(NetVifQueue, BadPacketsAreAnsweredWithErrorsAndTrafficGoesOn) {
-  if (dpdk() == nullptr) GTEST_SKIP();
+  if (test_dpdk() == nullptr) GTEST_SKIP();
   VifRig rig;
   rig.start_queue();
   // A runt, then a multicast subscription, then a good frame.
@@ -686,7 +605,7 @@ TEST(NetVifQueue, BadPacketsAreAnsweredWithErrorsAndTrafficGoesOn) {
 }
 
 TEST(NetVifQueue, AMaliciousFrontendHaltsTheQueue) {
-  if (dpdk() == nullptr) GTEST_SKIP();
+  if (test_dpdk() == nullptr) GTEST_SKIP();
   VifRig rig;
   rig.start_queue();
   uint16_t id = 0;
@@ -713,7 +632,7 @@ TEST(NetVifQueue, AMaliciousFrontendHaltsTheQueue) {
 }
 
 TEST(NetVifQueue, SplitEventChannelsWork) {
-  if (dpdk() == nullptr) GTEST_SKIP();
+  if (test_dpdk() == nullptr) GTEST_SKIP();
   RigOptions o;
   o.split = true;
   VifRig rig(o);
@@ -740,7 +659,7 @@ TEST(NetVifQueue, SplitEventChannelsWork) {
 // frame the kernel sends reaches the guest quickly only if the fd woke the
 // reactor.
 TEST(NetVifQueue, TapReceiveWakesTheQueueWithoutPolling) {
-  if (dpdk() == nullptr) GTEST_SKIP();
+  if (test_dpdk() == nullptr) GTEST_SKIP();
   const int tun = ::open("/dev/net/tun", O_RDWR);
   if (tun < 0) GTEST_SKIP() << "/dev/net/tun unavailable";
   ::close(tun);
@@ -753,7 +672,7 @@ TEST(NetVifQueue, TapReceiveWakesTheQueueWithoutPolling) {
   const std::string ifname = "xpv" + std::to_string(getpid() % 100000) + "_" + std::to_string(seq);
   DpdkPortConfig cfg;
   cfg.devargs = "net_tap_xpv" + std::to_string(getpid()) + "_" + std::to_string(seq++) + ",iface=" + ifname;
-  auto tap = dpdk()->open_port(*rig.pool_, cfg);
+  auto tap = test_dpdk()->open_port(*rig.pool_, cfg);
   if (!tap) {
     ::close(sock);
     GTEST_SKIP() << "net_tap unavailable: " << error_string(tap.error());

@@ -25,25 +25,17 @@
 #include <thread>
 #include <vector>
 
-#include "sim/sim_hypervisor.h"
+#include "netback/net_queue.h"
 #include "netback/port_dpdk.h"
 #include "sim/net/sim_netfront.h"
-#include "netback/net_queue.h"
+#include "sim/sim_queue_host.h"
+#include "tests/fixtures/net_wire.h"
+#include "tests/fixtures/queue_rig.h"
 
 namespace xenpath {
 namespace {
 
 constexpr DomId kGuest = 23;
-
-DpdkEnv* dpdk() {
-  static DpdkEnv* env = [] {
-    DpdkEnvOptions o;
-    o.memory_mb = 128;
-    auto r = DpdkEnv::init(o);
-    return r ? *r : nullptr;
-  }();
-  return env;
-}
 
 // A fresh anonymous network namespace, alive while the fd is open.
 int new_netns() {
@@ -101,13 +93,15 @@ int socket_in(int ns, int type) {
   return s;
 }
 
-class TapGuestRig {
+class TapGuestRig : public test::QueueRig {
  public:
-  explicit TapGuestRig(bool offloads) : offloads_(offloads) {}
+  explicit TapGuestRig(bool offloads)
+      : QueueRig({.guest = kGuest, .guest_pages = 2048, .reactor_name = "tap-test", .uring_entries = 0}),
+        offloads_(offloads) {}
 
   // Empty string: ready; else why the environment cannot run this.
   std::string setup() {
-    if (dpdk() == nullptr) return "no DPDK";
+    if (test::test_dpdk() == nullptr) return "no DPDK";
     if (::access("/dev/net/tun", R_OK | W_OK) != 0) return "no /dev/net/tun";
     guest_ns_ = new_netns();
     host_ns_ = new_netns();
@@ -116,61 +110,33 @@ class TapGuestRig {
     if (!tap) return "cannot create a tap: " + error_string(tap.error());
     tap_fd_ = *tap;
 
-    DpdkPoolConfig pc;
-    pc.name = "tg";
-    pc.packets = 2047;
-    pc.attachments = 2047;
-    pc.cache = 0;
-    auto pool = dpdk()->create_pool(pc);
-    if (!pool) return "pool";
-    pool_ = std::move(*pool);
+    pool_ = test::test_pool("tg");
+    if (!pool_) return "pool";
     // Probing net_tap from inside the host namespace creates vif23.0 there
     // (what net_iperf.sh does by moving the interface).
     DpdkPortConfig portc;
     portc.devargs = "net_tap_xptg" + std::to_string(getpid() % 100000) + ",iface=vif23.0";
     Result<std::unique_ptr<PacketPort>> port = unexpected(EINVAL);
-    if (!in_netns(host_ns_, [&] { port = dpdk()->open_port(*pool_, portc); }) || !port) return "net_tap port";
+    if (!in_netns(host_ns_, [&] { port = test::test_dpdk()->open_port(*pool_, portc); }) || !port) return "net_tap port";
     port_ = std::move(*port);
 
-    auto g = hv_.create_domain(kGuest, 2048, "tapguest");
-    if (!g) return "domain";
-    Reactor::Options ro;
-    ro.name = "tap-test";
-    ro.uring_entries = 0;
-    auto r = Reactor::create(ro);
-    if (!r) return "reactor";
-    reactor_ = std::move(*r);
-    if (!reactor_->start()) return "reactor start";
-    auto gt = hv_.open_grant_table(kDom0);
-    auto ev = hv_.open_event_channel(kDom0);
-    auto gev = hv_.open_event_channel(kGuest);
-    if (!gt || !ev || !gev) return "handles";
-    auto w = NetWorker::create(*reactor_, std::move(*gt), std::move(*ev));
-    if (!w) return "worker";
-    worker_ = std::move(*w);
-    guest_evtchn_ = std::move(*gev);
-    auto f = sim::SimNetfront::create(**g, *guest_evtchn_, {});
+    auto f = sim::SimNetfront::create(guest(), guest_evtchn(), {});
     if (!f) return "netfront";
     front_ = std::move(*f);
-    VifQueue::Config c;
-    c.frontend = kGuest;
-    c.tx_ring_ref = front_->tx_ring_ref();
-    c.rx_ring_ref = front_->rx_ring_ref();
-    c.tx_remote_port = front_->tx_port();
-    c.rx_remote_port = front_->rx_port();
+    VifQueue::Config c = sim::vif_queue_config(*front_, kGuest);
     c.port = port_.get();
     c.pool = pool_.get();
     c.rx_csum_offload = offloads_;
     c.rx_gso_tcpv4 = c.rx_gso_tcpv6 = offloads_;
     c.port_poll = std::chrono::microseconds(200);
     Status st = ok();
-    reactor_->call([&] {
-      auto q = VifQueue::start(*worker_, c, stats_);
+    reactor().call([&] {
+      auto q = VifQueue::start(worker(), c, stats_);
       if (q) queue_ = std::move(*q);
       else st = unexpected(q.error());
     });
     if (!st) return "queue: " + error_string(st.error());
-    guest_ = std::make_unique<sim::SimTapGuest>(*front_, *guest_evtchn_, tap_fd_, offloads_);
+    guest_ = std::make_unique<sim::SimTapGuest>(*front_, guest_evtchn(), tap_fd_, offloads_);
     tap_fd_ = -1;
     if (!configure(host_ns_, "vif23.0", "10.77.0.1") || !configure(guest_ns_, "xpg0", "10.77.0.2")) {
       return "cannot configure addresses";
@@ -186,25 +152,17 @@ class TapGuestRig {
   ~TapGuestRig() {
     stop_.store(true);
     if (runner_.joinable()) runner_.join();
-    if (queue_) {
-      for (int i = 0; i < 2000; ++i) {
-        Status st;
-        reactor_->call([&] { st = queue_->stop(); });
-        if (st) break;
-        (void)guest_->step();
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      }
-      reactor_->call([&] { queue_.reset(); });
-    }
+    stop_queue(queue_, 2000, [this] {
+      (void)guest_->step();
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    });
     guest_.reset();
     front_.reset();
-    worker_.reset();
-    if (reactor_) reactor_->stop();
     port_.reset();
     if (pool_) {
       EXPECT_EQ(pool_->in_use(), 0u) << "packet buffers leaked";
     }
-    EXPECT_EQ(hv_.counters().mapped_pages_live.load(), 0u) << "grant mappings leaked";
+    EXPECT_EQ(live_maps(), 0u) << "grant mappings leaked";
     if (tap_fd_ >= 0) ::close(tap_fd_);
     if (guest_ns_ >= 0) ::close(guest_ns_);
     if (host_ns_ >= 0) ::close(host_ns_);
@@ -214,12 +172,8 @@ class TapGuestRig {
   int guest_ns_ = -1;
   int host_ns_ = -1;
   int tap_fd_ = -1;
-  sim::SimHypervisor hv_;
   std::unique_ptr<PacketPool> pool_;
   std::unique_ptr<PacketPort> port_;
-  std::unique_ptr<Reactor> reactor_;
-  std::unique_ptr<NetWorker> worker_;
-  std::unique_ptr<EventChannel> guest_evtchn_;
   std::unique_ptr<sim::SimNetfront> front_;
   VifQueueStats stats_;
   std::unique_ptr<VifQueue> queue_;

@@ -15,26 +15,18 @@
 #include <thread>
 #include <vector>
 
+#include "tests/fixtures/eventually.h"
+
 namespace xenpath {
 namespace {
 
 using namespace std::chrono_literals;
+using test::eventually;
 
 std::unique_ptr<Reactor> make_reactor(Reactor::Options o = {}) {
   auto r = Reactor::create(o);
   EXPECT_TRUE(r) << error_string(r.error());
   return r ? std::move(*r) : nullptr;
-}
-
-// Waits (bounded) for a condition set by another thread.
-template <typename F>
-bool eventually(F&& f, std::chrono::milliseconds limit = 5s) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (!f()) {
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
 }
 
 class IdlePoller : public Poller {

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/reactor.h"
+#include "tests/fixtures/eventually.h"
 #include "sim/echo_device.h"
 #include "sim/sim_host.h"
 #include "sim/sim_toolstack.h"
@@ -29,19 +30,13 @@ namespace xenpath::sim {
 namespace {
 
 using namespace std::chrono_literals;
+using test::eventually;
+
+// How long a backend state change may take here.
+constexpr std::chrono::milliseconds kWait = 3000ms;
 using ::testing::StartsWith;
 
 constexpr std::string_view kEcho = "echo";
-
-template <typename F>
-bool eventually(F&& cond, std::chrono::milliseconds limit = 3000ms) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!cond()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
 
 class XenbusLifecycleTest : public ::testing::Test {
  protected:
@@ -166,7 +161,7 @@ class XenbusLifecycleTest : public ::testing::Test {
     return v ? *v : "<" + error_string(v.error()) + ">";
   }
   bool backend_becomes(DomId fe, uint32_t devid, XenbusState s) {
-    return eventually([&] { return backend_state(fe, devid) == state_value(s); });
+    return eventually([&] { return backend_state(fe, devid) == state_value(s); }, kWait);
   }
   uint64_t mapped() { return host->counters().mapped_pages_live.load(); }
   size_t watches() { return host->xenstored().watch_count(); }
@@ -254,7 +249,7 @@ TEST_F(XenbusLifecycleTest, FrontendCloseReleasesEveryMappingChannelAndWatch) {
 
   // Then the toolstack removes it: every watch of it goes.
   ASSERT_TRUE(tools->remove_device(kEcho, 5, 0, kDom0, 2000ms));
-  ASSERT_TRUE(eventually([&] { return devices() == 1; }));
+  ASSERT_TRUE(eventually([&] { return devices() == 1; }, kWait));
   drop_frontend(5, 0);
   drop_frontend(6, 0);
   EXPECT_EQ(watches(), base_watches + driver_watches + 1 /*device 6/0*/);
@@ -275,7 +270,7 @@ TEST_F(XenbusLifecycleTest, CooperativeRemoveAsLibxl) {
   ASSERT_TRUE(saw) << error_string(saw.error());
   EXPECT_TRUE(closed) << error_string(closed.error());
   EXPECT_TRUE(removed) << error_string(removed.error());
-  ASSERT_TRUE(eventually([&] { return devices() == 0; }));
+  ASSERT_TRUE(eventually([&] { return devices() == 0; }, kWait));
   EXPECT_EQ(mapped(), 0u);
   EXPECT_EQ(worker_queues(), 0u);
   EXPECT_EQ(tools_xs->read(kXsNoTxn, be(5, 0)).error(), ENOENT);
@@ -310,7 +305,7 @@ TEST_F(XenbusLifecycleTest, HotUnplugReleasesWithoutTheGuest) {
   auto& g = connect(5, 1);
   expect_echo(f, 10);
   ASSERT_TRUE(tools->force_remove(kEcho, 5, 0, kDom0));
-  ASSERT_TRUE(eventually([&] { return devices() == 1; }));
+  ASSERT_TRUE(eventually([&] { return devices() == 1; }, kWait));
   EXPECT_EQ(mapped(), 1u);
   EXPECT_EQ(worker_queues(), 1u);
   EXPECT_TRUE(f.release()) << "the grant is no longer mapped";
@@ -327,7 +322,7 @@ TEST_F(XenbusLifecycleTest, GuestDeathReleasesEverything) {
   ASSERT_TRUE(host->destroy_domain(5));
   frontends[{5, 0}]->abandon();
   frontends[{5, 1}]->abandon();
-  ASSERT_TRUE(eventually([&] { return devices() == 1; }));
+  ASSERT_TRUE(eventually([&] { return devices() == 1; }, kWait));
   EXPECT_EQ(mapped(), 1u);
   EXPECT_EQ(worker_queues(), 1u);
   EXPECT_EQ(backend_state(5, 0), "6") << "Closed, for the toolstack's remove";
@@ -350,7 +345,7 @@ TEST_F(XenbusLifecycleTest, GarbageStateClosesThatDeviceOnly) {
   auto err = tools_xs->read(kXsNoTxn, be(5, 0) + "/error");
   ASSERT_TRUE(err);
   EXPECT_THAT(*err, StartsWith("22 "));
-  ASSERT_TRUE(eventually([&] { return mapped() == 1; }));
+  ASSERT_TRUE(eventually([&] { return mapped() == 1; }, kWait));
   EXPECT_EQ(driver->stats().protocol_errors.get(), 1u);
   expect_echo(good, 100);
   EXPECT_TRUE(bad.release());
@@ -414,7 +409,7 @@ TEST_F(XenbusLifecycleTest, RingOverrunHaltsTheQueueAndClosesTheDevice) {
   ASSERT_TRUE(bad.kick());
   ASSERT_TRUE(backend_becomes(5, 0, XenbusState::kClosing));
   EXPECT_THAT(*tools_xs->read(kXsNoTxn, be(5, 0) + "/error"), StartsWith(std::to_string(EPROTO) + " "));
-  ASSERT_TRUE(eventually([&] { return mapped() == 1; }));
+  ASSERT_TRUE(eventually([&] { return mapped() == 1; }, kWait));
   expect_echo(good, 50);
   EXPECT_TRUE(bad.release());
 }

@@ -1,6 +1,7 @@
-// Test helpers: Ethernet/IPv4/IPv6/TCP/UDP frames built and checked byte by
-// byte, independently of the adapter's own checksum code (a shared bug must
-// not make both sides agree).
+// Ethernet/IPv4/IPv6/TCP/UDP frames built and checked byte by byte, for the
+// simulated guests and wires of the tests, fuzzers and benchmarks. Written
+// independently of the backend's own checksum code (a shared bug must not
+// make both sides agree). Pure functions: any thread, no guest memory.
 #pragma once
 
 #include <cstddef>
@@ -9,7 +10,7 @@
 #include <string>
 #include <vector>
 
-namespace xenpath::nettest {
+namespace xenpath::sim::frames {
 
 inline constexpr size_t kEthLen = 14;
 inline constexpr size_t kIp4Len = 20;
@@ -214,4 +215,4 @@ inline ParsedFrame parse_frame(const std::vector<uint8_t>& f) {
   return r;
 }
 
-}  // namespace xenpath::nettest
+}  // namespace xenpath::sim::frames
