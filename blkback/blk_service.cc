@@ -22,10 +22,7 @@ Result<std::unique_ptr<BlkbackService>> BlkbackService::create(BackendDaemon& da
   try {
     std::unique_ptr<BlkbackService> s(new BlkbackService());
     s->type_name_ = opts.type_name;
-    for (Reactor* r : daemon.workers()) {
-      XP_ASSIGN_OR_RETURN(auto w, BlkWorker::create(*r, daemon.platform()));
-      s->workers_.push_back(std::move(w));
-    }
+    XP_TRY(s->workers_.open(daemon.workers(), daemon.platform()));
     BackendDaemon* d = &daemon;
     XP_TRY(daemon.add_type(std::make_unique<VbdDeviceType>(
         s->workers(), opts, [d](const DeviceAddress& a, int err) { d->report_device_error(a, err); })));
@@ -35,24 +32,6 @@ Result<std::unique_ptr<BlkbackService>> BlkbackService::create(BackendDaemon& da
   } catch (...) {
     return unexpected(ENOMEM);
   }
-}
-
-std::vector<BlkWorker*> BlkbackService::workers() const {
-  std::vector<BlkWorker*> v;
-  for (const auto& w : workers_) v.push_back(w.get());
-  return v;
-}
-
-uint64_t BlkbackService::mapped_pages() const noexcept {
-  uint64_t n = 0;
-  for (const auto& w : workers_) n += w->grant_table().mapped_pages();
-  return n;
-}
-
-uint64_t BlkbackService::bound_ports() const noexcept {
-  uint64_t n = 0;
-  for (const auto& w : workers_) n += w->queues();
-  return n;
 }
 
 void BlkbackService::add_stats(nlohmann::json& j, const BackendDriver& driver) const {

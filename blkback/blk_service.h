@@ -41,10 +41,10 @@ class BlkbackService {
   BlkbackService& operator=(const BlkbackService&) = delete;
 
   [[nodiscard]] std::string_view type_name() const noexcept { return type_name_; }
-  [[nodiscard]] std::vector<BlkWorker*> workers() const;
+  [[nodiscard]] std::vector<BlkWorker*> workers() const { return workers_.get(); }
   // Grant pages the workers have mapped now; event channels bound to queues.
-  [[nodiscard]] uint64_t mapped_pages() const noexcept;
-  [[nodiscard]] uint64_t bound_ports() const noexcept;
+  [[nodiscard]] uint64_t mapped_pages() const noexcept { return workers_.mapped_pages(); }
+  [[nodiscard]] uint64_t bound_ports() const noexcept { return workers_.bound_ports(); }
 
   // The stats document's blkback part: totals and one entry per VBD.
   // Control thread (it walks the driver's devices).
@@ -52,7 +52,7 @@ class BlkbackService {
 
  private:
   BlkbackService() noexcept = default;
-  std::vector<std::unique_ptr<BlkWorker>> workers_;
+  XenWorkerSet workers_;
   std::string type_name_;
 };
 

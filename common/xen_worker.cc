@@ -93,4 +93,34 @@ void XenRingPoller::stop_polling() noexcept {
   polling_ = false;
 }
 
+Status XenWorkerSet::open(const std::vector<Reactor*>& reactors, XenPlatform& platform) noexcept {
+  try {
+    for (Reactor* r : reactors) {
+      XP_ASSIGN_OR_RETURN(auto w, XenWorker::create(*r, platform));
+      workers_.push_back(std::move(w));
+    }
+    return ok();
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
+}
+
+std::vector<XenWorker*> XenWorkerSet::get() const {
+  std::vector<XenWorker*> v;
+  for (const auto& w : workers_) v.push_back(w.get());
+  return v;
+}
+
+uint64_t XenWorkerSet::mapped_pages() const noexcept {
+  uint64_t n = 0;
+  for (const auto& w : workers_) n += w->grant_table().mapped_pages();
+  return n;
+}
+
+uint64_t XenWorkerSet::bound_ports() const noexcept {
+  uint64_t n = 0;
+  for (const auto& w : workers_) n += w->queues();
+  return n;
+}
+
 }  // namespace xenpath

@@ -18,9 +18,11 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <utility>
 #include <unordered_map>
+#include <vector>
 
 #include "common/reactor.h"
 #include "common/result.h"
@@ -68,6 +70,22 @@ class XenWorker {
   std::unique_ptr<EventChannel> evtchn_;
   std::unordered_map<EvtchnPort, EvtchnTarget*> ports_;
   bool watching_ = false;
+};
+
+// The XenWorkers of a backend service: one per worker reactor of its
+// daemon, in the daemon's order. Owned by the daemon's owning thread; the
+// workers go after the reactors stopped.
+class XenWorkerSet {
+ public:
+  // A XenWorker (its own grant-table and event-channel handles) on each reactor.
+  Status open(const std::vector<Reactor*>& reactors, XenPlatform& platform) noexcept;
+  [[nodiscard]] std::vector<XenWorker*> get() const;
+  // Grant pages mapped through them now; local ports bound to targets.
+  [[nodiscard]] uint64_t mapped_pages() const noexcept;
+  [[nodiscard]] uint64_t bound_ports() const noexcept;
+
+ private:
+  std::vector<std::unique_ptr<XenWorker>> workers_;
 };
 
 // One interdomain event channel a ring poller binds on its worker, routed to

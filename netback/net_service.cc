@@ -101,16 +101,13 @@ Result<std::unique_ptr<NetbackService>> NetbackService::create(BackendDaemon& da
     std::unique_ptr<NetbackService> s(new NetbackService());
     s->type_name_ = opts.vif.type_name;
     XP_ASSIGN_OR_RETURN(s->env_, init_dpdk(opts));
-    DpdkPoolConfig pc;
-    pc.name = "netback";
-    XP_ASSIGN_OR_RETURN(s->pool_, s->env_->create_pool(pc));
+    XP_ASSIGN_OR_RETURN(s->pool_, s->env_->create_pool(opts.pool));
     for (Reactor* r : daemon.workers()) {
       Status reg = ok();
       r->call([&] { reg = s->env_->register_thread(); });
       if (!reg) spdlog::warn("worker {}: no DPDK lcore ({}): pool caches unused", r->name(), error_string(reg.error()));
-      XP_ASSIGN_OR_RETURN(auto w, NetWorker::create(*r, daemon.platform()));
-      s->workers_.push_back(std::move(w));
     }
+    XP_TRY(s->workers_.open(daemon.workers(), daemon.platform()));
     VifPortFactory ports = opts.ports;
     if (!ports) {
       const std::string tmpl = opts.port_template.empty() ? std::string(kDefaultVifDevargs) : opts.port_template;
@@ -137,18 +134,6 @@ Result<std::unique_ptr<NetbackService>> NetbackService::create(BackendDaemon& da
   } catch (...) {
     return unexpected(ENOMEM);
   }
-}
-
-std::vector<NetWorker*> NetbackService::workers() const {
-  std::vector<NetWorker*> v;
-  for (const auto& w : workers_) v.push_back(w.get());
-  return v;
-}
-
-uint64_t NetbackService::mapped_pages() const noexcept {
-  uint64_t n = 0;
-  for (const auto& w : workers_) n += w->grant_table().mapped_pages();
-  return n;
 }
 
 void NetbackService::add_stats(nlohmann::json& j, const BackendDriver& driver) const {

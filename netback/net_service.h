@@ -37,6 +37,8 @@ struct NetbackOptions {
   // Set: every VIF's port comes from here instead of the template (the
   // simulated host's loopback wire).
   VifPortFactory ports;
+  // The one packet pool every VIF's queues share.
+  DpdkPoolConfig pool{.name = "netback"};
 };
 
 class NetbackService {
@@ -58,9 +60,9 @@ class NetbackService {
   [[nodiscard]] std::string_view type_name() const noexcept { return type_name_; }
   [[nodiscard]] DpdkEnv& env() noexcept { return *env_; }
   [[nodiscard]] PacketPool& pool() noexcept { return *pool_; }
-  [[nodiscard]] std::vector<NetWorker*> workers() const;
+  [[nodiscard]] std::vector<NetWorker*> workers() const { return workers_.get(); }
   // Grant pages the workers have mapped now.
-  [[nodiscard]] uint64_t mapped_pages() const noexcept;
+  [[nodiscard]] uint64_t mapped_pages() const noexcept { return workers_.mapped_pages(); }
 
   // The stats document's netback part: totals and one entry per VIF.
   // Control thread (it walks the driver's devices).
@@ -71,7 +73,7 @@ class NetbackService {
 
   DpdkEnv* env_ = nullptr;  // process-wide
   std::unique_ptr<PacketPool> pool_;
-  std::vector<std::unique_ptr<NetWorker>> workers_;
+  XenWorkerSet workers_;
   std::string type_name_;
 };
 

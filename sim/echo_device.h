@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "common/reactor.h"
+#include "common/ring_types.h"
 #include "common/xen_worker.h"
 #include "sim/front_ring.h"
 #include "sim/sim_host.h"
@@ -57,13 +58,7 @@ struct echo_response {
 DEFINE_RING_TYPES(echo, struct echo_request, struct echo_response);
 
 // Ring traits for BackRing<>/SimFrontRing<>.
-struct EchoRing {
-  using Sring = echo_sring;
-  using BackRing = echo_back_ring;
-  using FrontRing = echo_front_ring;
-  using Request = echo_request;
-  using Response = echo_response;
-};
+using EchoRing = RingTypes<echo_sring, echo_back_ring, echo_front_ring, echo_request, echo_response>;
 
 inline constexpr uint64_t kEchoReservedValue = UINT64_MAX;
 inline constexpr int32_t kEchoStatusOk = 0;

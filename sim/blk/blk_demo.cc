@@ -29,6 +29,7 @@
 #include "sim/blk/sim_blkfront.h"
 #include "sim/blk/sim_blkhost.h"
 #include "sim/blk/sim_blkload.h"
+#include "sim/sim_demo.h"
 #include "sim/sim_host.h"
 #include "sim/sim_toolstack.h"
 #include "sim/sim_xenbus_frontend.h"
@@ -149,13 +150,9 @@ void run_guest(SimHost& h, DomId domid, std::vector<GuestVbd*> mine, const BlkDe
 }  // namespace
 
 int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoOptions& opt) {
-  auto host = SimHost::create({});
-  if (!host) {
-    spdlog::critical("simulated host: {}", error_string(host.error()));
-    return 2;
-  }
-  SimHost& h = **host;
-  auto platform = make_sim_platform(h);
+  auto demo = SimDemoHost::create();
+  if (!demo) return 2;
+  SimHost& h = (*demo)->host();
 
   // Images: one raw file per VBD, preallocated (zeros) so the I/O hits the disk.
   std::filesystem::path dir = opt.image_dir;
@@ -174,7 +171,7 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
   const uint64_t image_bytes = opt.image_mib << 20;
 
   ServedDaemon<BlkbackService> bb;
-  if (auto st = bb.start(*platform, cli.daemon, vbd); !st) {
+  if (auto st = bb.start((*demo)->platform(), cli.daemon, vbd); !st) {
     spdlog::critical("cannot start: {}", error_string(st.error()));
     return 2;
   }
@@ -186,13 +183,11 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
              opt.guests, opt.vbds, opt.block_size / 1024, opt.queue_depth, opt.read_percent,
              opt.verify ? ", every byte verified" : "", dir.string(), h.xenstored_path());
 
-  auto tool_xs = h.open_xenstore(kDom0);
-  if (!tool_xs) return 2;
-  SimToolstack tool(**tool_xs);
+  SimToolstack& tool = (*demo)->tool();
+  if (!(*demo)->create_guests(opt.guests, 32768)) return 2;
   std::vector<std::unique_ptr<GuestVbd>> vbds;
   for (unsigned g = 0; g < opt.guests; ++g) {
-    const DomId domid = static_cast<DomId>(g + 1);
-    if (!h.create_domain(domid, 32768, fmt::format("guest{}", domid))) return 2;
+    const DomId domid = SimDemoHost::guest_id(g);
     for (unsigned i = 0; i < opt.vbds; ++i) {
       auto v = std::make_unique<GuestVbd>();
       v->domid = domid;

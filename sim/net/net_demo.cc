@@ -25,6 +25,7 @@
 #include "common/reactor.h"
 #include "netback/net_service.h"
 #include "sim/net/sim_netfront.h"
+#include "sim/sim_demo.h"
 #include "sim/sim_host.h"
 #include "sim/sim_toolstack.h"
 #include "sim/sim_xenbus_frontend.h"
@@ -169,13 +170,9 @@ void run_guest(SimHost& h, GuestLoad& load) {
 }  // namespace
 
 int run_netback_demo(const DaemonCli& cli, NetbackOptions nopt, const NetDemoOptions& opt) {
-  auto h = SimHost::create({});
-  if (!h) {
-    spdlog::critical("simulated host: {}", error_string(h.error()));
-    return 2;
-  }
-  SimHost& host = **h;
-  auto platform = make_sim_platform(host);
+  auto demo = SimDemoHost::create();
+  if (!demo) return 2;
+  SimHost& host = (*demo)->host();
   fmt::print("xenpath-netback on the simulated host (xenstored: {})\n", host.xenstored_path());
   // Without a --port-template, each VIF's port is one end of a net_ring
   // pair whose other end the loopback wire owns (one queue per VIF).
@@ -204,17 +201,15 @@ int run_netback_demo(const DaemonCli& cli, NetbackOptions nopt, const NetDemoOpt
     nopt.vif.max_queues = 1;
     wire->start();
   }
-  if (auto st = nb.start(*platform, cli.daemon, nopt); !st) {
+  if (auto st = nb.start((*demo)->platform(), cli.daemon, nopt); !st) {
     spdlog::critical("cannot start: {}", error_string(st.error()));
     return 2;
   }
-  auto t = host.open_xenstore(kDom0);
-  if (!t) return 2;
-  SimToolstack tool(**t);
+  SimToolstack& tool = (*demo)->tool();
+  if (!(*demo)->create_guests(opt.guests, 4096)) return 2;
   std::vector<std::unique_ptr<GuestLoad>> loads;
   for (unsigned g = 0; g < opt.guests; ++g) {
-    const DomId domid = static_cast<DomId>(g + 1);
-    if (!host.create_domain(domid, 4096, fmt::format("guest{}", domid))) return 2;
+    const DomId domid = SimDemoHost::guest_id(g);
     const std::string mac = fmt::format("00:16:3e:00:00:{:02x}", domid & 0xff);
     if (auto r = tool.add_device("vif", domid, 0, kDom0,
                                  {{"mac", mac}, {"handle", "0"}, {"script", "/bin/true"}, {"type", "vif"}},

@@ -97,6 +97,9 @@ class NetVifDevice : public ::testing::Test, public test::SimBackendRig<NetbackS
     if (vo.max_queues == 0) vo.max_queues = 2;
     vo.drain_timeout = 2000ms;
     no.vif = vo;
+    // A test moves a few packets: a small pool is quicker to make and free.
+    no.pool.packets = 2047;
+    no.pool.attachments = 2047;
     no.ports = [this](const DeviceAddress& a, uint16_t queues) -> Result<std::unique_ptr<PacketPort>> {
       std::vector<std::unique_ptr<PacketPort>> vif_side;
       std::vector<std::unique_ptr<PacketPort>> wire_side;

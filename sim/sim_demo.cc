@@ -1,0 +1,42 @@
+#include "sim/sim_demo.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+namespace xenpath::sim {
+
+Result<std::unique_ptr<SimDemoHost>> SimDemoHost::create(const SimHost::Options& opts) noexcept {
+  try {
+    std::unique_ptr<SimDemoHost> d(new SimDemoHost());
+    auto host = SimHost::create(opts);
+    if (!host) {
+      spdlog::critical("simulated host: {}", error_string(host.error()));
+      return unexpected(host.error());
+    }
+    d->host_ = std::move(*host);
+    d->platform_ = make_sim_platform(*d->host_);
+    auto xs = d->host_->open_xenstore(kDom0);
+    if (!xs) {
+      spdlog::critical("toolstack xenstore: {}", error_string(xs.error()));
+      return unexpected(xs.error());
+    }
+    d->tool_xs_ = std::move(*xs);
+    d->tool_ = std::make_unique<SimToolstack>(*d->tool_xs_);
+    return d;
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
+}
+
+Status SimDemoHost::create_guests(unsigned n, uint32_t pages) noexcept {
+  for (unsigned g = 0; g < n; ++g) {
+    const DomId domid = guest_id(g);
+    if (auto dom = host_->create_domain(domid, pages, fmt::format("guest{}", domid)); !dom) {
+      spdlog::critical("guest {}: {}", domid, error_string(dom.error()));
+      return unexpected(dom.error());
+    }
+  }
+  return ok();
+}
+
+}  // namespace xenpath::sim

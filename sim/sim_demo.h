@@ -1,0 +1,38 @@
+// SimDemoHost: what every xenpath-sim run (blkback, netback, the echo demo)
+// starts from: a simulated host, the platform a daemon on it uses, and a
+// libxl-like toolstack in dom0 that creates guests and plugs their devices.
+//
+// Threads: the owning (main) thread; guests' own threads use host().
+#pragma once
+
+#include <memory>
+
+#include "common/result.h"
+#include "common/xen/platform.h"
+#include "sim/sim_host.h"
+#include "sim/sim_toolstack.h"
+
+namespace xenpath::sim {
+
+class SimDemoHost {
+ public:
+  // Logs what failed (the runs' callers just exit 2).
+  static Result<std::unique_ptr<SimDemoHost>> create(const SimHost::Options& opts = {}) noexcept;
+
+  [[nodiscard]] SimHost& host() noexcept { return *host_; }
+  [[nodiscard]] XenPlatform& platform() noexcept { return *platform_; }
+  [[nodiscard]] SimToolstack& tool() noexcept { return *tool_; }
+
+  // Guests 1..n, named guest<domid>, `pages` of memory each.
+  Status create_guests(unsigned n, uint32_t pages) noexcept;
+  static DomId guest_id(unsigned i) noexcept { return static_cast<DomId>(i + 1); }
+
+ private:
+  SimDemoHost() noexcept = default;
+  std::unique_ptr<SimHost> host_;
+  std::unique_ptr<XenPlatform> platform_;
+  std::unique_ptr<XenStore> tool_xs_;
+  std::unique_ptr<SimToolstack> tool_;
+};
+
+}  // namespace xenpath::sim
