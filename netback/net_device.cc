@@ -255,6 +255,13 @@ Status VifDevice::connect() noexcept {
   } catch (...) {
     return unexpected(ENOMEM);
   }
+  // One multicast list per VIF, whichever queue the guest's requests come on.
+  std::shared_ptr<VifMulticast> multicast;
+  try {
+    multicast = std::make_shared<VifMulticast>();
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
   // With a control ring and several queues, the guest's hash mapping may
   // send a flow received on one queue to another: one inbox per queue.
   std::vector<SteerInbox*> inboxes;
@@ -303,19 +310,7 @@ Status VifDevice::connect() noexcept {
     c.rx_drain_timeout = drain;
     c.rx_stall_timeout = stall;
     c.queue_index = static_cast<uint16_t>(i);
-    if (n > 1) {
-      // One multicast list per VIF: a change on one queue is replayed on
-      // the others (deterministically, so they agree on what was refused).
-      c.on_multicast = [sibs, i](uint8_t type, const MulticastFilter::Mac& addr) {
-        for (size_t k = 0; k < sibs->entries.size(); ++k) {
-          if (k == i) continue;
-          VifSiblings::Entry* e = &sibs->entries[k];
-          e->reactor->post([sibs, e, type, addr] {
-            if (e->alive) e->queue->apply_multicast(type, addr);
-          });
-        }
-      };
-    }
+    c.multicast = multicast;
     try {
       c.inboxes = inboxes;
       c.log_prefix = n == 1 ? log_.prefix() : fmt::format("{} {}/{} q{}: ", addr_.type, addr_.frontend_id, addr_.devid, i);
@@ -397,10 +392,9 @@ void VifDevice::disconnect() noexcept {
     queue_workers_[0]->reactor().call([&] { ctrl_.reset(); });
   }
   auto sibs = std::static_pointer_cast<VifSiblings>(siblings_);
-  // Halt every queue before destroying any: a halted queue consumes no
-  // more requests, so it posts no more multicast changes to its siblings;
-  // what it posted before is queued ahead of the destruction below on each
-  // sibling's reactor (their mailboxes are FIFO).
+  // Halt every queue before waiting for any: a halted queue consumes no
+  // more requests, and each gives back what it holds of the others' guest
+  // pages (packets looped back to it) before they are waited for.
   std::vector<bool> stopped(queues_.size(), false);
   for (size_t i = 0; i < queues_.size(); ++i) {
     if (!queues_[i]) continue;
