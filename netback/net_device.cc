@@ -128,18 +128,7 @@ Status VifDevice::read_frontend(XenStore& xs, XsTxn t) noexcept {
   const std::string& fe = addr_.frontend_path;
   VifFrontendConfig f;
   try {
-    uint32_t nqueues = 1;
-    auto nq = read_decimal<uint32_t>(xs, t, fe, "multi-queue-num-queues");
-    if (nq) {
-      nqueues = *nq;
-    } else if (nq.error() != ENOENT) {
-      log_.guest("malformed multi-queue-num-queues");
-      return unexpected(nq.error() == EINVAL ? EINVAL : nq.error());
-    }
-    if (nqueues == 0 || nqueues > max_queues_) {
-      log_.guest("guest requested {} queues, at most {} offered", nqueues, max_queues_);
-      return unexpected(EINVAL);
-    }
+    XP_ASSIGN_OR_RETURN(const uint32_t nqueues, read_queue_count(xs, t, fe, max_queues_, log_));
     f.queues.resize(nqueues);
     for (uint32_t q = 0; q < nqueues; ++q) {
       const std::string dir = nqueues == 1 ? fe : fmt::format("{}/queue-{}", fe, q);
@@ -317,26 +306,22 @@ Status VifDevice::connect() noexcept {
     } catch (...) {
       return unexpected(ENOMEM);
     }
-    Status st = unexpected(EIO);
-    VifQueueStats& stats = *stats_[i];
+    // Started on its worker; the control thread waits in call(), so the
+    // queue is recorded here before anything else can reach it.
+    Result<std::unique_ptr<VifQueue>> q = unexpected(EIO);
     w->reactor().call([&] {
-      auto q = VifQueue::start(*w, c, stats, [this](int err) {
+      q = VifQueue::start(*w, c, *stats_[i], [this](int err) {
         // On the worker: the driver moves the device to Closing.
         if (sink_) sink_(addr_, err);
       });
-      if (q) {
-        queues_[i] = std::move(*q);
-        sibs->entries[i].queue = queues_[i].get();
-        sibs->entries[i].alive = true;
-        st = ok();
-      } else {
-        st = unexpected(q.error());
-      }
+      if (q) sibs->entries[i] = {&w->reactor(), q->get(), true};
     });
-    if (!st) {
-      log_.guest("queue {}: cannot connect: {}", i, error_string(st.error()));
-      return st;  // the driver calls disconnect(), which stops the queues started so far
+    if (!q) {
+      // The driver calls disconnect(), which stops the queues started so far.
+      log_.guest("queue {}: cannot connect: {}", i, error_string(q.error()));
+      return unexpected(q.error());
     }
+    queues_[i] = std::move(*q);
   }
   if (front_.ctrl_ring) {
     NetWorker* w = queue_workers_[0];

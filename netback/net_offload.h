@@ -24,14 +24,10 @@
 
 namespace xenpath::offload {
 
-inline constexpr uint8_t kProtoTcp = 6;
-inline constexpr uint8_t kProtoUdp = 17;
+enum IpProto : uint8_t { kProtoTcp = 6, kProtoUdp = 17 };
+enum TcpFlag : uint8_t { kTcpFlagFin = 0x01, kTcpFlagPsh = 0x08, kTcpFlagAck = 0x10, kTcpFlagCwr = 0x80 };
 inline constexpr uint16_t kIpv4MinHeaderLen = 20;
 inline constexpr uint16_t kIpv6HeaderLen = 40;
-inline constexpr uint8_t kTcpFlagFin = 0x01;
-inline constexpr uint8_t kTcpFlagPsh = 0x08;
-inline constexpr uint8_t kTcpFlagAck = 0x10;
-inline constexpr uint8_t kTcpFlagCwr = 0x80;
 
 inline uint16_t load_be16(const uint8_t* p) noexcept { return static_cast<uint16_t>((p[0] << 8) | p[1]); }
 inline void store_be16(uint8_t* p, uint16_t v) noexcept {
@@ -163,13 +159,13 @@ struct GroFrame {
   uint32_t seq = 0;
   uint32_t payload = 0;
   uint16_t ip_id = 0;
-  uint16_t l2_len = 0;
-  uint16_t l4_len = 0;
-  uint16_t segments = 1;
   bool eligible = false;      // may join a group
   bool psh = false;           // ACK|PSH: joins, then ends its group
   bool barrier = false;       // an IPv4 fragment, or TCP/IPv4 whose headers cannot be read: ends every group
   bool l4_verified = false;   // its TCP checksum was checked good here (the receiver need not)
+  uint16_t l2_len = 0;
+  uint16_t l4_len = 0;
+  uint16_t segments = 1;
 };
 
 // Classifies one frame by Linux GRO's rules: only frames whose IPv4 and

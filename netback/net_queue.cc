@@ -1,6 +1,7 @@
 #include "netback/net_queue.h"
 
 #include <algorithm>
+#include <utility>
 
 namespace xenpath {
 
@@ -17,17 +18,7 @@ VifQueue::VifQueue(NetWorker& worker, const Config& config, VifQueueStats& stats
 
 Result<std::unique_ptr<VifQueue>> VifQueue::start(NetWorker& worker, const Config& config, VifQueueStats& stats,
                                                   HaltSink on_halt) noexcept {
-  std::unique_ptr<VifQueue> q;
-  try {
-    q.reset(new VifQueue(worker, config, stats, std::move(on_halt)));
-  } catch (...) {
-    return unexpected(ENOMEM);
-  }
-  if (auto st = q->init(); !st) {
-    q->teardown();
-    return unexpected(st.error());
-  }
-  return q;
+  return TwoPhaseStart::run<VifQueue>([&] { return new VifQueue(worker, config, stats, std::move(on_halt)); });
 }
 
 Status VifQueue::init() noexcept {
@@ -53,17 +44,10 @@ Status VifQueue::init() noexcept {
   XP_TRY(tx_.init());
   XP_TRY(rx_.init());
 
-  EventChannel& ev = core_.worker.event_channel();
-  XP_ASSIGN_OR_RETURN(tx_port_, ev.bind_interdomain(config.frontend, config.tx_remote_port));
-  tx_bound_ = true;
-  core_.worker.add_port(tx_port_, this);
-  if (config.rx_remote_port != config.tx_remote_port) {
-    XP_ASSIGN_OR_RETURN(rx_port_, ev.bind_interdomain(config.frontend, config.rx_remote_port));
-    rx_bound_ = true;
-    core_.worker.add_port(rx_port_, this);
-  } else {
-    rx_port_ = tx_port_;
-  }
+  // One channel for both rings unless the frontend split them.
+  shared_evtchn_ = config.rx_remote_port == config.tx_remote_port;
+  XP_TRY(tx_evtchn_.bind(core_.worker, config.frontend, config.tx_remote_port, this));
+  if (!shared_evtchn_) XP_TRY(rx_evtchn_.bind(core_.worker, config.frontend, config.rx_remote_port, this));
   std::chrono::microseconds period = config.port_poll;
   // With a receive wake-up the period only paces housekeeping; credit
   // replenish has its own exact timer (VifTxPath).
@@ -78,21 +62,11 @@ Status VifQueue::init() noexcept {
 }
 
 void VifQueue::teardown(bool keep_tx_pages) noexcept {
-  Reactor& reactor = core_.worker.reactor();
-  if (polling_) reactor.remove_poller(this);
-  polling_ = false;
-  if (have_timer_) reactor.cancel_timer(timer_);
-  have_timer_ = false;
-  EventChannel& ev = core_.worker.event_channel();
-  if (rx_bound_) {
-    core_.worker.remove_port(rx_port_);
-    (void)ev.unbind(rx_port_);
-  }
-  if (tx_bound_) {
-    core_.worker.remove_port(tx_port_);
-    (void)ev.unbind(tx_port_);
-  }
-  tx_bound_ = rx_bound_ = false;
+  // Nothing polls or wakes us any more, then each path lets go of the guest.
+  if (std::exchange(polling_, false)) core_.worker.reactor().remove_poller(this);
+  if (std::exchange(have_timer_, false)) core_.worker.reactor().cancel_timer(timer_);
+  rx_evtchn_.unbind();
+  tx_evtchn_.unbind();
   rx_.teardown();
   tx_.teardown(keep_tx_pages);
   stopped_ = true;
@@ -129,13 +103,13 @@ VifQueue::~VifQueue() {
 }
 
 void VifQueue::on_event(EvtchnPort local) noexcept {
-  if (local == tx_port_) {
+  if (tx_evtchn_.is(local)) {
     core_.stats.tx_ring.events_received.add();
-    masked_tx_ = true;
+    tx_evtchn_.reported();
   }
-  if (local == rx_port_ && rx_port_ != tx_port_) {
+  if (rx_evtchn_.is(local)) {
     core_.stats.rx_ring.events_received.add();
-    masked_rx_ = true;
+    rx_evtchn_.reported();
   }
 }
 
@@ -144,14 +118,10 @@ bool VifQueue::publish() noexcept {
   bool notify_rx = false;
   const bool any_tx = tx_.publish(notify_tx);
   const bool any_rx = rx_.publish(notify_rx);
-  EventChannel& ev = core_.worker.event_channel();
-  if (notify_tx && tx_bound_) (void)ev.notify(tx_port_);
+  if (notify_tx) tx_evtchn_.notify();
   if (notify_rx) {
-    if (rx_port_ == tx_port_) {
-      if (!notify_tx && tx_bound_) (void)ev.notify(tx_port_);  // one channel: one kick
-    } else if (rx_bound_) {
-      (void)ev.notify(rx_port_);
-    }
+    if (!shared_evtchn_) rx_evtchn_.notify();
+    else if (!notify_tx) tx_evtchn_.notify();  // one channel: one kick
   }
   return any_tx || any_rx;
 }
@@ -172,10 +142,8 @@ bool VifQueue::poll() noexcept {
 bool VifQueue::arm() noexcept {
   if (stopped_) return false;
   bool late = publish();
-  EventChannel& ev = core_.worker.event_channel();
-  if (masked_tx_ && tx_bound_) (void)ev.unmask(tx_port_);
-  if (masked_rx_ && rx_bound_) (void)ev.unmask(rx_port_);
-  masked_tx_ = masked_rx_ = false;
+  tx_evtchn_.unmask_reported();
+  rx_evtchn_.unmask_reported();
   rx_.update_wait_fd(core_.halted);
   // Dekker pair with the TX page free callback: either it sees us asleep
   // (and kicks the eventfd), or we see its bit here.

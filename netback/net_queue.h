@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "common/guest_channel.h"
 #include "common/reactor.h"
 #include "common/xen/event_channel.h"
 #include "netback/net_ctrl.h"
@@ -62,9 +63,6 @@ class VifQueue final : public Poller, public EvtchnTarget {
   VifQueue(const VifQueue&) = delete;
   VifQueue& operator=(const VifQueue&) = delete;
 
-  bool poll() noexcept override;
-  bool arm() noexcept override;
-  void on_event(EvtchnPort local) noexcept override;
   // Queue thread: the control ring's hash configuration (RX packets then
   // carry a HASH extra when the algorithm is Toeplitz); null for none.
   // The hash is always this VIF's own (its key, its types): a hash the
@@ -85,7 +83,14 @@ class VifQueue final : public Poller, public EvtchnTarget {
   [[nodiscard]] size_t rx_queued() const noexcept { return rx_.queued(); }
   [[nodiscard]] unsigned tx_pages_in_flight() const noexcept { return tx_.pages_in_flight(); }
 
+  // The reactor's and the worker's calls (queue thread): one iteration's
+  // work, the re-arm before sleeping, an event on one of our channels.
+  bool poll() noexcept override;
+  bool arm() noexcept override;
+  void on_event(EvtchnPort local) noexcept override;
+
  private:
+  friend struct TwoPhaseStart;
   VifQueue(NetWorker& worker, const Config& config, VifQueueStats& stats, HaltSink on_halt) noexcept;
   Status init() noexcept;
   // keep_tx_pages: abandon().
@@ -96,13 +101,10 @@ class VifQueue final : public Poller, public EvtchnTarget {
   VifTxPath tx_;
   VifRxPath rx_;
 
-  EvtchnPort tx_port_ = 0;
-  EvtchnPort rx_port_ = 0;
-  bool tx_bound_ = false;
-  bool rx_bound_ = false;
+  GuestEvtchn tx_evtchn_;
+  GuestEvtchn rx_evtchn_;  // unbound when the rings share tx_evtchn_
+  bool shared_evtchn_ = true;
   bool polling_ = false;
-  bool masked_tx_ = false;
-  bool masked_rx_ = false;
   bool stopped_ = false;
   Reactor::TimerId timer_ = 0;
   bool have_timer_ = false;

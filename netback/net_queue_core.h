@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/log.h"
@@ -19,6 +20,7 @@
 #include "common/ring_types.h"
 #include "common/stats.h"
 #include "common/xen_worker.h"
+#include "common/xen/grant_table.h"
 #include "common/xen/types.h"
 #include "netback/net_ctrl.h"
 #include "netback/net_protocol_tx.h"
@@ -37,14 +39,14 @@ struct SteeredRx {
   unsigned n = 0;
 
   SteeredRx() noexcept = default;
-  SteeredRx(SteeredRx&& o) noexcept : pkts(o.pkts), hashes(o.hashes), n(o.n) { o.n = 0; }
+  // A moved-from batch owns nothing (its count is what it owns).
+  SteeredRx(SteeredRx&& o) noexcept : pkts(o.pkts), hashes(o.hashes), n(std::exchange(o.n, 0)) {}
   SteeredRx& operator=(SteeredRx&& o) noexcept {
     if (this != &o) {
       release();
       pkts = o.pkts;
       hashes = o.hashes;
-      n = o.n;
-      o.n = 0;
+      n = std::exchange(o.n, 0);
     }
     return *this;
   }
@@ -153,7 +155,8 @@ struct VifQueueConfig {
   std::chrono::milliseconds rx_stall_timeout{60'000};
   // The VIF's multicast list (one per VIF, as Linux keeps it), shared by
   // its queues: a guest's MCAST_ADD/DEL on any queue's TX ring goes there,
-  // and every queue's RX filters against it. Null: the queue makes its own.
+  // and every queue's RX filters against it. Null: VifQueue::start makes
+  // the queue its own.
   std::shared_ptr<VifMulticast> multicast;
   // Multi-queue VIFs: every queue's inbox, by queue index (this queue is
   // `queue_index`). Once the guest set a hash mapping, a received packet
@@ -164,6 +167,26 @@ struct VifQueueConfig {
   uint16_t queue_index = 0;
   std::string log_prefix = "vif: ";
 };
+// A burst's grant copies and, for each, the packet of the burst it fills
+// (sized at start; the datapath never allocates).
+struct BurstCopies {
+  std::vector<GrantCopySegment> segs;
+  std::vector<uint16_t> owner;
+  void resize(size_t n) {
+    segs.resize(n);
+    owner.resize(n);
+  }
+};
+
+// Pushes the responses a path made to its ring since the last call, one
+// flush per ring per iteration: true if there were any (`pending` is
+// cleared), `notify` whether the frontend asked for an event.
+template <typename Ring>
+bool flush_responses(Ring& ring, bool& pending, bool& notify) noexcept {
+  notify = pending && ring.flush();
+  return std::exchange(pending, false);
+}
+
 // Called on the queue's thread when the frontend misbehaved (the queue is
 // halted for good).
 using VifHaltSink = std::function<void(int error)>;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "common/guest_channel.h"
 #include "common/xen/platform.h"
 
 namespace xenpath {
@@ -21,18 +22,9 @@ VifRxPath::~VifRxPath() = default;
 
 Status VifRxPath::init() noexcept {
   const VifQueueConfig& config = core_.config;
-  auto m = core_.worker.grant_table().map(config.frontend, {&config.rx_ring_ref, 1}, /*writable=*/true);
-  if (!m) {
-    core_.log.guest("cannot map the RX ring: {}", error_string(m.error()));
-    return unexpected(m.error());
-  }
-  ring_map_ = std::move(*m);
-  if (auto st = ring_.attach(ring_map_.data(), kPageSize, &core_.stats.rx_ring); !st) {
-    core_.log.guest("bad RX ring: {}", error_string(st.error()));
-    return st;
-  }
+  XP_TRY(map_guest_ring(core_.worker, config.frontend, {&config.rx_ring_ref, 1}, ring_map_, ring_,
+                        &core_.stats.rx_ring, core_.log, "RX"));
   try {
-    multicast_ = config.multicast ? config.multicast : std::make_shared<VifMulticast>();
     carry_.resize(ring_.size());
     pkts_.resize(config.rx_backlog);
     info_.resize(config.rx_backlog);
@@ -41,9 +33,8 @@ Status VifRxPath::init() noexcept {
       steer_out_.resize(config.inboxes.size());
     }
     copies_.resize(static_cast<size_t>(ring_.size()) * 2 + kMaxRxSegs);
-    copy_owner_.resize(copies_.size());
     rsps_.resize(ring_.size());
-    batch_ = std::make_unique<RxBatch>(copies_, copy_owner_, rsps_);
+    batch_ = std::make_unique<RxBatch>(copies_.segs, copies_.owner, rsps_);
     segs_.resize(kMaxRxSegs);
     scratch_.resize(std::max<size_t>(kMaxRxSegs, ring_.size()));
   } catch (...) {
@@ -99,13 +90,6 @@ void VifRxPath::drop_queued() noexcept {
   }
 }
 
-bool VifRxPath::publish(bool& notify) noexcept {
-  notify = false;
-  if (!responses_) return false;
-  responses_ = false;
-  notify = ring_.flush();
-  return true;
-}
 
 void VifRxPath::update_wait_fd(bool halted) noexcept {
   if (fd_ < 0) return;
@@ -152,7 +136,7 @@ void VifRxPath::queue(PacketBuf* p, TimePoint now) noexcept {
   if (core_.config.multicast_control) {
     MulticastFilter::Mac dst{};
     if (pkt::copy_out(p, 0, {reinterpret_cast<std::byte*>(dst.data()), dst.size()}) != dst.size() ||
-        !multicast_->accepts(dst)) {
+        !core_.config.multicast->accepts(dst)) {
       core_.stats.rx_dropped.add();
       pkt::free(p);
       return;

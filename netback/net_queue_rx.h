@@ -39,9 +39,9 @@ namespace xenpath {
 class VifRxPath {
  public:
   explicit VifRxPath(VifQueueCore& core) noexcept : core_(core) {}
-  ~VifRxPath();
   VifRxPath(const VifRxPath&) = delete;
   VifRxPath& operator=(const VifRxPath&) = delete;
+  ~VifRxPath();
 
   // Maps and attaches the RX ring, sizes every buffer, watches the
   // steering inbox and the port's receive wake-up fd.
@@ -56,7 +56,7 @@ class VifRxPath {
   void drop_queued() noexcept;
   // Pushes the responses made since the last call; true if there were
   // any, `notify` whether the frontend wants an event.
-  bool publish(bool& notify) noexcept;
+  bool publish(bool& notify) noexcept { return flush_responses(ring_, responses_, notify); }
 
   // Whether the reactor waits on the port's receive fd (else it wakes
   // periodically to poll the port).
@@ -95,7 +95,6 @@ class VifRxPath {
   BackRing<NetifRxRing> ring_;
   bool responses_ = false;
   bool again_ = false;
-  std::shared_ptr<VifMulticast> multicast_;
 
   std::vector<netif_rx_request> carry_;
   unsigned carry_len_ = 0;
@@ -115,8 +114,7 @@ class VifRxPath {
   int fd_ = -1;  // the port queue's receive wake-up, or -1
   bool fd_watched_ = false;
   TimePoint progress_{};  // last time the guest's buffers let us deliver
-  std::vector<GrantCopySegment> copies_;
-  std::vector<uint16_t> copy_owner_;
+  BurstCopies copies_;
   std::vector<netif_rx_response> rsps_;
   std::unique_ptr<RxBatch> batch_;
   std::vector<PacketSegment> segs_;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "common/guest_channel.h"
 #include "common/xen/platform.h"
 
 namespace xenpath {
@@ -60,20 +61,11 @@ VifTxPath::~VifTxPath() = default;
 
 Status VifTxPath::init() noexcept {
   const VifQueueConfig& config = core_.config;
-  auto m = core_.worker.grant_table().map(config.frontend, {&config.tx_ring_ref, 1}, /*writable=*/true);
-  if (!m) {
-    core_.log.guest("cannot map the TX ring: {}", error_string(m.error()));
-    return unexpected(m.error());
-  }
-  ring_map_ = std::move(*m);
-  if (auto st = ring_.attach(ring_map_.data(), kPageSize, &core_.stats.tx_ring); !st) {
-    core_.log.guest("bad TX ring: {}", error_string(st.error()));
-    return st;
-  }
+  XP_TRY(map_guest_ring(core_.worker, config.frontend, {&config.tx_ring_ref, 1}, ring_map_, ring_,
+                        &core_.stats.tx_ring, core_.log, "TX"));
   const unsigned burst = config.burst;
   const unsigned size = ring_.size();
   try {
-    multicast_ = config.multicast ? config.multicast : std::make_shared<VifMulticast>();
     carry_.resize(size);
     pend_.resize(size);
     free_pend_.reserve(size);
@@ -93,7 +85,6 @@ Status VifTxPath::init() noexcept {
     const size_t room = config.pool->data_room();
     const size_t chunks = (kPageSize + room - 1) / std::max<size_t>(room, 1);
     copies_.resize(static_cast<size_t>(burst) * kMaxTxPieces * chunks);
-    copy_owner_.resize(copies_.size());
     refs_.resize(static_cast<size_t>(burst) * kMaxTxSlots);
     out_.resize(burst);
     backlog_.resize(burst);
@@ -133,13 +124,6 @@ void VifTxPath::drop_backlog() noexcept {
   backlog_len_ = 0;
 }
 
-bool VifTxPath::publish(bool& notify) noexcept {
-  notify = false;
-  if (!responses_) return false;
-  responses_ = false;
-  notify = ring_.flush();
-  return true;
-}
 
 bool VifTxPath::pages_released() const noexcept {
   for (unsigned w = 0; w < done_words_; ++w) {
@@ -275,7 +259,7 @@ unsigned VifTxPath::parse_burst(unsigned& works) noexcept {
       case TxVerdict::kMulticast: {
         core_.stats.tx_multicast.add();
         // The VIF's list, whichever of its queues the request came on.
-        const bool okay = multicast_->apply(p.mcast_type, p.mcast_addr);
+        const bool okay = core_.config.multicast->apply(p.mcast_type, p.mcast_addr);
         respond(p.slots[0].id, okay ? NETIF_RSP_OKAY : NETIF_RSP_ERROR, p.slots[0].nulls);
         break;
       }
@@ -395,11 +379,11 @@ unsigned VifTxPath::build(unsigned works) noexcept {
       for (uint16_t done = 0; done < pc.len && !w.failed;) {
         const uint16_t n = static_cast<uint16_t>(std::min<size_t>(pc.len - done, pool.data_room()));
         auto dst = pool.append_owned(w.pkt, n);
-        if (dst.empty() || ncopies == copies_.size()) {
+        if (dst.empty() || ncopies == copies_.segs.size()) {
           w.failed = true;
           break;
         }
-        GrantCopySegment& c = copies_[ncopies];
+        GrantCopySegment& c = copies_.segs[ncopies];
         c = GrantCopySegment{};
         c.source.foreign.ref = pc.gref;
         c.source.foreign.offset = static_cast<uint16_t>(pc.offset + done);
@@ -407,7 +391,7 @@ unsigned VifTxPath::build(unsigned works) noexcept {
         c.dest.virt = dst.data();
         c.len = n;
         c.flags = kCopySourceGref;
-        copy_owner_[ncopies++] = static_cast<uint16_t>(i);
+        copies_.owner[ncopies++] = static_cast<uint16_t>(i);
         done = static_cast<uint16_t>(done + n);
       }
       if (w.failed) break;
@@ -421,11 +405,11 @@ void VifTxPath::execute(unsigned works) noexcept {
   const unsigned ncopies = build(works);
   if (ncopies > 0) {
     core_.stats.tx_copy_calls.add();
-    auto r = core_.worker.grant_table().copy({copies_.data(), ncopies});
+    auto r = core_.worker.grant_table().copy({copies_.segs.data(), ncopies});
     for (unsigned c = 0; c < ncopies; ++c) {
-      TxWork& w = work_[copy_owner_[c]];
-      if (!r || copies_[c].status != GNTST_okay) w.failed = true;
-      else core_.stats.tx_copied_bytes.add(copies_[c].len);
+      TxWork& w = work_[copies_.owner[c]];
+      if (!r || copies_.segs[c].status != GNTST_okay) w.failed = true;
+      else core_.stats.tx_copied_bytes.add(copies_.segs[c].len);
     }
   }
 

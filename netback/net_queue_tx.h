@@ -49,9 +49,9 @@ namespace xenpath {
 class VifTxPath {
  public:
   explicit VifTxPath(VifQueueCore& core) noexcept;
-  ~VifTxPath();
   VifTxPath(const VifTxPath&) = delete;
   VifTxPath& operator=(const VifTxPath&) = delete;
+  ~VifTxPath();
 
   // Maps and attaches the TX ring, sizes every buffer, starts the rate
   // limiter and the page-release wake-up. core().config is validated.
@@ -68,7 +68,7 @@ class VifTxPath {
   void drop_backlog() noexcept;
   // Pushes the responses made since the last call; true if there were
   // any, `notify` whether the frontend wants an event.
-  bool publish(bool& notify) noexcept;
+  bool publish(bool& notify) noexcept { return flush_responses(ring_, responses_, notify); }
 
   // Before the reactor sleeps: from here on a released page kicks the
   // eventfd. awake() undoes it at the start of a poll.
@@ -126,7 +126,6 @@ class VifTxPath {
   bool have_credit_timer_ = false;
   bool credit_timer_failed_ = false;  // could not create it: periodic wake-ups only
   RateLimiter::Clock::time_point credit_at_{};
-  std::shared_ptr<VifMulticast> multicast_;
 
   // Sized at init; no datapath allocation.
   std::vector<netif_tx_request> carry_;  // consumed, not yet parsed
@@ -140,8 +139,7 @@ class VifTxPath {
   std::vector<TxBurst> bursts_;
   std::vector<uint32_t> free_bursts_;
   std::vector<TxWork> work_;
-  std::vector<GrantCopySegment> copies_;
-  std::vector<uint16_t> copy_owner_;
+  BurstCopies copies_;
   std::vector<GrantRef> refs_;
   std::vector<PacketBuf*> out_;
   std::vector<PacketBuf*> backlog_;

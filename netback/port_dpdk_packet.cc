@@ -99,7 +99,7 @@ bool hw_checksum_prepare(rte_mbuf* m, bool ip, bool l4) noexcept {
   if (!l3_view(m, v)) return false;
   if (ip) store_be16(v.ip + 10, 0);
   if (l4) {
-    const uint8_t proto = tso ? offload::kProtoTcp : l4_proto(f);
+    const uint8_t proto = tso ? uint8_t{offload::kProtoTcp} : l4_proto(f);
     const uint32_t field = v.l4_off + csum_field_off(proto);
     if (field + 2 > m->data_len) return false;
     const uint16_t ph = offload::pseudo_sum(v, proto, tso ? 0 : v.l4_len);
