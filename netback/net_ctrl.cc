@@ -229,4 +229,25 @@ bool MulticastFilter::accepts(const Mac& dst) const noexcept {
          addrs_.begin() + static_cast<ptrdiff_t>(count_);
 }
 
+bool VifMulticast::apply(uint8_t type, const Mac& addr) noexcept {
+  std::lock_guard<std::mutex> hold(lock_);
+  if (type == XEN_NETIF_EXTRA_TYPE_MCAST_ADD) return filter_.add(addr);
+  if (type == XEN_NETIF_EXTRA_TYPE_MCAST_DEL) {
+    filter_.del(addr);
+    return true;
+  }
+  return false;
+}
+
+bool VifMulticast::accepts(const Mac& dst) const noexcept {
+  if ((dst[0] & 1) == 0) return true;  // unicast: the list has no say
+  std::lock_guard<std::mutex> hold(lock_);
+  return filter_.accepts(dst);
+}
+
+MulticastFilter VifMulticast::snapshot() const noexcept {
+  std::lock_guard<std::mutex> hold(lock_);
+  return filter_;
+}
+
 }  // namespace xenpath

@@ -19,6 +19,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <span>
 
@@ -88,8 +89,8 @@ class NetifCtrl {
 // 64 addresses and refuses more with an error; a refused address is still
 // one the guest wants, so while any refused address has not been deleted
 // the filter passes all multicast (promiscuous), instead of silently
-// starving the guest of a group. Owned by the vif's TX queue 0 thread
-// (readers on other queues get snapshots through their owner).
+// starving the guest of a group. Not thread-safe: a VIF shares one through
+// VifMulticast.
 class MulticastFilter {
  public:
   static constexpr size_t kMax = 64;  // XEN_NETBK_MCAST_MAX
@@ -111,6 +112,29 @@ class MulticastFilter {
   std::array<Mac, kMax> addrs_{};
   size_t count_ = 0;
   size_t refused_ = 0;
+};
+
+// One VIF's multicast control: the guest's list (one per VIF, as Linux
+// keeps it) and what its requests do to it. Any queue's TX path hands it
+// the guest's MCAST_ADD/DEL requests; every queue's RX path filters against
+// it. Thread-safe (the queues run on their reactors' threads): a lock taken
+// per guest request and per received multicast frame while filtering is on
+// (unicast frames never take it). Touches no guest memory.
+class VifMulticast {
+ public:
+  using Mac = MulticastFilter::Mac;
+
+  // A guest's XEN_NETIF_EXTRA_TYPE_MCAST_ADD/DEL: true (NETIF_RSP_OKAY)
+  // when applied, false (NETIF_RSP_ERROR) when an add was refused (the
+  // list is full) or the type is neither.
+  bool apply(uint8_t type, const Mac& addr) noexcept;
+  // Whether a frame to `dst` is delivered to the guest (MulticastFilter::accepts).
+  [[nodiscard]] bool accepts(const Mac& dst) const noexcept;
+  [[nodiscard]] MulticastFilter snapshot() const noexcept;
+
+ private:
+  mutable std::mutex lock_;
+  MulticastFilter filter_;
 };
 
 }  // namespace xenpath

@@ -18,33 +18,15 @@ Result<std::unique_ptr<NetifCtrlChannel>> NetifCtrlChannel::start(NetWorker& wor
                                                                    NetifCtrlStats& stats, HashSink on_hash,
                                                                    HaltSink on_halt) noexcept {
   if (config.num_queues == 0) return unexpected(EINVAL);
-  std::unique_ptr<NetifCtrlChannel> c;
-  try {
-    c.reset(new NetifCtrlChannel(worker, config, stats, std::move(on_hash), std::move(on_halt)));
-  } catch (...) {
-    return unexpected(ENOMEM);
-  }
-  if (auto st = c->init(); !st) {
-    c->teardown();
-    return unexpected(st.error());
-  }
-  return c;
+  return TwoPhaseStart::run<NetifCtrlChannel>([&] {
+    return new NetifCtrlChannel(worker, config, stats, std::move(on_hash), std::move(on_halt));
+  });
 }
 
 Status NetifCtrlChannel::init() noexcept {
-  auto m = worker_.grant_table().map(config_.frontend, {&config_.ring_ref, 1}, /*writable=*/true);
-  if (!m) {
-    log_.guest("cannot map the control ring: {}", error_string(m.error()));
-    return unexpected(m.error());
-  }
-  ring_map_ = std::move(*m);
-  if (auto st = ring_.attach(ring_map_.data(), kPageSize, &stats_.ring); !st) {
-    log_.guest("bad control ring: {}", error_string(st.error()));
-    return st;
-  }
-  XP_ASSIGN_OR_RETURN(port_, worker_.event_channel().bind_interdomain(config_.frontend, config_.remote_port));
-  bound_ = true;
-  worker_.add_port(port_, this);
+  XP_TRY(map_guest_ring(worker_, config_.frontend, {&config_.ring_ref, 1}, ring_map_, ring_, &stats_.ring, log_,
+                        "control"));
+  XP_TRY(evtchn_.bind(worker_, config_.frontend, config_.remote_port, this));
   worker_.reactor().add_poller(this);
   polling_ = true;
   return ok();
@@ -53,11 +35,7 @@ Status NetifCtrlChannel::init() noexcept {
 void NetifCtrlChannel::teardown() noexcept {
   if (polling_) worker_.reactor().remove_poller(this);
   polling_ = false;
-  if (bound_) {
-    worker_.remove_port(port_);
-    (void)worker_.event_channel().unbind(port_);
-  }
-  bound_ = false;
+  evtchn_.unbind();
   ring_map_.reset();
 }
 
@@ -65,7 +43,7 @@ NetifCtrlChannel::~NetifCtrlChannel() { teardown(); }
 
 void NetifCtrlChannel::on_event(EvtchnPort /*local*/) noexcept {
   stats_.ring.events_received.add();
-  masked_ = true;
+  evtchn_.reported();
 }
 
 bool NetifCtrlChannel::poll() noexcept {
@@ -97,7 +75,7 @@ bool NetifCtrlChannel::poll() noexcept {
       slot.data = rsp.data;
     });
   }
-  if (ring_.flush() && bound_) (void)worker_.event_channel().notify(port_);
+  if (ring_.flush()) evtchn_.notify();
   if (changed) {
     stats_.hash_updates.add();
     if (on_hash_) {
@@ -115,8 +93,7 @@ bool NetifCtrlChannel::poll() noexcept {
 
 bool NetifCtrlChannel::arm() noexcept {
   if (halted_) return false;
-  if (masked_ && bound_) (void)worker_.event_channel().unmask(port_);
-  masked_ = false;
+  evtchn_.unmask_reported();
   return ring_.final_check();
 }
 

@@ -23,6 +23,7 @@
 #include <memory>
 #include <string>
 
+#include "common/guest_channel.h"
 #include "common/log.h"
 #include "common/reactor.h"
 #include "common/ring.h"
@@ -63,16 +64,19 @@ class NetifCtrlChannel final : public Poller, public EvtchnTarget {
   NetifCtrlChannel(const NetifCtrlChannel&) = delete;
   NetifCtrlChannel& operator=(const NetifCtrlChannel&) = delete;
 
-  bool poll() noexcept override;
-  bool arm() noexcept override;
-  void on_event(EvtchnPort local) noexcept override;
 
   [[nodiscard]] const NetifCtrl& state() const noexcept { return ctrl_; }
   [[nodiscard]] bool halted() const noexcept { return halted_; }
 
+  // The reactor's and the worker's calls (channel thread).
+  bool poll() noexcept override;
+  bool arm() noexcept override;
+  void on_event(EvtchnPort local) noexcept override;
+
  private:
   NetifCtrlChannel(NetWorker& worker, const Config& config, NetifCtrlStats& stats, HashSink on_hash,
                    HaltSink on_halt) noexcept;
+  friend struct TwoPhaseStart;
   Status init() noexcept;
   void teardown() noexcept;
 
@@ -85,10 +89,8 @@ class NetifCtrlChannel final : public Poller, public EvtchnTarget {
   NetifCtrl ctrl_;
   GrantMapping ring_map_;
   BackRing<NetifCtrlRing> ring_;
-  EvtchnPort port_ = 0;
-  bool bound_ = false;
+  GuestEvtchn evtchn_;
   bool polling_ = false;
-  bool masked_ = false;
   bool halted_ = false;
 };
 

@@ -128,18 +128,7 @@ Status VifDevice::read_frontend(XenStore& xs, XsTxn t) noexcept {
   const std::string& fe = addr_.frontend_path;
   VifFrontendConfig f;
   try {
-    uint32_t nqueues = 1;
-    auto nq = read_decimal<uint32_t>(xs, t, fe, "multi-queue-num-queues");
-    if (nq) {
-      nqueues = *nq;
-    } else if (nq.error() != ENOENT) {
-      log_.guest("malformed multi-queue-num-queues");
-      return unexpected(nq.error() == EINVAL ? EINVAL : nq.error());
-    }
-    if (nqueues == 0 || nqueues > max_queues_) {
-      log_.guest("guest requested {} queues, at most {} offered", nqueues, max_queues_);
-      return unexpected(EINVAL);
-    }
+    XP_ASSIGN_OR_RETURN(const uint32_t nqueues, read_queue_count(xs, t, fe, max_queues_, log_));
     f.queues.resize(nqueues);
     for (uint32_t q = 0; q < nqueues; ++q) {
       const std::string dir = nqueues == 1 ? fe : fmt::format("{}/queue-{}", fe, q);
@@ -255,6 +244,13 @@ Status VifDevice::connect() noexcept {
   } catch (...) {
     return unexpected(ENOMEM);
   }
+  // One multicast list per VIF, whichever queue the guest's requests come on.
+  std::shared_ptr<VifMulticast> multicast;
+  try {
+    multicast = std::make_shared<VifMulticast>();
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
   // With a control ring and several queues, the guest's hash mapping may
   // send a flow received on one queue to another: one inbox per queue.
   std::vector<SteerInbox*> inboxes;
@@ -303,45 +299,29 @@ Status VifDevice::connect() noexcept {
     c.rx_drain_timeout = drain;
     c.rx_stall_timeout = stall;
     c.queue_index = static_cast<uint16_t>(i);
-    if (n > 1) {
-      // One multicast list per VIF: a change on one queue is replayed on
-      // the others (deterministically, so they agree on what was refused).
-      c.on_multicast = [sibs, i](uint8_t type, const MulticastFilter::Mac& addr) {
-        for (size_t k = 0; k < sibs->entries.size(); ++k) {
-          if (k == i) continue;
-          VifSiblings::Entry* e = &sibs->entries[k];
-          e->reactor->post([sibs, e, type, addr] {
-            if (e->alive) e->queue->apply_multicast(type, addr);
-          });
-        }
-      };
-    }
+    c.multicast = multicast;
     try {
       c.inboxes = inboxes;
       c.log_prefix = n == 1 ? log_.prefix() : fmt::format("{} {}/{} q{}: ", addr_.type, addr_.frontend_id, addr_.devid, i);
     } catch (...) {
       return unexpected(ENOMEM);
     }
-    Status st = unexpected(EIO);
-    VifQueueStats& stats = *stats_[i];
+    // Started on its worker; the control thread waits in call(), so the
+    // queue is recorded here before anything else can reach it.
+    Result<std::unique_ptr<VifQueue>> q = unexpected(EIO);
     w->reactor().call([&] {
-      auto q = VifQueue::start(*w, c, stats, [this](int err) {
+      q = VifQueue::start(*w, c, *stats_[i], [this](int err) {
         // On the worker: the driver moves the device to Closing.
         if (sink_) sink_(addr_, err);
       });
-      if (q) {
-        queues_[i] = std::move(*q);
-        sibs->entries[i].queue = queues_[i].get();
-        sibs->entries[i].alive = true;
-        st = ok();
-      } else {
-        st = unexpected(q.error());
-      }
+      if (q) sibs->entries[i] = {&w->reactor(), q->get(), true};
     });
-    if (!st) {
-      log_.guest("queue {}: cannot connect: {}", i, error_string(st.error()));
-      return st;  // the driver calls disconnect(), which stops the queues started so far
+    if (!q) {
+      // The driver calls disconnect(), which stops the queues started so far.
+      log_.guest("queue {}: cannot connect: {}", i, error_string(q.error()));
+      return unexpected(q.error());
     }
+    queues_[i] = std::move(*q);
   }
   if (front_.ctrl_ring) {
     NetWorker* w = queue_workers_[0];
@@ -397,10 +377,9 @@ void VifDevice::disconnect() noexcept {
     queue_workers_[0]->reactor().call([&] { ctrl_.reset(); });
   }
   auto sibs = std::static_pointer_cast<VifSiblings>(siblings_);
-  // Halt every queue before destroying any: a halted queue consumes no
-  // more requests, so it posts no more multicast changes to its siblings;
-  // what it posted before is queued ahead of the destruction below on each
-  // sibling's reactor (their mailboxes are FIFO).
+  // Halt every queue before waiting for any: a halted queue consumes no
+  // more requests, and each gives back what it holds of the others' guest
+  // pages (packets looped back to it) before they are waited for.
   std::vector<bool> stopped(queues_.size(), false);
   for (size_t i = 0; i < queues_.size(); ++i) {
     if (!queues_[i]) continue;

@@ -1,6 +1,7 @@
 // PacketPort / PacketPool / PacketBuf: the packet I/O netback needs, without
-// DPDK types. The only implementation is the DPDK adapter (port_dpdk.h/.cc,
-// the one place that includes rte_*.h); netif code and tests see only this.
+// DPDK types. The only implementation is the DPDK adapter (port_dpdk.h and
+// port_dpdk*.cc, the one place that includes rte_*.h); netif code and tests
+// see only this.
 //
 // A packet is a `PacketBuf*`: an opaque handle to a chain of segments (a DPDK
 // mbuf chain underneath). The handle has one owner at a time; ownership moves

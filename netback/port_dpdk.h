@@ -1,6 +1,9 @@
 // The DPDK adapter: EAL in-process, packet pools, and ports. The only code
-// that includes rte_*.h is port_dpdk.cc; this header stays free of DPDK types
-// so the rest of netback (and its tests) sees only port.h.
+// that includes rte_*.h is the adapter's port_dpdk*.cc (env: EAL; pool:
+// mempools and segmentation; packet: the pkt:: API and GRO; port_dpdk.cc:
+// ethdev ports) and its private port_dpdk_internal.h; this header stays free
+// of DPDK types so the rest of netback (and its tests) sees only port.h.
+// The offload rules themselves (checksums, GRO grouping) are net_offload.h.
 //
 // DpdkEnv is the process-wide EAL (rte_eal_init can run once per process).
 // Its control methods (pools, ports) may be called from any thread and are

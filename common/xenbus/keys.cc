@@ -35,4 +35,20 @@ Result<RingRefs> read_ring_refs(XenStore& xs, XsTxn t, std::string_view dir, uns
   return out;
 }
 
+Result<uint32_t> read_queue_count(XenStore& xs, XsTxn t, std::string_view fe, uint32_t max_queues,
+                                  DeviceLog& log) noexcept {
+  uint32_t n = 1;
+  if (auto v = read_decimal<uint32_t>(xs, t, fe, "multi-queue-num-queues")) {
+    n = *v;
+  } else if (v.error() != ENOENT) {
+    if (v.error() == EINVAL) log.guest("malformed multi-queue-num-queues");
+    return unexpected(v.error());
+  }
+  if (n == 0 || n > max_queues) {
+    log.guest("frontend asked for {} queues, at most {} offered", n, max_queues);
+    return unexpected(EINVAL);
+  }
+  return n;
+}
+
 }  // namespace xenpath

@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/log.h"
 #include "common/result.h"
 #include "common/xen/types.h"
 #include "common/xen/xenstore.h"
@@ -53,6 +54,13 @@ struct RingRefs {
   unsigned order = 0;          // ring-page-order: the ring is 2^order pages
   std::vector<GrantRef> refs;  // 2^order references, in ring order
 };
+
+// The frontend's "multi-queue-num-queues" under `fe` (absent: 1), which
+// must be 1..max_queues. EINVAL, logged on `log` as the guest's error, when
+// it is malformed or out of range; other errors (a transaction to retry)
+// pass through.
+Result<uint32_t> read_queue_count(XenStore& xs, XsTxn t, std::string_view fe, uint32_t max_queues,
+                                  DeviceLog& log) noexcept;
 
 // Writes "<dir>/<key>" = value in decimal (a backend's feature keys).
 Status write_decimal(XenStore& xs, XsTxn t, std::string_view dir, std::string_view key, uint64_t value) noexcept;

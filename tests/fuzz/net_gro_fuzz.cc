@@ -3,15 +3,23 @@
 // it is hostile input. The fuzz input drives a burst of TCP/IPv4 frames built
 // from one valid flow, then bent: sequence jumps, other flags, IP IDs,
 // lengths, other protocols, corrupted or truncated bytes before or after the
-// checksums are fixed, and the coalescing bounds. Whatever comes in, the
-// burst may only shrink, never grow in bytes, keep its bounds, keep merged
-// packets' metadata consistent, and give every buffer back to the pool.
+// checksums are fixed, and the coalescing bounds.
+//
+// Two checks per burst. The grouping (offload::gro_plan, pure, deterministic)
+// must follow Linux GRO's rules: every frame in one group, a merged group one
+// flow's in-sequence run of eligible frames, full-sized but for the last, PSH
+// only last, nothing merged across an IPv4 fragment, within the bounds. The
+// whole path through DPDK (pkt::coalesce_tcp) may only shrink the burst,
+// never grow it in bytes, keep its bounds, keep merged packets' metadata
+// consistent, and give every buffer back to the pool.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <vector>
 
+#include "netback/net_offload.h"
 #include "netback/port_dpdk.h"
 #include "netback/port.h"
 #include "sim/net/sim_frames.h"
@@ -56,6 +64,94 @@ PacketPool* pool() {
   return p.get();
 }
 
+bool sum_of(const void* ctx, uint32_t off, uint32_t len, uint16_t& out) noexcept {
+  const auto& f = *static_cast<const std::vector<uint8_t>*>(ctx);
+  if (static_cast<size_t>(off) + len > f.size()) return false;
+  out = offload::raw_sum({f.data() + off, len});
+  return true;
+}
+
+// An Ethernet/IPv4/TCP header parse of a (possibly bent) frame, standing in
+// for the adapter's (DPDK's) parser.
+offload::GroProbe probe(std::vector<uint8_t>& f) {
+  offload::GroProbe p;
+  p.head = f.data();
+  p.head_len = p.pkt_len = static_cast<uint32_t>(f.size());
+  p.l2_len = kEthLen;
+  p.writable = true;
+  p.sum = &sum_of;
+  p.sum_ctx = &f;
+  if (f.size() < kEthLen + kIp4Len || be16(f.data() + 12) != 0x0800) return p;
+  const uint8_t* ip = f.data() + kEthLen;
+  if ((ip[0] >> 4) != 4 || (ip[0] & 0xf) < 5) return p;
+  p.ipv4 = true;
+  p.l3_len = static_cast<uint16_t>((ip[0] & 0xf) * 4);
+  if ((be16(ip + 6) & 0x3fff) != 0) {
+    p.ipv4_fragment = true;
+    return p;
+  }
+  const size_t l4 = kEthLen + p.l3_len;
+  if (ip[9] != 6 || f.size() < l4 + kTcpLen) return p;
+  p.tcp = true;
+  p.l4_len = static_cast<uint16_t>((f[l4 + 12] >> 4) * 4);
+  return p;
+}
+
+// The grouping of a burst against Linux GRO's rules.
+void check_plan(std::vector<std::vector<uint8_t>>& frames, const pkt::CoalesceOptions& opts) {
+  std::vector<offload::GroFrame> fr;
+  for (auto& f : frames) fr.push_back(offload::gro_classify(probe(f)));
+  offload::GroPlan plan;
+  offload::gro_plan(fr, opts, plan);
+  const uint32_t n = plan.n;
+  check(n == fr.size());
+  std::vector<int> seen(n, 0);
+  uint32_t groups = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    check(plan.group_of[i] < plan.n_groups);
+    const offload::GroGroup& g = plan.groups[plan.group_of[i]];
+    if (g.first != i) continue;
+    ++groups;
+    uint32_t frames_in = 0;
+    uint32_t prev = i;
+    uint32_t len = 0;
+    uint32_t segs = 0;
+    for (uint32_t j = i; j < n; j = plan.next_in[j]) {
+      check(plan.group_of[j] == plan.group_of[i]);
+      check(j == i || j > prev);  // burst order
+      ++seen[j];
+      ++frames_in;
+      segs += fr[j].segments;
+      prev = j;
+    }
+    check(frames_in == g.frames);
+    check(prev == g.last);
+    if (g.frames == 1) continue;
+    // A merged group: one flow's run, every frame eligible, in sequence.
+    const offload::GroFrame& a = fr[i];
+    uint32_t seq = a.seq;
+    for (uint32_t j = i; j < n; j = plan.next_in[j]) {
+      const offload::GroFrame& f = fr[j];
+      check(f.eligible && !f.barrier);
+      check(std::memcmp(a.ip + 12, f.ip + 12, 8) == 0 && std::memcmp(a.tcp, f.tcp, 4) == 0);
+      check(f.seq == seq);
+      seq += f.payload;
+      len += f.payload;
+      const bool last = j == g.last;
+      check(last || f.payload == g.mss);  // only the last may be short
+      check(last || !f.psh);              // PSH ends a group
+      check(f.payload <= g.mss);
+    }
+    check(len == seq - a.seq);
+    // Nothing merged across a fragment.
+    for (uint32_t k = i; k <= g.last; ++k) check(!fr[k].barrier);
+    check(a.l2_len + 20u + a.l4_len + len <= opts.max_len);
+    check(segs <= opts.max_segments);
+  }
+  check(groups == plan.n_groups);
+  for (uint32_t i = 0; i < n; ++i) check(seen[i] == 1);
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -72,6 +168,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   const size_t nframes = 1 + r.byte() % 32;
   std::vector<PacketBuf*> burst;
+  std::vector<std::vector<uint8_t>> frames;
   uint64_t bytes_in = 0;
   size_t longest_in = 0;
   uint16_t most_segs_in = 0;
@@ -110,6 +207,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if ((ops & 0x10) && corrupt_after) corrupt();
     if (ops & 0x40) f.resize(1 + r.u16() % f.size());
     seq = s.seq + static_cast<uint32_t>(s.payload);
+    frames.push_back(f);
 
     PacketBuf* p = pl->alloc();
     check(p != nullptr);
@@ -119,6 +217,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     most_segs_in = std::max(most_segs_in, pkt::segment_count(p));
     burst.push_back(p);
   }
+
+  check_plan(frames, opts);
 
   pkt::CoalesceStats st;
   const size_t n = pkt::coalesce_tcp(burst, opts, &st);
