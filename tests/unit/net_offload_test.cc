@@ -10,12 +10,12 @@
 #include <functional>
 #include <vector>
 
-#include "tests/integration/net_packet_util.h"
+#include "sim/net/sim_frames.h"
 
 namespace xenpath::offload {
 namespace {
 
-using namespace xenpath::nettest;
+using namespace xenpath::sim::frames;
 
 // A big-endian 16-bit value as raw_sum (memory order) reports it.
 uint16_t mem16(uint16_t be) {
