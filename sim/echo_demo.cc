@@ -184,15 +184,11 @@ int run_echo_demo(const EchoDemoOptions& opt) {
              loads.size(), errors, static_cast<double>(xs_stats.ops) / static_cast<double>(loads.size()));
   fmt::print("self-check: devices left {}, grant pages still mapped {}, watches {} (idle {}) -> {}\n", devices_left,
              live, watches, watches_idle, ok_run ? "OK" : "FAILED");
-  if (!opt.json.empty()) {
-    nlohmann::json j;
-    j["requests"] = total;
-    j["errors"] = errors;
-    j["devices"] = loads.size();
-    j["xenstore_ops_per_device"] = static_cast<double>(xs_stats.ops) / static_cast<double>(loads.size());
-    j["self_check"] = ok_run;
-    std::ofstream(opt.json) << j.dump(2) << "\n";
-  }
+  write_summary(opt.json, {{"requests", total},
+                           {"errors", errors},
+                           {"devices", loads.size()},
+                           {"xenstore_ops_per_device", static_cast<double>(xs_stats.ops) / static_cast<double>(loads.size())},
+                           {"self_check", ok_run}});
   echo.stop();
   return ok_run ? 0 : 1;
 }

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <fstream>
+
 namespace xenpath::sim {
 
 Result<std::unique_ptr<SimDemoHost>> SimDemoHost::create(const SimHost::Options& opts) noexcept {
@@ -37,6 +39,13 @@ Status SimDemoHost::create_guests(unsigned n, uint32_t pages) noexcept {
     }
   }
   return ok();
+}
+
+void write_summary(const std::string& path, const nlohmann::json& summary) {
+  if (path.empty()) return;
+  std::ofstream out(path);
+  out << summary.dump(2) << "\n";
+  if (!out) spdlog::error("summary {}: cannot write", path);
 }
 
 }  // namespace xenpath::sim

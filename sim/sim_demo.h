@@ -6,6 +6,8 @@
 #pragma once
 
 #include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
 
 #include "common/result.h"
 #include "common/xen/platform.h"
@@ -34,5 +36,8 @@ class SimDemoHost {
   std::unique_ptr<XenStore> tool_xs_;
   std::unique_ptr<SimToolstack> tool_;
 };
+
+// A run's summary as JSON at `path` (nothing when empty), for scripts and CI.
+void write_summary(const std::string& path, const nlohmann::json& summary);
 
 }  // namespace xenpath::sim

@@ -128,6 +128,18 @@ struct Reply {
   std::string body;
 };
 
+// A reply that is a list of strings, each NUL-terminated (XS_DIRECTORY,
+// XS_GET_PERMS).
+template <typename List, typename Str>
+Reply list_reply(uint32_t type, const List& items, Str str) {
+  Reply out{type, {}};
+  for (const auto& item : items) {
+    out.body.append(str(item));
+    out.body.push_back('\0');
+  }
+  return out;
+}
+
 Reply error_reply(int err) {
   Reply r{XS_ERROR, errno_name(err)};
   r.body.push_back('\0');
@@ -490,11 +502,7 @@ class SimXenstored::Impl {
         if (!a) return fail(EINVAL);
         auto r = st.directory(id, tx, *a);
         if (!r) return error_reply(r.error());
-        Reply out{type, {}};
-        for (const auto& name : *r) {
-          out.body.append(name);
-          out.body.push_back('\0');
-        }
+        Reply out = list_reply(type, *r, [](const std::string& name) { return name; });
         // Too long for one message: libxenstore then asks for it in parts.
         if (out.body.size() > XENSTORE_PAYLOAD_MAX) return error_reply(E2BIG);
         return out;
@@ -514,12 +522,7 @@ class SimXenstored::Impl {
         if (!a) return fail(EINVAL);
         auto r = st.get_perms(id, tx, *a);
         if (!r) return error_reply(r.error());
-        Reply out{type, {}};
-        for (const auto& p : *r) {
-          out.body.append(perm_string(p));
-          out.body.push_back('\0');
-        }
-        return out;
+        return list_reply(type, *r, perm_string);
       }
       case XS_SET_PERMS: {
         size_t n = count_strings(payload);

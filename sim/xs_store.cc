@@ -141,6 +141,14 @@ XsStore::Conn* XsStore::conn_for(XsConnId id, uint32_t type) noexcept {
 
 void XsStore::count_op(XsConnId id, uint32_t type) noexcept { (void)conn_for(id, type); }
 
+Result<XsStore::PathOp> XsStore::path_op(XsConnId conn, uint32_t type, XsTxn txn, std::string_view path) noexcept {
+  Conn* c = conn_for(conn, type);
+  if (c == nullptr) return unexpected(EBADF);
+  XP_ASSIGN_OR_RETURN(Txn * t, txn_for(*c, txn));
+  XP_ASSIGN_OR_RETURN(std::string p, canonical(*c, path));
+  return PathOp{c, t, std::move(p)};
+}
+
 Result<XsStore::Txn*> XsStore::txn_for(Conn& c, XsTxn txn) noexcept {
   if (txn == kXsNoTxn) return static_cast<Txn*>(nullptr);
   auto it = c.txns.find(txn);
@@ -315,10 +323,8 @@ void XsStore::global_erase(const std::string& path) {
 // ---------------------------------------------------------------- node operations
 
 Result<std::string> XsStore::read(XsConnId conn, XsTxn txn, std::string_view path) noexcept {
-  Conn* c = conn_for(conn, XS_READ);
-  if (c == nullptr) return unexpected(EBADF);
-  XP_ASSIGN_OR_RETURN(Txn * t, txn_for(*c, txn));
-  XP_ASSIGN_OR_RETURN(std::string p, canonical(*c, path));
+  XP_ASSIGN_OR_RETURN(PathOp op, path_op(conn, XS_READ, txn, path));
+  auto& [c, t, p] = op;
   XP_ASSIGN_OR_RETURN(const NodeData* n, get_node(*c, t, p, kPermRead));
   return n->value;
 }
@@ -382,10 +388,8 @@ Status XsStore::write(XsConnId conn, XsTxn txn, std::string_view path, std::stri
 }
 
 Status XsStore::mkdir(XsConnId conn, XsTxn txn, std::string_view path) noexcept {
-  Conn* c = conn_for(conn, XS_MKDIR);
-  if (c == nullptr) return unexpected(EBADF);
-  XP_ASSIGN_OR_RETURN(Txn * t, txn_for(*c, txn));
-  XP_ASSIGN_OR_RETURN(std::string p, canonical(*c, path));
+  XP_ASSIGN_OR_RETURN(PathOp op, path_op(conn, XS_MKDIR, txn, path));
+  auto& [c, t, p] = op;
   auto n = get_node(*c, t, p, kPermWrite);
   if (n) return ok();  // already there: fine, and nothing changed
   if (n.error() != ENOENT) return unexpected(n.error());
@@ -396,10 +400,8 @@ Status XsStore::mkdir(XsConnId conn, XsTxn txn, std::string_view path) noexcept 
 }
 
 Status XsStore::rm(XsConnId conn, XsTxn txn, std::string_view path) noexcept {
-  Conn* c = conn_for(conn, XS_RM);
-  if (c == nullptr) return unexpected(EBADF);
-  XP_ASSIGN_OR_RETURN(Txn * t, txn_for(*c, txn));
-  XP_ASSIGN_OR_RETURN(std::string p, canonical(*c, path));
+  XP_ASSIGN_OR_RETURN(PathOp op, path_op(conn, XS_RM, txn, path));
+  auto& [c, t, p] = op;
   auto n = get_node(*c, t, p, kPermWrite);
   if (!n) {
     // Already gone: fine if the parent exists (xenstored's do_rm()).
@@ -442,20 +444,16 @@ Status XsStore::rm(XsConnId conn, XsTxn txn, std::string_view path) noexcept {
 }
 
 Result<std::vector<std::string>> XsStore::directory(XsConnId conn, XsTxn txn, std::string_view path) noexcept {
-  Conn* c = conn_for(conn, XS_DIRECTORY);
-  if (c == nullptr) return unexpected(EBADF);
-  XP_ASSIGN_OR_RETURN(Txn * t, txn_for(*c, txn));
-  XP_ASSIGN_OR_RETURN(std::string p, canonical(*c, path));
+  XP_ASSIGN_OR_RETURN(PathOp op, path_op(conn, XS_DIRECTORY, txn, path));
+  auto& [c, t, p] = op;
   XP_TRY(get_node(*c, t, p, kPermRead));
   return children_of(t, p, true);
 }
 
 Result<std::string> XsStore::directory_part(XsConnId conn, XsTxn txn, std::string_view path,
                                             uint32_t offset) noexcept {
-  Conn* c = conn_for(conn, XS_DIRECTORY_PART);
-  if (c == nullptr) return unexpected(EBADF);
-  XP_ASSIGN_OR_RETURN(Txn * t, txn_for(*c, txn));
-  XP_ASSIGN_OR_RETURN(std::string p, canonical(*c, path));
+  XP_ASSIGN_OR_RETURN(PathOp op, path_op(conn, XS_DIRECTORY_PART, txn, path));
+  auto& [c, t, p] = op;
   XP_TRY(get_node(*c, t, p, kPermRead));
   std::string list;
   for (const auto& name : children_of(t, p, true)) {
@@ -483,10 +481,8 @@ Result<std::string> XsStore::directory_part(XsConnId conn, XsTxn txn, std::strin
 }
 
 Result<std::vector<XsPerm>> XsStore::get_perms(XsConnId conn, XsTxn txn, std::string_view path) noexcept {
-  Conn* c = conn_for(conn, XS_GET_PERMS);
-  if (c == nullptr) return unexpected(EBADF);
-  XP_ASSIGN_OR_RETURN(Txn * t, txn_for(*c, txn));
-  XP_ASSIGN_OR_RETURN(std::string p, canonical(*c, path));
+  XP_ASSIGN_OR_RETURN(PathOp op, path_op(conn, XS_GET_PERMS, txn, path));
+  auto& [c, t, p] = op;
   XP_ASSIGN_OR_RETURN(const NodeData* n, get_node(*c, t, p, kPermRead));
   return n->perms;
 }

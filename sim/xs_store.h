@@ -241,6 +241,15 @@ class XsStore {
   Conn* conn_for(XsConnId id, uint32_t type) noexcept;
   Result<Txn*> txn_for(Conn& c, XsTxn txn) noexcept;
   Result<std::string> canonical(const Conn& c, std::string_view path) const;
+  // What an operation on one path starts with, in xenstored's order: the
+  // connection (EBADF if unknown; its `type` counted), the transaction, the
+  // canonical path.
+  struct PathOp {
+    Conn* c;
+    Txn* t;
+    std::string path;
+  };
+  Result<PathOp> path_op(XsConnId conn, uint32_t type, XsTxn txn, std::string_view path) noexcept;
   static std::string implicit_path(DomId domid);
   static std::string parent_of(std::string_view path);
   static std::string child_path(std::string_view parent, std::string_view name);

@@ -298,20 +298,15 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
   fmt::print("self-check: devices left {}, grant pages still mapped {} (daemon) / {} (host), watches {} (idle {}) -> {}\n",
              stats["xenbus"]["devices"].get<uint64_t>(), stats["mapped_grant_pages"].get<uint64_t>(), live, watches,
              watches_idle, ok_run ? "OK" : "FAILED");
-  if (!opt.json.empty()) {
-    nlohmann::json j;
-    j["ios"] = total;
-    j["bytes"] = bytes;
-    j["errors"] = errors;
-    j["mismatches"] = mismatches;
-    j["vbds"] = opt.guests * opt.vbds;
-    j["seconds"] = secs;
-    j["self_check"] = ok_run;
-    std::ofstream(opt.json) << j.dump(2) << "\n";
-  }
+  write_summary(opt.json, {{"ios", total},
+                           {"bytes", bytes},
+                           {"errors", errors},
+                           {"mismatches", mismatches},
+                           {"vbds", opt.guests * opt.vbds},
+                           {"seconds", secs},
+                           {"self_check", ok_run}});
   return ok_run ? 0 : 1;
 }
-
 
 void add_blkback_demo_cli(CLI::App& app, BlkDemoOptions& opt) {
   app.add_option("--guests", opt.guests, "simulated guests")->check(CLI::Range(1, 256));
