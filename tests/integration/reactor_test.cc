@@ -43,15 +43,22 @@ class IdlePoller : public Poller {
   std::atomic<uint64_t> arms{0};
 };
 
-TEST(ReactorTest, SleepsWhenIdle) {
+// A reactor with no poll window serving `p`, started and asleep (p armed
+// at least once).
+void start_asleep(std::unique_ptr<Reactor>& r, IdlePoller& p) {
   Reactor::Options o;
   o.poll_window = 0us;
-  auto r = make_reactor(o);
+  r = make_reactor(o);
   ASSERT_TRUE(r);
-  IdlePoller p;
   r->add_poller(&p);
   ASSERT_TRUE(r->start());
   ASSERT_TRUE(eventually([&] { return p.arms.load() >= 1; }));
+}
+
+TEST(ReactorTest, SleepsWhenIdle) {
+  IdlePoller p;
+  std::unique_ptr<Reactor> r;
+  ASSERT_NO_FATAL_FAILURE(start_asleep(r, p));
   // Idle: a busy loop would run thousands of iterations here.
   std::this_thread::sleep_for(30ms);
   r->stop();
@@ -366,14 +373,9 @@ TEST(ReactorTest, StopWithoutStartDropsQueuedTasks) {
 }
 
 TEST(ReactorTest, StopIsPromptWhileAsleep) {
-  Reactor::Options o;
-  o.poll_window = 0us;
-  auto r = make_reactor(o);
-  ASSERT_TRUE(r);
   IdlePoller p;
-  r->add_poller(&p);
-  ASSERT_TRUE(r->start());
-  ASSERT_TRUE(eventually([&] { return p.arms.load() >= 1; }));
+  std::unique_ptr<Reactor> r;
+  ASSERT_NO_FATAL_FAILURE(start_asleep(r, p));
   auto done = std::async(std::launch::async, [&] { r->stop(); });
   // Liveness, not performance: a reactor that misses the wake never returns.
   ASSERT_EQ(done.wait_for(10s), std::future_status::ready);
