@@ -9,10 +9,8 @@
 set -euo pipefail
 bin=$1   # the production daemon
 sim=$2   # xenpath-sim
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 # shellcheck source=common.sh
-source "$(dirname "$0")/common.sh"
+source "$(dirname "$0")/common.sh"  # and $work, removed on exit
 
 "$sim" blkback --guests 2 --vbds 2 --queues 2 --seconds 1.5 --image-mib 8 --log-level warn \
   --stats-file "$work/stats.json" --stats-interval-ms 200 --json "$work/summary.json" > "$work/out1" 2>&1 \

@@ -1,5 +1,9 @@
 # What the daemon smoke tests (blkback_sim_smoke.sh, netback_sim_smoke.sh)
-# share; sourced, with `set -euo pipefail` and $work set by the caller.
+# share; sourced, after `set -euo pipefail`. Sets $work, a scratch
+# directory removed on exit.
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 
 # sigterm_midway OUT CMD...: runs CMD with its output in OUT, sends it
 # SIGTERM after 2 s; it must exit 0.

@@ -9,10 +9,8 @@
 set -euo pipefail
 bin=$1   # the production daemon
 sim=$2   # xenpath-sim
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 # shellcheck source=common.sh
-source "$(dirname "$0")/common.sh"
+source "$(dirname "$0")/common.sh"  # and $work, removed on exit
 
 "$sim" netback --guests 2 --seconds 1.5 --stats-file "$work/stats.json" --stats-interval-ms 200 \
   > "$work/out1" 2>&1 || { cat "$work/out1"; echo "FAIL: timed run"; exit 1; }
