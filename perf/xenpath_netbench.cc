@@ -46,6 +46,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/cpu_affinity.h"
 #include "sim/sim_queue_host.h"
 #include "netback/port_dpdk.h"
 #include "sim/net/sim_netfront.h"
@@ -63,14 +64,6 @@ double thread_cpu_seconds(clockid_t c) {
   timespec ts{};
   clock_gettime(c, &ts);
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-}
-
-void pin_self(int cpu) {
-  if (cpu < 0) return;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  (void)pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 }
 
 struct Opts {
@@ -668,7 +661,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   if (dpdk(256) == nullptr) return 1;
-  pin_self(o.guest_cpu);
+  (void)pin_current_thread(o.guest_cpu);  // best effort, as before
   (void)DpdkEnv::get()->register_thread();  // the main thread is EAL's main lcore already
   DpdkPoolConfig pc;
   pc.name = "nb";

@@ -20,6 +20,7 @@
 #include <fstream>
 #include <thread>
 
+#include "common/cpu_affinity.h"
 #include "sim/sim_hypervisor.h"
 #include "netback/port_dpdk.h"
 #include "sim/net/sim_netfront.h"
@@ -30,14 +31,6 @@ namespace {
 
 std::atomic<bool> g_stop{false};
 void on_signal(int) { g_stop.store(true); }
-
-void pin_self(int cpu) {
-  if (cpu < 0) return;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  (void)pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-}
 
 }  // namespace
 
@@ -176,7 +169,7 @@ int main(int argc, char** argv) {
               guest_netns.empty() ? "-" : guest_netns.c_str(), (*port)->name().c_str());
   std::fflush(stdout);
 
-  pin_self(guest_cpu);
+  (void)pin_current_thread(guest_cpu);  // best effort, as before
   const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
   auto last_work = std::chrono::steady_clock::now();
   while (!g_stop.load()) {

@@ -12,6 +12,7 @@
 
 #include "blkback/blk_persistent_grants.h"
 #include "sim/sim_hypervisor.h"
+#include "tests/fixtures/sim_guest.h"
 
 namespace xenpath {
 namespace {
@@ -22,12 +23,7 @@ using Handle = PersistentGrants::Handle;
 class BlkPersistentGrants : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto g = hv_.create_domain(kGuest, 1024, "guest");
-    ASSERT_TRUE(g);
-    guest_ = *g;
-    auto gt = hv_.open_grant_table(kDom0);
-    ASSERT_TRUE(gt);
-    gt_ = std::move(*gt);
+    ASSERT_NO_FATAL_FAILURE(test::open_guest_and_grant_table(hv_, kGuest, 1024, guest_, gt_));
   }
 
   std::vector<GrantRef> grant(unsigned n, bool readonly = false) {

@@ -197,6 +197,33 @@ class NetVifDevice : public ::testing::Test, public test::SimBackendRig<NetbackS
     keys.emplace_back("ctrl-ring-ref", std::to_string(*ref));
     keys.emplace_back("event-channel-ctrl", std::to_string(*port));
   }
+  // Plugs `devid` with `queues` queues and a control ring followed by
+  // `data_pages` pages (hash key, mapping), and connects it.
+  void connect_with_ctrl(uint32_t devid, uint32_t queues, uint32_t data_pages, GuestCtrlRing& ctrl, GuestVif*& out) {
+    GuestVif& v = plug(devid);
+    sim::XsKeys keys = rings(v, queues, false);
+    ASSERT_NO_FATAL_FAILURE(open_ctrl_ring(ctrl, keys, data_pages));
+    ASSERT_TRUE(v.xb->connect(keys));
+    out = &v;
+  }
+  // Data page `i` after the control ring holds `bytes`, granted read-only
+  // to the backend (a hash key or mapping, read by grant copy).
+  Result<GrantRef> grant_ctrl_data(const GuestCtrlRing& ctrl, uint32_t i, const void* bytes, size_t n) {
+    std::memcpy(guest_->page(ctrl.pfn + i), bytes, n);
+    return guest_->grant_access(kDom0, ctrl.pfn + i, true);
+  }
+  // Sends `f` on the wire port of `devid`'s `port_queue` until a guest
+  // queue received something: `got` (0 or 1) says which one must have.
+  bool send_until_received(GuestVif& v, uint32_t devid, uint32_t port_queue, const std::vector<uint8_t>& f,
+                           std::vector<SimNetfront::RxFrame> (&rx)[2], unsigned got) {
+    return eventually([&] {
+      wire_send(wire(devid, port_queue), f);
+      std::this_thread::sleep_for(2ms);
+      v.queues[0]->reap_rx(rx[0]);
+      v.queues[1]->reap_rx(rx[1]);
+      return !rx[got].empty();
+    });
+  }
   // One control message and its answer (same id and type).
   xen_netif_ctrl_response ctrl_request(GuestCtrlRing& c, uint16_t type, uint32_t d0, uint32_t d1 = 0,
                                        uint32_t d2 = 0) {
@@ -349,12 +376,10 @@ TEST_F(NetVifDevice, TwoQueuesSplitChannelsAndOneMulticastList) {
 
 TEST_F(NetVifDevice, ControlRingHashMessagesAndHashExtras) {
   start();
-  GuestVif& v = plug(2);
-  sim::XsKeys keys = rings(v, 1, false);
   GuestCtrlRing ctrl;
-  ASSERT_NO_FATAL_FAILURE(open_ctrl_ring(ctrl, keys, 1));
-  const uint32_t pfn = ctrl.pfn;
-  ASSERT_TRUE(v.xb->connect(keys));
+  GuestVif* vp = nullptr;
+  ASSERT_NO_FATAL_FAILURE(connect_with_ctrl(2, 1, 1, ctrl, vp));
+  GuestVif& v = *vp;
   const VifDevice* d = device(2);
   ASSERT_NE(d, nullptr);
   ASSERT_TRUE(d->frontend().ctrl_ring);
@@ -362,8 +387,7 @@ TEST_F(NetVifDevice, ControlRingHashMessagesAndHashExtras) {
   // The key page (read by grant copy).
   uint8_t key_bytes[40];
   for (size_t i = 0; i < sizeof key_bytes; ++i) key_bytes[i] = static_cast<uint8_t>(0x6d + i * 7);
-  std::memcpy(guest_->page(pfn + 1), key_bytes, sizeof key_bytes);
-  auto kref = guest_->grant_access(kDom0, pfn + 1, true);
+  auto kref = grant_ctrl_data(ctrl, 1, key_bytes, sizeof key_bytes);
   ASSERT_TRUE(kref);
 
   auto request = [&](uint16_t type, uint32_t d0, uint32_t d1 = 0, uint32_t d2 = 0) {
@@ -413,23 +437,19 @@ TEST_F(NetVifDevice, ControlRingHashMessagesAndHashExtras) {
 
 TEST_F(NetVifDevice, HashMappingSteersFlowsToTheGuestsQueue) {
   start();
-  GuestVif& v = plug(11);
-  sim::XsKeys keys = rings(v, 2, false);
   GuestCtrlRing ctrl;
-  ASSERT_NO_FATAL_FAILURE(open_ctrl_ring(ctrl, keys, 2));
-  const uint32_t pfn = ctrl.pfn;
-  ASSERT_TRUE(v.xb->connect(keys));
+  GuestVif* vp = nullptr;
+  ASSERT_NO_FATAL_FAILURE(connect_with_ctrl(11, 2, 2, ctrl, vp));
+  GuestVif& v = *vp;
   const VifDevice* d = device(11);
   ASSERT_NE(d, nullptr);
   ASSERT_EQ(d->queue_count(), 2u);
   uint8_t key_bytes[40];
   for (size_t i = 0; i < sizeof key_bytes; ++i) key_bytes[i] = static_cast<uint8_t>(i * 13 + 1);
-  std::memcpy(guest_->page(pfn + 1), key_bytes, sizeof key_bytes);
-  auto kref = guest_->grant_access(kDom0, pfn + 1, true);
+  auto kref = grant_ctrl_data(ctrl, 1, key_bytes, sizeof key_bytes);
   ASSERT_TRUE(kref);
   const uint32_t to_queue1[2] = {1, 1};
-  std::memcpy(guest_->page(pfn + 2), to_queue1, sizeof to_queue1);
-  auto mref = guest_->grant_access(kDom0, pfn + 2, true);
+  auto mref = grant_ctrl_data(ctrl, 2, to_queue1, sizeof to_queue1);
   ASSERT_TRUE(mref);
   auto request = [&](uint16_t type, uint32_t d0, uint32_t d1 = 0, uint32_t d2 = 0) {
     return ctrl_request(ctrl, type, d0, d1, d2).status;
@@ -445,31 +465,19 @@ TEST_F(NetVifDevice, HashMappingSteersFlowsToTheGuestsQueue) {
   FrameSpec s;
   s.payload = 100;
   const auto f = make_frame(s);
-  std::vector<SimNetfront::RxFrame> q0, q1;
+  std::vector<SimNetfront::RxFrame> rx[2];
   // The configuration reaches the queues through their reactors: retry
   // until a frame received on port queue 1 shows up on guest queue 0.
-  ASSERT_TRUE(eventually([&] {
-    wire_send(wire(11, 1), f);
-    std::this_thread::sleep_for(2ms);
-    v.queues[0]->reap_rx(q0);
-    v.queues[1]->reap_rx(q1);
-    return !q0.empty();
-  }));
-  EXPECT_EQ(q0.back().bytes, f);
-  EXPECT_TRUE(q0.back().has_hash);
+  ASSERT_TRUE(send_until_received(v, 11, 1, f, rx, 0));
+  EXPECT_EQ(rx[0].back().bytes, f);
+  EXPECT_TRUE(rx[0].back().has_hash);
   // Now a table sending everything to queue 1.
   ASSERT_EQ(request(XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING_SIZE, 2), XEN_NETIF_CTRL_STATUS_SUCCESS);
   ASSERT_EQ(request(XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING, *mref, 2, 0), XEN_NETIF_CTRL_STATUS_SUCCESS);
-  q0.clear();
-  q1.clear();
-  ASSERT_TRUE(eventually([&] {
-    wire_send(wire(11, 0), f);
-    std::this_thread::sleep_for(2ms);
-    v.queues[0]->reap_rx(q0);
-    v.queues[1]->reap_rx(q1);
-    return !q1.empty();
-  }));
-  EXPECT_EQ(q1.back().bytes, f);
+  rx[0].clear();
+  rx[1].clear();
+  ASSERT_TRUE(send_until_received(v, 11, 0, f, rx, 1));
+  EXPECT_EQ(rx[1].back().bytes, f);
   (void)guest_->end_access(*kref);
   (void)guest_->end_access(*mref);
   ASSERT_TRUE(v.xb->close());

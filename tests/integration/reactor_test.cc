@@ -29,6 +29,15 @@ std::unique_ptr<Reactor> make_reactor(Reactor::Options o = {}) {
   return r ? std::move(*r) : nullptr;
 }
 
+// A reactor that sleeps as soon as it is idle (no poll window), with
+// `uring_entries` (0: none).
+std::unique_ptr<Reactor> make_sleeper(unsigned uring_entries = Reactor::Options{}.uring_entries) {
+  Reactor::Options o;
+  o.poll_window = 0us;
+  o.uring_entries = uring_entries;
+  return make_reactor(o);
+}
+
 class IdlePoller : public Poller {
  public:
   bool poll() noexcept override {
@@ -43,15 +52,20 @@ class IdlePoller : public Poller {
   std::atomic<uint64_t> arms{0};
 };
 
-TEST(ReactorTest, SleepsWhenIdle) {
-  Reactor::Options o;
-  o.poll_window = 0us;
-  auto r = make_reactor(o);
+// A reactor with no poll window serving `p`, started and asleep (p armed
+// at least once).
+void start_asleep(std::unique_ptr<Reactor>& r, IdlePoller& p) {
+  r = make_sleeper();
   ASSERT_TRUE(r);
-  IdlePoller p;
   r->add_poller(&p);
   ASSERT_TRUE(r->start());
   ASSERT_TRUE(eventually([&] { return p.arms.load() >= 1; }));
+}
+
+TEST(ReactorTest, SleepsWhenIdle) {
+  IdlePoller p;
+  std::unique_ptr<Reactor> r;
+  ASSERT_NO_FATAL_FAILURE(start_asleep(r, p));
   // Idle: a busy loop would run thousands of iterations here.
   std::this_thread::sleep_for(30ms);
   r->stop();
@@ -158,10 +172,7 @@ class LateWorkPoller : public Poller {
 };
 
 TEST(ReactorTest, ArmReportingWorkPreventsSleep) {
-  Reactor::Options o;
-  o.poll_window = 0us;
-  o.uring_entries = 0;
-  auto r = make_reactor(o);
+  auto r = make_sleeper(0);
   ASSERT_TRUE(r);
   LateWorkPoller p(*r);
   r->add_poller(&p);
@@ -366,14 +377,9 @@ TEST(ReactorTest, StopWithoutStartDropsQueuedTasks) {
 }
 
 TEST(ReactorTest, StopIsPromptWhileAsleep) {
-  Reactor::Options o;
-  o.poll_window = 0us;
-  auto r = make_reactor(o);
-  ASSERT_TRUE(r);
   IdlePoller p;
-  r->add_poller(&p);
-  ASSERT_TRUE(r->start());
-  ASSERT_TRUE(eventually([&] { return p.arms.load() >= 1; }));
+  std::unique_ptr<Reactor> r;
+  ASSERT_NO_FATAL_FAILURE(start_asleep(r, p));
   auto done = std::async(std::launch::async, [&] { r->stop(); });
   // Liveness, not performance: a reactor that misses the wake never returns.
   ASSERT_EQ(done.wait_for(10s), std::future_status::ready);
@@ -396,9 +402,7 @@ TEST(ReactorTest, RunHereStoppedFromAnotherThread) {
 }
 
 TEST(ReactorTest, RemovePollerDuringPoll) {
-  Reactor::Options o;
-  o.poll_window = 0us;
-  auto r = make_reactor(o);
+  auto r = make_sleeper();
   ASSERT_TRUE(r);
   struct SelfRemoving : Poller {
     Reactor* r = nullptr;
@@ -499,9 +503,7 @@ class NopPoller : public Poller {
 };
 
 TEST(ReactorTest, UringOneSubmitPerIterationForAllPollers) {
-  Reactor::Options o;
-  o.poll_window = 0us;
-  auto r = make_reactor(o);
+  auto r = make_sleeper();
   ASSERT_TRUE(r);
   ASSERT_NE(r->uring(), nullptr);
   constexpr int kPollers = 3, kPerPoller = 4;
@@ -531,10 +533,7 @@ TEST(ReactorTest, UringOneSubmitPerIterationForAllPollers) {
 }
 
 TEST(ReactorTest, GetSqeSubmitsWhenTheQueueIsFull) {
-  Reactor::Options o;
-  o.poll_window = 0us;
-  o.uring_entries = 4;
-  auto r = make_reactor(o);
+  auto r = make_sleeper(4);
   ASSERT_TRUE(r);
   std::vector<NopCompletion> comps(6);
   int outstanding = 6;
@@ -555,9 +554,7 @@ TEST(ReactorTest, GetSqeSubmitsWhenTheQueueIsFull) {
 }
 
 TEST(ReactorTest, SleepingReactorWakesForUringCompletion) {
-  Reactor::Options o;
-  o.poll_window = 0us;
-  auto r = make_reactor(o);
+  auto r = make_sleeper();
   ASSERT_TRUE(r);
   // Blocking eventfd: io_uring would fail a read on an O_NONBLOCK one with
   // EAGAIN instead of waiting.

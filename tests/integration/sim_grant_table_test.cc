@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "sim/sim_hypervisor.h"
+#include "tests/fixtures/sim_guest.h"
 
 namespace xenpath::sim {
 namespace {
@@ -25,12 +26,7 @@ constexpr DomId kOther = 7;
 class SimGrantTableTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto g = hv_.create_domain(kGuest, 256, "guest");
-    ASSERT_TRUE(g) << error_string(g.error());
-    guest_ = *g;
-    auto gt = hv_.open_grant_table(kDom0);
-    ASSERT_TRUE(gt) << error_string(gt.error());
-    gt_ = std::move(*gt);
+    ASSERT_NO_FATAL_FAILURE(test::open_guest_and_grant_table(hv_, kGuest, 256, guest_, gt_));
   }
 
   // A fresh guest page filled with `fill`, granted to `to`.

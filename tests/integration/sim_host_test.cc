@@ -16,6 +16,7 @@
 #include "sim/front_ring.h"
 #include "sim/sim_host.h"
 #include "common/xen/ring_protocol.h"
+#include "tests/fixtures/sim_guest.h"
 
 namespace xenpath::sim {
 namespace {
@@ -29,13 +30,8 @@ class SimHostTest : public ::testing::Test {
     auto h = SimHost::create({});
     ASSERT_TRUE(h.has_value()) << error_string(h.error());
     host_ = std::move(*h);
-    auto g = host_->create_domain(kGuest, 1024, "guest");
-    ASSERT_TRUE(g.has_value());
-    guest_ = *g;
+    ASSERT_NO_FATAL_FAILURE(test::open_guest_and_grant_table(*host_, kGuest, 1024, guest_, gnt_));
     ASSERT_TRUE(host_->create_domain(kOther, 64, "other").has_value());
-    auto gt = host_->open_grant_table(kDom0);
-    ASSERT_TRUE(gt.has_value());
-    gnt_ = std::move(*gt);
   }
 
   // A guest page filled with `fill`, granted to `to`.

@@ -1,30 +1,26 @@
 // The xenbus lifecycle end to end on the simulated host, production path:
-// the driver runs on a control Reactor with LibxenStore over the simulated
+// ServedDaemon<EchoService> on test::SimBackendRig, so the driver runs on
+// the daemon's control Reactor with LibxenStore over the simulated
 // xenstored's socket (make_sim_platform); echo devices map rings and bind
-// channels with the host's grant table and event channels on a worker
+// channels with the host's grant table and event channels on its worker
 // Reactor; guests run SimEchoFrontend on this thread. Every teardown path
 // must release every mapping (SimCounters::mapped_pages_live), channel and
 // watch (SimXenstored::watch_count), and leave other devices running.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include <atomic>
 #include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
 #include <thread>
-#include <vector>
 
-#include "common/reactor.h"
-#include "tests/fixtures/eventually.h"
 #include "sim/echo_device.h"
-#include "sim/sim_host.h"
-#include "sim/sim_toolstack.h"
-#include "sim/sim_xenbus_frontend.h"
+#include "sim/echo_service.h"
 #include "sim/sim_xenstored.h"
-#include "common/xenbus/backend_driver.h"
+#include "tests/fixtures/backend_rig.h"
+#include "tests/fixtures/eventually.h"
 
 namespace xenpath::sim {
 namespace {
@@ -38,92 +34,37 @@ using ::testing::StartsWith;
 
 constexpr std::string_view kEcho = "echo";
 
-class XenbusLifecycleTest : public ::testing::Test {
+// ServedDaemon<EchoService> with one worker; guests 5 and 6 (64 pages each)
+// plug echo devices.
+class XenbusLifecycleTest : public ::testing::Test, public test::SimBackendRig<EchoService> {
  protected:
-  struct Guest {
-    SimDomain* dom = nullptr;
-    std::unique_ptr<XenStore> xs;
-    std::unique_ptr<EventChannel> evtchn;
-  };
-
   void SetUp() override {
     spdlog::set_level(getenv("XP_LOG") ? spdlog::level::debug : spdlog::level::warn);
-    auto h = SimHost::create({});
-    ASSERT_TRUE(h) << error_string(h.error());
-    host = std::move(*h);
-    platform = make_sim_platform(*host);
-    Reactor::Options copt;
-    copt.name = "control";
-    copt.uring_entries = 0;
-    auto c = Reactor::create(copt);
-    ASSERT_TRUE(c);
-    control = std::move(*c);
-    Reactor::Options wopt;
-    wopt.name = "worker";
-    wopt.uring_entries = 0;
-    auto w = Reactor::create(wopt);
-    ASSERT_TRUE(w);
-    worker = std::move(*w);
-    ASSERT_TRUE(control->start());
-    ASSERT_TRUE(worker->start());
-    auto ew = EchoWorker::create(*worker, *platform);
-    ASSERT_TRUE(ew) << error_string(ew.error());
-    echo_worker = std::move(*ew);
-
-    auto ts = host->open_xenstore(kDom0);
-    ASSERT_TRUE(ts);
-    tools_xs = std::move(*ts);
-    tools = std::make_unique<SimToolstack>(*tools_xs);
-    base_watches = host->xenstored().watch_count();
-
-    auto xs = platform->open_xenstore();  // LibxenStore on the socket
-    ASSERT_TRUE(xs) << error_string(xs.error());
-    driver = std::make_unique<BackendDriver>(std::move(*xs), BackendDriver::Options{});
-    BackendDriver* d = driver.get();
-    ASSERT_TRUE(driver->add_type(std::make_unique<EchoDeviceType>(
-        std::vector<EchoWorker*>{echo_worker.get()}, std::string(kEcho),
-        [d](const DeviceAddress& a, int err) { d->report_device_error(a.type, a.frontend_id, a.devid, err); })));
-    Status st = unexpected(EIO);
-    control->call([&] {
-      st = driver->start();
-      if (st) st = driver->attach(*control);
-    });
-    ASSERT_TRUE(st) << error_string(st.error());
-    driver_watches = host->xenstored().watch_count() - base_watches;
+    DaemonOptions dopt = EchoService::cli_defaults().daemon;
+    dopt.workers = 1;
+    ASSERT_NO_FATAL_FAILURE(start(5, dopt, EchoOptions{std::string(kEcho)}, 64));
+    ASSERT_EQ(service().workers().size(), 1u);
+    base_watches = watches_before_daemon_;
+    driver_watches = watches() - base_watches;
   }
 
   void TearDown() override {
     frontends.clear();
-    if (control && driver) control->call([&] { driver.reset(); });
-    echo_worker.reset();
-    if (worker) worker->stop();
-    if (control) control->stop();
-    if (host) {
-      EXPECT_EQ(host->counters().mapped_pages_live.load(), 0u) << "a grant mapping leaked";
-      EXPECT_EQ(host->xenstored().open_transactions(), 0u);
+    stop();
+    if (host_) {
+      EXPECT_EQ(host_->xenstored().open_transactions(), 0u);
     }
-    guests.clear();
   }
 
-  Guest& guest(DomId id) {
-    auto it = guests.find(id);
-    if (it != guests.end()) return it->second;
-    Guest g;
-    auto dom = host->create_domain(id, 64, "guest" + std::to_string(id));
-    EXPECT_TRUE(dom) << error_string(dom.error());
-    g.dom = *dom;
-    auto xs = host->open_xenstore(id);
-    auto ev = host->open_event_channel(id);
-    EXPECT_TRUE(xs && ev);
-    g.xs = std::move(*xs);
-    g.evtchn = std::move(*ev);
-    return guests.emplace(id, std::move(g)).first->second;
+  test::RigGuest& guest(DomId id) {
+    auto it = guests_.find(id);
+    return it != guests_.end() ? it->second : add_guest(id, 64);
   }
 
   // Plugs an echo device and attaches its guest-side frontend.
   SimEchoFrontend& plug(DomId fe, uint32_t devid) {
-    Guest& g = guest(fe);
-    EXPECT_TRUE(tools->add_device(kEcho, fe, devid, kDom0, {}, {}));
+    test::RigGuest& g = guest(fe);
+    EXPECT_TRUE(tools_->add_device(kEcho, fe, devid, kDom0, {}, {}));
     auto f = SimEchoFrontend::attach(*g.dom, *g.evtchn, *g.xs, SimToolstack::frontend_path(fe, kEcho, devid),
                                      3000ms);
     EXPECT_TRUE(f) << error_string(f.error());
@@ -139,35 +80,37 @@ class XenbusLifecycleTest : public ::testing::Test {
   }
   void drop_frontend(DomId fe, uint32_t devid) { frontends.erase({fe, devid}); }
 
+  BackendDriver& driver() { return daemon().driver(); }
   // On the control thread.
   template <typename T>
   T on_control(const std::function<T()>& fn) {
     T out{};
-    control->call([&] { out = fn(); });
+    daemon().control().call([&] { out = fn(); });
     return out;
   }
-  size_t devices() { return on_control<size_t>([&] { return driver->device_count(); }); }
+  size_t devices() { return on_control<size_t>([&] { return driver().device_count(); }); }
   std::optional<XenbusState> driver_state(DomId fe, uint32_t devid) {
-    return on_control<std::optional<XenbusState>>([&] { return driver->device_state(kEcho, fe, devid); });
+    return on_control<std::optional<XenbusState>>([&] { return driver().device_state(kEcho, fe, devid); });
   }
   const EchoDevice* echo(DomId fe, uint32_t devid) {
     return on_control<const EchoDevice*>(
-        [&] { return static_cast<const EchoDevice*>(driver->device(kEcho, fe, devid)); });
+        [&] { return static_cast<const EchoDevice*>(driver().device(kEcho, fe, devid)); });
   }
 
   std::string be(DomId fe, uint32_t devid) { return SimToolstack::backend_path(kDom0, kEcho, fe, devid); }
   std::string backend_state(DomId fe, uint32_t devid) {
-    auto v = tools_xs->read(kXsNoTxn, be(fe, devid) + "/state");
+    auto v = tools_xs_->read(kXsNoTxn, be(fe, devid) + "/state");
     return v ? *v : "<" + error_string(v.error()) + ">";
   }
   bool backend_becomes(DomId fe, uint32_t devid, XenbusState s) {
     return eventually([&] { return backend_state(fe, devid) == state_value(s); }, kWait);
   }
-  uint64_t mapped() { return host->counters().mapped_pages_live.load(); }
-  size_t watches() { return host->xenstored().watch_count(); }
+  uint64_t mapped() { return host_->counters().mapped_pages_live.load(); }
+  size_t watches() { return host_->xenstored().watch_count(); }
   size_t worker_queues() {
     size_t n = 0;
-    worker->call([&] { n = echo_worker->queues(); });
+    EchoWorker* w = service().workers().front();
+    daemon().workers().front()->call([&] { n = w->queues(); });
     return n;
   }
 
@@ -178,15 +121,6 @@ class XenbusLifecycleTest : public ::testing::Test {
     EXPECT_EQ(r->errors, 0u);
   }
 
-  std::unique_ptr<SimHost> host;
-  std::unique_ptr<XenPlatform> platform;
-  std::unique_ptr<Reactor> control;
-  std::unique_ptr<Reactor> worker;
-  std::unique_ptr<EchoWorker> echo_worker;
-  std::unique_ptr<XenStore> tools_xs;
-  std::unique_ptr<SimToolstack> tools;
-  std::unique_ptr<BackendDriver> driver;
-  std::map<DomId, Guest> guests;
   std::map<std::pair<DomId, uint32_t>, std::unique_ptr<SimEchoFrontend>> frontends;
   size_t base_watches = 0;
   size_t driver_watches = 0;
@@ -198,8 +132,8 @@ TEST_F(XenbusLifecycleTest, DevicesConnectAndEcho) {
   auto& b = connect(5, 1);
   auto& c = connect(6, 0);
   EXPECT_EQ(backend_state(5, 0), "4");
-  EXPECT_EQ(*tools_xs->read(kXsNoTxn, be(5, 0) + "/hotplug-status"), "connected");
-  EXPECT_EQ(*tools_xs->read(kXsNoTxn, be(5, 0) + "/echo-version"), "1");
+  EXPECT_EQ(*tools_xs_->read(kXsNoTxn, be(5, 0) + "/hotplug-status"), "connected");
+  EXPECT_EQ(*tools_xs_->read(kXsNoTxn, be(5, 0) + "/echo-version"), "1");
   EXPECT_EQ(mapped(), 3u);
   EXPECT_EQ(worker_queues(), 3u);
   expect_echo(a, 500);
@@ -215,7 +149,7 @@ TEST_F(XenbusLifecycleTest, DevicesConnectAndEcho) {
   EXPECT_GE(da->stats().batches.get(), 500u / 32);
   EXPECT_LE(da->stats().notifications_sent.get(), da->stats().batches.get());
   EXPECT_EQ(da->stats().error_responses.get(), 0u);
-  const auto& st = driver->stats();
+  const auto& st = driver().stats();
   EXPECT_EQ(st.connected.get(), 3u);
   EXPECT_EQ(st.connects.get(), 3u);
   EXPECT_EQ(st.probes.get(), 3u);
@@ -244,11 +178,11 @@ TEST_F(XenbusLifecycleTest, FrontendCloseReleasesEveryMappingChannelAndWatch) {
   EXPECT_EQ(backend_state(5, 0), "6");
   // online=1: the device stays, waiting for a reconnect.
   EXPECT_EQ(driver_state(5, 0), XenbusState::kClosed);
-  EXPECT_EQ(driver->stats().disconnects.get(), 1u);
+  EXPECT_EQ(driver().stats().disconnects.get(), 1u);
   expect_echo(other, 20);
 
   // Then the toolstack removes it: every watch of it goes.
-  ASSERT_TRUE(tools->remove_device(kEcho, 5, 0, kDom0, 2000ms));
+  ASSERT_TRUE(tools_->remove_device(kEcho, 5, 0, kDom0, 2000ms));
   ASSERT_TRUE(eventually([&] { return devices() == 1; }, kWait));
   drop_frontend(5, 0);
   drop_frontend(6, 0);
@@ -258,7 +192,7 @@ TEST_F(XenbusLifecycleTest, FrontendCloseReleasesEveryMappingChannelAndWatch) {
 TEST_F(XenbusLifecycleTest, CooperativeRemoveAsLibxl) {
   auto& f = connect(5, 0);
   expect_echo(f, 10);
-  auto ts = host->open_xenstore(kDom0);
+  auto ts = host_->open_xenstore(kDom0);
   ASSERT_TRUE(ts);
   SimToolstack remover(**ts);
   Status removed = unexpected(EINPROGRESS);
@@ -273,7 +207,7 @@ TEST_F(XenbusLifecycleTest, CooperativeRemoveAsLibxl) {
   ASSERT_TRUE(eventually([&] { return devices() == 0; }, kWait));
   EXPECT_EQ(mapped(), 0u);
   EXPECT_EQ(worker_queues(), 0u);
-  EXPECT_EQ(tools_xs->read(kXsNoTxn, be(5, 0)).error(), ENOENT);
+  EXPECT_EQ(tools_xs_->read(kXsNoTxn, be(5, 0)).error(), ENOENT);
   drop_frontend(5, 0);
   EXPECT_EQ(watches(), base_watches + driver_watches);
 }
@@ -289,8 +223,8 @@ TEST_F(XenbusLifecycleTest, ReconnectAfterFrontendReturnsToInitialising) {
   ASSERT_TRUE(f.connect());
   EXPECT_EQ(mapped(), 1u);
   expect_echo(f, 50);
-  EXPECT_EQ(driver->stats().connects.get(), 2u);
-  EXPECT_EQ(driver->stats().probes.get(), 1u) << "the same device, not a new probe";
+  EXPECT_EQ(driver().stats().connects.get(), 2u);
+  EXPECT_EQ(driver().stats().probes.get(), 1u) << "the same device, not a new probe";
   // Restarting while connected (a crashed guest kernel) disconnects first.
   ASSERT_TRUE(f.xenbus().write_state(XenbusState::kInitialising));
   ASSERT_TRUE(backend_becomes(5, 0, XenbusState::kInitWait));
@@ -304,12 +238,12 @@ TEST_F(XenbusLifecycleTest, HotUnplugReleasesWithoutTheGuest) {
   auto& f = connect(5, 0);
   auto& g = connect(5, 1);
   expect_echo(f, 10);
-  ASSERT_TRUE(tools->force_remove(kEcho, 5, 0, kDom0));
+  ASSERT_TRUE(tools_->force_remove(kEcho, 5, 0, kDom0));
   ASSERT_TRUE(eventually([&] { return devices() == 1; }, kWait));
   EXPECT_EQ(mapped(), 1u);
   EXPECT_EQ(worker_queues(), 1u);
   EXPECT_TRUE(f.release()) << "the grant is no longer mapped";
-  EXPECT_EQ(tools_xs->read(kXsNoTxn, be(5, 0)).error(), ENOENT) << "not resurrected by a state write";
+  EXPECT_EQ(tools_xs_->read(kXsNoTxn, be(5, 0)).error(), ENOENT) << "not resurrected by a state write";
   expect_echo(g, 10);
   drop_frontend(5, 0);
   EXPECT_EQ(watches(), base_watches + driver_watches + 1 + 1);
@@ -319,21 +253,21 @@ TEST_F(XenbusLifecycleTest, GuestDeathReleasesEverything) {
   connect(5, 0);
   connect(5, 1);
   auto& other = connect(6, 0);
-  ASSERT_TRUE(host->destroy_domain(5));
+  ASSERT_TRUE(host_->destroy_domain(5));
   frontends[{5, 0}]->abandon();
   frontends[{5, 1}]->abandon();
   ASSERT_TRUE(eventually([&] { return devices() == 1; }, kWait));
   EXPECT_EQ(mapped(), 1u);
   EXPECT_EQ(worker_queues(), 1u);
   EXPECT_EQ(backend_state(5, 0), "6") << "Closed, for the toolstack's remove";
-  EXPECT_EQ(driver->stats().destroys.get(), 2u);
+  EXPECT_EQ(driver().stats().destroys.get(), 2u);
   expect_echo(other, 100);
   drop_frontend(5, 0);
   drop_frontend(5, 1);
   EXPECT_EQ(watches(), base_watches + driver_watches + 1 + 1);
   // The toolstack's cleanup afterwards: nothing to do for the daemon.
-  ASSERT_TRUE(tools->remove_device(kEcho, 5, 0, kDom0, 500ms));
-  ASSERT_TRUE(tools->remove_device(kEcho, 5, 1, kDom0, 500ms));
+  ASSERT_TRUE(tools_->remove_device(kEcho, 5, 0, kDom0, 500ms));
+  ASSERT_TRUE(tools_->remove_device(kEcho, 5, 1, kDom0, 500ms));
   EXPECT_EQ(devices(), 1u);
 }
 
@@ -342,11 +276,11 @@ TEST_F(XenbusLifecycleTest, GarbageStateClosesThatDeviceOnly) {
   auto& good = connect(5, 1);
   ASSERT_TRUE(bad.xenbus().write_raw("state", "\x01garbage"));
   ASSERT_TRUE(backend_becomes(5, 0, XenbusState::kClosing));
-  auto err = tools_xs->read(kXsNoTxn, be(5, 0) + "/error");
+  auto err = tools_xs_->read(kXsNoTxn, be(5, 0) + "/error");
   ASSERT_TRUE(err);
   EXPECT_THAT(*err, StartsWith("22 "));
   ASSERT_TRUE(eventually([&] { return mapped() == 1; }, kWait));
-  EXPECT_EQ(driver->stats().protocol_errors.get(), 1u);
+  EXPECT_EQ(driver().stats().protocol_errors.get(), 1u);
   expect_echo(good, 100);
   EXPECT_TRUE(bad.release());
 }
@@ -354,15 +288,15 @@ TEST_F(XenbusLifecycleTest, GarbageStateClosesThatDeviceOnly) {
 TEST_F(XenbusLifecycleTest, GarbageRingRefIsRefused) {
   auto& f = plug(5, 0);
   auto& good = connect(6, 0);
-  const uint64_t maps_before = host->counters().map_calls.load();
+  const uint64_t maps_before = host_->counters().map_calls.load();
   ASSERT_TRUE(f.xenbus().wait_backend(XenbusState::kInitWait));
   ASSERT_TRUE(f.xenbus().write_raw("ring-ref", "0x10"));
   ASSERT_TRUE(f.xenbus().write_raw("event-channel", "1"));
   ASSERT_TRUE(f.xenbus().write_state(XenbusState::kInitialised));
   ASSERT_TRUE(backend_becomes(5, 0, XenbusState::kClosing));
-  EXPECT_THAT(*tools_xs->read(kXsNoTxn, be(5, 0) + "/error"), StartsWith("22 "));
-  EXPECT_EQ(host->counters().map_calls.load(), maps_before) << "refused before any map";
-  EXPECT_EQ(driver->stats().connect_failures.get(), 1u);
+  EXPECT_THAT(*tools_xs_->read(kXsNoTxn, be(5, 0) + "/error"), StartsWith("22 "));
+  EXPECT_EQ(host_->counters().map_calls.load(), maps_before) << "refused before any map";
+  EXPECT_EQ(driver().stats().connect_failures.get(), 1u);
   expect_echo(good, 10);
 }
 
@@ -373,7 +307,7 @@ TEST_F(XenbusLifecycleTest, UngrantedRingRefIsRefused) {
   ASSERT_TRUE(f.xenbus().write_raw("event-channel", "1"));
   ASSERT_TRUE(f.xenbus().write_state(XenbusState::kConnected));
   ASSERT_TRUE(backend_becomes(5, 0, XenbusState::kClosing));
-  EXPECT_TRUE(tools_xs->read(kXsNoTxn, be(5, 0) + "/error").has_value());
+  EXPECT_TRUE(tools_xs_->read(kXsNoTxn, be(5, 0) + "/error").has_value());
   EXPECT_EQ(mapped(), 0u);
 }
 
@@ -381,7 +315,7 @@ TEST_F(XenbusLifecycleTest, BadEventChannelReleasesThePartialConnect) {
   // A real grant but a port that was never offered: the ring is mapped,
   // the bind fails, and the mapping must not stay behind.
   auto& f = plug(5, 0);
-  Guest& g = guest(5);
+  test::RigGuest& g = guest(5);
   auto pfn = g.dom->alloc_pages(1);
   ASSERT_TRUE(pfn);
   auto ref = g.dom->grant_access(kDom0, *pfn, false);
@@ -391,10 +325,10 @@ TEST_F(XenbusLifecycleTest, BadEventChannelReleasesThePartialConnect) {
   ASSERT_TRUE(f.xenbus().wait_backend(XenbusState::kInitWait));
   ASSERT_TRUE(f.xenbus().write_raw("ring-ref", std::to_string(*ref)));
   ASSERT_TRUE(f.xenbus().write_raw("event-channel", "999"));
-  const uint64_t maps_before = host->counters().map_calls.load();
+  const uint64_t maps_before = host_->counters().map_calls.load();
   ASSERT_TRUE(f.xenbus().write_state(XenbusState::kInitialised));
   ASSERT_TRUE(backend_becomes(5, 0, XenbusState::kClosing));
-  EXPECT_GT(host->counters().map_calls.load(), maps_before);
+  EXPECT_GT(host_->counters().map_calls.load(), maps_before);
   EXPECT_EQ(mapped(), 0u);
   EXPECT_EQ(g.dom->active_maps(*ref), 0u);
   EXPECT_TRUE(g.dom->end_access(*ref));
@@ -408,7 +342,7 @@ TEST_F(XenbusLifecycleTest, RingOverrunHaltsTheQueueAndClosesTheDevice) {
   bad.ring().set_req_prod_raw(bad.ring().req_prod_pvt() + 100000);
   ASSERT_TRUE(bad.kick());
   ASSERT_TRUE(backend_becomes(5, 0, XenbusState::kClosing));
-  EXPECT_THAT(*tools_xs->read(kXsNoTxn, be(5, 0) + "/error"), StartsWith(std::to_string(EPROTO) + " "));
+  EXPECT_THAT(*tools_xs_->read(kXsNoTxn, be(5, 0) + "/error"), StartsWith(std::to_string(EPROTO) + " "));
   ASSERT_TRUE(eventually([&] { return mapped() == 1; }, kWait));
   expect_echo(good, 50);
   EXPECT_TRUE(bad.release());
@@ -418,7 +352,7 @@ TEST_F(XenbusLifecycleTest, StopReleasesEverything) {
   connect(5, 0);
   connect(6, 0);
   EXPECT_EQ(mapped(), 2u);
-  control->call([&] { driver->stop(); });
+  daemon().control().call([&] { driver().stop(); });
   EXPECT_EQ(mapped(), 0u);
   EXPECT_EQ(worker_queues(), 0u);
   frontends.clear();

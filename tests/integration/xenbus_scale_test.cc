@@ -9,18 +9,15 @@
 
 #include <chrono>
 #include <cstdio>
-#include <map>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "common/reactor.h"
 #include "sim/echo_device.h"
-#include "sim/sim_host.h"
-#include "sim/sim_toolstack.h"
+#include "sim/echo_service.h"
 #include "sim/sim_xenstored.h"
-#include "common/xenbus/backend_driver.h"
+#include "tests/fixtures/backend_rig.h"
 
 namespace xenpath::sim {
 namespace {
@@ -29,76 +26,45 @@ using namespace std::chrono_literals;
 
 constexpr std::string_view kEcho = "echo";
 constexpr uint32_t kDevicesPerGuest = 10;
+constexpr uint32_t kGuestPages = 16;
 
 struct Guest {
   DomId id = 0;
-  SimDomain* dom = nullptr;
-  std::unique_ptr<XenStore> xs;
-  std::unique_ptr<EventChannel> evtchn;
+  test::RigGuest* handles = nullptr;
   std::vector<std::unique_ptr<SimEchoFrontend>> devs;
 };
 
-TEST(XenbusScaleTest, ThousandEchoDevicesAtConstantXenstoreCostPerDevice) {
+// ServedDaemon<EchoService> with one worker; guest 1 is the rig's first.
+class XenbusScaleTest : public ::testing::Test, public test::SimBackendRig<EchoService> {
+ protected:
+  void TearDown() override { stop(); }
+};
+
+TEST_F(XenbusScaleTest, ThousandEchoDevicesAtConstantXenstoreCostPerDevice) {
   spdlog::set_level(spdlog::level::warn);
   const auto t0 = std::chrono::steady_clock::now();
-  auto h = SimHost::create({});
-  ASSERT_TRUE(h) << error_string(h.error());
-  std::unique_ptr<SimHost> host = std::move(*h);
-  auto platform = make_sim_platform(*host);
-
-  Reactor::Options copt;
-  copt.name = "control";
-  copt.uring_entries = 0;
-  auto control = Reactor::create(copt);
-  Reactor::Options wopt;
-  wopt.name = "worker";
-  wopt.uring_entries = 0;
-  auto worker = Reactor::create(wopt);
-  ASSERT_TRUE(control && worker);
-  ASSERT_TRUE((*control)->start());
-  ASSERT_TRUE((*worker)->start());
-  auto echo_worker = EchoWorker::create(**worker, *platform);
-  ASSERT_TRUE(echo_worker) << error_string(echo_worker.error());
-
-  auto xs = platform->open_xenstore();
-  ASSERT_TRUE(xs) << error_string(xs.error());
-  auto driver = std::make_unique<BackendDriver>(std::move(*xs), BackendDriver::Options{});
-  ASSERT_TRUE(driver->add_type(
-      std::make_unique<EchoDeviceType>(std::vector<EchoWorker*>{echo_worker->get()}, std::string(kEcho))));
-  Status st = unexpected(EIO);
-  (*control)->call([&] {
-    st = driver->start();
-    if (st) st = driver->attach(**control);
-  });
-  ASSERT_TRUE(st) << error_string(st.error());
-
-  auto tools_xs = host->open_xenstore(kDom0);
-  ASSERT_TRUE(tools_xs);
-  SimToolstack tools(**tools_xs);
+  DaemonOptions dopt = EchoService::cli_defaults().daemon;
+  dopt.workers = 1;
+  ASSERT_NO_FATAL_FAILURE(start(1, dopt, EchoOptions{std::string(kEcho)}, kGuestPages));
+  BackendDriver& driver = daemon().driver();
+  SimToolstack& tools = *tools_;
   std::vector<std::unique_ptr<Guest>> guests;
 
   // Brings the host up to `total` devices; returns the daemon's xenstore
   // operations per new device.
   auto grow_to = [&](uint32_t total) -> double {
     const uint32_t have = static_cast<uint32_t>(guests.size()) * kDevicesPerGuest;
-    const auto before = host->xenstored().socket_stats();
+    const auto before = host_->xenstored().socket_stats();
     std::vector<Guest*> fresh;
     for (uint32_t n = have; n < total; n += kDevicesPerGuest) {
       auto g = std::make_unique<Guest>();
       g->id = static_cast<DomId>(1 + guests.size());
-      auto dom = host->create_domain(g->id, 16, "guest" + std::to_string(g->id));
-      EXPECT_TRUE(dom) << error_string(dom.error());
-      if (!dom) return -1;
-      g->dom = *dom;
-      auto gxs = host->open_xenstore(g->id);
-      auto gev = host->open_event_channel(g->id);
-      EXPECT_TRUE(gxs && gev);
-      if (!gxs || !gev) return -1;
-      g->xs = std::move(*gxs);
-      g->evtchn = std::move(*gev);
+      auto it = guests_.find(g->id);
+      g->handles = it != guests_.end() ? &it->second : &add_guest(g->id, kGuestPages);
+      if (!g->handles->dom || !g->handles->xs || !g->handles->evtchn) return -1;
       for (uint32_t d = 0; d < kDevicesPerGuest; ++d) {
         EXPECT_TRUE(tools.add_device(kEcho, g->id, d, kDom0, {}, {}));
-        auto f = SimEchoFrontend::attach(*g->dom, *g->evtchn, *g->xs,
+        auto f = SimEchoFrontend::attach(*g->handles->dom, *g->handles->evtchn, *g->handles->xs,
                                          SimToolstack::frontend_path(g->id, kEcho, d), 10s);
         EXPECT_TRUE(f) << error_string(f.error());
         if (!f) return -1;
@@ -127,11 +93,11 @@ TEST(XenbusScaleTest, ThousandEchoDevicesAtConstantXenstoreCostPerDevice) {
     uint64_t last = 0;
     for (;;) {
       std::this_thread::sleep_for(20ms);
-      const uint64_t events = driver->stats().watch_events.get();
+      const uint64_t events = driver.stats().watch_events.get();
       if (events == last || std::chrono::steady_clock::now() > deadline) break;
       last = events;
     }
-    const auto after = host->xenstored().socket_stats();
+    const auto after = host_->xenstored().socket_stats();
     return static_cast<double>(after.ops - before.ops) / (total - have);
   };
 
@@ -141,16 +107,16 @@ TEST(XenbusScaleTest, ThousandEchoDevicesAtConstantXenstoreCostPerDevice) {
   const double at1000 = grow_to(1000);
   const auto t_connect1 = std::chrono::steady_clock::now();
 
-  EXPECT_EQ(driver->stats().connected.get(), 1000u);
-  EXPECT_EQ(driver->stats().connects.get(), 1000u);
-  EXPECT_EQ(driver->stats().connect_failures.get(), 0u);
-  EXPECT_EQ(host->counters().mapped_pages_live.load(), 1000u);
+  EXPECT_EQ(driver.stats().connected.get(), 1000u);
+  EXPECT_EQ(driver.stats().connects.get(), 1000u);
+  EXPECT_EQ(driver.stats().connect_failures.get(), 0u);
+  EXPECT_EQ(host_->counters().mapped_pages_live.load(), 1000u);
   size_t known = 0;
-  (*control)->call([&] { known = driver->device_count(); });
+  daemon().control().call([&] { known = driver.device_count(); });
   EXPECT_EQ(known, 1000u);
   for (const auto& g : guests) {
     for (uint32_t d = 0; d < kDevicesPerGuest; ++d) {
-      EXPECT_EQ(*(*tools_xs)->read(kXsNoTxn, SimToolstack::backend_path(kDom0, kEcho, g->id, d) + "/state"), "4");
+      EXPECT_EQ(*tools_xs_->read(kXsNoTxn, SimToolstack::backend_path(kDom0, kEcho, g->id, d) + "/state"), "4");
     }
   }
 
@@ -170,8 +136,8 @@ TEST(XenbusScaleTest, ThousandEchoDevicesAtConstantXenstoreCostPerDevice) {
   EXPECT_LE(at1000, at10 * 1.1 + 1);
 
   // Shutdown releases all 1000 mappings.
-  (*control)->call([&] { driver->stop(); });
-  EXPECT_EQ(host->counters().mapped_pages_live.load(), 0u);
+  stop_daemon();
+  EXPECT_EQ(host_->counters().mapped_pages_live.load(), 0u);
   const auto t1 = std::chrono::steady_clock::now();
 
   const auto ms = [](auto d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); };
@@ -184,10 +150,6 @@ TEST(XenbusScaleTest, ThousandEchoDevicesAtConstantXenstoreCostPerDevice) {
   RecordProperty("ops_per_device_1000", std::to_string(at1000));
 
   guests.clear();
-  (*control)->call([&] { driver.reset(); });
-  echo_worker->reset();
-  (*worker)->stop();
-  (*control)->stop();
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include "blkback/blk_abi.h"
 #include "common/ring.h"
 #include "sim/front_ring.h"
+#include "tests/fixtures/aligned_pages.h"
 
 namespace xenpath {
 namespace {
@@ -302,22 +303,13 @@ TEST(BlkifAbi, ProtocolKey) {
   EXPECT_EQ(blk_protocol_name(BlkProtocol::kX86_64), "x86_64-abi");
 }
 
-struct Pages {
-  explicit Pages(size_t bytes) : n(bytes), p(static_cast<std::byte*>(std::aligned_alloc(kPageSize, bytes))) {
-    std::memset(p, 0, bytes);
-  }
-  ~Pages() { std::free(p); }
-  size_t n;
-  std::byte* p;
-};
-
 template <typename Types>
 void ring_round_trip(unsigned order, unsigned expect_size, size_t slot, size_t status_off) {
-  Pages mem(kPageSize << order);
+  test::AlignedPages mem(kPageSize << order);
   sim::SimFrontRing<Types> front;
   BackRing<Types> back;
-  ASSERT_TRUE(front.init(mem.p, mem.n).has_value());
-  ASSERT_TRUE(back.attach(mem.p, mem.n).has_value());
+  ASSERT_TRUE(front.init(mem.p, mem.size).has_value());
+  ASSERT_TRUE(back.attach(mem.p, mem.size).has_value());
   EXPECT_EQ(back.size(), expect_size);
   BlkRequest rq;
   rq.op = rq.ring_op = BLKIF_OP_READ;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "sim/sim_hypervisor.h"
+#include "tests/fixtures/sim_guest.h"
 
 namespace xenpath {
 namespace {
@@ -72,12 +73,7 @@ xen_netif_ctrl_request req(uint16_t type, uint32_t d0 = 0, uint32_t d1 = 0, uint
 class NetCtrlTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto d = hv_.create_domain(kGuest, 16, "guest");
-    ASSERT_TRUE(d);
-    guest_ = *d;
-    auto gt = hv_.open_grant_table(kDom0);
-    ASSERT_TRUE(gt);
-    gt_ = std::move(*gt);
+    ASSERT_NO_FATAL_FAILURE(test::open_guest_and_grant_table(hv_, kGuest, 16, guest_, gt_));
   }
   // A guest page holding `bytes` at offset 0, granted read-only.
   GrantRef page_with(const void* bytes, size_t n) {

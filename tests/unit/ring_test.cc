@@ -9,18 +9,12 @@
 #include "common/ring.h"
 #include "common/ring_types.h"
 #include "sim/front_ring.h"
+#include "tests/fixtures/aligned_pages.h"
 
 namespace xenpath {
 namespace {
 
-struct AlignedPages {
-  explicit AlignedPages(size_t bytes) : size(bytes), p(static_cast<std::byte*>(std::aligned_alloc(kPageSize, bytes))) {
-    std::memset(p, 0, bytes);
-  }
-  ~AlignedPages() { std::free(p); }
-  size_t size;
-  std::byte* p;
-};
+using test::AlignedPages;
 
 template <typename Types>
 struct Pair {
