@@ -70,9 +70,9 @@ int run_echo_demo(const EchoDemoOptions& opt) {
 
   // The toolstack creates the guests and their devices, as xl/libxl would.
   SimToolstack& tool = (*demo)->tool();
-  if (!(*demo)->create_guests(opt.guests, 4096)) return 2;
+  if (!(*demo)->create_guests(opt.run.guests, 4096)) return 2;
   std::vector<std::unique_ptr<DeviceLoad>> loads;
-  for (unsigned g = 0; g < opt.guests; ++g) {
+  for (unsigned g = 0; g < opt.run.guests; ++g) {
     const DomId domid = SimDemoHost::guest_id(g);
     for (unsigned d = 0; d < opt.devices; ++d) {
       if (auto r = tool.add_device("echo", domid, d, kDom0, {}, {}); !r) {
@@ -88,11 +88,11 @@ int run_echo_demo(const EchoDemoOptions& opt) {
 
   // One thread per guest: its frontends connect, then drive requests.
   const auto t_start = Clock::now();
-  const auto deadline = t_start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opt.seconds));
+  const auto deadline = t_start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opt.run.seconds));
   std::atomic<unsigned> connected{0};
   std::atomic<unsigned> failed{0};
   std::vector<std::thread> guests;
-  for (unsigned g = 0; g < opt.guests; ++g) {
+  for (unsigned g = 0; g < opt.run.guests; ++g) {
     guests.emplace_back([&, g] {
       const DomId domid = static_cast<DomId>(g + 1);
       auto ev = h.open_event_channel(domid);
@@ -164,7 +164,7 @@ int run_echo_demo(const EchoDemoOptions& opt) {
 
   // Tear down as the toolstack does, then check nothing leaked.
   for (auto& l : loads) (void)tool.remove_device("echo", l->domid, l->devid, kDom0, 5s);
-  for (unsigned g = 0; g < opt.guests; ++g) (void)h.destroy_domain(static_cast<DomId>(g + 1));
+  (*demo)->destroy_guests(opt.run.guests);
   size_t devices_left = 1;
   for (int i = 0; i < 200 && devices_left != 0; ++i) {
     devices_left = echo.daemon->stats()["xenbus"]["devices"].get<size_t>();
@@ -184,7 +184,7 @@ int run_echo_demo(const EchoDemoOptions& opt) {
              loads.size(), errors, static_cast<double>(xs_stats.ops) / static_cast<double>(loads.size()));
   fmt::print("self-check: devices left {}, grant pages still mapped {}, watches {} (idle {}) -> {}\n", devices_left,
              live, watches, watches_idle, ok_run ? "OK" : "FAILED");
-  write_summary(opt.json, {{"requests", total},
+  write_summary(opt.run.json, {{"requests", total},
                            {"errors", errors},
                            {"devices", loads.size()},
                            {"xenstore_ops_per_device", static_cast<double>(xs_stats.ops) / static_cast<double>(loads.size())},
@@ -194,13 +194,11 @@ int run_echo_demo(const EchoDemoOptions& opt) {
 }
 
 void add_echo_demo_cli(CLI::App& app, EchoDemoOptions& opt) {
-  app.add_option("--guests", opt.guests, "simulated guests")->check(CLI::Range(1, 500));
+  add_run_cli(app, opt.run, 500, 0.5);
   app.add_option("--devices", opt.devices, "devices per guest")->check(CLI::Range(1, 64));
   app.add_option("--workers", opt.workers, "worker reactors (datapath threads)")->check(CLI::Range(1, 64));
-  app.add_option("--seconds", opt.seconds, "how long to drive traffic")->check(CLI::Range(0.5, 86400.0));
   app.add_option("--burst", opt.burst, "requests per burst per device")->check(CLI::Range(1, 32));
   app.add_option("--socket", opt.socket, "unix socket of the simulated xenstored");
-  app.add_option("--json", opt.json, "write the summary as JSON to this file");
 }
 
 void stop_echo_demo_on_signals() {

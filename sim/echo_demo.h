@@ -5,19 +5,20 @@
 #include <CLI/CLI.hpp>
 #include <string>
 
+#include "sim/sim_demo.h"
+
 namespace xenpath::sim {
 
 struct EchoDemoOptions {
-  unsigned guests = 4;
+  SimRunOptions run;
   unsigned devices = 2;
   unsigned workers = 2;
-  double seconds = 10;
   unsigned burst = 32;
   std::string socket = "/tmp/xenpath-sim.sock";
-  std::string json;
 };
 
-// --guests, --devices, --workers, --seconds, --burst, --socket, --json.
+// The run's (--guests, --seconds, --json), --devices, --workers, --burst,
+// --socket.
 void add_echo_demo_cli(CLI::App& app, EchoDemoOptions& opt);
 // SIGINT/SIGTERM end the run early (its self-check still runs).
 void stop_echo_demo_on_signals();

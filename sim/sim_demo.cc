@@ -41,6 +41,18 @@ Status SimDemoHost::create_guests(unsigned n, uint32_t pages) noexcept {
   return ok();
 }
 
+void SimDemoHost::destroy_guests(unsigned n) noexcept {
+  for (unsigned g = 0; g < n; ++g) (void)host_->destroy_domain(guest_id(g));
+}
+
+void add_run_cli(CLI::App& app, SimRunOptions& run, unsigned max_guests, double min_seconds) {
+  app.add_option("--guests", run.guests, "simulated guests")->check(CLI::Range(1u, max_guests));
+  app.add_option("--seconds", run.seconds,
+                 min_seconds > 0 ? "how long the guests run" : "how long the guests run (0: until SIGTERM/SIGINT)")
+      ->check(CLI::Range(min_seconds, 86400.0));
+  app.add_option("--json", run.json, "write the run's summary as JSON to this file");
+}
+
 void write_summary(const std::string& path, const nlohmann::json& summary) {
   if (path.empty()) return;
   std::ofstream out(path);

@@ -5,6 +5,7 @@
 // Threads: the owning (main) thread; guests' own threads use host().
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -15,6 +16,17 @@
 #include "sim/sim_toolstack.h"
 
 namespace xenpath::sim {
+
+// What every simulated-host run takes: its guests, how long they run, and
+// where its JSON summary goes.
+struct SimRunOptions {
+  unsigned guests = 4;
+  double seconds = 10;  // 0 (where allowed): until SIGTERM/SIGINT
+  std::string json;
+};
+
+// --guests (1..max_guests), --seconds (min_seconds..1 day), --json.
+void add_run_cli(CLI::App& app, SimRunOptions& run, unsigned max_guests, double min_seconds);
 
 class SimDemoHost {
  public:
@@ -27,6 +39,8 @@ class SimDemoHost {
 
   // Guests 1..n, named guest<domid>, `pages` of memory each.
   Status create_guests(unsigned n, uint32_t pages) noexcept;
+  // The toolstack's last step: guests 1..n go (their xenstore nodes too).
+  void destroy_guests(unsigned n) noexcept;
   static DomId guest_id(unsigned i) noexcept { return static_cast<DomId>(i + 1); }
 
  private:

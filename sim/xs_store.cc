@@ -382,8 +382,7 @@ Status XsStore::write(XsConnId conn, XsTxn txn, std::string_view path, std::stri
     else
       global_put(p, std::move(d));
   }
-  const NodeData* now = lookup(t, p);
-  fire(t, p, false, now != nullptr ? &now->perms : nullptr, nullptr);
+  fire_written(t, p);
   return ok();
 }
 
@@ -394,8 +393,7 @@ Status XsStore::mkdir(XsConnId conn, XsTxn txn, std::string_view path) noexcept 
   if (n) return ok();  // already there: fine, and nothing changed
   if (n.error() != ENOENT) return unexpected(n.error());
   XP_TRY(create_node(*c, t, p, {}));
-  const NodeData* now = lookup(t, p);
-  fire(t, p, false, now != nullptr ? &now->perms : nullptr, nullptr);
+  fire_written(t, p);
   return ok();
 }
 

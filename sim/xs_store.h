@@ -271,6 +271,9 @@ class XsStore {
 
   void fire(Txn* t, const std::string& path, bool exact, const std::vector<XsPerm>* node_perms,
             const std::vector<XsPerm>* old_perms);
+  // A node written or created at `path` (in `t`'s view): its watches fire
+  // under the node's permissions now.
+  void fire_written(Txn* t, const std::string& path);
   void fire_now(const std::string& path, bool exact, const std::vector<XsPerm>* node_perms,
                 const std::vector<XsPerm>* old_perms);
   bool watch_permitted(const Conn& c, const std::string& path, const std::vector<XsPerm>* node_perms,

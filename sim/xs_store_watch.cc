@@ -98,6 +98,11 @@ void XsStore::fire(Txn* t, const std::string& path, bool exact, const std::vecto
   }
 }
 
+void XsStore::fire_written(Txn* t, const std::string& path) {
+  const NodeData* now = lookup(t, path);
+  fire(t, path, false, now != nullptr ? &now->perms : nullptr, nullptr);
+}
+
 Status XsStore::watch(XsConnId conn, std::string_view path, std::string_view token) noexcept {
   Conn* c = conn_for(conn, XS_WATCH);
   if (c == nullptr) return unexpected(EBADF);

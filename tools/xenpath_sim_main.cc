@@ -54,6 +54,29 @@ int run_xenstored(const std::string& socket) {
   return 0;
 }
 
+// One daemon subcommand: the daemon's options (as its production main has
+// them), the service's, and the simulated run's.
+template <class Service, class Demo>
+struct DaemonRun {
+  DaemonCli cli = Service::cli_defaults();
+  typename Service::Options opts;
+  Demo demo;
+
+  CLI::App* add(CLI::App& app, const char* name, const char* help, void (*add_demo)(CLI::App&, Demo&)) {
+    CLI::App* sub = app.add_subcommand(name, help);
+    add_service_cli<Service>(*sub, cli, opts);
+    add_demo(*sub, demo);
+    return sub;
+  }
+  template <typename Run>
+  int run(Run fn) {
+    finish_daemon_cli(cli);
+    // Before any thread (EAL's included): the signals reach only this one.
+    block_termination_signals();
+    return fn(cli, opts, demo);
+  }
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -68,30 +91,18 @@ int main(int argc, char** argv) {
   x->add_option("--socket", xs_socket, "unix socket path");
 
   // The daemons, with the options of their production mains, on the simulated host.
-  xenpath::DaemonCli blk_cli = xenpath::BlkbackService::cli_defaults();
-  xenpath::BlkbackService::Options blk_opts;
-  xenpath::sim::BlkDemoOptions blk_demo;
-  auto* b = app.add_subcommand("blkback", "xenpath-blkback on the simulated host, guests doing verified I/O");
-  xenpath::add_service_cli<xenpath::BlkbackService>(*b, blk_cli, blk_opts);
-  xenpath::sim::add_blkback_demo_cli(*b, blk_demo);
-  xenpath::DaemonCli net_cli = xenpath::NetbackService::cli_defaults();
-  xenpath::NetbackService::Options net_opts;
-  xenpath::sim::NetDemoOptions net_demo;
-  auto* n = app.add_subcommand("netback", "xenpath-netback on the simulated host, guests' frames on a loopback wire");
-  xenpath::add_service_cli<xenpath::NetbackService>(*n, net_cli, net_opts);
-  xenpath::sim::add_netback_demo_cli(*n, net_demo);
+  DaemonRun<BlkbackService, BlkDemoOptions> blk;
+  CLI::App* b = blk.add(app, "blkback", "xenpath-blkback on the simulated host, guests doing verified I/O",
+                        add_blkback_demo_cli);
+  DaemonRun<NetbackService, NetDemoOptions> net;
+  CLI::App* n = net.add(app, "netback", "xenpath-netback on the simulated host, guests' frames on a loopback wire",
+                        add_netback_demo_cli);
 
   app.require_subcommand(1);
   CLI11_PARSE(app, argc, argv);
 
-  if (*b || *n) {
-    xenpath::DaemonCli& cli = *b ? blk_cli : net_cli;
-    xenpath::finish_daemon_cli(cli);
-    // Before any thread (EAL's included): the signals reach only this one.
-    xenpath::block_termination_signals();
-    return *b ? xenpath::sim::run_blkback_demo(cli, blk_opts, blk_demo)
-              : xenpath::sim::run_netback_demo(cli, net_opts, net_demo);
-  }
+  if (*b) return blk.run(run_blkback_demo);
+  if (*n) return net.run(run_netback_demo);
   xenpath::log_init(level);
   if (*d) {
     stop_echo_demo_on_signals();

@@ -180,13 +180,13 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
   const size_t watches_idle = h.xenstored().watch_count();
   fmt::print("xenpath-blkback on the simulated Xen host: {} guests x {} VBDs ({} KiB I/O, QD {} per ring, {}% reads{}), "
              "images in {}\n  xenstored: XENSTORED_PATH={} xenstore-ls /local/domain/0/backend/vbd\n",
-             opt.guests, opt.vbds, opt.block_size / 1024, opt.queue_depth, opt.read_percent,
+             opt.run.guests, opt.vbds, opt.block_size / 1024, opt.queue_depth, opt.read_percent,
              opt.verify ? ", every byte verified" : "", dir.string(), h.xenstored_path());
 
   SimToolstack& tool = (*demo)->tool();
-  if (!(*demo)->create_guests(opt.guests, 32768)) return 2;
+  if (!(*demo)->create_guests(opt.run.guests, 32768)) return 2;
   std::vector<std::unique_ptr<GuestVbd>> vbds;
-  for (unsigned g = 0; g < opt.guests; ++g) {
+  for (unsigned g = 0; g < opt.run.guests; ++g) {
     const DomId domid = SimDemoHost::guest_id(g);
     for (unsigned i = 0; i < opt.vbds; ++i) {
       auto v = std::make_unique<GuestVbd>();
@@ -214,11 +214,11 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
   }
 
   const auto t0 = Clock::now();
-  const auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opt.seconds));
+  const auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opt.run.seconds));
   std::atomic<bool> stop{false};
   std::atomic<unsigned> connected{0}, failed{0};
   std::vector<std::thread> guests;
-  for (unsigned g = 0; g < opt.guests; ++g) {
+  for (unsigned g = 0; g < opt.run.guests; ++g) {
     const DomId domid = static_cast<DomId>(g + 1);
     std::vector<GuestVbd*> mine;
     for (auto& v : vbds) {
@@ -277,7 +277,7 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
   const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
   // The toolstack tears the guests down; then nothing may be left.
   for (auto& v : vbds) (void)tool.remove_device("vbd", v->domid, v->devid, kDom0, 5s);
-  for (unsigned g = 0; g < opt.guests; ++g) (void)h.destroy_domain(static_cast<DomId>(g + 1));
+  (*demo)->destroy_guests(opt.run.guests);
   nlohmann::json stats;
   for (int i = 0; i < 500; ++i) {
     stats = bb.daemon->stats();
@@ -293,26 +293,25 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
   vbds.clear();
   if (own_dir) std::filesystem::remove_all(dir, ec);
   fmt::print("\nsummary: {} I/Os ({:.1f} MB) over {} VBDs in {:.1f} s, {} errors, {} verify mismatches{}\n", total,
-             static_cast<double>(bytes) / 1e6, opt.guests * opt.vbds, secs, errors, mismatches,
+             static_cast<double>(bytes) / 1e6, opt.run.guests * opt.vbds, secs, errors, mismatches,
              sig ? " (interrupted)" : "");
   fmt::print("self-check: devices left {}, grant pages still mapped {} (daemon) / {} (host), watches {} (idle {}) -> {}\n",
              stats["xenbus"]["devices"].get<uint64_t>(), stats["mapped_grant_pages"].get<uint64_t>(), live, watches,
              watches_idle, ok_run ? "OK" : "FAILED");
-  write_summary(opt.json, {{"ios", total},
+  write_summary(opt.run.json, {{"ios", total},
                            {"bytes", bytes},
                            {"errors", errors},
                            {"mismatches", mismatches},
-                           {"vbds", opt.guests * opt.vbds},
+                           {"vbds", opt.run.guests * opt.vbds},
                            {"seconds", secs},
                            {"self_check", ok_run}});
   return ok_run ? 0 : 1;
 }
 
 void add_blkback_demo_cli(CLI::App& app, BlkDemoOptions& opt) {
-  app.add_option("--guests", opt.guests, "simulated guests")->check(CLI::Range(1, 256));
+  add_run_cli(app, opt.run, 256, 0.5);
   app.add_option("--vbds", opt.vbds, "disks per guest")->check(CLI::Range(1, 16));
   app.add_option("--queues", opt.queues, "queues per disk the guests ask for")->check(CLI::Range(1, 16));
-  app.add_option("--seconds", opt.seconds, "how long the guests drive I/O")->check(CLI::Range(0.5, 86400.0));
   app.add_option("--image-dir", opt.image_dir, "where the guests' raw images go (default: a temp dir)");
   app.add_option("--image-mib", opt.image_mib, "size of each image")->check(CLI::Range(1, 1 << 20));
   app.add_option("--queue-depth", opt.queue_depth, "I/Os in flight per ring")->check(CLI::Range(1, 32));
@@ -321,7 +320,6 @@ void add_blkback_demo_cli(CLI::App& app, BlkDemoOptions& opt) {
   app.add_option("--read-percent", opt.read_percent, "reads in the mix")->check(CLI::Range(0, 100));
   app.add_flag("!--no-verify", opt.verify, "do not check every byte read against what was written");
   app.add_flag("!--no-persistent-front", opt.persistent_front, "guests do not use persistent grants");
-  app.add_option("--json", opt.json, "write the summary as JSON");
 }
 
 }  // namespace xenpath::sim

@@ -8,14 +8,14 @@
 
 #include "blkback/blk_device.h"
 #include "common/daemon_main.h"
+#include "sim/sim_demo.h"
 
 namespace xenpath::sim {
 
 struct BlkDemoOptions {
-  unsigned guests = 4;
+  SimRunOptions run;
   unsigned vbds = 1;
   unsigned queues = 2;
-  double seconds = 10;
   std::string image_dir;
   uint64_t image_mib = 64;
   unsigned queue_depth = 32;
@@ -23,12 +23,11 @@ struct BlkDemoOptions {
   unsigned read_percent = 70;
   bool persistent_front = true;
   bool verify = true;
-  std::string json;
 };
 
-// --guests, --vbds, --queues, --seconds, --image-dir, --image-mib,
-// --queue-depth, --block-size, --read-percent, --no-verify,
-// --no-persistent-front, --json.
+// The run's (--guests, --seconds, --json), --vbds, --queues, --image-dir,
+// --image-mib, --queue-depth, --block-size, --read-percent, --no-verify,
+// --no-persistent-front.
 void add_blkback_demo_cli(CLI::App& app, BlkDemoOptions& opt);
 
 // Runs the daemon and the guests; exit status 0 when the run and its

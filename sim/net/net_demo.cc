@@ -206,9 +206,9 @@ int run_netback_demo(const DaemonCli& cli, NetbackOptions nopt, const NetDemoOpt
     return 2;
   }
   SimToolstack& tool = (*demo)->tool();
-  if (!(*demo)->create_guests(opt.guests, 4096)) return 2;
+  if (!(*demo)->create_guests(opt.run.guests, 4096)) return 2;
   std::vector<std::unique_ptr<GuestLoad>> loads;
-  for (unsigned g = 0; g < opt.guests; ++g) {
+  for (unsigned g = 0; g < opt.run.guests; ++g) {
     const DomId domid = SimDemoHost::guest_id(g);
     const std::string mac = fmt::format("00:16:3e:00:00:{:02x}", domid & 0xff);
     if (auto r = tool.add_device("vif", domid, 0, kDom0,
@@ -244,7 +244,7 @@ int run_netback_demo(const DaemonCli& cli, NetbackOptions nopt, const NetDemoOpt
     }
     fmt::print("\n");
     std::fflush(stdout);
-    return !failed && (opt.seconds <= 0 || now - t0 < std::chrono::duration<double>(opt.seconds));
+    return !failed && (opt.run.seconds <= 0 || now - t0 < std::chrono::duration<double>(opt.run.seconds));
   });
   g_stop.store(true);
   for (auto& t : guests) t.join();
@@ -270,13 +270,12 @@ int run_netback_demo(const DaemonCli& cli, NetbackOptions nopt, const NetDemoOpt
   fmt::print("summary: {} frames sent, {} received back{}; devices left {}, grant pages still mapped {} -> {}\n", tx,
              rx, sig ? " (interrupted)" : "", stats["xenbus"]["devices"].get<uint64_t>(), live,
              clean ? "OK" : "FAILED");
+  write_summary(opt.run.json, {{"sent", tx}, {"received", rx}, {"self_check", clean}});
   return clean ? 0 : 1;
 }
 
 void add_netback_demo_cli(CLI::App& app, NetDemoOptions& opt) {
-  app.add_option("--guests", opt.guests, "simulated guests, one vif each")->check(CLI::Range(1, 64));
-  app.add_option("--seconds", opt.seconds, "stop after this long (0: on SIGTERM/SIGINT)")
-      ->check(CLI::Range(0.0, 86400.0));
+  add_run_cli(app, opt.run, 64, 0.0);
 }
 
 }  // namespace xenpath::sim

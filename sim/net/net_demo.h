@@ -6,15 +6,15 @@
 
 #include "common/daemon_main.h"
 #include "netback/net_service.h"
+#include "sim/sim_demo.h"
 
 namespace xenpath::sim {
 
 struct NetDemoOptions {
-  unsigned guests = 2;
-  double seconds = 0;  // 0: until SIGTERM/SIGINT
+  SimRunOptions run{.guests = 2, .seconds = 0};
 };
 
-// --guests, --seconds.
+// The run's: --guests, --seconds (0: until SIGTERM/SIGINT), --json.
 void add_netback_demo_cli(CLI::App& app, NetDemoOptions& opt);
 
 // Runs the daemon and the guests; exit status 0 when the run ended clean
