@@ -95,16 +95,14 @@ int run_echo_demo(const EchoDemoOptions& opt) {
   for (unsigned g = 0; g < opt.run.guests; ++g) {
     guests.emplace_back([&, g] {
       const DomId domid = static_cast<DomId>(g + 1);
-      auto ev = h.open_event_channel(domid);
-      auto gxs = h.open_xenstore(domid);
-      SimDomain* dom = h.domain(domid);
-      if (!ev || !gxs || dom == nullptr) {
+      auto guest = SimGuestHandles::open(h, domid);
+      if (!guest) {
         ++failed;
         return;
       }
       std::vector<std::unique_ptr<SimEchoFrontend>> fes;
       for (unsigned d = 0; d < opt.devices; ++d) {
-        auto fe = SimEchoFrontend::attach(*dom, **ev, **gxs, SimToolstack::frontend_path(domid, "echo", d));
+        auto fe = SimEchoFrontend::attach(*guest->domain, *guest->evtchn, *guest->xs, SimToolstack::frontend_path(domid, "echo", d));
         if (!fe || !(*fe)->connect()) {
           ++failed;
           return;

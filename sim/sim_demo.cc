@@ -7,6 +7,15 @@
 
 namespace xenpath::sim {
 
+Result<SimGuestHandles> SimGuestHandles::open(SimHost& host, DomId domid) noexcept {
+  SimGuestHandles g;
+  g.domain = host.domain(domid);
+  if (g.domain == nullptr) return unexpected(ENOENT);
+  XP_ASSIGN_OR_RETURN(g.evtchn, host.open_event_channel(domid));
+  XP_ASSIGN_OR_RETURN(g.xs, host.open_xenstore(domid));
+  return g;
+}
+
 Result<std::unique_ptr<SimDemoHost>> SimDemoHost::create(const SimHost::Options& opts) noexcept {
   try {
     std::unique_ptr<SimDemoHost> d(new SimDemoHost());

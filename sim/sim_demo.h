@@ -17,6 +17,16 @@
 
 namespace xenpath::sim {
 
+// What a simulated guest's kernel holds on its own thread: its domain, an
+// event-channel handle and a xenstore connection acting as that domain.
+struct SimGuestHandles {
+  SimDomain* domain = nullptr;
+  std::unique_ptr<EventChannel> evtchn;
+  std::unique_ptr<XenStore> xs;
+
+  static Result<SimGuestHandles> open(SimHost& host, DomId domid) noexcept;
+};
+
 // What every simulated-host run takes: its guests, how long they run, and
 // where its JSON summary goes.
 struct SimRunOptions {

@@ -70,10 +70,8 @@ uint64_t load_sum(const GuestVbd& v, uint64_t (*f)(const BlkLoadStats&)) {
 void run_guest(SimHost& h, DomId domid, std::vector<GuestVbd*> mine, const BlkDemoOptions& opt, const VbdOptions& vbd,
                unsigned backend_queues,
                std::atomic<bool>& stop, std::atomic<unsigned>& connected, std::atomic<unsigned>& failed) {
-  auto ev = h.open_event_channel(domid);
-  auto gxs = h.open_xenstore(domid);
-  SimDomain* dom = h.domain(domid);
-  if (!ev || !gxs || dom == nullptr) {
+  auto guest = SimGuestHandles::open(h, domid);
+  if (!guest) {
     ++failed;
     return;
   }
@@ -84,7 +82,7 @@ void run_guest(SimHost& h, DomId domid, std::vector<GuestVbd*> mine, const BlkDe
   std::vector<BlkLoad*> all;
   bool ok_all = true;
   for (GuestVbd* v : mine) {
-    auto disk = SimBlkHost::connect_disk(*dom, **gxs, **ev, domid, v->devid, fo);
+    auto disk = SimBlkHost::connect_disk(*guest->domain, *guest->xs, *guest->evtchn, domid, v->devid, fo);
     if (!disk) {
       spdlog::error("guest {} vbd {}: {}", domid, v->devid, error_string(disk.error()));
       ok_all = false;

@@ -111,15 +111,13 @@ struct GuestLoad {
 // One simulated guest: netfront's handshake, then frames out and back.
 void run_guest(SimHost& h, GuestLoad& load) {
   const DomId domid = load.domid;
-  auto ev = h.open_event_channel(domid);
-  auto gxs = h.open_xenstore(domid);
-  SimDomain* dom = h.domain(domid);
-  if (!ev || !gxs || dom == nullptr) {
+  auto guest = SimGuestHandles::open(h, domid);
+  if (!guest) {
     load.failed = true;
     return;
   }
-  auto xb = SimXenbusFrontend::attach(**gxs, SimToolstack::frontend_path(domid, "vif", 0), 5s);
-  auto nf = SimNetfront::create(*dom, **ev, {});
+  auto xb = SimXenbusFrontend::attach(*guest->xs, SimToolstack::frontend_path(domid, "vif", 0), 5s);
+  auto nf = SimNetfront::create(*guest->domain, *guest->evtchn, {});
   if (!xb || !nf) {
     load.failed = true;
     return;
