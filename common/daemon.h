@@ -82,6 +82,10 @@ class BackendDaemon {
   bool report_device_error(const DeviceAddress& addr, int error) noexcept {
     return driver_->report_device_error(addr.type, addr.frontend_id, addr.devid, error);
   }
+  // The same as the error sink a device type takes (VbdErrorSink, ...).
+  [[nodiscard]] std::function<void(const DeviceAddress&, int)> device_error_sink() noexcept {
+    return [this](const DeviceAddress& addr, int error) { report_device_error(addr, error); };
+  }
 
  private:
   BackendDaemon(XenPlatform& platform, const DaemonOptions& opts) noexcept : platform_(platform), opts_(opts) {}

@@ -121,7 +121,7 @@ Result<std::unique_ptr<NetbackService>> NetbackService::create(BackendDaemon& da
     BackendDaemon* d = &daemon;
     XP_TRY(daemon.add_type(std::make_unique<VifDeviceType>(
         s->workers(), *s->pool_, std::move(ports), opts.vif,
-        [d](const DeviceAddress& a, int err) { d->report_device_error(a, err); })));
+        daemon.device_error_sink())));
     const NetbackService* self = s.get();
     daemon.add_stats([self, d](nlohmann::json& j) { self->add_stats(j, d->driver()); });
     // Every VIF is disconnected (its port closed) by now; the workers' DPDK
