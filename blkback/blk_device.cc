@@ -130,16 +130,7 @@ Status VbdDevice::read_frontend(XenStore& xs, XsTxn t) noexcept {
     XP_ASSIGN_OR_RETURN(const uint32_t pers, read_flag(xs, t, fe, "feature-persistent", 0));
     persistent_ = opts_.persistent && pers == 1;
 
-    auto nq = read_decimal_or<uint32_t>(xs, t, fe, "multi-queue-num-queues", 1);
-    if (!nq) {
-      log_.guest("malformed multi-queue-num-queues");
-      return unexpected(EINVAL);
-    }
-    const uint32_t nqueues = *nq;
-    if (nqueues == 0 || nqueues > max_queues_) {
-      log_.guest("frontend asked for {} queues, at most {} offered", nqueues, max_queues_);
-      return unexpected(EINVAL);
-    }
+    XP_ASSIGN_OR_RETURN(const uint32_t nqueues, read_queue_count(xs, t, fe, max_queues_, log_));
     // ring-page-order sits at the top even with several queues; with it
     // (even 0) the references are ring-ref0..N-1, without it one ring-ref.
     uint32_t order = 0;

@@ -59,18 +59,10 @@ Status VbdQueue::init() noexcept {
     return unexpected(EINVAL);
   }
   GrantTable& gt = worker_.grant_table();
-  auto m = gt.map(config_.frontend, config_.ring_refs, /*writable=*/true);
-  if (!m) {
-    log_.guest("cannot map the ring ({} pages): {}", pages, error_string(m.error()));
-    return unexpected(m.error());
-  }
-  ring_mapping_ = std::move(*m);
   ring_ = BlkRingPort::make(config_.protocol);
   if (!ring_) return unexpected(ENOMEM);
-  if (auto st = ring_->attach(ring_mapping_.data(), ring_mapping_.size_bytes(), &stats_.ring); !st) {
-    log_.guest("bad shared ring: {}", error_string(st.error()));
-    return st;
-  }
+  XP_TRY(map_guest_ring(worker_, config_.frontend, config_.ring_refs, ring_mapping_, *ring_, &stats_.ring, log_,
+                        "shared"));
   XP_ASSIGN_OR_RETURN(channel_, image_.open_channel(worker_.reactor()));
 
   const unsigned nslots = ring_->size();
@@ -114,7 +106,7 @@ Status VbdQueue::init() noexcept {
     return unexpected(ENOMEM);
   }
 
-  XP_TRY(port_.bind(worker_, config_.frontend, config_.remote_port, this));
+  XP_TRY(evtchn_.bind(worker_, config_.frontend, config_.remote_port, this));
   start_polling();
   if (pgrants_) {
     // Idle persistent grants go back to the guest after their timeout.
@@ -134,7 +126,7 @@ void VbdQueue::teardown() noexcept {
   stop_polling();
   if (have_timer_) worker_.reactor().cancel_timer(purge_timer_);
   have_timer_ = false;
-  port_.unbind();
+  evtchn_.unbind();
   // Consumed but never dispatched (behind a barrier): the frontend is going
   // away, there is nobody to answer.
   for (auto& s : slots_) {
@@ -171,7 +163,7 @@ VbdQueue::~VbdQueue() {
 
 void VbdQueue::on_event(EvtchnPort) noexcept {
   stats_.ring.events_received.add();
-  port_.on_event();  // the event channel stays masked until arm() unmasks it
+  evtchn_.reported();  // the event channel stays masked until arm() unmasks it
 }
 
 VbdQueue::Slot* VbdQueue::alloc_slot() noexcept {
@@ -238,7 +230,7 @@ bool VbdQueue::poll() noexcept {
 bool VbdQueue::arm() noexcept {
   if (stopped_) return false;
   bool late = publish();
-  port_.unmask();
+  evtchn_.unmask_reported();
   if (barrier_ != nullptr) return late;  // completions wake us; nothing to consume meanwhile
   if (held_head_ != nullptr) return true;
   if (halted_ || stopping_ || in_use_ == ring_->size()) return late;
@@ -249,7 +241,7 @@ bool VbdQueue::arm() noexcept {
 bool VbdQueue::publish() noexcept {
   if (!responses_pending_) return false;
   responses_pending_ = false;
-  if (ring_->flush()) port_.notify();
+  if (ring_->flush()) evtchn_.notify();
   return true;
 }
 

@@ -60,6 +60,7 @@
 #include "common/log.h"
 #include "common/reactor.h"
 #include "common/stats.h"
+#include "common/guest_channel.h"
 #include "common/xen_worker.h"
 #include "common/xen/event_channel.h"
 #include "common/xen/grant_table.h"
@@ -187,7 +188,7 @@ class VbdQueue final : public XenRingPoller {
   std::unique_ptr<BlkRingPort> ring_;
   std::unique_ptr<ImageChannel> channel_;
   std::unique_ptr<PersistentGrants> pgrants_;
-  WorkerPort port_;
+  GuestEvtchn evtchn_;
   bool halted_ = false;
   bool stopping_ = false;
   bool stopped_ = false;

@@ -56,43 +56,6 @@ void XenWorker::on_events() noexcept {
   }
 }
 
-Status WorkerPort::bind(XenWorker& worker, DomId frontend, EvtchnPort remote, EvtchnTarget* target) noexcept {
-  unbind();
-  XP_ASSIGN_OR_RETURN(local_, worker.event_channel().bind_interdomain(frontend, remote));
-  worker_ = &worker;
-  masked_ = false;
-  worker.add_port(local_, target);
-  return ok();
-}
-
-void WorkerPort::unbind() noexcept {
-  if (worker_ == nullptr) return;
-  worker_->remove_port(local_);
-  (void)worker_->event_channel().unbind(local_);
-  worker_ = nullptr;
-}
-
-void WorkerPort::unmask() noexcept {
-  if (masked_ && worker_ != nullptr) (void)worker_->event_channel().unmask(local_);
-  masked_ = false;
-}
-
-void WorkerPort::notify() noexcept {
-  if (worker_ != nullptr) (void)worker_->event_channel().notify(local_);
-}
-
-void XenRingPoller::start_polling() noexcept {
-  if (polling_) return;
-  worker_.reactor().add_poller(this);
-  polling_ = true;
-}
-
-void XenRingPoller::stop_polling() noexcept {
-  if (!polling_) return;
-  worker_.reactor().remove_poller(this);
-  polling_ = false;
-}
-
 Status XenWorkerSet::open(const std::vector<Reactor*>& reactors, XenPlatform& platform) noexcept {
   try {
     for (Reactor* r : reactors) {

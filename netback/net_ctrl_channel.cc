@@ -6,7 +6,7 @@ namespace xenpath {
 
 NetifCtrlChannel::NetifCtrlChannel(NetWorker& worker, const Config& config, NetifCtrlStats& stats, HashSink on_hash,
                                    HaltSink on_halt) noexcept
-    : worker_(worker),
+    : XenRingPoller(worker),
       config_(config),
       stats_(stats),
       on_hash_(std::move(on_hash)),
@@ -18,7 +18,7 @@ Result<std::unique_ptr<NetifCtrlChannel>> NetifCtrlChannel::start(NetWorker& wor
                                                                    NetifCtrlStats& stats, HashSink on_hash,
                                                                    HaltSink on_halt) noexcept {
   if (config.num_queues == 0) return unexpected(EINVAL);
-  return TwoPhaseStart::run<NetifCtrlChannel>([&] {
+  return start_with<NetifCtrlChannel>([&] {
     return new NetifCtrlChannel(worker, config, stats, std::move(on_hash), std::move(on_halt));
   });
 }
@@ -27,14 +27,12 @@ Status NetifCtrlChannel::init() noexcept {
   XP_TRY(map_guest_ring(worker_, config_.frontend, {&config_.ring_ref, 1}, ring_map_, ring_, &stats_.ring, log_,
                         "control"));
   XP_TRY(evtchn_.bind(worker_, config_.frontend, config_.remote_port, this));
-  worker_.reactor().add_poller(this);
-  polling_ = true;
+  start_polling();
   return ok();
 }
 
 void NetifCtrlChannel::teardown() noexcept {
-  if (polling_) worker_.reactor().remove_poller(this);
-  polling_ = false;
+  stop_polling();
   evtchn_.unbind();
   ring_map_.reset();
 }

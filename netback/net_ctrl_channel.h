@@ -40,7 +40,7 @@ struct NetifCtrlStats {
   Counter hash_updates;  // bursts that changed the hash configuration
 };
 
-class NetifCtrlChannel final : public Poller, public EvtchnTarget {
+class NetifCtrlChannel final : public XenRingPoller {
  public:
   static constexpr unsigned kBurst = 32;
 
@@ -61,9 +61,6 @@ class NetifCtrlChannel final : public Poller, public EvtchnTarget {
                                                          HaltSink on_halt = {}) noexcept;
   // On the worker's thread: unbinds and unmaps.
   ~NetifCtrlChannel() override;
-  NetifCtrlChannel(const NetifCtrlChannel&) = delete;
-  NetifCtrlChannel& operator=(const NetifCtrlChannel&) = delete;
-
 
   [[nodiscard]] const NetifCtrl& state() const noexcept { return ctrl_; }
   [[nodiscard]] bool halted() const noexcept { return halted_; }
@@ -76,11 +73,9 @@ class NetifCtrlChannel final : public Poller, public EvtchnTarget {
  private:
   NetifCtrlChannel(NetWorker& worker, const Config& config, NetifCtrlStats& stats, HashSink on_hash,
                    HaltSink on_halt) noexcept;
-  friend struct TwoPhaseStart;
-  Status init() noexcept;
-  void teardown() noexcept;
+  Status init() noexcept override;
+  void teardown() noexcept override;
 
-  NetWorker& worker_;
   Config config_;
   NetifCtrlStats& stats_;
   HashSink on_hash_;
@@ -90,7 +85,6 @@ class NetifCtrlChannel final : public Poller, public EvtchnTarget {
   GrantMapping ring_map_;
   BackRing<NetifCtrlRing> ring_;
   GuestEvtchn evtchn_;
-  bool polling_ = false;
   bool halted_ = false;
 };
 

@@ -308,20 +308,19 @@ Status VifDevice::connect() noexcept {
     }
     // Started on its worker; the control thread waits in call(), so the
     // queue is recorded here before anything else can reach it.
-    Result<std::unique_ptr<VifQueue>> q = unexpected(EIO);
-    w->reactor().call([&] {
-      q = VifQueue::start(*w, c, *stats_[i], [this](int err) {
+    const Status st = start_on_worker(*w, queues_[i], [&] {
+      auto q = VifQueue::start(*w, c, *stats_[i], [this](int err) {
         // On the worker: the driver moves the device to Closing.
         if (sink_) sink_(addr_, err);
       });
       if (q) sibs->entries[i] = {&w->reactor(), q->get(), true};
+      return q;
     });
-    if (!q) {
+    if (!st) {
       // The driver calls disconnect(), which stops the queues started so far.
-      log_.guest("queue {}: cannot connect: {}", i, error_string(q.error()));
-      return unexpected(q.error());
+      log_.guest("queue {}: cannot connect: {}", i, error_string(st.error()));
+      return st;
     }
-    queues_[i] = std::move(*q);
   }
   if (front_.ctrl_ring) {
     NetWorker* w = queue_workers_[0];
@@ -344,17 +343,10 @@ Status VifDevice::connect() noexcept {
         });
       }
     };
-    Status st = unexpected(EIO);
-    w->reactor().call([&] {
-      auto c = NetifCtrlChannel::start(*w, cc, *ctrl_stats_, on_hash, [this](int err) {
+    const Status st = start_on_worker(*w, ctrl_, [&] {
+      return NetifCtrlChannel::start(*w, cc, *ctrl_stats_, on_hash, [this](int err) {
         if (sink_) sink_(addr_, err);
       });
-      if (c) {
-        ctrl_ = std::move(*c);
-        st = ok();
-      } else {
-        st = unexpected(c.error());
-      }
     });
     if (!st) {
       log_.guest("cannot connect the control ring: {}", error_string(st.error()));

@@ -14,11 +14,11 @@ void VifQueueCore::halt(const char* why) noexcept {
 }
 
 VifQueue::VifQueue(NetWorker& worker, const Config& config, VifQueueStats& stats, HaltSink on_halt) noexcept
-    : core_(worker, config, stats, std::move(on_halt)), tx_(core_), rx_(core_) {}
+    : XenRingPoller(worker), core_(worker, config, stats, std::move(on_halt)), tx_(core_), rx_(core_) {}
 
 Result<std::unique_ptr<VifQueue>> VifQueue::start(NetWorker& worker, const Config& config, VifQueueStats& stats,
                                                   HaltSink on_halt) noexcept {
-  return TwoPhaseStart::run<VifQueue>([&] { return new VifQueue(worker, config, stats, std::move(on_halt)); });
+  return start_with<VifQueue>([&] { return new VifQueue(worker, config, stats, std::move(on_halt)); });
 }
 
 Status VifQueue::init() noexcept {
@@ -46,25 +46,24 @@ Status VifQueue::init() noexcept {
 
   // One channel for both rings unless the frontend split them.
   shared_evtchn_ = config.rx_remote_port == config.tx_remote_port;
-  XP_TRY(tx_evtchn_.bind(core_.worker, config.frontend, config.tx_remote_port, this));
-  if (!shared_evtchn_) XP_TRY(rx_evtchn_.bind(core_.worker, config.frontend, config.rx_remote_port, this));
+  XP_TRY(tx_evtchn_.bind(worker_, config.frontend, config.tx_remote_port, this));
+  if (!shared_evtchn_) XP_TRY(rx_evtchn_.bind(worker_, config.frontend, config.rx_remote_port, this));
   std::chrono::microseconds period = config.port_poll;
   // With a receive wake-up the period only paces housekeeping; credit
   // replenish has its own exact timer (VifTxPath).
   if (rx_.has_wait_fd()) period = std::max<std::chrono::microseconds>(period, kHousekeepingPeriod);
-  if (auto t = core_.worker.reactor().add_timer(period, [] {})) {
+  if (auto t = worker_.reactor().add_timer(period, [] {})) {
     timer_ = *t;
     have_timer_ = true;
   }
-  core_.worker.reactor().add_poller(this);
-  polling_ = true;
+  start_polling();
   return ok();
 }
 
-void VifQueue::teardown(bool keep_tx_pages) noexcept {
+void VifQueue::shut_down(bool keep_tx_pages) noexcept {
   // Nothing polls or wakes us any more, then each path lets go of the guest.
-  if (std::exchange(polling_, false)) core_.worker.reactor().remove_poller(this);
-  if (std::exchange(have_timer_, false)) core_.worker.reactor().cancel_timer(timer_);
+  stop_polling();
+  if (std::exchange(have_timer_, false)) worker_.reactor().cancel_timer(timer_);
   rx_evtchn_.unbind();
   tx_evtchn_.unbind();
   rx_.teardown();
@@ -75,7 +74,7 @@ void VifQueue::teardown(bool keep_tx_pages) noexcept {
 void VifQueue::abandon() noexcept {
   if (stopped_) return;
   core_.halted = true;
-  teardown(/*keep_tx_pages=*/true);
+  shut_down(/*keep_tx_pages=*/true);
 }
 
 Status VifQueue::stop() noexcept {

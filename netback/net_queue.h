@@ -37,7 +37,7 @@
 
 namespace xenpath {
 
-class VifQueue final : public Poller, public EvtchnTarget {
+class VifQueue final : public XenRingPoller {
  public:
   static constexpr unsigned kMaxBurst = kVifMaxBurst;
   static constexpr std::chrono::milliseconds kHousekeepingPeriod = kVifHousekeepingPeriod;
@@ -60,8 +60,6 @@ class VifQueue final : public Poller, public EvtchnTarget {
   // destroys it: the free callback may still run).
   void abandon() noexcept;
   ~VifQueue() override;
-  VifQueue(const VifQueue&) = delete;
-  VifQueue& operator=(const VifQueue&) = delete;
 
   // Queue thread: the control ring's hash configuration (RX packets then
   // carry a HASH extra when the algorithm is Toeplitz); null for none.
@@ -90,11 +88,11 @@ class VifQueue final : public Poller, public EvtchnTarget {
   void on_event(EvtchnPort local) noexcept override;
 
  private:
-  friend struct TwoPhaseStart;
   VifQueue(NetWorker& worker, const Config& config, VifQueueStats& stats, HaltSink on_halt) noexcept;
-  Status init() noexcept;
-  // keep_tx_pages: abandon().
-  void teardown(bool keep_tx_pages = false) noexcept;
+  Status init() noexcept override;
+  void teardown() noexcept override { shut_down(/*keep_tx_pages=*/false); }
+  // teardown(), or abandon()'s (keep_tx_pages).
+  void shut_down(bool keep_tx_pages) noexcept;
   bool publish() noexcept;
 
   VifQueueCore core_;
@@ -104,7 +102,6 @@ class VifQueue final : public Poller, public EvtchnTarget {
   GuestEvtchn tx_evtchn_;
   GuestEvtchn rx_evtchn_;  // unbound when the rings share tx_evtchn_
   bool shared_evtchn_ = true;
-  bool polling_ = false;
   bool stopped_ = false;
   Reactor::TimerId timer_ = 0;
   bool have_timer_ = false;

@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "common/guest_channel.h"
 #include "common/ring.h"
 
 namespace xenpath::sim {
@@ -40,57 +41,25 @@ std::string printable(std::string_view s) {
 // Touches the mapped ring page, which the guest may rewrite at any moment:
 // BackRing copies requests out before they are looked at, and the ring
 // indexes are bounded by BackRing (overflow halts the queue).
-class EchoQueue final : public Poller, public EvtchnTarget {
+class EchoQueue final : public XenRingPoller {
  public:
-  EchoQueue(EchoWorker& w, RingQueueStats& stats, std::string log_prefix, const DeviceAddress& addr,
-            const EchoErrorSink& sink) noexcept
-      : w_(w), stats_(stats), log_(std::move(log_prefix)), addr_(addr), sink_(sink) {}
-  ~EchoQueue() override { stop(); }
+  struct Config {
+    DomId frontend = 0;
+    GrantRef ring_ref = 0;
+    EvtchnPort remote_port = 0;
+  };
 
-  Status start(DomId fe, GrantRef ref, EvtchnPort remote) noexcept {
-    const GrantRef refs[] = {ref};
-    auto m = w_.grant_table().map(fe, refs, /*writable=*/true);
-    if (!m) {
-      log_.guest("cannot map ring-ref {}: {}", ref, error_string(m.error()));
-      return unexpected(m.error());
-    }
-    mapping_ = std::move(*m);
-    if (auto a = ring_.attach(mapping_.data(), kPageSize, &stats_); !a) {
-      log_.guest("bad shared ring: {}", error_string(a.error()));
-      stop();
-      return a;
-    }
-    auto port = w_.event_channel().bind_interdomain(fe, remote);
-    if (!port) {
-      log_.guest("cannot bind event-channel {}: {}", remote, error_string(port.error()));
-      stop();
-      return unexpected(port.error());
-    }
-    local_ = *port;
-    bound_ = true;
-    w_.add_port(local_, this);
-    w_.reactor().add_poller(this);
-    polling_ = true;
-    // Requests the frontend queued before we bound are picked up by the
-    // first poll(); its notification may have gone nowhere.
-    return ok();
+  // On the worker's thread: maps the ring, binds the channel, polls.
+  static Result<std::unique_ptr<EchoQueue>> start(EchoWorker& w, const Config& config, RingQueueStats& stats,
+                                                  std::string log_prefix, const DeviceAddress& addr,
+                                                  const EchoErrorSink& sink) noexcept {
+    return start_with<EchoQueue>([&] { return new EchoQueue(w, config, stats, std::move(log_prefix), addr, sink); });
   }
-
-  // Idempotent: after it, nothing of the guest stays mapped or bound.
-  void stop() noexcept {
-    if (polling_) w_.reactor().remove_poller(this);
-    polling_ = false;
-    if (bound_) {
-      w_.remove_port(local_);
-      (void)w_.event_channel().unbind(local_);
-    }
-    bound_ = false;
-    mapping_.reset();
-  }
+  ~EchoQueue() override { teardown(); }
 
   void on_event(EvtchnPort) noexcept override {
     stats_.events_received.add();
-    masked_ = true;  // the evtchn device keeps it masked until we unmask
+    evtchn_.reported();  // the evtchn device keeps it masked until we unmask
   }
 
   bool poll() noexcept override {
@@ -124,7 +93,7 @@ class EchoQueue final : public Poller, public EvtchnTarget {
     }
     // One push per burst; notify only when the frontend asked for it
     // (rsp_event), which is what keeps interrupts per request low.
-    if (ring_.flush()) (void)w_.event_channel().notify(local_);
+    if (ring_.flush()) evtchn_.notify();
     return true;
   }
 
@@ -132,25 +101,43 @@ class EchoQueue final : public Poller, public EvtchnTarget {
     if (halted_ || !mapping_) return false;
     // Unmask before the final check: an event after the check then wakes
     // epoll; one before it is seen by the check.
-    if (masked_ && bound_) {
-      (void)w_.event_channel().unmask(local_);
-      masked_ = false;
-    }
+    evtchn_.unmask_reported();
     return ring_.final_check();
   }
 
  private:
-  EchoWorker& w_;
+  EchoQueue(EchoWorker& w, const Config& config, RingQueueStats& stats, std::string log_prefix,
+            const DeviceAddress& addr, const EchoErrorSink& sink) noexcept
+      : XenRingPoller(w), config_(config), stats_(stats), log_(std::move(log_prefix)), addr_(addr), sink_(sink) {}
+
+  Status init() noexcept override {
+    XP_TRY(map_guest_ring(worker_, config_.frontend, {&config_.ring_ref, 1}, mapping_, ring_, &stats_, log_,
+                          "shared"));
+    if (auto st = evtchn_.bind(worker_, config_.frontend, config_.remote_port, this); !st) {
+      log_.guest("cannot bind event-channel {}: {}", config_.remote_port, error_string(st.error()));
+      return st;
+    }
+    start_polling();
+    // Requests the frontend queued before we bound are picked up by the
+    // first poll(); its notification may have gone nowhere.
+    return ok();
+  }
+
+  // Idempotent: after it, nothing of the guest stays mapped or bound.
+  void teardown() noexcept override {
+    stop_polling();
+    evtchn_.unbind();
+    mapping_.reset();
+  }
+
+  Config config_;
   RingQueueStats& stats_;
   DeviceLog log_;
   const DeviceAddress& addr_;   // the owning EchoDevice's, outlives us
   const EchoErrorSink& sink_;
   GrantMapping mapping_;
   BackRing<EchoRing> ring_;
-  EvtchnPort local_ = 0;
-  bool bound_ = false;
-  bool polling_ = false;
-  bool masked_ = false;
+  GuestEvtchn evtchn_;
   bool halted_ = false;
 };
 
@@ -181,12 +168,10 @@ Status EchoDevice::read_frontend(XenStore& xs, XsTxn t) noexcept {
 
 Status EchoDevice::connect() noexcept {
   if (queue_) return unexpected(EALREADY);
-  Status st = unexpected(EIO);
-  const std::string prefix = log_.prefix();
-  worker_.reactor().call([&] {
-    auto q = std::make_unique<EchoQueue>(worker_, stats_, prefix, addr_, sink_);
-    st = q->start(addr_.frontend_id, ring_ref_, remote_port_);
-    if (st) queue_ = std::move(q);  // on failure the destructor releases, here
+  const EchoQueue::Config config{addr_.frontend_id, ring_ref_, remote_port_};
+  // On failure the queue released what it took before it went, there.
+  const Status st = start_on_worker(worker_, queue_, [&] {
+    return EchoQueue::start(worker_, config, stats_, log_.prefix(), addr_, sink_);
   });
   if (st) connected_.store(true, std::memory_order_release);
   return st;

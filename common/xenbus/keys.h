@@ -42,14 +42,6 @@ Result<T> read_decimal(XenStore& xs, XsTxn t, std::string_view dir, std::string_
   return *n;
 }
 
-// Same, for an optional key: `fallback` when it is absent.
-template <typename T>
-Result<T> read_decimal_or(XenStore& xs, XsTxn t, std::string_view dir, std::string_view key, T fallback) noexcept {
-  auto v = read_decimal<T>(xs, t, dir, key);
-  if (!v && v.error() == ENOENT) return fallback;
-  return v;
-}
-
 struct RingRefs {
   unsigned order = 0;          // ring-page-order: the ring is 2^order pages
   std::vector<GrantRef> refs;  // 2^order references, in ring order

@@ -1,4 +1,5 @@
-// Guest-written keys: strict decimals and single/multi-page ring references.
+// Guest-written keys: strict decimals, single/multi-page ring references and
+// the multi-queue count.
 #include <gtest/gtest.h>
 
 #include "sim/sim_xenstored.h"
@@ -83,6 +84,33 @@ TEST_F(RingRefsTest, QueueDirectoriesUseTheSameRules) {
   auto tx = read_ring_refs(*xs_, kXsNoTxn, "/fe", 0, "tx-ring-ref");
   ASSERT_TRUE(tx.has_value());
   EXPECT_EQ(tx->refs, std::vector<GrantRef>{30});
+}
+
+TEST_F(RingRefsTest, QueueCountDefaultsToOneAndIsBounded) {
+  DeviceLog log("test: ");
+  auto n = read_queue_count(*xs_, kXsNoTxn, "/fe", 4, log);
+  ASSERT_TRUE(n.has_value());  // absent: one queue
+  EXPECT_EQ(*n, 1u);
+  put("multi-queue-num-queues", "4");
+  n = read_queue_count(*xs_, kXsNoTxn, "/fe", 4, log);
+  ASSERT_TRUE(n.has_value());
+  EXPECT_EQ(*n, 4u);
+  for (const char* bad : {"0", "5", "-1", "01", "two", ""}) {
+    put("multi-queue-num-queues", bad);
+    EXPECT_EQ(read_queue_count(*xs_, kXsNoTxn, "/fe", 4, log).error(), EINVAL) << '"' << bad << '"';
+  }
+}
+
+// A store error is not the guest's: it passes through (a transaction to
+// retry, a node the backend may not read), never as EINVAL, which would
+// fail the device.
+TEST_F(RingRefsTest, QueueCountPassesStoreErrorsThrough) {
+  put("multi-queue-num-queues", "2");  // dom0's node: nobody else may read it
+  auto guest = xsd_->connect(5);
+  ASSERT_TRUE(guest.has_value());
+  ASSERT_EQ((*guest)->read(kXsNoTxn, "/fe/multi-queue-num-queues").error(), EACCES);
+  DeviceLog log("test: ");
+  EXPECT_EQ(read_queue_count(**guest, kXsNoTxn, "/fe", 4, log).error(), EACCES);
 }
 
 }  // namespace
