@@ -374,15 +374,7 @@ class Rig {
         for (size_t i = 0; i < want; ++i) {
           bool okay = pool_.append_copy(b[i], {reinterpret_cast<const std::byte*>(wire_frame_.data()),
                                               wire_frame_.size()});
-          if (okay && c_.gso) {
-            PacketMeta m;
-            m.flags = PacketMeta::kIpv4 | PacketMeta::kTcp | PacketMeta::kSegment;
-            m.l2_len = 14;
-            m.l3_len = 20;
-            m.l4_len = 20;
-            m.mss = 1448;
-            okay = pkt::set_meta(b[i], m);
-          }
+          if (okay && c_.gso) okay = pkt::set_meta(b[i], sim::frames::tso_meta(1448));
           if (okay) inject_.push_back(b[i]);
           else pkt::free(b[i]);
         }

@@ -180,6 +180,21 @@ class NetVifDevice : public ::testing::Test, public test::SimBackendRig<NetbackS
   }
 
   const VifDevice* device(uint32_t devid) { return backend_device<VifDevice>(devid); }
+  // Plugs `devid` (backend keys `extra`) with one queue and connects it:
+  // its device, null if it did not connect.
+  const VifDevice* connect_one_queue(uint32_t devid, GuestVif*& v, sim::XsKeys extra = {}) {
+    v = &plug(devid, std::move(extra));
+    EXPECT_TRUE(v->xb->connect(rings(*v, 1, false)));
+    return device(devid);
+  }
+  // A TCP/IPv4 frame of `size` bytes, headers included.
+  static SimNetfront::TxFrame tx_frame_of(size_t size) {
+    FrameSpec s;
+    s.payload = size - 54;
+    SimNetfront::TxFrame f;
+    f.bytes = make_frame(s);
+    return f;
+  }
 
   PacketPort& wire(uint32_t devid, size_t q) {
     std::lock_guard<std::mutex> lock(wire_mu_);
@@ -196,12 +211,11 @@ class NetVifDevice : public ::testing::Test, public test::SimBackendRig<NetbackS
     VifOptions vo;
     vo.tx_limits.copy_below = 0;
     start(vo);
-    GuestVif& v = plug(lc.devid);
-    ASSERT_TRUE(v.xb->connect(rings(v, 1, false)));
-    const VifDevice* d = device(lc.devid);
+    GuestVif* v = nullptr;
+    const VifDevice* d = connect_one_queue(lc.devid, v);
     ASSERT_NE(d, nullptr);
     ASSERT_TRUE(lc.csum.csum_blank);
-    ASSERT_TRUE(v.queues[0]->send(lc.csum));
+    ASSERT_TRUE(v->queues[0]->send(lc.csum));
     auto got = wire_receive(wire(lc.devid, 0), 1);
     ASSERT_EQ(got.size(), 1u);
     {
@@ -214,7 +228,7 @@ class NetVifDevice : public ::testing::Test, public test::SimBackendRig<NetbackS
     EXPECT_EQ(d->queue_stats(0).tx_port_dropped.get(), 0u);
     EXPECT_EQ(d->queue_stats(0).tx_headers_pulled.get(), 1u);
 
-    ASSERT_TRUE(v.queues[0]->send(lc.gso));
+    ASSERT_TRUE(v->queues[0]->send(lc.gso));
     got = wire_receive(wire(lc.devid, 0), lc.segments);
     ASSERT_EQ(got.size(), lc.segments);
     std::vector<uint8_t> payload;

@@ -80,37 +80,29 @@ TEST_F(NetVifDevice, RateKeyLimitsGuestTransmit) {
   start();
   // 3000 bytes of credit per 10 s: three 1000-byte frames pass, the
   // fourth waits for the next window.
-  GuestVif& v = plug(3, {{"rate", "3000,10000000"}});
-  ASSERT_TRUE(v.xb->connect(rings(v, 1, false)));
-  const VifDevice* d = device(3);
+  GuestVif* v = nullptr;
+  const VifDevice* d = connect_one_queue(3, v, {{"rate", "3000,10000000"}});
   ASSERT_NE(d, nullptr);
   EXPECT_EQ(d->rate(), (RateSpec{3000, 10000000}));
-  FrameSpec s;
-  s.payload = 1000 - 54;
-  SimNetfront::TxFrame f;
-  f.bytes = make_frame(s);
-  for (int i = 0; i < 4; ++i) ASSERT_TRUE(v.queues[0]->send(f));
+  const SimNetfront::TxFrame f = tx_frame_of(1000);
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(v->queues[0]->send(f));
   auto got = wire_receive(wire(3, 0), 4, 300ms);
   EXPECT_EQ(got.size(), 3u);
   pkt::free_bulk(got);
   EXPECT_GE(d->queue_stats(0).tx_rate_limited.get(), 1u);
-  ASSERT_TRUE(v.xb->close());
+  ASSERT_TRUE(v->xb->close());
   EXPECT_TRUE(backend_becomes(3, XenbusState::kClosed));
 }
 
 TEST_F(NetVifDevice, RateKeyChangeAppliesWhileConnected) {
   start();
   // 1000 bytes per 100 s: one frame passes, the second waits ...
-  GuestVif& v = plug(13, {{"rate", "1000,100000000"}});
-  ASSERT_TRUE(v.xb->connect(rings(v, 1, false)));
-  const VifDevice* d = device(13);
+  GuestVif* v = nullptr;
+  const VifDevice* d = connect_one_queue(13, v, {{"rate", "1000,100000000"}});
   ASSERT_NE(d, nullptr);
-  FrameSpec s;
-  s.payload = 1000 - 54;
-  SimNetfront::TxFrame f;
-  f.bytes = make_frame(s);
-  ASSERT_TRUE(v.queues[0]->send(f));
-  ASSERT_TRUE(v.queues[0]->send(f));
+  const SimNetfront::TxFrame f = tx_frame_of(1000);
+  ASSERT_TRUE(v->queues[0]->send(f));
+  ASSERT_TRUE(v->queues[0]->send(f));
   auto got = wire_receive(wire(13, 0), 2, 200ms);
   EXPECT_EQ(got.size(), 1u);
   pkt::free_bulk(got);
@@ -386,20 +378,16 @@ TEST_F(NetVifDevice, DisconnectReclaimsGuestPagesQueuedForItsOwnRx) {
 TEST_F(NetVifDevice, RateLimitedTransmitResumesOnTheCreditTimer) {
   start();
   // 2000 bytes per 20 ms: six 1000-byte frames need three windows.
-  GuestVif& v = plug(16, {{"rate", "2000,20000"}});
-  ASSERT_TRUE(v.xb->connect(rings(v, 1, false)));
-  const VifDevice* d = device(16);
+  GuestVif* v = nullptr;
+  const VifDevice* d = connect_one_queue(16, v, {{"rate", "2000,20000"}});
   ASSERT_NE(d, nullptr);
   const VifQueueStats& st = d->queue_stats(0);
-  FrameSpec s;
-  s.payload = 1000 - 54;
-  SimNetfront::TxFrame f;
-  f.bytes = make_frame(s);
-  for (int i = 0; i < 6; ++i) ASSERT_TRUE(v.queues[0]->send(f));
+  const SimNetfront::TxFrame f = tx_frame_of(1000);
+  for (int i = 0; i < 6; ++i) ASSERT_TRUE(v->queues[0]->send(f));
   auto got = wire_receive(wire(16, 0), 6);
   EXPECT_EQ(got.size(), 6u);
   pkt::free_bulk(got);
-  ASSERT_TRUE(v.queues[0]->wait([&] { return v.answered(6); }));
+  ASSERT_TRUE(v->queues[0]->wait([&] { return v->answered(6); }));
   EXPECT_GE(st.tx_rate_limited.get(), 1u);
   // The last arming is never moved or cancelled: it expires.
   ASSERT_TRUE(eventually([&] { return st.tx_credit_timer.get() >= 1; }));
@@ -407,7 +395,7 @@ TEST_F(NetVifDevice, RateLimitedTransmitResumesOnTheCreditTimer) {
   // wake-ups of its own beyond the refusals.
   EXPECT_LE(st.tx_credit_timer.get(), st.tx_rate_limited.get());
   EXPECT_LE(st.tx_credit_timer.get(), 4u) << "three windows need two replenishes (a late one may merge)";
-  ASSERT_TRUE(v.xb->close());
+  ASSERT_TRUE(v->xb->close());
   EXPECT_TRUE(backend_becomes(16, XenbusState::kClosed));
 }
 
