@@ -86,15 +86,12 @@ enum class Dir { kTx, kRx };
 const char* dir_name(Dir d) { return d == Dir::kTx ? "tx" : "rx"; }
 
 struct Row {
-  std::string vdev;
-  std::string dir;
+  std::string vdev, dir;
   std::string what;  // "64B", "1500B", "gso64k", "copy R=..", ...
   unsigned size = 0;
   double seconds = 0;
-  uint64_t packets = 0;
-  uint64_t bytes = 0;
-  double pps = 0;
-  double gbps = 0;
+  uint64_t packets = 0, bytes = 0;
+  double pps = 0, gbps = 0;
   double backend_cpu = 0;        // seconds of reactor-thread CPU (spinning included)
   double backend_busy = 0;       // of which in polls that moved packets
   double pkts_per_poll = 0;      // packets per productive poll (burst fill)
