@@ -86,15 +86,12 @@ enum class Dir { kTx, kRx };
 const char* dir_name(Dir d) { return d == Dir::kTx ? "tx" : "rx"; }
 
 struct Row {
-  std::string vdev;
-  std::string dir;
+  std::string vdev, dir;
   std::string what;  // "64B", "1500B", "gso64k", "copy R=..", ...
   unsigned size = 0;
   double seconds = 0;
-  uint64_t packets = 0;
-  uint64_t bytes = 0;
-  double pps = 0;
-  double gbps = 0;
+  uint64_t packets = 0, bytes = 0;
+  double pps = 0, gbps = 0;
   double backend_cpu = 0;        // seconds of reactor-thread CPU (spinning included)
   double backend_busy = 0;       // of which in polls that moved packets
   double pkts_per_poll = 0;      // packets per productive poll (burst fill)
@@ -374,15 +371,7 @@ class Rig {
         for (size_t i = 0; i < want; ++i) {
           bool okay = pool_.append_copy(b[i], {reinterpret_cast<const std::byte*>(wire_frame_.data()),
                                               wire_frame_.size()});
-          if (okay && c_.gso) {
-            PacketMeta m;
-            m.flags = PacketMeta::kIpv4 | PacketMeta::kTcp | PacketMeta::kSegment;
-            m.l2_len = 14;
-            m.l3_len = 20;
-            m.l4_len = 20;
-            m.mss = 1448;
-            okay = pkt::set_meta(b[i], m);
-          }
+          if (okay && c_.gso) okay = pkt::set_meta(b[i], sim::frames::tso_meta(1448));
           if (okay) inject_.push_back(b[i]);
           else pkt::free(b[i]);
         }

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "netback/port.h"
+
 namespace xenpath::sim::frames {
 
 inline constexpr size_t kEthLen = 14;
@@ -30,6 +32,18 @@ inline void put16(uint8_t* p, uint16_t v) {
 inline void put32(uint8_t* p, uint32_t v) {
   put16(p, static_cast<uint16_t>(v >> 16));
   put16(p + 2, static_cast<uint16_t>(v));
+}
+
+// What travels with a TSO/GSO TCP frame (as make_frame builds it: no VLAN,
+// no IP options): cut into `mss`-byte segments, `l4_len` the TCP header.
+inline PacketMeta tso_meta(uint16_t mss, bool v6 = false, uint16_t l4_len = kTcpLen) {
+  PacketMeta m;
+  m.flags = (v6 ? PacketMeta::kIpv6 : PacketMeta::kIpv4) | PacketMeta::kTcp | PacketMeta::kSegment;
+  m.l2_len = kEthLen;
+  m.l3_len = v6 ? kIp6Len : kIp4Len;
+  m.l4_len = l4_len;
+  m.mss = mss;
+  return m;
 }
 
 // RFC 1071 sum over big-endian 16-bit words (odd tail padded with zero).

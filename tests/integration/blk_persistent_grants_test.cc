@@ -39,6 +39,11 @@ class BlkPersistentGrants : public ::testing::Test {
     return refs;
   }
 
+  // Nothing in use: clear() drops every entry and nothing stays mapped.
+  void expect_cleared(PersistentGrants& pg) {
+    EXPECT_EQ(pg.clear(), 0u);
+    EXPECT_EQ(live(), 0u);
+  }
   uint64_t live() const { return const_cast<sim::SimHypervisor&>(hv_).counters().mapped_pages_live.load(); }
   uint64_t map_calls() const { return const_cast<sim::SimHypervisor&>(hv_).counters().map_calls.load(); }
 
@@ -94,8 +99,7 @@ TEST_F(BlkPersistentGrants, NewGrantsMapOnceInOneCallThenHit) {
   EXPECT_EQ(pg.stats().hits.get(), 20u);
   pg.release(again.handles);
   EXPECT_EQ(pg.live_entries(), 20u);
-  EXPECT_EQ(pg.clear(), 0u);
-  EXPECT_EQ(live(), 0u);
+  expect_cleared(pg);
 }
 
 TEST_F(BlkPersistentGrants, DuplicatesShareOneEntry) {
@@ -112,8 +116,7 @@ TEST_F(BlkPersistentGrants, DuplicatesShareOneEntry) {
   EXPECT_TRUE(pg.contains(r[0]));
   EXPECT_FALSE(pg.contains(r[1]));
   pg.release(std::span<const Handle>(u.handles).last(1));
-  EXPECT_EQ(pg.clear(), 0u);
-  EXPECT_EQ(live(), 0u);
+  expect_cleared(pg);
 }
 
 TEST_F(BlkPersistentGrants, LeastRecentlyUsedGoesFirstForRoom) {
@@ -141,8 +144,7 @@ TEST_F(BlkPersistentGrants, LeastRecentlyUsedGoesFirstForRoom) {
   for (GrantRef r : c) EXPECT_FALSE(pg.contains(r));
   for (GrantRef r : b) EXPECT_TRUE(pg.contains(r));
   pg.release(ua2.handles);
-  EXPECT_EQ(pg.clear(), 0u);
-  EXPECT_EQ(live(), 0u);
+  expect_cleared(pg);
 }
 
 TEST_F(BlkPersistentGrants, InUseEntriesOverflowToTransientMappings) {
@@ -166,8 +168,7 @@ TEST_F(BlkPersistentGrants, InUseEntriesOverflowToTransientMappings) {
   EXPECT_EQ(live(), 8u);
   pg.release(ux.handles);  // transient handles are ignored
   pg.release(uh.handles);
-  EXPECT_EQ(pg.clear(), 0u);
-  EXPECT_EQ(live(), 0u);
+  expect_cleared(pg);
 }
 
 TEST_F(BlkPersistentGrants, ABlockStaysUntilItsLastEntryGoes) {
@@ -223,8 +224,7 @@ TEST_F(BlkPersistentGrants, AFailedMapLeavesNothing) {
   EXPECT_FALSE(pg.contains(ro[0]));
   EXPECT_EQ(pg.live_entries(), 2u);
   // The hit taken during the failed call was given back: all idle.
-  EXPECT_EQ(pg.clear(), 0u);
-  EXPECT_EQ(live(), 0u);
+  expect_cleared(pg);
   // A ref the guest never granted.
   Use u2 = acquire(pg, {good[1], 999999}, &st);
   EXPECT_FALSE(st.has_value());
@@ -272,8 +272,7 @@ TEST_F(BlkPersistentGrants, RandomUseNeverExceedsTheBoundNorLeaks) {
   }
   for (Use& u : held) pg.release(u.handles);
   held.clear();
-  EXPECT_EQ(pg.clear(), 0u);
-  EXPECT_EQ(live(), 0u);
+  expect_cleared(pg);
   EXPECT_GT(pg.stats().hits.get(), 0u);
   EXPECT_GT(pg.stats().evictions.get(), 0u);
 }

@@ -207,12 +207,7 @@ TEST_F(NetDpdk, PacketOpsCopyTrimAppendAndMeta) {
   EXPECT_EQ(bytes_of(p), std::vector<uint8_t>(data.begin(), data.begin() + 4000));
   EXPECT_FALSE(pkt::trim(p, 4001));
 
-  PacketMeta m;
-  m.flags = PacketMeta::kIpv6 | PacketMeta::kTcp | PacketMeta::kSegment;
-  m.l2_len = 14;
-  m.l3_len = 40;
-  m.l4_len = 32;
-  m.mss = 1400;
+  const PacketMeta m = tso_meta(1400, true, 32);
   ASSERT_TRUE(pkt::set_meta(p, m));
   const PacketMeta back = pkt::meta(p);
   EXPECT_TRUE(back.has(PacketMeta::kIpv6 | PacketMeta::kTcp | PacketMeta::kSegment | PacketMeta::kL4CsumPending));
@@ -519,12 +514,7 @@ TEST_F(NetDpdk, PassMetadataLeavesOffloadWorkToTheReceiver) {
   chunks.push_back(f.size() - 128 - 4 * 4000);
   GuestPages pages(chunks.size());
   PacketBuf* p = build(f, 128, chunks, &pages);
-  PacketMeta m;
-  m.flags = PacketMeta::kIpv4 | PacketMeta::kTcp | PacketMeta::kSegment;
-  m.l2_len = 14;
-  m.l3_len = 20;
-  m.l4_len = 20;
-  m.mss = 1000;
+  const PacketMeta m = tso_meta(1000);
   ASSERT_TRUE(pkt::set_meta(p, m));
   ASSERT_EQ(a->tx_burst(0, {&p, 1}), 1u);
   auto rx = receive(b, 1);
@@ -558,12 +548,7 @@ TEST_F(NetDpdk, GsoBeyondTheSegmentLimitIsDroppedNotExpanded) {
   const auto f = make_frame(s);
   GuestPages pages(1);
   PacketBuf* p = build(f, 128, {f.size() - 128}, &pages);
-  PacketMeta m;
-  m.flags = PacketMeta::kIpv4 | PacketMeta::kTcp | PacketMeta::kSegment;
-  m.l2_len = 14;
-  m.l3_len = 20;
-  m.l4_len = 20;
-  m.mss = 100;  // 20 segments > 16
+  const PacketMeta m = tso_meta(100);  // 20 segments > 16
   ASSERT_TRUE(pkt::set_meta(p, m));
   EXPECT_EQ(a->tx_burst(0, {&p, 1}), 1u);
   EXPECT_EQ(a->stats(0).tx_dropped, 1u);
@@ -578,12 +563,7 @@ TEST_F(NetDpdk, SegmentRejectsLyingHeaders) {
   auto f = make_frame(s);
   PacketBuf* p = pool_->alloc();
   ASSERT_TRUE(pool_->append_copy(p, {reinterpret_cast<const std::byte*>(f.data()), f.size()}));
-  PacketMeta m;
-  m.flags = PacketMeta::kIpv4 | PacketMeta::kTcp | PacketMeta::kSegment;
-  m.l2_len = 14;
-  m.l3_len = 20;
-  m.l4_len = 32;  // the TCP header says 20
-  m.mss = 1000;
+  PacketMeta m = tso_meta(1000, false, 32);  // the TCP header says 20
   ASSERT_TRUE(pkt::set_meta(p, m));
   PacketBuf* segs[16];
   auto r = pool_->segment(p, segs);

@@ -307,6 +307,7 @@ TEST(NetVifQueue, GuestGsoIsSegmentedForAWireWithoutTso) {
 }
 
 void gso_to_guest(bool frontend_gso, bool frontend_csum) {
+  if (test_dpdk() == nullptr) GTEST_SKIP();
   RigOptions o;
   o.pass_metadata = true;  // the wire hands over unsegmented GSO packets
   o.rx_gso_tcpv4 = frontend_gso;
@@ -318,12 +319,7 @@ void gso_to_guest(bool frontend_gso, bool frontend_csum) {
   s.payload = 10000;
   auto f = make_frame(s);
   fix_ip_checksum(f);
-  PacketMeta m;
-  m.flags = PacketMeta::kIpv4 | PacketMeta::kTcp | PacketMeta::kSegment;
-  m.l2_len = 14;
-  m.l3_len = 20;
-  m.l4_len = 20;
-  m.mss = 1000;
+  const PacketMeta m = tso_meta(1000);
   rig.wire_send(f, &m);
   const size_t expect = frontend_gso ? 1 : 10;
   ASSERT_TRUE(rig.front_->wait([&] { return rig.received(expect); })) << rig.rx_frames.size();
@@ -359,18 +355,9 @@ void gso_to_guest(bool frontend_gso, bool frontend_csum) {
   EXPECT_EQ(rig.stats_.rx_gso_segmented.get(), 1u);
 }
 
-TEST(NetVifQueue, GsoToAGuestThatNegotiatedIt) {
-  if (test_dpdk() == nullptr) GTEST_SKIP();
-  gso_to_guest(true, true);
-}
-TEST(NetVifQueue, GsoSegmentedForAGuestWithoutIt) {
-  if (test_dpdk() == nullptr) GTEST_SKIP();
-  gso_to_guest(false, true);
-}
-TEST(NetVifQueue, ChecksumsCompletedForAGuestWithoutOffload) {
-  if (test_dpdk() == nullptr) GTEST_SKIP();
-  gso_to_guest(false, false);
-}
+TEST(NetVifQueue, GsoToAGuestThatNegotiatedIt) { gso_to_guest(true, true); }
+TEST(NetVifQueue, GsoSegmentedForAGuestWithoutIt) { gso_to_guest(false, true); }
+TEST(NetVifQueue, ChecksumsCompletedForAGuestWithoutOffload) { gso_to_guest(false, false); }
 
 // ------------------------------------------------------------ RX GRO
 
@@ -452,6 +439,7 @@ TEST(NetVifQueue, GroMergesAFlowsSegmentsIntoOneGsoPacket) {
 }
 
 void gro_not_for(bool frontend_gso, bool gro) {
+  if (test_dpdk() == nullptr) GTEST_SKIP();
   RigOptions o;
   o.rx_gso_tcpv4 = frontend_gso;
   o.rx_gro = gro;
@@ -469,14 +457,8 @@ void gro_not_for(bool frontend_gso, bool gro) {
   EXPECT_EQ(rig.stats_.rx_gro_packets.get(), 0u);
 }
 
-TEST(NetVifQueue, GroNotForAFrontendWithoutGso) {
-  if (test_dpdk() == nullptr) GTEST_SKIP();
-  gro_not_for(false, true);
-}
-TEST(NetVifQueue, GroOffKeepsFramesApart) {
-  if (test_dpdk() == nullptr) GTEST_SKIP();
-  gro_not_for(true, false);
-}
+TEST(NetVifQueue, GroNotForAFrontendWithoutGso) { gro_not_for(false, true); }
+TEST(NetVifQueue, GroOffKeepsFramesApart) { gro_not_for(true, false); }
 
 // Two interleaved flows merge apart; a frame with a bad checksum is never
 // merged and ends its flow's packet; an out-of-order flow is not merged;

@@ -37,12 +37,8 @@ constexpr std::string_view kType = "rec";
 // What the driver did to each device, by devid.
 struct Journal {
   struct Entry {
-    int creates = 0;
-    int features = 0;
-    int reads = 0;
-    int connects = 0;
-    int disconnects = 0;
-    int destroyed = 0;
+    int creates = 0, features = 0, reads = 0;  // calls of each step, in probe order
+    int connects = 0, disconnects = 0, destroyed = 0;
     bool live = false;  // connect succeeded, no disconnect since
     std::string params;
     uint32_t ring_ref = 0;
@@ -228,6 +224,13 @@ class XenbusDriverTest : public ::testing::Test {
       return g.write(t, fe_path(fe, devid) + "/state", state_value(XenbusState::kInitialised));
     }));
   }
+  // The driver started and device `devid` of frontend 5 connected: its
+  // journal entry.
+  Journal::Entry& start_connected(uint32_t devid) {
+    start_driver();
+    connect(5, devid);
+    return journal.at(5, devid);
+  }
   void connect(DomId fe, uint32_t devid) {
     add(fe, devid);
     ASSERT_TRUE(wait_backend(fe, devid, XenbusState::kInitWait));
@@ -270,9 +273,7 @@ TEST_F(XenbusDriverTest, ProbeWritesFeaturesHotplugStatusAndInitWaitInOneTransac
 }
 
 TEST_F(XenbusDriverTest, ConnectsOnInitialisedAndOnlyOnce) {
-  start_driver();
-  connect(5, 0);
-  auto& e = journal.at(5, 0);
+  auto& e = start_connected(0);
   EXPECT_EQ(e.reads, 1);
   EXPECT_EQ(e.connects, 1);
   EXPECT_EQ(e.ring_ref, 100u);
@@ -297,9 +298,7 @@ TEST_F(XenbusDriverTest, FrontendAlreadyInitialisedWhenProbedConnects) {
 }
 
 TEST_F(XenbusDriverTest, OrderlyCloseReleasesAndReconnectWorks) {
-  start_driver();
-  connect(5, 3);
-  auto& e = journal.at(5, 3);
+  auto& e = start_connected(3);
   fe_state(5, 3, XenbusState::kClosing);
   ASSERT_TRUE(wait_backend(5, 3, XenbusState::kClosing));
   EXPECT_TRUE(e.live);
@@ -422,9 +421,7 @@ TEST_F(XenbusDriverTest, SimXenbusFrontendSeesARefusal) {
 }
 
 TEST_F(XenbusDriverTest, FrontendRestartWhileConnectedDisconnectsFirst) {
-  start_driver();
-  connect(5, 3);
-  auto& e = journal.at(5, 3);
+  auto& e = start_connected(3);
   fe_state(5, 3, XenbusState::kInitialising);
   ASSERT_TRUE(wait_backend(5, 3, XenbusState::kInitWait));
   EXPECT_EQ(e.disconnects, 1);
@@ -432,9 +429,7 @@ TEST_F(XenbusDriverTest, FrontendRestartWhileConnectedDisconnectsFirst) {
 }
 
 TEST_F(XenbusDriverTest, CooperativeRemoveAsLibxlDoes) {
-  start_driver();
-  connect(5, 9);
-  auto& e = journal.at(5, 9);
+  auto& e = start_connected(9);
   // libxl: online=0, state=Closing, wait for Closed, rm. Runs on another
   // thread with its own connection; this thread plays the guest and the
   // daemon's loop.

@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <vector>
 
 #include "blkback/blk_abi.h"
@@ -28,6 +29,19 @@ struct Bytes {
   }
   void u64(size_t off, uint64_t v) {
     for (int i = 0; i < 8; ++i) b.at(off + i) = static_cast<uint8_t>(v >> (8 * i));
+  }
+  // Little-endian fields, as (offset, width in bytes, value), on zeroes.
+  struct Field {
+    size_t off;
+    size_t width;
+    uint64_t v;
+  };
+  static std::vector<uint8_t> laid_out(size_t n, std::initializer_list<Field> fields) {
+    Bytes out(n);
+    for (const Field& f : fields) {
+      for (size_t i = 0; i < f.width; ++i) out.b.at(f.off + i) = static_cast<uint8_t>(f.v >> (8 * i));
+    }
+    return out.b;
   }
   template <typename T>
   T as() const {
@@ -234,16 +248,14 @@ TEST(BlkifAbi, EncodeProducesTheHandBuiltBytes) {
   ind.indirect_grefs = {40, 41, 0, 0, 0, 0, 0, 0};
   BlkifX86_32Request i32{};
   blk_encode(ind, i32);
-  Bytes e32(108);
-  e32.u8(0, BLKIF_OP_INDIRECT);
-  e32.u8(1, BLKIF_OP_READ);
-  e32.u16(2, 600);
-  e32.u64(4, 3);
-  e32.u64(12, 16);
-  e32.u16(20, 2);
-  e32.u32(24, 40);
-  e32.u32(28, 41);
-  EXPECT_EQ(Bytes::of(i32), e32.b);
+  EXPECT_EQ(Bytes::of(i32), Bytes::laid_out(108, {{0, 1, BLKIF_OP_INDIRECT},
+                                                 {1, 1, BLKIF_OP_READ},
+                                                 {2, 2, 600},
+                                                 {4, 8, 3},
+                                                 {12, 8, 16},
+                                                 {20, 2, 2},
+                                                 {24, 4, 40},
+                                                 {28, 4, 41}}));
   // Round trips through every ABI.
   BlkifX86_64Request i64{};
   blk_encode(ind, i64);
@@ -260,13 +272,8 @@ TEST(BlkifAbi, EncodeProducesTheHandBuiltBytes) {
   d.secure = true;
   BlkifX86_32Request d32{};
   blk_encode(d, d32);
-  Bytes ed(108);
-  ed.u8(0, BLKIF_OP_DISCARD);
-  ed.u8(1, BLKIF_DISCARD_SECURE);
-  ed.u64(4, 5);
-  ed.u64(12, 8);
-  ed.u64(20, 64);
-  EXPECT_EQ(Bytes::of(d32), ed.b);
+  EXPECT_EQ(Bytes::of(d32),
+            Bytes::laid_out(108, {{0, 1, BLKIF_OP_DISCARD}, {1, 1, BLKIF_DISCARD_SECURE}, {4, 8, 5}, {12, 8, 8}, {20, 8, 64}}));
 }
 
 TEST(BlkifAbi, ResponsesInEachLayout) {
