@@ -162,40 +162,55 @@ struct BlkifX86_64Response {
 // Where each ABI puts the fields (the byte offsets Linux blkback and QEMU
 // use), one row per ABI, every field of every layout checked against it.
 struct BlkifAbiLayout {
-  size_t id;                  // every request layout
-  size_t sector;              // rw, discard, indirect
+  size_t id;      // every request layout
+  size_t sector;  // rw, discard, indirect
   size_t rw_seg;
-  size_t slot;                // sizeof the rw layout = the request slot
+  size_t slot;  // sizeof the rw layout = the request slot
   size_t slot_align;
   size_t discard_nr_sectors;
   size_t indirect_handle;
   size_t indirect_grefs;
-  size_t response;            // sizeof the response
+  size_t response;  // sizeof the response
 };
 
 template <typename Rw, typename Discard, typename Indirect, typename Other, typename Request, typename Response>
 constexpr bool blkif_layout_is(const BlkifAbiLayout& l) noexcept {
   return offsetof(Rw, nr_segments) == 1 && offsetof(Rw, handle) == 2 && offsetof(Rw, id) == l.id &&
          offsetof(Rw, sector_number) == l.sector && offsetof(Rw, seg) == l.rw_seg && sizeof(Rw) == l.slot &&
-         offsetof(Discard, flag) == 1 && offsetof(Discard, id) == l.id && offsetof(Discard, sector_number) == l.sector &&
-         offsetof(Discard, nr_sectors) == l.discard_nr_sectors && offsetof(Indirect, indirect_op) == 1 &&
-         offsetof(Indirect, nr_segments) == 2 && offsetof(Indirect, id) == l.id &&
-         offsetof(Indirect, sector_number) == l.sector && offsetof(Indirect, handle) == l.indirect_handle &&
-         offsetof(Indirect, indirect_grefs) == l.indirect_grefs && sizeof(Indirect) == 64 &&
-         offsetof(Other, id) == l.id && sizeof(Request) == l.slot && alignof(Request) == l.slot_align &&
-         offsetof(Response, operation) == 8 && offsetof(Response, status) == 10 && sizeof(Response) == l.response;
+         offsetof(Discard, flag) == 1 && offsetof(Discard, id) == l.id &&
+         offsetof(Discard, sector_number) == l.sector && offsetof(Discard, nr_sectors) == l.discard_nr_sectors &&
+         offsetof(Indirect, indirect_op) == 1 && offsetof(Indirect, nr_segments) == 2 &&
+         offsetof(Indirect, id) == l.id && offsetof(Indirect, sector_number) == l.sector &&
+         offsetof(Indirect, handle) == l.indirect_handle && offsetof(Indirect, indirect_grefs) == l.indirect_grefs &&
+         sizeof(Indirect) == 64 && offsetof(Other, id) == l.id && sizeof(Request) == l.slot &&
+         alignof(Request) == l.slot_align && offsetof(Response, operation) == 8 && offsetof(Response, status) == 10 &&
+         sizeof(Response) == l.response;
 }
 
-static_assert(blkif_layout_is<BlkifX86_32RequestRw, BlkifX86_32RequestDiscard, BlkifX86_32RequestIndirect,
-                              BlkifX86_32RequestOther, BlkifX86_32Request, BlkifX86_32Response>(
-                  {.id = 4, .sector = 12, .rw_seg = 20, .slot = 108, .slot_align = 4, .discard_nr_sectors = 20,
-                   .indirect_handle = 20, .indirect_grefs = 24, .response = 12}),
-              "the i386 blkif layout");
-static_assert(blkif_layout_is<BlkifX86_64RequestRw, BlkifX86_64RequestDiscard, BlkifX86_64RequestIndirect,
-                              BlkifX86_64RequestOther, BlkifX86_64Request, BlkifX86_64Response>(
-                  {.id = 8, .sector = 16, .rw_seg = 24, .slot = 112, .slot_align = 8, .discard_nr_sectors = 24,
-                   .indirect_handle = 24, .indirect_grefs = 28, .response = 16}),
-              "the x86_64 blkif layout");
+static_assert(
+    blkif_layout_is<BlkifX86_32RequestRw, BlkifX86_32RequestDiscard, BlkifX86_32RequestIndirect,
+                    BlkifX86_32RequestOther, BlkifX86_32Request, BlkifX86_32Response>({.id = 4,
+                                                                                       .sector = 12,
+                                                                                       .rw_seg = 20,
+                                                                                       .slot = 108,
+                                                                                       .slot_align = 4,
+                                                                                       .discard_nr_sectors = 20,
+                                                                                       .indirect_handle = 20,
+                                                                                       .indirect_grefs = 24,
+                                                                                       .response = 12}),
+    "the i386 blkif layout");
+static_assert(
+    blkif_layout_is<BlkifX86_64RequestRw, BlkifX86_64RequestDiscard, BlkifX86_64RequestIndirect,
+                    BlkifX86_64RequestOther, BlkifX86_64Request, BlkifX86_64Response>({.id = 8,
+                                                                                       .sector = 16,
+                                                                                       .rw_seg = 24,
+                                                                                       .slot = 112,
+                                                                                       .slot_align = 8,
+                                                                                       .discard_nr_sectors = 24,
+                                                                                       .indirect_handle = 24,
+                                                                                       .indirect_grefs = 28,
+                                                                                       .response = 16}),
+    "the x86_64 blkif layout");
 
 // The native layout (<xen/io/blkif.h>) is the x86_64 one on every host we
 // build for (x86_64, arm64: both align u64 on 8).
@@ -228,14 +243,12 @@ struct BlkifAbiRing : Types {
   static constexpr BlkProtocol kProtocol = P;
 };
 using BlkifNativeRing = BlkifAbiRing<BlkifRing, BlkProtocol::kNative>;
-using BlkifX86_32Ring =
-    BlkifAbiRing<RingTypes<xp_blkif_x86_32_sring, xp_blkif_x86_32_back_ring, xp_blkif_x86_32_front_ring,
-                           BlkifX86_32Request, BlkifX86_32Response>,
-                 BlkProtocol::kX86_32>;
-using BlkifX86_64Ring =
-    BlkifAbiRing<RingTypes<xp_blkif_x86_64_sring, xp_blkif_x86_64_back_ring, xp_blkif_x86_64_front_ring,
-                           BlkifX86_64Request, BlkifX86_64Response>,
-                 BlkProtocol::kX86_64>;
+using BlkifX86_32Ring = BlkifAbiRing<RingTypes<xp_blkif_x86_32_sring, xp_blkif_x86_32_back_ring,
+                                               xp_blkif_x86_32_front_ring, BlkifX86_32Request, BlkifX86_32Response>,
+                                     BlkProtocol::kX86_32>;
+using BlkifX86_64Ring = BlkifAbiRing<RingTypes<xp_blkif_x86_64_sring, xp_blkif_x86_64_back_ring,
+                                               xp_blkif_x86_64_front_ring, BlkifX86_64Request, BlkifX86_64Response>,
+                                     BlkProtocol::kX86_64>;
 
 // ---------------------------------------------------------------------------
 // The canonical request every ABI converts into.

@@ -71,7 +71,8 @@ VbdDevice::VbdDevice(const DeviceAddress& addr, const VbdOptions& opts, std::vec
       cdrom_(cdrom),
       sink_(std::move(sink)),
       log_(fmt::format("{} {}/{}: ", addr.type, addr.frontend_id, addr.devid)),
-      max_queues_(opts.max_queues != 0 ? opts.max_queues : static_cast<unsigned>(std::max<size_t>(workers_.size(), 1))) {
+      max_queues_(opts.max_queues != 0 ? opts.max_queues
+                                       : static_cast<unsigned>(std::max<size_t>(workers_.size(), 1))) {
   const ImageInfo& info = image_->info();
   limits_.sectors = info.size_bytes / 512;
   limits_.sector_size = 512;
@@ -197,7 +198,8 @@ Status VbdDevice::connect() noexcept {
     c.persistent_max_pages = opts_.persistent_max_pages;
     try {
       c.ring_refs = front_[i].refs;
-      c.log_prefix = n == 1 ? log_.prefix() : fmt::format("{} {}/{} q{}: ", addr_.type, addr_.frontend_id, addr_.devid, i);
+      c.log_prefix =
+          n == 1 ? log_.prefix() : fmt::format("{} {}/{} q{}: ", addr_.type, addr_.frontend_id, addr_.devid, i);
     } catch (...) {
       return unexpected(ENOMEM);
     }
@@ -214,8 +216,8 @@ Status VbdDevice::connect() noexcept {
     }
   }
   connected_.store(true, std::memory_order_release);
-  log_.info("connected: {} queue(s), {}, {} ring page(s){}", n, blk_protocol_name(protocol_),
-            front_[0].refs.size(), persistent_ ? ", persistent grants" : "");
+  log_.info("connected: {} queue(s), {}, {} ring page(s){}", n, blk_protocol_name(protocol_), front_[0].refs.size(),
+            persistent_ ? ", persistent grants" : "");
   return ok();
 }
 
@@ -292,8 +294,8 @@ Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress
     std::vector<BlkWorker*> order;
     const size_t base = next_++;
     for (size_t i = 0; i < workers_.size(); ++i) order.push_back(workers_[(base + i) % workers_.size()]);
-    return std::unique_ptr<BackendDevice>(new VbdDevice(addr, opts_, std::move(order), std::move(image),
-                                                        ro, cdrom, discard != 0, sink_));
+    return std::unique_ptr<BackendDevice>(
+        new VbdDevice(addr, opts_, std::move(order), std::move(image), ro, cdrom, discard != 0, sink_));
   } catch (...) {
     return unexpected(ENOMEM);
   }

@@ -37,8 +37,8 @@
 #include <string_view>
 #include <vector>
 
-#include "blkback/image.h"
 #include "blkback/blk_queue.h"
+#include "blkback/image.h"
 #include "common/log.h"
 #include "common/xenbus/backend_driver.h"
 
@@ -62,23 +62,22 @@ using VbdImageOpener = std::function<Result<std::unique_ptr<Image>>(const VbdPar
 
 struct VbdOptions {
   std::string type_name = "vbd";
-  unsigned max_ring_order = 4;                  // max-ring-page-order
-  unsigned max_queues = 0;                      // 0: one per worker
+  unsigned max_ring_order = 4;  // max-ring-page-order
+  unsigned max_queues = 0;      // 0: one per worker
   uint32_t max_indirect_segments = kBlkDefaultMaxIndirectSegments;
-  bool persistent = true;                       // offer feature-persistent
-  bool direct = true;                           // O_DIRECT images
-  uint32_t persistent_max_pages = 0;            // per queue; 0: max(1056, RING_SIZE * 11)
+  bool persistent = true;             // offer feature-persistent
+  bool direct = true;                 // O_DIRECT images
+  uint32_t persistent_max_pages = 0;  // per queue; 0: max(1056, RING_SIZE * 11)
   // Bounded wait for in-flight I/O at disconnect before giving up on a
   // queue (the kernel still owns its pages; it is kept, not unmapped).
   std::chrono::milliseconds drain_timeout{30'000};
-  VbdImageOpener open_image;                    // empty: RawImage
+  VbdImageOpener open_image;  // empty: RawImage
 };
 
 class VbdDevice final : public BackendDevice {
  public:
   VbdDevice(const DeviceAddress& addr, const VbdOptions& opts, std::vector<BlkWorker*> workers,
-            std::unique_ptr<Image> image, bool read_only, bool cdrom, bool discard_enable,
-            VbdErrorSink sink) noexcept;
+            std::unique_ptr<Image> image, bool read_only, bool cdrom, bool discard_enable, VbdErrorSink sink) noexcept;
   ~VbdDevice() override;
 
   Status write_backend_features(XenStore& xs, XsTxn t) noexcept override;
@@ -131,8 +130,7 @@ class VbdDeviceType final : public DeviceType {
   [[nodiscard]] std::string_view name() const noexcept override { return opts_.type_name; }
   // Reads params/mode/discard-enable and the frontend's device-type, opens
   // the image. ENOENT while the toolstack has not written params yet.
-  Result<std::unique_ptr<BackendDevice>> create(const DeviceAddress& addr, XenStore& xs,
-                                                XsTxn t) noexcept override;
+  Result<std::unique_ptr<BackendDevice>> create(const DeviceAddress& addr, XenStore& xs, XsTxn t) noexcept override;
 
  private:
   std::vector<BlkWorker*> workers_;

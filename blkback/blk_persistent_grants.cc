@@ -140,8 +140,8 @@ void PersistentGrants::update_gauges() noexcept {
   stats_.live_pages.set(live_pages_);
 }
 
-Status PersistentGrants::acquire(std::span<const GrantRef> refs, std::span<std::byte*> pages,
-                                 std::span<Handle> handles, GrantMapping* transient) noexcept {
+Status PersistentGrants::acquire(std::span<const GrantRef> refs, std::span<std::byte*> pages, std::span<Handle> handles,
+                                 GrantMapping* transient) noexcept {
   if (pages.size() < refs.size() || handles.size() < refs.size() || transient == nullptr) return unexpected(EINVAL);
   if (refs.empty()) return ok();
 

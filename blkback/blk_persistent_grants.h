@@ -37,11 +37,11 @@
 namespace xenpath {
 
 struct PersistentGrantStats {
-  Counter hits;        // segments served by an entry already mapped
-  Counter misses;      // grants mapped into the table
-  Counter map_calls;   // GrantTable::map calls (one per burst with misses)
-  Counter evictions;   // entries dropped (LRU for room, or idle purge)
-  Counter overflows;   // grants mapped transiently for lack of room
+  Counter hits;          // segments served by an entry already mapped
+  Counter misses;        // grants mapped into the table
+  Counter map_calls;     // GrantTable::map calls (one per burst with misses)
+  Counter evictions;     // entries dropped (LRU for room, or idle purge)
+  Counter overflows;     // grants mapped transiently for lack of room
   Counter live_entries;  // gauge
   Counter live_pages;    // gauge: mapped pages held (entries + their blocks)
 };

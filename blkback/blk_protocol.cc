@@ -12,9 +12,8 @@ static_assert(offsetof(blkif_request_segment, gref) == 0 && offsetof(blkif_reque
               offsetof(blkif_request_segment, last_sect) == 5);
 
 bool VbdLimits::sane() const noexcept {
-  return sector_size >= 512 && sector_size <= kPageSize && std::has_single_bit(sector_size) &&
-         align_sectors >= 1 && std::has_single_bit(align_sectors) &&
-         static_cast<uint64_t>(align_sectors) * sector_size <= kPageSize &&
+  return sector_size >= 512 && sector_size <= kPageSize && std::has_single_bit(sector_size) && align_sectors >= 1 &&
+         std::has_single_bit(align_sectors) && static_cast<uint64_t>(align_sectors) * sector_size <= kPageSize &&
          max_indirect_segments <= kBlkMaxIndirectSegmentsAbi;
 }
 
@@ -55,8 +54,8 @@ std::string_view blk_reason_name(BlkReason r) noexcept {
 namespace {
 
 constexpr BlkVerdict reject(BlkReason r) noexcept {
-  const bool unsupported = r == BlkReason::kUnknownOp || r == BlkReason::kNotNegotiated ||
-                           r == BlkReason::kNotSupported;
+  const bool unsupported =
+      r == BlkReason::kUnknownOp || r == BlkReason::kNotNegotiated || r == BlkReason::kNotSupported;
   return BlkVerdict{static_cast<int16_t>(unsupported ? BLKIF_RSP_EOPNOTSUPP : BLKIF_RSP_ERROR), r, /*fatal=*/false};
 }
 
@@ -161,8 +160,7 @@ std::span<const GrantRef> blk_descriptor_grefs(const BlkRequest& req, const VbdL
 }
 
 BlkAdmission blk_admit(const BlkRequest& req, const VbdLimits& limits,
-                       std::span<const std::byte* const> descriptor_pages,
-                       std::span<BlkSegment> descriptors) noexcept {
+                       std::span<const std::byte* const> descriptor_pages, std::span<BlkSegment> descriptors) noexcept {
   BlkAdmission a;
   a.verdict = blk_check_header(req, limits);
   if (!a.verdict.ok()) return a;

@@ -175,8 +175,8 @@ struct BlkAdmission {
                                             const VbdLimits& limits, uint64_t* total_sectors = nullptr) noexcept;
 
 // Both checks. `segs` as for blk_check_segments (ignored for discards).
-[[nodiscard]] BlkVerdict blk_validate(const BlkRequest& req, std::span<const BlkSegment> segs,
-                                      const VbdLimits& limits, uint64_t* total_sectors = nullptr) noexcept;
+[[nodiscard]] BlkVerdict blk_validate(const BlkRequest& req, std::span<const BlkSegment> segs, const VbdLimits& limits,
+                                      uint64_t* total_sectors = nullptr) noexcept;
 
 // Copies the nr_segments descriptors of an indirect request out of its mapped
 // descriptor pages (pages.size() == req.nr_indirect_pages, which must be

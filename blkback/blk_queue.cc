@@ -21,7 +21,7 @@ struct VbdQueue::Slot final : ImageOp {
   std::vector<BlkSegment> indirect_segs;  // descriptors copied out of indirect pages
   std::vector<iovec> iov;
   unsigned iovcnt = 0;
-  std::vector<std::byte*> pages;          // mapped page of each segment
+  std::vector<std::byte*> pages;  // mapped page of each segment
   std::vector<PersistentGrants::Handle> handles;
   unsigned nhandles = 0;
   uint32_t burst = kNoBurst;
@@ -75,9 +75,9 @@ Status VbdQueue::init() noexcept {
       // frontend's pool (Linux blkfront keeps up to 32 slots x 33 grants)
       // no longer fits: every burst evicts and maps transiently, and 128 KiB
       // requests at QD >= 11 fell from ~180k to ~5k IOPS (xenpath-blkload).
-      po.max_pages = config_.persistent_max_pages != 0 ? config_.persistent_max_pages
-                                                       : std::max<uint32_t>(kLinuxMaxPersistentGrants,
-                                                                            nslots * kBlkDirectSegments);
+      po.max_pages = config_.persistent_max_pages != 0
+                         ? config_.persistent_max_pages
+                         : std::max<uint32_t>(kLinuxMaxPersistentGrants, nslots * kBlkDirectSegments);
       po.idle_timeout = config_.persistent_idle;
       pgrants_ = std::make_unique<PersistentGrants>(gt, config_.frontend, po);
     }
@@ -337,8 +337,10 @@ void VbdQueue::admit_indirect(Slot** batch, unsigned n) noexcept {
     // Every indirect request is refused on its header: nothing to map.
   } else if (pgrants_) {
     const uint64_t before = pgrants_->stats().map_calls.get();
-    mapped = pgrants_->acquire(std::span(refs_.data(), total), std::span(pages_.data(), total),
-                               std::span(handles_.data(), total), &batch_map).has_value();
+    mapped = pgrants_
+                 ->acquire(std::span(refs_.data(), total), std::span(pages_.data(), total),
+                           std::span(handles_.data(), total), &batch_map)
+                 .has_value();
     stats_.map_calls.add(pgrants_->stats().map_calls.get() - before);
   } else {
     stats_.map_calls.add();
@@ -522,12 +524,23 @@ void VbdQueue::count_op(const Slot& s) noexcept {
   Counter* op = nullptr;
   Counter* volume = &stats_.write_bytes;
   switch (s.a.op) {
-    case BLKIF_OP_READ: op = &stats_.reads, volume = &stats_.read_bytes; break;
-    case BLKIF_OP_WRITE: op = &stats_.writes; break;
-    case BLKIF_OP_FLUSH_DISKCACHE: op = &stats_.flushes; break;
-    case BLKIF_OP_WRITE_BARRIER: op = &stats_.barriers; break;
-    case BLKIF_OP_DISCARD: op = &stats_.discards, volume = &stats_.discard_bytes; break;
-    default: return;
+    case BLKIF_OP_READ:
+      op = &stats_.reads, volume = &stats_.read_bytes;
+      break;
+    case BLKIF_OP_WRITE:
+      op = &stats_.writes;
+      break;
+    case BLKIF_OP_FLUSH_DISKCACHE:
+      op = &stats_.flushes;
+      break;
+    case BLKIF_OP_WRITE_BARRIER:
+      op = &stats_.barriers;
+      break;
+    case BLKIF_OP_DISCARD:
+      op = &stats_.discards, volume = &stats_.discard_bytes;
+      break;
+    default:
+      return;
   }
   if (s.a.indirect) stats_.indirect.add();
   op->add();

@@ -53,18 +53,18 @@
 #include <unordered_map>
 #include <vector>
 
+#include "blkback/blk_persistent_grants.h"
 #include "blkback/blk_protocol.h"
 #include "blkback/blk_ring.h"
 #include "blkback/image.h"
-#include "blkback/blk_persistent_grants.h"
+#include "common/guest_channel.h"
 #include "common/log.h"
 #include "common/reactor.h"
 #include "common/stats.h"
-#include "common/guest_channel.h"
-#include "common/xen_worker.h"
 #include "common/xen/event_channel.h"
 #include "common/xen/grant_table.h"
 #include "common/xen/platform.h"
+#include "common/xen_worker.h"
 
 namespace xenpath {
 
@@ -84,15 +84,15 @@ struct VbdQueueStats {
   Counter flushes;
   Counter barriers;
   Counter discards;
-  Counter indirect;       // requests that came as BLKIF_OP_INDIRECT
+  Counter indirect;  // requests that came as BLKIF_OP_INDIRECT
   Counter read_bytes;
   Counter write_bytes;
   Counter discard_bytes;
-  Counter in_flight;      // gauge: requests between consume and response
-  Counter map_calls;      // GrantTable::map calls for data and descriptors
-  Counter map_fallbacks;  // failed batch maps retried request by request
-  Counter barrier_drains; // barriers that had to wait for earlier requests
-  BlkErrorStats errors;   // rejected/failed requests by reason
+  Counter in_flight;       // gauge: requests between consume and response
+  Counter map_calls;       // GrantTable::map calls for data and descriptors
+  Counter map_fallbacks;   // failed batch maps retried request by request
+  Counter barrier_drains;  // barriers that had to wait for earlier requests
+  BlkErrorStats errors;    // rejected/failed requests by reason
 };
 
 class VbdQueue final : public XenRingPoller {
@@ -198,10 +198,10 @@ class VbdQueue final : public XenRingPoller {
 
   std::vector<std::unique_ptr<Slot>> slots_;
   Slot* free_ = nullptr;
-  unsigned active_ = 0;         // dispatched to the image, not finished
-  unsigned in_use_ = 0;         // consumed, not answered
-  Slot* barrier_ = nullptr;     // a barrier waiting for / doing its work
-  Slot* held_head_ = nullptr;   // consumed after a pending barrier, in ring order
+  unsigned active_ = 0;        // dispatched to the image, not finished
+  unsigned in_use_ = 0;        // consumed, not answered
+  Slot* barrier_ = nullptr;    // a barrier waiting for / doing its work
+  Slot* held_head_ = nullptr;  // consumed after a pending barrier, in ring order
   Slot* held_tail_ = nullptr;
   std::vector<BurstMap> bursts_;
   uint32_t free_burst_ = UINT32_MAX;

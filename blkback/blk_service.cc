@@ -24,8 +24,7 @@ Result<std::unique_ptr<BlkbackService>> BlkbackService::create(BackendDaemon& da
     s->type_name_ = opts.type_name;
     XP_TRY(s->workers_.open(daemon.workers(), daemon.platform()));
     BackendDaemon* d = &daemon;
-    XP_TRY(daemon.add_type(std::make_unique<VbdDeviceType>(
-        s->workers(), opts, daemon.device_error_sink())));
+    XP_TRY(daemon.add_type(std::make_unique<VbdDeviceType>(s->workers(), opts, daemon.device_error_sink())));
     const BlkbackService* self = s.get();
     daemon.add_stats([self, d](nlohmann::json& j) { self->add_stats(j, d->driver()); });
     return s;

@@ -35,11 +35,11 @@ struct ImageInfo {
   uint32_t memory_align = 512;         // O_DIRECT buffer alignment
   bool read_only = false;
   bool block_device = false;
-  bool direct = false;                 // opened O_DIRECT: no dom0 page cache
-  bool discard = false;                // ImageOp::kDiscard works
-  bool secure_discard = false;         // ImageOp::kSecureDiscard works
-  uint32_t discard_granularity = 0;    // bytes (0 when !discard)
-  uint32_t discard_alignment = 0;      // bytes
+  bool direct = false;               // opened O_DIRECT: no dom0 page cache
+  bool discard = false;              // ImageOp::kDiscard works
+  bool secure_discard = false;       // ImageOp::kSecureDiscard works
+  uint32_t discard_granularity = 0;  // bytes (0 when !discard)
+  uint32_t discard_alignment = 0;    // bytes
 };
 
 class ImageChannel;
@@ -100,14 +100,14 @@ class ImageOp : public UringCompletion {
 };
 
 struct ImageChannelStats {
-  uint64_t submitted = 0;     // ops accepted
-  uint64_t sqes = 0;          // io_uring operations prepared (including resubmissions)
-  uint64_t resubmits = 0;     // short transfers and -EAGAIN continued
-  uint64_t deferred = 0;      // times an op waited for a free SQE
-  uint64_t offloaded = 0;     // ops run on the blocking-offload thread
+  uint64_t submitted = 0;  // ops accepted
+  uint64_t sqes = 0;       // io_uring operations prepared (including resubmissions)
+  uint64_t resubmits = 0;  // short transfers and -EAGAIN continued
+  uint64_t deferred = 0;   // times an op waited for a free SQE
+  uint64_t offloaded = 0;  // ops run on the blocking-offload thread
   uint64_t failed = 0;
   uint64_t in_flight = 0;
-  bool fixed_file = false;    // the image is a registered fixed file of the ring
+  bool fixed_file = false;  // the image is a registered fixed file of the ring
 };
 
 // Per (image, reactor). Owned by the reactor thread; a Poller on it that

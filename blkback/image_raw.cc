@@ -1,10 +1,10 @@
 #include "blkback/image_raw.h"
 
 #include <fcntl.h>
+#include <liburing.h>
 #include <limits.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
-#include <liburing.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -264,8 +264,8 @@ class RawImageChannel final : public ImageChannel {
         break;
       case ImageOp::Kind::kDiscard:
       case ImageOp::Kind::kSecureDiscard:
-        io_uring_prep_fallocate(sqe, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                                static_cast<off_t>(op.offset()), static_cast<off_t>(op.remaining()));
+        io_uring_prep_fallocate(sqe, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(op.offset()),
+                                static_cast<off_t>(op.remaining()));
         break;
     }
     if (fixed_) sqe->flags |= IOSQE_FIXED_FILE;
@@ -330,9 +330,8 @@ Result<std::unique_ptr<RawImage>> RawImage::open(const std::string& path, const 
     return fail(EINVAL);
   }
   if (!probed) return fail(probed.error());
-  std::unique_ptr<RawImage> img(new (std::nothrow) RawImage(path, fd, info,
-                                                           opts.offload != nullptr ? opts.offload
-                                                                                   : &BlockingOffload::shared()));
+  std::unique_ptr<RawImage> img(
+      new (std::nothrow) RawImage(path, fd, info, opts.offload != nullptr ? opts.offload : &BlockingOffload::shared()));
   if (!img) return fail(ENOMEM);
   return img;
 }

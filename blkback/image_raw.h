@@ -17,8 +17,8 @@
 #include <memory>
 #include <string>
 
-#include "blkback/image.h"
 #include "blkback/blk_offload.h"
+#include "blkback/image.h"
 
 namespace xenpath {
 

@@ -28,12 +28,12 @@
 namespace xenpath {
 
 struct DaemonOptions {
-  std::string name = "xenpath";      // thread names and the stats file's "daemon"
-  unsigned workers = 0;              // worker reactors; 0: one per online CPU (at most 64)
-  int first_cpu = -1;                // >= 0: pin worker i to CPU first_cpu + i
-  unsigned uring_entries = 256;      // per worker; 0: the workers need no io_uring
+  std::string name = "xenpath";  // thread names and the stats file's "daemon"
+  unsigned workers = 0;          // worker reactors; 0: one per online CPU (at most 64)
+  int first_cpu = -1;            // >= 0: pin worker i to CPU first_cpu + i
+  unsigned uring_entries = 256;  // per worker; 0: the workers need no io_uring
   std::chrono::microseconds poll_window{50};
-  std::string stats_file;            // empty: none
+  std::string stats_file;  // empty: none
   std::chrono::milliseconds stats_interval{1000};
   BackendDriver::Options driver;
 };

@@ -83,9 +83,10 @@ int serve_xen(const DaemonCli& cli, const typename Service::Options& sopt) {
   block_termination_signals();  // before any thread: signals reach only this one
   auto platform = open_libxen_platform();
   if (!platform) {
-    spdlog::critical("cannot open the Xen interfaces: {} (no /dev/xen/gntdev and /dev/xen/evtchn: not a dom0 or "
-                     "driver domain; the simulated host is `xenpath-sim`)",
-                     error_string(platform.error()));
+    spdlog::critical(
+        "cannot open the Xen interfaces: {} (no /dev/xen/gntdev and /dev/xen/evtchn: not a dom0 or "
+        "driver domain; the simulated host is `xenpath-sim`)",
+        error_string(platform.error()));
     return 2;
   }
   ServedDaemon<Service> d;

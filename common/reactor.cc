@@ -264,8 +264,8 @@ void Reactor::Impl::loop() noexcept {
     if (work || fd_work) {
       ++stats.busy_iterations;
       last_work = std::chrono::steady_clock::now();
-      stats.busy_ns += static_cast<uint64_t>(
-          std::chrono::duration_cast<std::chrono::nanoseconds>(last_work - t_wake).count());
+      stats.busy_ns +=
+          static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(last_work - t_wake).count());
     }
   }
   finish_loop();
@@ -521,7 +521,8 @@ Result<Reactor::TimerId> Reactor::Impl::add_timer_fd(int tfd, Task fn, bool ones
   // periodic housekeeping wants "at least every period", not catch-up bursts.
   FdHandler h = [tfd, fn = std::move(fn)](uint32_t) {
     uint64_t expirations = 0;
-    if (::read(tfd, &expirations, sizeof expirations) == static_cast<ssize_t>(sizeof expirations) && expirations != 0) fn();
+    if (::read(tfd, &expirations, sizeof expirations) == static_cast<ssize_t>(sizeof expirations) && expirations != 0)
+      fn();
   };
   uint64_t key = 0;
   if (auto st = add_watch(tfd, EPOLLIN, true, std::move(h), &key); !st) {
@@ -551,8 +552,8 @@ Status Reactor::arm_timer(TimerId id, std::chrono::steady_clock::time_point when
     // libstdc++'s steady_clock is CLOCK_MONOTONIC: an absolute expiry, so
     // the delay spent getting here is not added to it. A zero it_value
     // would disarm: the earliest expiry is 1 ns.
-    const auto ns = std::max<int64_t>(
-        1, std::chrono::duration_cast<std::chrono::nanoseconds>(when.time_since_epoch()).count());
+    const auto ns =
+        std::max<int64_t>(1, std::chrono::duration_cast<std::chrono::nanoseconds>(when.time_since_epoch()).count());
     its.it_value.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
     its.it_value.tv_nsec = static_cast<long>(ns % 1'000'000'000);
     flags = TFD_TIMER_ABSTIME;

@@ -52,9 +52,9 @@ struct ReactorStats {
   // costs, as SPDK's busy_tsc. Divided by packets or requests it gives a
   // per-item cost that does not depend on how long the poll window spins.
   uint64_t busy_ns = 0;
-  uint64_t sleeps = 0;           // epoll_wait calls that blocked
-  uint64_t wakeups_by_arm = 0;   // sleeps avoided by a final check
-  uint64_t uring_submits = 0;    // io_uring_submit calls
+  uint64_t sleeps = 0;          // epoll_wait calls that blocked
+  uint64_t wakeups_by_arm = 0;  // sleeps avoided by a final check
+  uint64_t uring_submits = 0;   // io_uring_submit calls
   uint64_t uring_sqes = 0;
   uint64_t uring_cqes = 0;
   uint64_t mailbox_tasks = 0;
@@ -64,10 +64,10 @@ class Reactor {
  public:
   struct Options {
     std::string name = "reactor";
-    unsigned uring_entries = 256;                     // 0: no io_uring
-    std::chrono::microseconds poll_window{50};        // spin this long after work
-    int cpu = -1;                                     // pin when >= 0
-    unsigned fixed_files = 256;                       // io_uring fixed-file table slots
+    unsigned uring_entries = 256;               // 0: no io_uring
+    std::chrono::microseconds poll_window{50};  // spin this long after work
+    int cpu = -1;                               // pin when >= 0
+    unsigned fixed_files = 256;                 // io_uring fixed-file table slots
   };
   using Task = std::function<void()>;
   using FdHandler = std::function<void(uint32_t epoll_events)>;

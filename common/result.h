@@ -20,9 +20,7 @@ struct Unexpected {
 [[nodiscard]] constexpr Unexpected unexpected(int code) noexcept { return Unexpected{code}; }
 
 // errno at the point of a failed libc/libxen call, never 0.
-[[nodiscard]] inline Unexpected unexpected_errno() noexcept {
-  return Unexpected{errno != 0 ? errno : EIO};
-}
+[[nodiscard]] inline Unexpected unexpected_errno() noexcept { return Unexpected{errno != 0 ? errno : EIO}; }
 
 inline std::string error_string(int code) { return std::strerror(code); }
 
@@ -82,18 +80,16 @@ using Status = Result<void>;
 }  // namespace xenpath
 
 // Propagates an error from an expression yielding Result<...>.
-#define XP_TRY(expr)                                              \
-  do {                                                            \
-    if (auto xp_try_r_ = (expr); !xp_try_r_.has_value())         \
-      return ::xenpath::unexpected(xp_try_r_.error());            \
+#define XP_TRY(expr)                                                                                      \
+  do {                                                                                                    \
+    if (auto xp_try_r_ = (expr); !xp_try_r_.has_value()) return ::xenpath::unexpected(xp_try_r_.error()); \
   } while (0)
 
 #define XP_CONCAT_INNER_(a, b) a##b
 #define XP_CONCAT_(a, b) XP_CONCAT_INNER_(a, b)
 // XP_ASSIGN_OR_RETURN(auto x, expr): binds the value or returns the error.
-#define XP_ASSIGN_OR_RETURN(decl, expr) \
-  XP_ASSIGN_OR_RETURN_IMPL_(XP_CONCAT_(xp_aor_, __LINE__), decl, expr)
-#define XP_ASSIGN_OR_RETURN_IMPL_(tmp, decl, expr)              \
-  auto tmp = (expr);                                            \
+#define XP_ASSIGN_OR_RETURN(decl, expr) XP_ASSIGN_OR_RETURN_IMPL_(XP_CONCAT_(xp_aor_, __LINE__), decl, expr)
+#define XP_ASSIGN_OR_RETURN_IMPL_(tmp, decl, expr)                 \
+  auto tmp = (expr);                                               \
   if (!tmp.has_value()) return ::xenpath::unexpected(tmp.error()); \
   decl = std::move(*tmp)

@@ -49,8 +49,7 @@ class BackRing {
   // indexes, as Linux's BACK_RING_ATTACH does, and refuse a ring whose
   // indexes are already inconsistent (EPROTO).
   Status attach(void* shared, size_t bytes, RingQueueStats* stats = nullptr) noexcept {
-    if (shared == nullptr || bytes < kPageSize || bytes > (kPageSize << kMaxOrder) ||
-        (bytes & (bytes - 1)) != 0) {
+    if (shared == nullptr || bytes < kPageSize || bytes > (kPageSize << kMaxOrder) || (bytes & (bytes - 1)) != 0) {
       return unexpected(EINVAL);
     }
     auto* sring = static_cast<Sring*>(shared);

@@ -20,14 +20,14 @@ class Counter {
 
 // What every shared-ring queue counts, whatever the protocol.
 struct RingQueueStats {
-  Counter requests;              // requests consumed from the ring
-  Counter responses;             // responses pushed
-  Counter error_responses;       // requests answered with an error (bad input)
-  Counter batches;               // non-empty consume bursts
-  Counter notifications_sent;    // event channel notifies to the frontend
+  Counter requests;                  // requests consumed from the ring
+  Counter responses;                 // responses pushed
+  Counter error_responses;           // requests answered with an error (bad input)
+  Counter batches;                   // non-empty consume bursts
+  Counter notifications_sent;        // event channel notifies to the frontend
   Counter notifications_suppressed;  // pushes where the ring macros said "no need"
-  Counter events_received;       // event channel wake-ups
-  Counter halted;                // 1 once the queue was halted for a misbehaving frontend
+  Counter events_received;           // event channel wake-ups
+  Counter halted;                    // 1 once the queue was halted for a misbehaving frontend
 };
 
 }  // namespace xenpath

@@ -69,8 +69,7 @@ xen_netif_ctrl_response NetifCtrl::handle(const xen_netif_ctrl_request& req, Gra
   rsp.data = 0;
   switch (req.type) {
     case XEN_NETIF_CTRL_TYPE_SET_HASH_ALGORITHM:
-      if (req.data[0] == XEN_NETIF_CTRL_HASH_ALGORITHM_NONE ||
-          req.data[0] == XEN_NETIF_CTRL_HASH_ALGORITHM_TOEPLITZ) {
+      if (req.data[0] == XEN_NETIF_CTRL_HASH_ALGORITHM_NONE || req.data[0] == XEN_NETIF_CTRL_HASH_ALGORITHM_TOEPLITZ) {
         alg_ = req.data[0];
         rsp.status = XEN_NETIF_CTRL_STATUS_SUCCESS;
       } else {
@@ -222,7 +221,7 @@ void MulticastFilter::clear() noexcept {
 }
 
 bool MulticastFilter::accepts(const Mac& dst) const noexcept {
-  if ((dst[0] & 1) == 0) return true;  // unicast
+  if ((dst[0] & 1) == 0) return true;                                                         // unicast
   if (std::all_of(dst.begin(), dst.end(), [](uint8_t b) { return b == 0xff; })) return true;  // broadcast
   if (refused_ > 0) return true;
   return std::find(addrs_.begin(), addrs_.begin() + static_cast<ptrdiff_t>(count_), dst) !=

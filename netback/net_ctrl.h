@@ -33,9 +33,8 @@ namespace xenpath {
 
 inline constexpr size_t kHashKeyMax = 40;         // XEN_NETBK_MAX_HASH_KEY_SIZE
 inline constexpr uint32_t kHashMappingMax = 128;  // XEN_NETBK_MAX_HASH_MAPPING_SIZE
-inline constexpr uint32_t kHashTypesSupported =
-    XEN_NETIF_CTRL_HASH_TYPE_IPV4 | XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP | XEN_NETIF_CTRL_HASH_TYPE_IPV6 |
-    XEN_NETIF_CTRL_HASH_TYPE_IPV6_TCP;
+inline constexpr uint32_t kHashTypesSupported = XEN_NETIF_CTRL_HASH_TYPE_IPV4 | XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP |
+                                                XEN_NETIF_CTRL_HASH_TYPE_IPV6 | XEN_NETIF_CTRL_HASH_TYPE_IPV6_TCP;
 
 // Toeplitz over `data` with `key` (netif.h's definition: key bits beyond
 // the key are zero).

@@ -15,12 +15,11 @@ NetifCtrlChannel::NetifCtrlChannel(NetWorker& worker, const Config& config, Neti
       ctrl_(config.frontend, config.num_queues) {}
 
 Result<std::unique_ptr<NetifCtrlChannel>> NetifCtrlChannel::start(NetWorker& worker, const Config& config,
-                                                                   NetifCtrlStats& stats, HashSink on_hash,
-                                                                   HaltSink on_halt) noexcept {
+                                                                  NetifCtrlStats& stats, HashSink on_hash,
+                                                                  HaltSink on_halt) noexcept {
   if (config.num_queues == 0) return unexpected(EINVAL);
-  return start_with<NetifCtrlChannel>([&] {
-    return new NetifCtrlChannel(worker, config, stats, std::move(on_hash), std::move(on_halt));
-  });
+  return start_with<NetifCtrlChannel>(
+      [&] { return new NetifCtrlChannel(worker, config, stats, std::move(on_hash), std::move(on_halt)); });
 }
 
 Status NetifCtrlChannel::init() noexcept {

@@ -56,9 +56,8 @@ class NetifCtrlChannel final : public XenRingPoller {
   using HaltSink = std::function<void(int error)>;
 
   // On the worker's thread: maps the ring, binds the channel, polls.
-  static Result<std::unique_ptr<NetifCtrlChannel>> start(NetWorker& worker, const Config& config,
-                                                         NetifCtrlStats& stats, HashSink on_hash = {},
-                                                         HaltSink on_halt = {}) noexcept;
+  static Result<std::unique_ptr<NetifCtrlChannel>> start(NetWorker& worker, const Config& config, NetifCtrlStats& stats,
+                                                         HashSink on_hash = {}, HaltSink on_halt = {}) noexcept;
   // On the worker's thread: unbinds and unmaps.
   ~NetifCtrlChannel() override;
 

@@ -76,8 +76,8 @@ std::optional<MacAddr> parse_vif_mac(std::string_view s) noexcept {
 
 VifPortFactory dpdk_vif_port_factory(DpdkEnv& env, PacketPool& pool, std::string devargs_template,
                                      const DpdkPortConfig& base) {
-  return [&env, &pool, tmpl = std::move(devargs_template), base](const DeviceAddress& addr,
-                                                                 uint16_t queues) -> Result<std::unique_ptr<PacketPort>> {
+  return [&env, &pool, tmpl = std::move(devargs_template), base](
+             const DeviceAddress& addr, uint16_t queues) -> Result<std::unique_ptr<PacketPort>> {
     XP_ASSIGN_OR_RETURN(std::string devargs, expand_devargs(tmpl, addr.frontend_id, addr.devid));
     DpdkPortConfig c = base;
     c.devargs = std::move(devargs);
@@ -221,7 +221,8 @@ Status VifDevice::connect() noexcept {
     return unexpected(EINVAL);
   }
   const size_t n = front_.queues.size();
-  auto port = ports_ ? ports_(addr_, static_cast<uint16_t>(n)) : Result<std::unique_ptr<PacketPort>>(unexpected(ENODEV));
+  auto port =
+      ports_ ? ports_(addr_, static_cast<uint16_t>(n)) : Result<std::unique_ptr<PacketPort>>(unexpected(ENODEV));
   if (!port) {
     log_.error("cannot open the port: {}", error_string(port.error()));
     return unexpected(port.error());
@@ -302,7 +303,8 @@ Status VifDevice::connect() noexcept {
     c.multicast = multicast;
     try {
       c.inboxes = inboxes;
-      c.log_prefix = n == 1 ? log_.prefix() : fmt::format("{} {}/{} q{}: ", addr_.type, addr_.frontend_id, addr_.devid, i);
+      c.log_prefix =
+          n == 1 ? log_.prefix() : fmt::format("{} {}/{} q{}: ", addr_.type, addr_.frontend_id, addr_.devid, i);
     } catch (...) {
       return unexpected(ENOMEM);
     }
@@ -394,8 +396,8 @@ void VifDevice::disconnect() noexcept {
       w->reactor().call([&] { st = q->stop(); });
     }
     if (!st) {
-      log_.error("queue {}: {} guest pages still in use after {} ms; leaving them mapped", i,
-                 q->tx_pages_in_flight(), opts_.drain_timeout.count());
+      log_.error("queue {}: {} guest pages still in use after {} ms; leaving them mapped", i, q->tx_pages_in_flight(),
+                 opts_.drain_timeout.count());
       // The queue (and the port its packets may sit in) are kept for good,
       // no longer polled nor bound.
       w->reactor().call([&] {
@@ -439,8 +441,8 @@ void VifDevice::backend_key_changed(XenStore& xs, std::string_view key) noexcept
   rate_ = spec;
   auto sibs = std::static_pointer_cast<VifSiblings>(siblings_);
   if (!sibs) return;  // not connected: the next connect uses it
-  log_.info("rate changed: {}", spec.unlimited() ? std::string("unlimited")
-                                                  : fmt::format("{} bytes / {} us", spec.bytes, spec.usec));
+  log_.info("rate changed: {}",
+            spec.unlimited() ? std::string("unlimited") : fmt::format("{} bytes / {} us", spec.bytes, spec.usec));
   for (auto& e : sibs->entries) {
     VifSiblings::Entry* ep = &e;
     ep->reactor->post([sibs, ep, spec] {

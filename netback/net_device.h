@@ -54,9 +54,9 @@
 #include "common/log.h"
 #include "common/xenbus/backend_driver.h"
 #include "netback/net_ctrl_channel.h"
-#include "netback/port.h"
-#include "netback/net_rate.h"
 #include "netback/net_queue.h"
+#include "netback/net_rate.h"
+#include "netback/port.h"
 
 namespace xenpath {
 
@@ -69,8 +69,7 @@ using VifErrorSink = std::function<void(const DeviceAddress&, int error)>;
 
 // Opens the port of one VIF with `queues` rx and tx queues (control
 // thread). The port must be usable by the queues' worker threads.
-using VifPortFactory =
-    std::function<Result<std::unique_ptr<PacketPort>>(const DeviceAddress& addr, uint16_t queues)>;
+using VifPortFactory = std::function<Result<std::unique_ptr<PacketPort>>(const DeviceAddress& addr, uint16_t queues)>;
 
 // The default factory: DPDK ports from `devargs_template` (expand_devargs:
 // {domid}, {devid}), `base` for the rest of their configuration. `env` and
@@ -95,7 +94,7 @@ struct VifOptions {
   // 30 ms drain, as Linux).
   std::chrono::milliseconds rx_stall_timeout{60'000};
   std::chrono::milliseconds rx_drain_timeout{10'000};
-  bool ctrl_ring = true;                         // offer feature-ctrl-ring
+  bool ctrl_ring = true;  // offer feature-ctrl-ring
   // Bounded wait at disconnect for guest pages still held by packets in
   // flight (in the port, a peer); after it the queue is kept mapped (leak,
   // logged) rather than unmapped under a reader.
@@ -183,7 +182,8 @@ class VifDevice final : public BackendDevice {
   std::unique_ptr<NetifCtrlChannel> ctrl_;
   std::unique_ptr<NetifCtrlStats> ctrl_stats_;
   std::shared_ptr<void> siblings_;
-  std::vector<std::unique_ptr<SteerInbox>> inboxes_;  // outlive the queues  // what queues post to each other (net_device.cc)
+  std::vector<std::unique_ptr<SteerInbox>>
+      inboxes_;          // outlive the queues  // what queues post to each other (net_device.cc)
   bool leaked_ = false;  // a queue kept mapped at a disconnect: the port stays too
   std::atomic<bool> connected_{false};
 };
@@ -194,13 +194,15 @@ class VifDeviceType final : public DeviceType {
   // every device).
   VifDeviceType(std::vector<NetWorker*> workers, PacketPool& pool, VifPortFactory ports, VifOptions opts = {},
                 VifErrorSink sink = {}) noexcept
-      : workers_(std::move(workers)), pool_(pool), ports_(std::move(ports)), opts_(std::move(opts)),
+      : workers_(std::move(workers)),
+        pool_(pool),
+        ports_(std::move(ports)),
+        opts_(std::move(opts)),
         sink_(std::move(sink)) {}
 
   [[nodiscard]] std::string_view name() const noexcept override { return opts_.type_name; }
   // Reads mac and rate. ENOENT while the toolstack has not written mac.
-  Result<std::unique_ptr<BackendDevice>> create(const DeviceAddress& addr, XenStore& xs,
-                                                XsTxn t) noexcept override;
+  Result<std::unique_ptr<BackendDevice>> create(const DeviceAddress& addr, XenStore& xs, XsTxn t) noexcept override;
 
  private:
   std::vector<NetWorker*> workers_;

@@ -189,12 +189,11 @@ void group_join(GroGroup& g, const GroFrame& f, uint32_t idx) noexcept {
 
 }  // namespace
 
-bool gro_may_join(const GroGroup& g, const GroFrame& first, const GroFrame& f,
-                  const pkt::CoalesceOptions& o) noexcept {
+bool gro_may_join(const GroGroup& g, const GroFrame& first, const GroFrame& f, const pkt::CoalesceOptions& o) noexcept {
   if (!g.open || !f.eligible || f.seq != g.next_seq || f.payload > g.mss) return false;
   if (first.l2_len != f.l2_len || first.l4_len != f.l4_len) return false;
   if (std::memcmp(first.head, f.head, first.l2_len) != 0) return false;  // MACs, VLAN tags
-  if (first.ip[1] != f.ip[1] || first.ip[8] != f.ip[8]) return false;     // TOS, TTL
+  if (first.ip[1] != f.ip[1] || first.ip[8] != f.ip[8]) return false;    // TOS, TTL
   const bool df = (load_be16(first.ip + 6) & 0x4000) != 0;
   if (df != ((load_be16(f.ip + 6) & 0x4000) != 0)) return false;
   // Without DF the IDs must count up (librte_gro checks the same).

@@ -126,7 +126,7 @@ enum class CsumState : uint8_t {
   kUnknown,  // not checked by the port: checked here, as Linux's GRO does
   kGood,
   kBad,
-  kNone,     // the port says there is none to check
+  kNone,  // the port says there is none to check
 };
 
 // What the adapter knows of one received frame (its header parser's
@@ -136,14 +136,14 @@ struct GroProbe {
   uint32_t head_len = 0;
   uint32_t pkt_len = 0;
   uint16_t segments = 1;
-  bool ipv4 = false;        // the parser found IPv4 ...
+  bool ipv4 = false;           // the parser found IPv4 ...
   bool ipv4_fragment = false;  // ... a fragment of it ...
-  bool tcp = false;         // ... or TCP in it
+  bool tcp = false;            // ... or TCP in it
   uint16_t l2_len = 0;
   uint16_t l3_len = 0;
   uint16_t l4_len = 0;
   bool offload_pending = false;  // transmit work still owed, or an LRO frame: never merged
-  bool writable = false;    // the head and every segment are ours alone (the merge rewrites them)
+  bool writable = false;         // the head and every segment are ours alone (the merge rewrites them)
   CsumState ip_csum = CsumState::kUnknown;
   CsumState l4_csum = CsumState::kUnknown;
   // Raw sum (raw_sum's form) of packet bytes [off, off + len), for an
@@ -154,15 +154,15 @@ struct GroProbe {
 
 struct GroFrame {
   uint8_t* head = nullptr;
-  uint8_t* ip = nullptr;   // set for TCP/IPv4 frames whose headers could be read
+  uint8_t* ip = nullptr;  // set for TCP/IPv4 frames whose headers could be read
   uint8_t* tcp = nullptr;
   uint32_t seq = 0;
   uint32_t payload = 0;
   uint16_t ip_id = 0;
-  bool eligible = false;      // may join a group
-  bool psh = false;           // ACK|PSH: joins, then ends its group
-  bool barrier = false;       // an IPv4 fragment, or TCP/IPv4 whose headers cannot be read: ends every group
-  bool l4_verified = false;   // its TCP checksum was checked good here (the receiver need not)
+  bool eligible = false;     // may join a group
+  bool psh = false;          // ACK|PSH: joins, then ends its group
+  bool barrier = false;      // an IPv4 fragment, or TCP/IPv4 whose headers cannot be read: ends every group
+  bool l4_verified = false;  // its TCP checksum was checked good here (the receiver need not)
   uint16_t l2_len = 0;
   uint16_t l4_len = 0;
   uint16_t segments = 1;
@@ -174,16 +174,16 @@ struct GroFrame {
 GroFrame gro_classify(const GroProbe& p) noexcept;
 
 struct GroGroup {
-  uint32_t first = 0;      // burst index of the first frame
-  uint32_t last = 0;       // burst index of the latest frame
+  uint32_t first = 0;  // burst index of the first frame
+  uint32_t last = 0;   // burst index of the latest frame
   uint32_t frames = 0;
   uint32_t next_seq = 0;
-  uint32_t ip_len = 0;     // IPv4 total length once merged
-  uint32_t segs = 0;       // buffers once merged
+  uint32_t ip_len = 0;  // IPv4 total length once merged
+  uint32_t segs = 0;    // buffers once merged
   uint16_t mss = 0;
   uint16_t next_ip_id = 0;
   bool open = true;
-  bool psh = false;        // the merged packet gets PSH back (its last frame had it)
+  bool psh = false;  // the merged packet gets PSH back (its last frame had it)
 };
 
 // The grouping of one burst (at most kGroBurstMax frames): every frame in
@@ -199,8 +199,7 @@ struct GroPlan {
 
 // Whether frame `f` may follow group `g` (whose first frame is `first`, of
 // the same flow) in one merged packet.
-bool gro_may_join(const GroGroup& g, const GroFrame& first, const GroFrame& f,
-                  const pkt::CoalesceOptions& o) noexcept;
+bool gro_may_join(const GroGroup& g, const GroFrame& first, const GroFrame& f, const pkt::CoalesceOptions& o) noexcept;
 // Groups frames[0..n) (n <= kGroBurstMax) into `out`.
 void gro_plan(std::span<const GroFrame> frames, const pkt::CoalesceOptions& o, GroPlan& out) noexcept;
 

@@ -84,9 +84,7 @@ class RxBatch {
   [[nodiscard]] std::span<GrantCopySegment> copies() noexcept { return copies_.first(n_copies_); }
   // One response per request used, in ring order (extras are
   // netif_extra_info overlaid on the 8-byte response).
-  [[nodiscard]] std::span<const netif_rx_response> responses() const noexcept {
-    return {rsps_.data(), n_rsps_};
-  }
+  [[nodiscard]] std::span<const netif_rx_response> responses() const noexcept { return {rsps_.data(), n_rsps_}; }
   [[nodiscard]] unsigned requests_used() const noexcept { return n_rsps_; }
   [[nodiscard]] unsigned packets() const noexcept { return n_packets_; }
   [[nodiscard]] uint64_t bytes() const noexcept { return bytes_; }

@@ -23,15 +23,24 @@ void fail(TxPlan& out, TxVerdict v, TxError e) noexcept {
 
 const char* tx_error_name(TxError e) noexcept {
   switch (e) {
-    case TxError::kNone: return "none";
-    case TxError::kTooManySlots: return "too many slots";
-    case TxError::kSlotOverflow: return "slot larger than remaining packet";
-    case TxError::kRunt: return "first slot shorter than an Ethernet header";
-    case TxError::kChainTooLong: return "slot chain over the fatal limit";
-    case TxError::kCrossesPage: return "slot crosses a page boundary";
-    case TxError::kTruncated: return "chain ends where the published requests end";
-    case TxError::kBadExtraType: return "invalid extra-info type";
-    case TxError::kBadGso: return "invalid GSO extra";
+    case TxError::kNone:
+      return "none";
+    case TxError::kTooManySlots:
+      return "too many slots";
+    case TxError::kSlotOverflow:
+      return "slot larger than remaining packet";
+    case TxError::kRunt:
+      return "first slot shorter than an Ethernet header";
+    case TxError::kChainTooLong:
+      return "slot chain over the fatal limit";
+    case TxError::kCrossesPage:
+      return "slot crosses a page boundary";
+    case TxError::kTruncated:
+      return "chain ends where the published requests end";
+    case TxError::kBadExtraType:
+      return "invalid extra-info type";
+    case TxError::kBadGso:
+      return "invalid GSO extra";
   }
   return "?";
 }

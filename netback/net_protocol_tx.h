@@ -70,14 +70,14 @@ enum class TxVerdict : uint8_t {
 
 enum class TxError : uint8_t {
   kNone,
-  kTooManySlots,    // drop: more than legacy_slots_max follow-on slots
-  kSlotOverflow,    // drop: a follow-on slot larger than the remaining size
-  kRunt,            // drop: first slot shorter than an Ethernet header
-  kChainTooLong,    // fatal: more than fatal_slots follow-on slots
-  kCrossesPage,     // fatal: offset + size beyond the page
-  kTruncated,       // fatal: chain or extras end where the frontend's requests end
-  kBadExtraType,    // fatal
-  kBadGso,          // fatal: size 0 or unknown type
+  kTooManySlots,  // drop: more than legacy_slots_max follow-on slots
+  kSlotOverflow,  // drop: a follow-on slot larger than the remaining size
+  kRunt,          // drop: first slot shorter than an Ethernet header
+  kChainTooLong,  // fatal: more than fatal_slots follow-on slots
+  kCrossesPage,   // fatal: offset + size beyond the page
+  kTruncated,     // fatal: chain or extras end where the frontend's requests end
+  kBadExtraType,  // fatal
+  kBadGso,        // fatal: size 0 or unknown type
 };
 
 const char* tx_error_name(TxError e) noexcept;
@@ -85,8 +85,8 @@ const char* tx_error_name(TxError e) noexcept;
 // One response owed per ring slot consumed, in ring order.
 struct TxSlot {
   uint16_t id = 0;
-  uint16_t nulls = 0;   // NETIF_RSP_NULL responses that follow this one (extras)
-  uint8_t pieces = 0;   // pieces of the plan that must complete first (0: answer now)
+  uint16_t nulls = 0;  // NETIF_RSP_NULL responses that follow this one (extras)
+  uint8_t pieces = 0;  // pieces of the plan that must complete first (0: answer now)
 };
 
 struct TxPiece {
@@ -105,9 +105,9 @@ struct TxPiece {
 struct TxPlan {
   TxVerdict verdict = TxVerdict::kNeedMore;
   TxError error = TxError::kNone;
-  uint16_t consumed = 0;     // requests used from the front of the span
-  uint32_t size = 0;         // packet bytes (sum of piece lengths)
-  uint16_t header_len = 0;   // bytes of kHeader pieces
+  uint16_t consumed = 0;    // requests used from the front of the span
+  uint32_t size = 0;        // packet bytes (sum of piece lengths)
+  uint16_t header_len = 0;  // bytes of kHeader pieces
 
   bool csum_blank = false;      // NETTXF_csum_blank: L4 checksum to fill in
   bool data_validated = false;  // NETTXF_data_validated

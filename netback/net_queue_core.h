@@ -19,9 +19,9 @@
 #include "common/mailbox.h"
 #include "common/ring_types.h"
 #include "common/stats.h"
-#include "common/xen_worker.h"
 #include "common/xen/grant_table.h"
 #include "common/xen/types.h"
+#include "common/xen_worker.h"
 #include "netback/net_ctrl.h"
 #include "netback/net_protocol_tx.h"
 #include "netback/net_rate.h"
@@ -81,17 +81,17 @@ struct VifQueueStats {
   Counter tx_multicast;     // MCAST_ADD/DEL requests
   Counter rx_packets;       // packets delivered into the guest
   Counter rx_bytes;
-  Counter rx_dropped;       // too big, empty, filtered, unsegmentable, no buffers
+  Counter rx_dropped;  // too big, empty, filtered, unsegmentable, no buffers
   Counter rx_copy_calls;
-  Counter rx_copy_failures;  // segments the hypervisor refused (bad guest grant)
-  Counter rx_gso_segmented;  // GSO packets segmented for a frontend without GSO
-  Counter rx_gro_packets;    // GSO packets built from received frames (Config::rx_gro)
-  Counter rx_gro_merged;     // received frames merged into them
-  Counter rx_expired;        // dropped after waiting longer than rx_drain_timeout
-  Counter rx_stall_dropped;  // dropped because the guest's RX was stalled
-  Counter rx_stalls;         // times the guest stopped posting buffers for rx_stall_timeout
-  Counter rx_stalled;        // 1 while stalled (carrier off)
-  Counter tx_headers_pulled; // packets whose headers went beyond the copied head
+  Counter rx_copy_failures;   // segments the hypervisor refused (bad guest grant)
+  Counter rx_gso_segmented;   // GSO packets segmented for a frontend without GSO
+  Counter rx_gro_packets;     // GSO packets built from received frames (Config::rx_gro)
+  Counter rx_gro_merged;      // received frames merged into them
+  Counter rx_expired;         // dropped after waiting longer than rx_drain_timeout
+  Counter rx_stall_dropped;   // dropped because the guest's RX was stalled
+  Counter rx_stalls;          // times the guest stopped posting buffers for rx_stall_timeout
+  Counter rx_stalled;         // 1 while stalled (carrier off)
+  Counter tx_headers_pulled;  // packets whose headers went beyond the copied head
 };
 
 inline constexpr unsigned kVifMaxBurst = 64;
@@ -108,7 +108,7 @@ struct VifQueueConfig {
   EvtchnPort rx_remote_port = 0;  // equal: one channel for both rings
   PacketPort* port = nullptr;     // outlives the queue
   uint16_t port_queue = 0;
-  PacketPool* pool = nullptr;     // outlives every packet it made
+  PacketPool* pool = nullptr;  // outlives every packet it made
   // Slot rules, and the copy/map crossover: a slot remainder (after the
   // 128 header bytes) shorter than tx_limits.copy_below is grant-copied,
   // a longer one grant-mapped and attached zero-copy. The default is
@@ -121,14 +121,14 @@ struct VifQueueConfig {
   // off when the port cannot take external buffers; then every byte is
   // copied whatever copy_below says.
   bool zero_copy = true;
-  RateSpec rate;                  // the backend's "rate" key
+  RateSpec rate;  // the backend's "rate" key
   // What the frontend negotiated.
-  bool rx_csum_offload = true;    // it accepts csum_blank (no feature-no-csum-offload)
+  bool rx_csum_offload = true;       // it accepts csum_blank (no feature-no-csum-offload)
   bool rx_ipv6_csum_offload = true;  // the same for IPv6 (feature-ipv6-csum-offload)
-  bool rx_sg = true;              // feature-sg: packets may span several RX slots
-  bool rx_gso_tcpv4 = false;      // feature-gso-tcpv4
-  bool rx_gso_tcpv6 = false;      // feature-gso-tcpv6
-  bool multicast_control = false; // request-multicast-control
+  bool rx_sg = true;                 // feature-sg: packets may span several RX slots
+  bool rx_gso_tcpv4 = false;         // feature-gso-tcpv4
+  bool rx_gso_tcpv6 = false;         // feature-gso-tcpv6
+  bool multicast_control = false;    // request-multicast-control
   // Receive-side coalescing (pkt::coalesce_tcp): consecutive in-sequence
   // TCP/IPv4 frames of one flow in a port burst go to the guest as one GSO
   // packet, as kernel netback hands it the host stack's GSO skbs. A port
@@ -145,7 +145,7 @@ struct VifQueueConfig {
   // rate credit is not resumed by this period: a one-shot timer is
   // armed for the exact replenish time (Linux's credit_timeout).
   std::chrono::microseconds port_poll{1000};
-  size_t rx_backlog = 256;        // packets held for a guest without buffers
+  size_t rx_backlog = 256;  // packets held for a guest without buffers
   // Linux's rx_drain_timeout: a packet waiting longer for guest buffers
   // is dropped. rx_stall_timeout: a guest that posts no buffer for that
   // long while packets wait is stalled (carrier off): what is queued is

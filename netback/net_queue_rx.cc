@@ -22,8 +22,8 @@ VifRxPath::~VifRxPath() = default;
 
 Status VifRxPath::init() noexcept {
   const VifQueueConfig& config = core_.config;
-  XP_TRY(map_guest_ring(core_.worker, config.frontend, {&config.rx_ring_ref, 1}, ring_map_, ring_,
-                        &core_.stats.rx_ring, core_.log, "RX"));
+  XP_TRY(map_guest_ring(core_.worker, config.frontend, {&config.rx_ring_ref, 1}, ring_map_, ring_, &core_.stats.rx_ring,
+                        core_.log, "RX"));
   try {
     carry_.resize(ring_.size());
     pkts_.resize(config.rx_backlog);
@@ -89,7 +89,6 @@ void VifRxPath::drop_queued() noexcept {
     pkt::free_bulk({in, n});
   }
 }
-
 
 void VifRxPath::update_wait_fd(bool halted) noexcept {
   if (fd_ < 0) return;
@@ -315,7 +314,7 @@ bool VifRxPath::check_stall(TimePoint now) noexcept {
     core_.stats.rx_stall_dropped.add(dropped);
     // Once per stall (not per packet): the guest may stay like this for good.
     core_.log.warn("guest RX stalled: no buffer posted for {} ms; {} queued packets dropped, carrier off",
-              core_.config.rx_stall_timeout.count(), dropped);
+                   core_.config.rx_stall_timeout.count(), dropped);
     work = true;
   }
   return work;

@@ -61,8 +61,8 @@ VifTxPath::~VifTxPath() = default;
 
 Status VifTxPath::init() noexcept {
   const VifQueueConfig& config = core_.config;
-  XP_TRY(map_guest_ring(core_.worker, config.frontend, {&config.tx_ring_ref, 1}, ring_map_, ring_,
-                        &core_.stats.tx_ring, core_.log, "TX"));
+  XP_TRY(map_guest_ring(core_.worker, config.frontend, {&config.tx_ring_ref, 1}, ring_map_, ring_, &core_.stats.tx_ring,
+                        core_.log, "TX"));
   const unsigned burst = config.burst;
   const unsigned size = ring_.size();
   try {
@@ -124,7 +124,6 @@ void VifTxPath::drop_backlog() noexcept {
   backlog_len_ = 0;
 }
 
-
 bool VifTxPath::pages_released() const noexcept {
   for (unsigned w = 0; w < done_words_; ++w) {
     if (done_bits_[w].load(std::memory_order_seq_cst) != 0) return true;
@@ -133,7 +132,6 @@ bool VifTxPath::pages_released() const noexcept {
 }
 
 bool VifTxPath::final_check() noexcept { return backlog_len_ == 0 && !rate_.limited() && ring_.final_check(); }
-
 
 void VifTxPath::page_released(void* /*addr*/, void* opaque) {
   // Any thread. Only the bitmap and the eventfd: the owner does the rest.
@@ -212,8 +210,8 @@ bool VifTxPath::flush_backlog() noexcept {
   if (backlog_len_ == 0) return false;
   const size_t n = core_.config.port->tx_burst(core_.config.port_queue, {backlog_.data(), backlog_len_});
   if (n > 0) {
-    std::copy(backlog_.begin() + static_cast<ptrdiff_t>(n),
-              backlog_.begin() + static_cast<ptrdiff_t>(backlog_len_), backlog_.begin());
+    std::copy(backlog_.begin() + static_cast<ptrdiff_t>(n), backlog_.begin() + static_cast<ptrdiff_t>(backlog_len_),
+              backlog_.begin());
     backlog_len_ -= n;
   }
   return n > 0;
@@ -465,8 +463,8 @@ bool VifTxPath::finish_meta(PacketBuf* p, const TxPlan& plan) noexcept {
   if (plan.has_hash) {
     // The guest's hash (its own Toeplitz, its own key) as Linux's
     // skb_set_hash: only which fields it covers is kept.
-    const bool l4 = plan.hash_type == _XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP ||
-                    plan.hash_type == _XEN_NETIF_CTRL_HASH_TYPE_IPV6_TCP;
+    const bool l4 =
+        plan.hash_type == _XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP || plan.hash_type == _XEN_NETIF_CTRL_HASH_TYPE_IPV6_TCP;
     m.hash_type = l4 ? PacketMeta::kHashL4 : PacketMeta::kHashL3;
     m.hash = plan.hash_value;
   }
@@ -533,7 +531,7 @@ void VifTxPath::arm_credit_timer() noexcept {
     if (!t) {
       // No timer: the periodic housekeeping wake-up still retries.
       core_.log.warn("cannot create the rate credit timer: {}; retrying on the periodic wake-up",
-                error_string(t.error()));
+                     error_string(t.error()));
       credit_timer_failed_ = true;
       return;
     }

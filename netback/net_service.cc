@@ -119,9 +119,8 @@ Result<std::unique_ptr<NetbackService>> NetbackService::create(BackendDaemon& da
       ports = dpdk_vif_port_factory(*s->env_, *s->pool_, tmpl, DpdkPortConfig{});
     }
     BackendDaemon* d = &daemon;
-    XP_TRY(daemon.add_type(std::make_unique<VifDeviceType>(
-        s->workers(), *s->pool_, std::move(ports), opts.vif,
-        daemon.device_error_sink())));
+    XP_TRY(daemon.add_type(std::make_unique<VifDeviceType>(s->workers(), *s->pool_, std::move(ports), opts.vif,
+                                                           daemon.device_error_sink())));
     const NetbackService* self = s.get();
     daemon.add_stats([self, d](nlohmann::json& j) { self->add_stats(j, d->driver()); });
     // Every VIF is disconnected (its port closed) by now; the workers' DPDK

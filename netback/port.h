@@ -31,9 +31,9 @@ struct PacketBuf;  // opaque; only the adapter knows what it is
 // what a receiving port already checked.
 struct PacketMeta {
   enum Flag : uint32_t {
-    kIpv4 = 1u << 0,            // L3 is IPv4 (l2_len/l3_len describe it)
-    kIpv6 = 1u << 1,            // L3 is IPv6; l3_len includes extension headers
-    kTcp = 1u << 2,             // L4 protocol
+    kIpv4 = 1u << 0,  // L3 is IPv4 (l2_len/l3_len describe it)
+    kIpv6 = 1u << 1,  // L3 is IPv6; l3_len includes extension headers
+    kTcp = 1u << 2,   // L4 protocol
     kUdp = 1u << 3,
     kIpCsumPending = 1u << 4,   // IPv4 header checksum still to be written
     kL4CsumPending = 1u << 5,   // TCP/UDP checksum still to be written (netif
@@ -64,9 +64,7 @@ struct PacketMeta {
   uint32_t hash = 0;  // meaningful when hash_type != kHashNone
 
   [[nodiscard]] bool has(uint32_t f) const noexcept { return (flags & f) == f; }
-  [[nodiscard]] uint32_t header_len() const noexcept {
-    return static_cast<uint32_t>(l2_len) + l3_len + l4_len;
-  }
+  [[nodiscard]] uint32_t header_len() const noexcept { return static_cast<uint32_t>(l2_len) + l3_len + l4_len; }
 };
 
 // A read-only view of one segment of a packet.
@@ -95,7 +93,7 @@ struct ExtBuf {
   uint16_t len = 0;                // bytes, 1..65535 (a netif slot is within a page)
   ExtBufShared* shared = nullptr;  // caller-owned, see above
   ExtFreeFn free_fn = nullptr;
-  void* opaque = nullptr;          // handed back to free_fn
+  void* opaque = nullptr;  // handed back to free_fn
 };
 
 // Operations on a packet owned by the calling thread. None allocates.
@@ -103,7 +101,7 @@ namespace pkt {
 
 void free(PacketBuf* p) noexcept;  // null is a no-op
 void free_bulk(std::span<PacketBuf* const> ps) noexcept;
-[[nodiscard]] uint32_t length(const PacketBuf* p) noexcept;       // all segments
+[[nodiscard]] uint32_t length(const PacketBuf* p) noexcept;  // all segments
 [[nodiscard]] uint16_t segment_count(const PacketBuf* p) noexcept;
 // The first `out.size()` segments (empty ones included); returns how many
 // were written. A packet has at most 65535 segments (DPDK's nb_segs).
@@ -263,12 +261,12 @@ struct LinkStatus {
 struct PortQueueStats {
   uint64_t rx_packets = 0;
   uint64_t rx_bytes = 0;
-  uint64_t tx_packets = 0;      // packets the device accepted (after segmentation)
+  uint64_t tx_packets = 0;  // packets the device accepted (after segmentation)
   uint64_t tx_bytes = 0;
   uint64_t tx_dropped = 0;      // caller packets dropped (unusable metadata, no buffers)
   uint64_t tx_gso_packets = 0;  // caller packets segmented in software
   uint64_t tx_gso_segments = 0;
-  uint64_t tx_sw_csum = 0;      // packets whose checksums were computed in software
+  uint64_t tx_sw_csum = 0;  // packets whose checksums were computed in software
 };
 
 // A network port with rx/tx queues. Control methods (everything but the

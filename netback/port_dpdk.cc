@@ -68,8 +68,8 @@ class DpdkPort final : public PacketPort {
     std::vector<int> rx_fds;          // per queue receive wake-up fds (the PMD's), or empty
   };
 
-  DpdkPort(DpdkEnv& env, DpdkPool& pool, uint16_t port_id, std::string name, const DpdkPortConfig& cfg,
-           PortCaps caps, uint64_t tx_offloads, Owned owned)
+  DpdkPort(DpdkEnv& env, DpdkPool& pool, uint16_t port_id, std::string name, const DpdkPortConfig& cfg, PortCaps caps,
+           uint64_t tx_offloads, Owned owned)
       : env_(env),
         pool_(pool),
         port_id_(port_id),
@@ -150,12 +150,8 @@ class DpdkPort final : public PacketPort {
     return taken;
   }
 
-  int rx_wait_fd(uint16_t q) const noexcept override {
-    return q < owned_.rx_fds.size() ? owned_.rx_fds[q] : -1;
-  }
-  size_t tx_pending(uint16_t queue) const noexcept override {
-    return queue < txq_.size() ? txq_[queue].pending() : 0;
-  }
+  int rx_wait_fd(uint16_t q) const noexcept override { return q < owned_.rx_fds.size() ? owned_.rx_fds[q] : -1; }
+  size_t tx_pending(uint16_t queue) const noexcept override { return queue < txq_.size() ? txq_[queue].pending() : 0; }
 
   PortCaps caps() const noexcept override { return caps_; }
 
@@ -362,8 +358,7 @@ Result<std::unique_ptr<PacketPort>> start_port(DpdkEnv& env, DpdkPool& pool, uin
   }
   uint64_t tx_off = tx_capa & RTE_ETH_TX_OFFLOAD_MULTI_SEGS;
   if (cfg.hw_offloads && !cfg.pass_metadata) {
-    tx_off |= tx_capa & (RTE_ETH_TX_OFFLOAD_IPV4_CKSUM | RTE_ETH_TX_OFFLOAD_TCP_CKSUM |
-                         RTE_ETH_TX_OFFLOAD_UDP_CKSUM);
+    tx_off |= tx_capa & (RTE_ETH_TX_OFFLOAD_IPV4_CKSUM | RTE_ETH_TX_OFFLOAD_TCP_CKSUM | RTE_ETH_TX_OFFLOAD_UDP_CKSUM);
     // TSO needs the TCP checksum offload too (the NIC fills every segment's).
     if ((tx_capa & RTE_ETH_TX_OFFLOAD_TCP_TSO) != 0 && (tx_off & RTE_ETH_TX_OFFLOAD_TCP_CKSUM) != 0) {
       tx_off |= RTE_ETH_TX_OFFLOAD_TCP_TSO;
@@ -372,8 +367,7 @@ Result<std::unique_ptr<PacketPort>> start_port(DpdkEnv& env, DpdkPool& pool, uin
   const uint64_t rx_capa = info.rx_offload_capa;
   uint64_t rx_off = rx_capa & (RTE_ETH_RX_OFFLOAD_SCATTER);
   if (cfg.hw_offloads) {
-    rx_off |= rx_capa & (RTE_ETH_RX_OFFLOAD_TCP_CKSUM | RTE_ETH_RX_OFFLOAD_UDP_CKSUM |
-                         RTE_ETH_RX_OFFLOAD_IPV4_CKSUM);
+    rx_off |= rx_capa & (RTE_ETH_RX_OFFLOAD_TCP_CKSUM | RTE_ETH_RX_OFFLOAD_UDP_CKSUM | RTE_ETH_RX_OFFLOAD_IPV4_CKSUM);
   }
   rte_eth_conf conf{};
   conf.txmode.offloads = tx_off;
@@ -433,16 +427,16 @@ Result<std::unique_ptr<PacketPort>> start_port(DpdkEnv& env, DpdkPool& pool, uin
   // reads buffers through the memory table DPDK registered, which a
   // grant-mapped guest page is not in, so it gets copies too.
   const char* bus = info.device != nullptr ? rte_bus_name(rte_dev_bus(info.device)) : "";
-  caps.external_buffers = bus != nullptr && std::strcmp(bus, "vdev") == 0 &&
-                          std::strcmp(info.driver_name, "net_virtio_user") != 0;
+  caps.external_buffers =
+      bus != nullptr && std::strcmp(bus, "vdev") == 0 && std::strcmp(info.driver_name, "net_virtio_user") != 0;
   uint16_t mtu = 0;
   if (rte_eth_dev_get_mtu(port_id, &mtu) == 0) caps.mtu = mtu;
 
   char name[RTE_ETH_NAME_MAX_LEN] = {};
   rte_eth_dev_get_name_by_port(port_id, name);
   spdlog::info("dpdk: port {} ({}) up: {} rxq {} txq, tso={} csum={}/{} multiseg={} ext={} mtu={}", name,
-               info.driver_name, cfg.rx_queues, cfg.tx_queues, caps.tso, caps.ip_csum, caps.l4_csum,
-               caps.multi_segment, caps.external_buffers, caps.mtu);
+               info.driver_name, cfg.rx_queues, cfg.tx_queues, caps.tso, caps.ip_csum, caps.l4_csum, caps.multi_segment,
+               caps.external_buffers, caps.mtu);
   return std::unique_ptr<PacketPort>(
       std::make_unique<DpdkPort>(env, pool, port_id, name, cfg, caps, tx_off, std::move(owned)));
 }

@@ -86,8 +86,7 @@ struct DpdkPortConfig {
 // other "{...}" or an unbalanced brace, so a typo in the configuration fails
 // loudly instead of creating oddly named devices.
 Result<std::string> expand_devargs(std::string_view tmpl, DomId domid, uint32_t devid);
-inline constexpr std::string_view kDefaultVifDevargs =
-    "net_tap_vif{domid}_{devid},iface=vif{domid}.{devid}";
+inline constexpr std::string_view kDefaultVifDevargs = "net_tap_vif{domid}_{devid},iface=vif{domid}.{devid}";
 
 class DpdkEnv {
  public:
@@ -113,8 +112,8 @@ class DpdkEnv {
   // Two net_ring ports wired back to back ("net_ring_<name>_a" transmits
   // to "net_ring_<name>_b" and the other way round), one queue each: an in-process wire,
   // e.g. between a vif and a test peer. `base` gives the rest of the config.
-  Result<std::array<std::unique_ptr<PacketPort>, 2>> open_ring_pair(
-      PacketPool& pool, const std::string& name, const DpdkPortConfig& base) noexcept;
+  Result<std::array<std::unique_ptr<PacketPort>, 2>> open_ring_pair(PacketPool& pool, const std::string& name,
+                                                                    const DpdkPortConfig& base) noexcept;
 
   // Serialises ethdev control operations (ports' constructors/destructors).
   std::mutex& control_lock() noexcept { return control_; }

@@ -72,8 +72,7 @@ int g_init_error = 0;
 }  // namespace
 
 std::vector<std::string> dpdk_default_eal_args(const DpdkEnvOptions& opts) {
-  std::vector<std::string> a = {"--no-huge", "--no-shconf", "-m", std::to_string(opts.memory_mb),
-                                "--no-telemetry"};
+  std::vector<std::string> a = {"--no-huge", "--no-shconf", "-m", std::to_string(opts.memory_mb), "--no-telemetry"};
   cpu_set_t set;
   CPU_ZERO(&set);
   if (pthread_getaffinity_np(pthread_self(), sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) {
@@ -153,8 +152,7 @@ Result<DpdkEnv*> DpdkEnv::init(const DpdkEnvOptions& opts) noexcept {
       spdlog::warn("dpdk: cannot register the {} mbuf flag: L4 flow hashes pass as L3", kHashL4FlagName);
     }
     g_env = new DpdkEnv(std::move(args));
-    spdlog::info("dpdk: EAL up ({}), IOVA mode {}", rte_version(),
-                 rte_eal_iova_mode() == RTE_IOVA_VA ? "VA" : "PA");
+    spdlog::info("dpdk: EAL up ({}), IOVA mode {}", rte_version(), rte_eal_iova_mode() == RTE_IOVA_VA ? "VA" : "PA");
     return g_env;
   } catch (...) {
     return unexpected(ENOMEM);
@@ -175,6 +173,5 @@ Status DpdkEnv::register_thread() noexcept {
 void DpdkEnv::unregister_thread() noexcept {
   if (rte_lcore_id() != LCORE_ID_ANY && rte_lcore_id() != rte_get_main_lcore()) rte_thread_unregister();
 }
-
 
 }  // namespace xenpath

@@ -25,10 +25,9 @@ inline rte_mbuf* mb(PacketBuf* p) noexcept { return reinterpret_cast<rte_mbuf*>(
 inline const rte_mbuf* mb(const PacketBuf* p) noexcept { return reinterpret_cast<const rte_mbuf*>(p); }
 inline PacketBuf* pb(rte_mbuf* m) noexcept { return reinterpret_cast<PacketBuf*>(m); }
 
-inline constexpr uint64_t kTxMetaMask = RTE_MBUF_F_TX_IPV4 | RTE_MBUF_F_TX_IPV6 | RTE_MBUF_F_TX_IP_CKSUM |
-                                        RTE_MBUF_F_TX_L4_MASK | RTE_MBUF_F_TX_TCP_SEG;
-inline constexpr uint64_t kRxMetaMask =
-    RTE_MBUF_F_RX_L4_CKSUM_MASK | RTE_MBUF_F_RX_IP_CKSUM_MASK | RTE_MBUF_F_RX_LRO;
+inline constexpr uint64_t kTxMetaMask =
+    RTE_MBUF_F_TX_IPV4 | RTE_MBUF_F_TX_IPV6 | RTE_MBUF_F_TX_IP_CKSUM | RTE_MBUF_F_TX_L4_MASK | RTE_MBUF_F_TX_TCP_SEG;
+inline constexpr uint64_t kRxMetaMask = RTE_MBUF_F_RX_L4_CKSUM_MASK | RTE_MBUF_F_RX_IP_CKSUM_MASK | RTE_MBUF_F_RX_LRO;
 
 // PacketMeta::kHashL4 rides in a dynamic mbuf flag (registered once by
 // DpdkEnv::init; 0 when that failed, and L4 hashes then read back as L3,
@@ -40,15 +39,13 @@ extern std::atomic<uint64_t> g_hash_l4_flag;
 
 // The first segment may be written only when we own its bytes alone: not
 // external (a guest page), not indirect, not shared with a clone.
-inline bool head_writable(const rte_mbuf* m) noexcept {
-  return RTE_MBUF_DIRECT(m) && rte_mbuf_refcnt_read(m) == 1;
-}
+inline bool head_writable(const rte_mbuf* m) noexcept { return RTE_MBUF_DIRECT(m) && rte_mbuf_refcnt_read(m) == 1; }
 
 // offload::l3_view over an mbuf's first segment and its TX metadata.
 inline bool l3_view(rte_mbuf* m, offload::L3View& v) noexcept {
   return offload::l3_view({rte_pktmbuf_mtod(m, uint8_t*), m->data_len}, m->pkt_len,
-                          (m->ol_flags & RTE_MBUF_F_TX_IPV4) != 0, (m->ol_flags & RTE_MBUF_F_TX_IPV6) != 0,
-                          m->l2_len, m->l3_len, v);
+                          (m->ol_flags & RTE_MBUF_F_TX_IPV4) != 0, (m->ol_flags & RTE_MBUF_F_TX_IPV6) != 0, m->l2_len,
+                          m->l3_len, v);
 }
 
 // offload::raw_sum of packet bytes [off, off + len) across the chain.
@@ -78,9 +75,7 @@ class DpdkPool final : public PacketPool {
   bool attach_external(PacketBuf* p, const ExtBuf& ext) noexcept override;
   Result<size_t> segment(PacketBuf* p, std::span<PacketBuf*> out) noexcept override;
   size_t data_room() const noexcept override { return data_room_; }
-  size_t in_use() const noexcept override {
-    return rte_mempool_in_use_count(pkt_) + rte_mempool_in_use_count(ext_);
-  }
+  size_t in_use() const noexcept override { return rte_mempool_in_use_count(pkt_) + rte_mempool_in_use_count(ext_); }
 
   rte_mempool* pkt_pool() const noexcept { return pkt_; }
   // A copy of a chained packet in one fresh segment (for ports that cannot

@@ -57,8 +57,8 @@ bool raw_sum(const rte_mbuf* m, uint32_t off, uint32_t len, uint16_t& out) noexc
 bool sw_checksums(rte_mbuf* m, bool do_ip, bool do_l4) noexcept {
   const uint64_t f = m->ol_flags;
   do_ip = do_ip && (f & RTE_MBUF_F_TX_IP_CKSUM) != 0;
-  const bool l4_pending = (f & RTE_MBUF_F_TX_L4_MASK) == RTE_MBUF_F_TX_TCP_CKSUM ||
-                          (f & RTE_MBUF_F_TX_L4_MASK) == RTE_MBUF_F_TX_UDP_CKSUM;
+  const bool l4_pending =
+      (f & RTE_MBUF_F_TX_L4_MASK) == RTE_MBUF_F_TX_TCP_CKSUM || (f & RTE_MBUF_F_TX_L4_MASK) == RTE_MBUF_F_TX_UDP_CKSUM;
   do_l4 = do_l4 && l4_pending;
   if (!do_ip && !do_l4) return true;
   if (!head_writable(m)) return false;
@@ -141,8 +141,8 @@ offload::GroFrame gro_classify(rte_mbuf* m) noexcept {
   p.l2_len = lens.l2_len;
   p.l3_len = lens.l3_len;
   p.l4_len = lens.l4_len;
-  p.offload_pending = (m->ol_flags & (RTE_MBUF_F_TX_TCP_SEG | RTE_MBUF_F_TX_L4_MASK | RTE_MBUF_F_TX_IP_CKSUM |
-                                      RTE_MBUF_F_RX_LRO)) != 0;
+  p.offload_pending =
+      (m->ol_flags & (RTE_MBUF_F_TX_TCP_SEG | RTE_MBUF_F_TX_L4_MASK | RTE_MBUF_F_TX_IP_CKSUM | RTE_MBUF_F_RX_LRO)) != 0;
   p.writable = head_writable(m);
   for (const rte_mbuf* s = m->next; s != nullptr && p.writable; s = s->next) {
     if (rte_mbuf_refcnt_read(s) != 1) p.writable = false;
@@ -359,8 +359,7 @@ bool set_meta(PacketBuf* p, const PacketMeta& in) noexcept {
 bool parse_headers(PacketBuf* p, PacketMeta& out) noexcept {
   rte_mbuf* m = mb(p);
   rte_net_hdr_lens lens{};
-  const uint32_t pt =
-      rte_net_get_ptype(m, &lens, RTE_PTYPE_L2_MASK | RTE_PTYPE_L3_MASK | RTE_PTYPE_L4_MASK);
+  const uint32_t pt = rte_net_get_ptype(m, &lens, RTE_PTYPE_L2_MASK | RTE_PTYPE_L3_MASK | RTE_PTYPE_L4_MASK);
   const uint32_t l4 = pt & RTE_PTYPE_L4_MASK;
   const bool v4 = RTE_ETH_IS_IPV4_HDR(pt);
   const bool v6 = RTE_ETH_IS_IPV6_HDR(pt);
@@ -368,8 +367,8 @@ bool parse_headers(PacketBuf* p, PacketMeta& out) noexcept {
   if (static_cast<uint32_t>(lens.l2_len) + lens.l3_len + lens.l4_len > m->data_len) return false;
   if (lens.l2_len > 127 || lens.l3_len > 511) return false;
   out.flags &= ~(PacketMeta::kIpv4 | PacketMeta::kIpv6 | PacketMeta::kTcp | PacketMeta::kUdp);
-  out.flags |= (v4 ? PacketMeta::kIpv4 : PacketMeta::kIpv6) |
-               (l4 == RTE_PTYPE_L4_TCP ? PacketMeta::kTcp : PacketMeta::kUdp);
+  out.flags |=
+      (v4 ? PacketMeta::kIpv4 : PacketMeta::kIpv6) | (l4 == RTE_PTYPE_L4_TCP ? PacketMeta::kTcp : PacketMeta::kUdp);
   out.l2_len = lens.l2_len;
   out.l3_len = lens.l3_len;
   out.l4_len = lens.l4_len;
@@ -415,7 +414,6 @@ bool prepare_partial_checksum(PacketBuf* p) noexcept {
   if ((m->ol_flags & RTE_MBUF_F_TX_L4_MASK) == 0 || (m->ol_flags & RTE_MBUF_F_TX_TCP_SEG) != 0) return false;
   return hw_checksum_prepare(m, false, true);
 }
-
 
 size_t coalesce_tcp(std::span<PacketBuf*> pkts, const CoalesceOptions& opts, CoalesceStats* stats) noexcept {
   size_t out_n = 0;
@@ -481,8 +479,8 @@ size_t coalesce_tcp(std::span<PacketBuf*> pkts, const CoalesceOptions& opts, Coa
 
 std::string MacAddr::str() const {
   char buf[18];
-  std::snprintf(buf, sizeof(buf), "%02x:%02x:%02x:%02x:%02x:%02x", bytes[0], bytes[1], bytes[2],
-                bytes[3], bytes[4], bytes[5]);
+  std::snprintf(buf, sizeof(buf), "%02x:%02x:%02x:%02x:%02x:%02x", bytes[0], bytes[1], bytes[2], bytes[3], bytes[4],
+                bytes[5]);
   return buf;
 }
 

@@ -46,8 +46,8 @@ void fix_tcp_flags(rte_mbuf* seg, uint32_t tcp_off, size_t i, size_t n) noexcept
 // TCP/IPv6 segmentation (librte_gso of DPDK 22.11 only does IPv4): each
 // segment is a copy of the headers in a direct buffer followed by indirect
 // buffers referencing the input's payload, the layout librte_gso produces.
-int segment_tcp6(rte_mbuf* pkt, uint16_t mss, rte_mempool* direct, rte_mempool* indirect,
-                 rte_mbuf** out, size_t n_out) noexcept {
+int segment_tcp6(rte_mbuf* pkt, uint16_t mss, rte_mempool* direct, rte_mempool* indirect, rte_mbuf** out,
+                 size_t n_out) noexcept {
   const uint32_t hdr = static_cast<uint32_t>(pkt->l2_len) + pkt->l3_len + pkt->l4_len;
   const uint32_t total = pkt->pkt_len - hdr;
   const size_t n = (total + mss - 1) / mss;
@@ -111,8 +111,6 @@ int segment_tcp6(rte_mbuf* pkt, uint16_t mss, rte_mempool* direct, rte_mempool* 
   }
   return static_cast<int>(n);
 }
-
-
 
 }  // namespace
 
@@ -212,9 +210,9 @@ bool DpdkPool::attach_external(PacketBuf* p, const ExtBuf& ext) noexcept {
   shinfo->fcb_opaque = ext.opaque;
   rte_mbuf_ext_refcnt_set(shinfo, 1);
   // Software ports never use the IOVA; in VA mode it is the address anyway.
-  const rte_iova_t iova =
-      rte_eal_iova_mode() == RTE_IOVA_VA ? static_cast<rte_iova_t>(reinterpret_cast<uintptr_t>(ext.addr))
-                                         : RTE_BAD_IOVA;
+  const rte_iova_t iova = rte_eal_iova_mode() == RTE_IOVA_VA
+                              ? static_cast<rte_iova_t>(reinterpret_cast<uintptr_t>(ext.addr))
+                              : RTE_BAD_IOVA;
   rte_pktmbuf_attach_extbuf(holder, ext.addr, iova, ext.len, shinfo);
   holder->data_len = ext.len;
   rte_pktmbuf_lastseg(m)->next = holder;
@@ -230,8 +228,8 @@ Result<size_t> DpdkPool::segment(PacketBuf* p, std::span<PacketBuf*> out) noexce
   const bool v6 = (f & RTE_MBUF_F_TX_IPV6) != 0;
   const uint32_t hdr = static_cast<uint32_t>(m->l2_len) + m->l3_len + m->l4_len;
   const uint16_t mss = m->tso_segsz;
-  if ((f & RTE_MBUF_F_TX_TCP_SEG) == 0 || mss == 0 || v4 == v6 || m->l4_len < 20 ||
-      hdr > m->data_len || hdr + mss > UINT16_MAX) {
+  if ((f & RTE_MBUF_F_TX_TCP_SEG) == 0 || mss == 0 || v4 == v6 || m->l4_len < 20 || hdr > m->data_len ||
+      hdr + mss > UINT16_MAX) {
     return unexpected(EINVAL);
   }
   if (m->pkt_len <= hdr + mss) {
@@ -266,8 +264,8 @@ Result<size_t> DpdkPool::segment(PacketBuf* p, std::span<PacketBuf*> out) noexce
     if (n < 0) return unexpected(-n);
   }
   for (int i = 0; i < n; ++i) {
-    ms[i]->ol_flags = (ms[i]->ol_flags & ~(RTE_MBUF_F_TX_TCP_SEG | RTE_MBUF_F_TX_L4_MASK)) |
-                      RTE_MBUF_F_TX_TCP_CKSUM | (v4 ? RTE_MBUF_F_TX_IP_CKSUM : 0);
+    ms[i]->ol_flags = (ms[i]->ol_flags & ~(RTE_MBUF_F_TX_TCP_SEG | RTE_MBUF_F_TX_L4_MASK)) | RTE_MBUF_F_TX_TCP_CKSUM |
+                      (v4 ? RTE_MBUF_F_TX_IP_CKSUM : 0);
     ms[i]->tso_segsz = 0;
     ms[i]->hash = m->hash;  // every segment is of the packet's flow
   }
@@ -301,9 +299,9 @@ Result<std::unique_ptr<PacketPool>> DpdkEnv::create_pool(const DpdkPoolConfig& c
     const std::string pn = dpdk_detail::unique_name(cfg.name, "p");
     const std::string en = dpdk_detail::unique_name(cfg.name, "x");
     const uint32_t cache = std::min<uint32_t>(cfg.cache, RTE_MEMPOOL_CACHE_MAX_SIZE);
-    rte_mempool* pkt = rte_pktmbuf_pool_create(pn.c_str(), cfg.packets, std::min(cache, cfg.packets / 2), 0,
-                                               static_cast<uint16_t>(cfg.data_room + RTE_PKTMBUF_HEADROOM),
-                                               SOCKET_ID_ANY);
+    rte_mempool* pkt =
+        rte_pktmbuf_pool_create(pn.c_str(), cfg.packets, std::min(cache, cfg.packets / 2), 0,
+                                static_cast<uint16_t>(cfg.data_room + RTE_PKTMBUF_HEADROOM), SOCKET_ID_ANY);
     if (pkt == nullptr) return unexpected(rte_errno != 0 ? rte_errno : ENOMEM);
     rte_mempool* ext =
         rte_pktmbuf_pool_create(en.c_str(), cfg.attachments, std::min(cache, cfg.attachments / 2), 0, 0, SOCKET_ID_ANY);

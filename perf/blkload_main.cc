@@ -44,9 +44,9 @@
 #include <vector>
 
 #include "blkback/image_null.h"
+#include "common/log.h"
 #include "sim/blk/sim_blkhost.h"
 #include "sim/blk/sim_blkload.h"
-#include "common/log.h"
 
 namespace {
 
@@ -306,7 +306,8 @@ int run(const Config& cfg) {
   std::vector<uint64_t> requests0(disks.size());
   for (size_t i = 0; i < disks.size(); ++i) {
     const VbdDevice* dev = (*host)->device(disks[i]->devid);
-    for (size_t q = 0; dev != nullptr && q < dev->queue_count(); ++q) requests0[i] += dev->queue_stats(q).ring.requests.get();
+    for (size_t q = 0; dev != nullptr && q < dev->queue_count(); ++q)
+      requests0[i] += dev->queue_stats(q).ring.requests.get();
   }
   std::vector<std::atomic<uint64_t>> guest_cpu(cfg.guest_threads);
   std::atomic<int> failures{0};
@@ -316,8 +317,9 @@ int run(const Config& cfg) {
     if (per_thread[g].empty()) continue;
     threads.emplace_back(guest_thread, per_thread[g], std::ref(guest_cpu[g]), std::ref(failures));
   }
-  const auto limit = cfg.seconds > 0 && cfg.ops == 0 ? std::chrono::duration<double>(cfg.seconds)
-                                                     : std::chrono::duration<double>(cfg.seconds > 0 ? cfg.seconds : 3600);
+  const auto limit = cfg.seconds > 0 && cfg.ops == 0
+                         ? std::chrono::duration<double>(cfg.seconds)
+                         : std::chrono::duration<double>(cfg.seconds > 0 ? cfg.seconds : 3600);
   while (!g_stop.load() && Clock::now() - t0 < limit) {
     bool all_done = cfg.ops != 0;
     for (const LoadRef& l : loads) all_done &= l.load->done();
@@ -328,7 +330,8 @@ int run(const Config& cfg) {
   for (auto& t : threads) t.join();
   const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
   uint64_t worker_cpu = 0;
-  for (size_t i = 0; i < worker_cpu0.size(); ++i) worker_cpu += thread_cpu_ns((*host)->worker_clocks()[i]) - worker_cpu0[i];
+  for (size_t i = 0; i < worker_cpu0.size(); ++i)
+    worker_cpu += thread_cpu_ns((*host)->worker_clocks()[i]) - worker_cpu0[i];
   const uint64_t proc_cpu = thread_cpu_ns(CLOCK_PROCESS_CPUTIME_ID) - proc_cpu0;
   uint64_t guest_cpu_total = 0;
   for (auto& c : guest_cpu) guest_cpu_total += c.load();
@@ -429,8 +432,10 @@ int run(const Config& cfg) {
                   static_cast<unsigned long>(mismatches));
     }
   }
-  const double per_req = backend_requests != 0 ? static_cast<double>(worker_cpu) / 1e3 / static_cast<double>(backend_requests) : 0;
-  const double guest_per_req = total_ops != 0 ? static_cast<double>(guest_cpu_total) / 1e3 / static_cast<double>(total_ops) : 0;
+  const double per_req =
+      backend_requests != 0 ? static_cast<double>(worker_cpu) / 1e3 / static_cast<double>(backend_requests) : 0;
+  const double guest_per_req =
+      total_ops != 0 ? static_cast<double>(guest_cpu_total) / 1e3 / static_cast<double>(total_ops) : 0;
   out["total"] = {{"seconds", elapsed},
                   {"ops", total_ops},
                   {"iops", static_cast<double>(total_ops) / elapsed},
@@ -454,12 +459,14 @@ int run(const Config& cfg) {
   } else {
     std::printf("total: %.0f IOPS, %.1f MiB/s, p50 %.1f us, p99 %.1f us over %.2f s; errors %lu, mismatches %lu\n",
                 static_cast<double>(total_ops) / elapsed, static_cast<double>(total_bytes) / elapsed / (1 << 20),
-                static_cast<double>(all_lat.percentile_ns(0.5)) / 1e3, static_cast<double>(all_lat.percentile_ns(0.99)) / 1e3,
-                elapsed, static_cast<unsigned long>(total_errors), static_cast<unsigned long>(total_mismatches));
-    std::printf("backend workers: %.2f s CPU (%.0f%% of one core), %.2f us per request; guest threads: %.2f s CPU, "
-                "%.2f us per request\n",
-                static_cast<double>(worker_cpu) / 1e9, 100.0 * static_cast<double>(worker_cpu) / 1e9 / elapsed, per_req,
-                static_cast<double>(guest_cpu_total) / 1e9, guest_per_req);
+                static_cast<double>(all_lat.percentile_ns(0.5)) / 1e3,
+                static_cast<double>(all_lat.percentile_ns(0.99)) / 1e3, elapsed,
+                static_cast<unsigned long>(total_errors), static_cast<unsigned long>(total_mismatches));
+    std::printf(
+        "backend workers: %.2f s CPU (%.0f%% of one core), %.2f us per request; guest threads: %.2f s CPU, "
+        "%.2f us per request\n",
+        static_cast<double>(worker_cpu) / 1e9, 100.0 * static_cast<double>(worker_cpu) / 1e9 / elapsed, per_req,
+        static_cast<double>(guest_cpu_total) / 1e9, guest_per_req);
   }
   loads.clear();
   host->reset();
@@ -475,23 +482,29 @@ int main(int argc, char** argv) {
   app.add_option("--vbds", cfg.vbds, "number of VBDs")->capture_default_str();
   app.add_option("--queues", cfg.queues, "queues (rings) per VBD")->capture_default_str();
   app.add_option("--workers", cfg.workers, "backend worker reactors")->capture_default_str();
-  app.add_option("--guest-threads", cfg.guest_threads, "simulated guest threads (VBDs spread over them)")->capture_default_str();
-  app.add_option("--image", cfg.images, "image file: once (shared by every VBD) or once per VBD; created with --size if missing");
+  app.add_option("--guest-threads", cfg.guest_threads, "simulated guest threads (VBDs spread over them)")
+      ->capture_default_str();
+  app.add_option("--image", cfg.images,
+                 "image file: once (shared by every VBD) or once per VBD; created with --size if missing");
   app.add_flag("--null", cfg.null_image, "null images: I/O completes at once, nothing stored (backend CPU cost)");
   app.add_option("--size", cfg.size, "size of created files and null images")->capture_default_str();
   app.add_option("--bs", cfg.bs, "block size of every I/O")->capture_default_str();
   app.add_option("--qd", cfg.qd, "queue depth per ring")->capture_default_str();
-  app.add_option("--read-percent", cfg.read_percent, "reads among data ops")->check(CLI::Range(0, 100))->capture_default_str();
+  app.add_option("--read-percent", cfg.read_percent, "reads among data ops")
+      ->check(CLI::Range(0, 100))
+      ->capture_default_str();
   app.add_option("--pattern", cfg.pattern, "rand or seq")->check(CLI::IsMember({"rand", "seq"}))->capture_default_str();
   app.add_option("--span", cfg.span, "region of the disk used (0: to the end)")->capture_default_str();
   app.add_option("--offset", cfg.offset, "start of the region")->capture_default_str();
   app.add_option("--flush-every", cfg.flush_every, "a flush after every N writes (0: never)")->capture_default_str();
-  app.add_flag("--verify", cfg.verify, "check every byte read against the last acknowledged write (zeroes the region first)");
+  app.add_flag("--verify", cfg.verify,
+               "check every byte read against the last acknowledged write (zeroes the region first)");
   app.add_option("--seed", cfg.seed)->capture_default_str();
   app.add_option("--seconds", cfg.seconds, "run time (a limit when --ops is given)")->capture_default_str();
   app.add_option("--ops", cfg.ops, "data ops per ring (0: run for --seconds)")->capture_default_str();
   app.add_option("--persistent", cfg.persistent, "frontend asks for persistent grants (0/1)")->capture_default_str();
-  app.add_option("--indirect", cfg.indirect, "frontend uses indirect descriptors when offered (0/1)")->capture_default_str();
+  app.add_option("--indirect", cfg.indirect, "frontend uses indirect descriptors when offered (0/1)")
+      ->capture_default_str();
   app.add_option("--ring-order", cfg.ring_order, "ring-page-order (0..4)")->capture_default_str();
   app.add_option("--protocol", cfg.protocol, "native, x86_32 or x86_64")->capture_default_str();
   app.add_option("--poll-window-us", cfg.poll_window_us, "backend reactors' spin after work")->capture_default_str();

@@ -25,8 +25,8 @@
 #include <cstring>
 #include <string>
 
-#include "sim/sim_hypervisor.h"
 #include "common/xen/platform.h"
+#include "sim/sim_hypervisor.h"
 
 namespace {
 
@@ -43,7 +43,8 @@ int try_register(void* addr, size_t len) {
 }
 
 void report(const char* kind, int r) {
-  fmt::print("  {:<18} {}\n", kind, r == 0 ? std::string("registered") : fmt::format("refused: {} ({})", -r, std::strerror(-r)));
+  fmt::print("  {:<18} {}\n", kind,
+             r == 0 ? std::string("registered") : fmt::format("refused: {} ({})", -r, std::strerror(-r)));
 }
 
 }  // namespace

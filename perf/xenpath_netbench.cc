@@ -47,11 +47,11 @@
 #include <vector>
 
 #include "common/cpu_affinity.h"
-#include "sim/sim_queue_host.h"
-#include "netback/port_dpdk.h"
-#include "sim/net/sim_netfront.h"
 #include "netback/net_queue.h"
+#include "netback/port_dpdk.h"
 #include "sim/net/sim_frames.h"
+#include "sim/net/sim_netfront.h"
+#include "sim/sim_queue_host.h"
 
 namespace xenpath {
 namespace {
@@ -97,7 +97,7 @@ struct Row {
   double pkts_per_poll = 0;      // packets per productive poll (burst fill)
   double meter_ns_per_poll = 0;  // clock-read cost subtracted per productive poll
   double backend_ns_per_pkt = 0;
-  double backend_util = 0;       // backend CPU / wall
+  double backend_util = 0;  // backend CPU / wall
   double guest_ns_per_pkt = 0;
   double backend_bound_gbps = 0;  // bytes per backend CPU second
   uint64_t map_calls = 0;
@@ -169,8 +169,8 @@ class MeterEnd final : public Poller {
 struct CaseSpec {
   std::string vdev;  // "null" or "ring"
   Dir dir = Dir::kTx;
-  unsigned size = 64;   // frame bytes
-  bool gso = false;     // TCPv4 GSO frame (csum_blank, mss 1448)
+  unsigned size = 64;  // frame bytes
+  bool gso = false;    // TCPv4 GSO frame (csum_blank, mss 1448)
   bool zero_copy = true;
   int copy_below = -1;  // override tx_limits.copy_below
   std::string what;
@@ -187,10 +187,10 @@ class Rig {
 
   Status setup() {
     XP_ASSIGN_OR_RETURN(host_, sim::SimQueueHost::create({.guest = kGuest,
-                                                           .guest_pages = 4096,
-                                                           .reactor_name = "netbench",
-                                                           .uring_entries = 0,
-                                                           .cpu = o_.backend_cpu}));
+                                                          .guest_pages = 4096,
+                                                          .reactor_name = "netbench",
+                                                          .uring_entries = 0,
+                                                          .cpu = o_.backend_cpu}));
     reactor_ = &host_->reactor();
     Status reg;
     reactor_->call([&] {
@@ -369,8 +369,8 @@ class Rig {
       const size_t want = 32 - inject_.size();
       if (pool_.alloc_bulk({b, want}) == want) {
         for (size_t i = 0; i < want; ++i) {
-          bool okay = pool_.append_copy(b[i], {reinterpret_cast<const std::byte*>(wire_frame_.data()),
-                                              wire_frame_.size()});
+          bool okay =
+              pool_.append_copy(b[i], {reinterpret_cast<const std::byte*>(wire_frame_.data()), wire_frame_.size()});
           if (okay && c_.gso) okay = pkt::set_meta(b[i], sim::frames::tso_meta(1448));
           if (okay) inject_.push_back(b[i]);
           else pkt::free(b[i]);
@@ -479,17 +479,24 @@ TestpmdResult run_testpmd(const Opts& o, const std::string& vdev, const std::str
   // EAL start-up without hugepages takes a second or two; the first
   // statistics period is skipped.
   const int secs = static_cast<int>(o.seconds + o.warmup + 0.999) + 3;
-  std::vector<std::string> args = {o.testpmd_path, "--no-huge", "--no-shconf", "-m", "128", "--no-pci",
-                                   "--log-level=lib.eal:error", "-l",
+  std::vector<std::string> args = {o.testpmd_path,
+                                   "--no-huge",
+                                   "--no-shconf",
+                                   "-m",
+                                   "128",
+                                   "--no-pci",
+                                   "--log-level=lib.eal:error",
+                                   "-l",
                                    std::to_string(o.guest_cpu) + "," + std::to_string(o.backend_cpu),
-                                   "--main-lcore", std::to_string(o.guest_cpu)};
+                                   "--main-lcore",
+                                   std::to_string(o.guest_cpu)};
   if (vdev == "null") {
     args.push_back("--vdev=net_null0,size=" + std::to_string(std::min(size, 2048u)));
   } else {
     args.push_back("--vdev=net_ring0");  // one ring for RX and TX: a loopback port
   }
-  for (const char* a : {"--", "--port-topology=loop", "--nb-cores=1", "--total-num-mbufs=16384",
-                        "--stats-period=1", "--auto-start"}) {
+  for (const char* a :
+       {"--", "--port-topology=loop", "--nb-cores=1", "--total-num-mbufs=16384", "--stats-period=1", "--auto-start"}) {
     args.emplace_back(a);
   }
   args.push_back("--forward-mode=" + mode);
@@ -535,7 +542,8 @@ TestpmdResult run_testpmd(const Opts& o, const std::string& vdev, const std::str
   bool accumulated = false;
   double total_tx = 0;
   while (std::getline(in, line)) {
-    if (auto at = line.find("Tx-pps:"); at != std::string::npos) pps.push_back(std::strtod(line.c_str() + at + 7, nullptr));
+    if (auto at = line.find("Tx-pps:"); at != std::string::npos)
+      pps.push_back(std::strtod(line.c_str() + at + 7, nullptr));
     if (line.find("Accumulated forward statistics") != std::string::npos) accumulated = true;
     if (auto at = line.find("TX-packets:"); accumulated && at != std::string::npos && total_tx == 0) {
       total_tx = std::strtod(line.c_str() + at + 11, nullptr);
@@ -594,13 +602,14 @@ nlohmann::json to_json(const Row& r) {
 }
 
 void print_main(const std::vector<Row>& rows) {
-  std::printf("\n%-5s %-3s %-7s %10s %7s %8s %7s %6s %8s %9s %8s %10s %6s %s\n", "vdev", "dir", "case", "pps",
-              "Gb/s", "be ns", "be Mpps", "p/poll", "be util", "guest ns", "tp ns", "tp pps", "ratio", "tp mode");
+  std::printf("\n%-5s %-3s %-7s %10s %7s %8s %7s %6s %8s %9s %8s %10s %6s %s\n", "vdev", "dir", "case", "pps", "Gb/s",
+              "be ns", "be Mpps", "p/poll", "be util", "guest ns", "tp ns", "tp pps", "ratio", "tp mode");
   for (const auto& r : rows) {
     char tpns[32] = "-", tppps[32] = "-", ratio[32] = "-";
     if (r.testpmd_ns_per_pkt > 0) {
       std::snprintf(tpns, sizeof tpns, "%.1f", r.testpmd_ns_per_pkt);
-      if (r.backend_ns_per_pkt > 0) std::snprintf(ratio, sizeof ratio, "%.2f", r.testpmd_ns_per_pkt / r.backend_ns_per_pkt);
+      if (r.backend_ns_per_pkt > 0)
+        std::snprintf(ratio, sizeof ratio, "%.2f", r.testpmd_ns_per_pkt / r.backend_ns_per_pkt);
     }
     if (r.testpmd_pps > 0) std::snprintf(tppps, sizeof tppps, "%.0f", r.testpmd_pps);
     std::printf("%-5s %-3s %-7s %10.0f %7.2f %8.1f %7.2f %6.1f %7.0f%% %9.1f %8s %10s %6s %s\n", r.vdev.c_str(),
@@ -650,7 +659,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   if (dpdk(256) == nullptr) return 1;
-  (void)pin_current_thread(o.guest_cpu);  // best effort, as before
+  (void)pin_current_thread(o.guest_cpu);    // best effort, as before
   (void)DpdkEnv::get()->register_thread();  // the main thread is EAL's main lcore already
   DpdkPoolConfig pc;
   pc.name = "nb";
@@ -664,8 +673,8 @@ int main(int argc, char** argv) {
   }
   const bool testpmd = o.testpmd && have_program(o.testpmd_path);
   if (o.testpmd && !testpmd) std::fprintf(stderr, "%s not found: testpmd rows skipped\n", o.testpmd_path.c_str());
-  std::printf("net_bench: %.1f s per case (+%.1f s warm-up), backend on CPU %d, guest on CPU %d\n", o.seconds,
-              o.warmup, o.backend_cpu, o.guest_cpu);
+  std::printf("net_bench: %.1f s per case (+%.1f s warm-up), backend on CPU %d, guest on CPU %d\n", o.seconds, o.warmup,
+              o.backend_cpu, o.guest_cpu);
 
   nlohmann::json out = nlohmann::json::object();
   std::vector<Row> rows;
@@ -720,7 +729,11 @@ int main(int argc, char** argv) {
               continue;
             }
             const TestpmdResult t = run_testpmd(o, v, mode, s);
-            tp.push_back({{"vdev", v}, {"size", s}, {"mode", mode}, {"pps", t.pps}, {"ns_per_pkt", t.ns_per_pkt},
+            tp.push_back({{"vdev", v},
+                          {"size", s},
+                          {"mode", mode},
+                          {"pps", t.pps},
+                          {"ns_per_pkt", t.ns_per_pkt},
                           {"cmdline", t.cmdline}});
             for (auto& r : rows) {
               if (r.vdev == v && r.size == s && r.dir == dir_name(d) && r.what != "gso64k") {
@@ -745,8 +758,8 @@ int main(int argc, char** argv) {
     // then whole-page slots (multi-page packets).
     const std::vector<unsigned> sizes = {192, 256, 384, 640, 1152, 1664, 2176, 3200, 4096, 8192, 16384, 32768, 65535};
     std::printf("\nTX per-packet backend CPU, slot remainders mapped vs copied (net_null):\n");
-    std::printf("%8s %10s %10s %10s %10s %8s %9s %9s\n", "size", "remainder", "map ns", "copy ns", "map-copy",
-                "winner", "map p/pl", "copy p/pl");
+    std::printf("%8s %10s %10s %10s %10s %8s %9s %9s\n", "size", "remainder", "map ns", "copy ns", "map-copy", "winner",
+                "map p/pl", "copy p/pl");
     nlohmann::json jc = nlohmann::json::array();
     int crossover = -1;
     for (unsigned s : sizes) {

@@ -36,7 +36,6 @@ using Clock = std::chrono::steady_clock;
 std::atomic<bool> g_interrupted{false};
 bool interrupted() noexcept { return g_interrupted.load(); }
 
-
 // What one simulated frontend did, written by its guest thread.
 struct DeviceLoad {
   DomId domid = 0;
@@ -88,7 +87,8 @@ int run_echo_demo(const EchoDemoOptions& opt) {
 
   // One thread per guest: its frontends connect, then drive requests.
   const auto t_start = Clock::now();
-  const auto deadline = t_start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opt.run.seconds));
+  const auto deadline =
+      t_start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opt.run.seconds));
   std::atomic<unsigned> connected{0};
   std::atomic<unsigned> failed{0};
   std::vector<std::thread> guests;
@@ -102,7 +102,8 @@ int run_echo_demo(const EchoDemoOptions& opt) {
       }
       std::vector<std::unique_ptr<SimEchoFrontend>> fes;
       for (unsigned d = 0; d < opt.devices; ++d) {
-        auto fe = SimEchoFrontend::attach(*guest->domain, *guest->evtchn, *guest->xs, SimToolstack::frontend_path(domid, "echo", d));
+        auto fe = SimEchoFrontend::attach(*guest->domain, *guest->evtchn, *guest->xs,
+                                          SimToolstack::frontend_path(domid, "echo", d));
         if (!fe || !(*fe)->connect()) {
           ++failed;
           return;
@@ -176,17 +177,18 @@ int run_echo_demo(const EchoDemoOptions& opt) {
     total += l->requests.load();
     errors += l->errors.load();
   }
-  const bool ok_run = failed.load() == 0 && errors == 0 && devices_left == 0 && live == 0 && watches <= watches_idle &&
-                      total > 0;
+  const bool ok_run =
+      failed.load() == 0 && errors == 0 && devices_left == 0 && live == 0 && watches <= watches_idle && total > 0;
   fmt::print("\nsummary: {} requests over {} devices, {} errors; backend xenstore ops per device {:.1f}\n", total,
              loads.size(), errors, static_cast<double>(xs_stats.ops) / static_cast<double>(loads.size()));
   fmt::print("self-check: devices left {}, grant pages still mapped {}, watches {} (idle {}) -> {}\n", devices_left,
              live, watches, watches_idle, ok_run ? "OK" : "FAILED");
-  write_summary(opt.run.json, {{"requests", total},
-                           {"errors", errors},
-                           {"devices", loads.size()},
-                           {"xenstore_ops_per_device", static_cast<double>(xs_stats.ops) / static_cast<double>(loads.size())},
-                           {"self_check", ok_run}});
+  write_summary(opt.run.json,
+                {{"requests", total},
+                 {"errors", errors},
+                 {"devices", loads.size()},
+                 {"xenstore_ops_per_device", static_cast<double>(xs_stats.ops) / static_cast<double>(loads.size())},
+                 {"self_check", ok_run}});
   echo.stop();
   return ok_run ? 0 : 1;
 }

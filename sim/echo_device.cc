@@ -4,10 +4,10 @@
 #include <poll.h>
 #include <sys/epoll.h>
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <cstring>
-#include <algorithm>
 #include <optional>
 
 #include <fmt/format.h>
@@ -111,8 +111,7 @@ class EchoQueue final : public XenRingPoller {
       : XenRingPoller(w), config_(config), stats_(stats), log_(std::move(log_prefix)), addr_(addr), sink_(sink) {}
 
   Status init() noexcept override {
-    XP_TRY(map_guest_ring(worker_, config_.frontend, {&config_.ring_ref, 1}, mapping_, ring_, &stats_, log_,
-                          "shared"));
+    XP_TRY(map_guest_ring(worker_, config_.frontend, {&config_.ring_ref, 1}, mapping_, ring_, &stats_, log_, "shared"));
     if (auto st = evtchn_.bind(worker_, config_.frontend, config_.remote_port, this); !st) {
       log_.guest("cannot bind event-channel {}: {}", config_.remote_port, error_string(st.error()));
       return st;
@@ -133,7 +132,7 @@ class EchoQueue final : public XenRingPoller {
   Config config_;
   RingQueueStats& stats_;
   DeviceLog log_;
-  const DeviceAddress& addr_;   // the owning EchoDevice's, outlives us
+  const DeviceAddress& addr_;  // the owning EchoDevice's, outlives us
   const EchoErrorSink& sink_;
   GrantMapping mapping_;
   BackRing<EchoRing> ring_;
@@ -144,7 +143,10 @@ class EchoQueue final : public XenRingPoller {
 // ---------------------------------------------------------------- EchoDevice
 
 EchoDevice::EchoDevice(const DeviceAddress& addr, EchoWorker& worker, EchoErrorSink sink) noexcept
-    : addr_(addr), worker_(worker), sink_(std::move(sink)), log_(fmt::format("{} {}/{}: ", addr.type, addr.frontend_id, addr.devid)) {}
+    : addr_(addr),
+      worker_(worker),
+      sink_(std::move(sink)),
+      log_(fmt::format("{} {}/{}: ", addr.type, addr.frontend_id, addr.devid)) {}
 
 EchoDevice::~EchoDevice() { disconnect(); }
 
@@ -170,9 +172,8 @@ Status EchoDevice::connect() noexcept {
   if (queue_) return unexpected(EALREADY);
   const EchoQueue::Config config{addr_.frontend_id, ring_ref_, remote_port_};
   // On failure the queue released what it took before it went, there.
-  const Status st = start_on_worker(worker_, queue_, [&] {
-    return EchoQueue::start(worker_, config, stats_, log_.prefix(), addr_, sink_);
-  });
+  const Status st = start_on_worker(
+      worker_, queue_, [&] { return EchoQueue::start(worker_, config, stats_, log_.prefix(), addr_, sink_); });
   if (st) connected_.store(true, std::memory_order_release);
   return st;
 }
@@ -187,8 +188,7 @@ void EchoDevice::disconnect() noexcept {
 
 // ---------------------------------------------------------------- EchoDeviceType
 
-Result<std::unique_ptr<BackendDevice>> EchoDeviceType::create(const DeviceAddress& addr, XenStore&,
-                                                              XsTxn) noexcept {
+Result<std::unique_ptr<BackendDevice>> EchoDeviceType::create(const DeviceAddress& addr, XenStore&, XsTxn) noexcept {
   if (workers_.empty()) return unexpected(ENODEV);
   EchoWorker* w = workers_[next_++ % workers_.size()];
   return std::unique_ptr<BackendDevice>(new EchoDevice(addr, *w, sink_));
@@ -196,8 +196,8 @@ Result<std::unique_ptr<BackendDevice>> EchoDeviceType::create(const DeviceAddres
 
 // ---------------------------------------------------------------- SimEchoFrontend
 
-Result<std::unique_ptr<SimEchoFrontend>> SimEchoFrontend::attach(SimDomain& dom, EventChannel& evtchn,
-                                                                 XenStore& xs, std::string frontend_path,
+Result<std::unique_ptr<SimEchoFrontend>> SimEchoFrontend::attach(SimDomain& dom, EventChannel& evtchn, XenStore& xs,
+                                                                 std::string frontend_path,
                                                                  std::chrono::milliseconds timeout) noexcept {
   XP_ASSIGN_OR_RETURN(auto xb, SimXenbusFrontend::attach(xs, std::move(frontend_path), timeout));
   return std::unique_ptr<SimEchoFrontend>(new SimEchoFrontend(dom, evtchn, std::move(xb), timeout));

@@ -18,8 +18,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <functional>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -28,12 +28,8 @@
 #include <vector>
 
 #include "common/reactor.h"
-#include "common/ring_types.h"
-#include "common/xen_worker.h"
-#include "sim/front_ring.h"
-#include "sim/sim_host.h"
-#include "sim/sim_xenbus_frontend.h"
 #include "common/result.h"
+#include "common/ring_types.h"
 #include "common/stats.h"
 #include "common/xen/event_channel.h"
 #include "common/xen/grant_table.h"
@@ -41,7 +37,11 @@
 #include "common/xen/ring_protocol.h"
 #include "common/xen/types.h"
 #include "common/xen/xenstore.h"
+#include "common/xen_worker.h"
 #include "common/xenbus/backend_driver.h"
+#include "sim/front_ring.h"
+#include "sim/sim_host.h"
+#include "sim/sim_xenbus_frontend.h"
 
 namespace xenpath::sim {
 
@@ -111,13 +111,11 @@ class EchoDevice final : public BackendDevice {
 // workers round-robin. The workers must outlive every device.
 class EchoDeviceType final : public DeviceType {
  public:
-  explicit EchoDeviceType(std::vector<EchoWorker*> workers, std::string name = "echo",
-                          EchoErrorSink sink = {}) noexcept
+  explicit EchoDeviceType(std::vector<EchoWorker*> workers, std::string name = "echo", EchoErrorSink sink = {}) noexcept
       : workers_(std::move(workers)), name_(std::move(name)), sink_(std::move(sink)) {}
 
   [[nodiscard]] std::string_view name() const noexcept override { return name_; }
-  Result<std::unique_ptr<BackendDevice>> create(const DeviceAddress& addr, XenStore& xs,
-                                                XsTxn t) noexcept override;
+  Result<std::unique_ptr<BackendDevice>> create(const DeviceAddress& addr, XenStore& xs, XsTxn t) noexcept override;
 
  private:
   std::vector<EchoWorker*> workers_;

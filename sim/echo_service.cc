@@ -20,8 +20,7 @@ Result<std::unique_ptr<EchoService>> EchoService::create(BackendDaemon& daemon, 
     std::unique_ptr<EchoService> s(new EchoService());
     s->type_name_ = opts.type_name;
     XP_TRY(s->workers_.open(daemon.workers(), daemon.platform()));
-    XP_TRY(daemon.add_type(std::make_unique<EchoDeviceType>(
-        s->workers(), opts.type_name, daemon.device_error_sink())));
+    XP_TRY(daemon.add_type(std::make_unique<EchoDeviceType>(s->workers(), opts.type_name, daemon.device_error_sink())));
     const EchoService* self = s.get();
     daemon.add_stats([self](nlohmann::json& j) { j["mapped_grant_pages"] = self->mapped_pages(); });
     return s;

@@ -29,8 +29,7 @@ void clear_bit(std::vector<uint64_t>& v, uint32_t i) noexcept { v[i / 64] &= ~(u
 GuestDomain::GuestDomain(DomId id, std::string name, uint32_t max_grant_entries) noexcept
     : id_(id), name_(std::move(name)), max_grant_entries_(max_grant_entries) {}
 
-Result<std::unique_ptr<GuestDomain>> GuestDomain::create(DomId id, uint32_t mem_pages,
-                                                         const std::string& name,
+Result<std::unique_ptr<GuestDomain>> GuestDomain::create(DomId id, uint32_t mem_pages, const std::string& name,
                                                          uint32_t max_grant_entries) noexcept {
   try {
     std::unique_ptr<GuestDomain> d(new GuestDomain(id, name, max_grant_entries));
@@ -43,8 +42,8 @@ Result<std::unique_ptr<GuestDomain>> GuestDomain::create(DomId id, uint32_t mem_
       // Sparse: tmpfs allocates a page only when somebody touches it, so a
       // guest of 65536 pages costs what its frontend actually uses.
       if (ftruncate(d->memfd_, bytes) != 0) return unexpected_errno();
-      void* base = mmap(nullptr, static_cast<size_t>(bytes), PROT_READ | PROT_WRITE,
-                        MAP_SHARED | MAP_NORESERVE, d->memfd_, 0);
+      void* base =
+          mmap(nullptr, static_cast<size_t>(bytes), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, d->memfd_, 0);
       if (base == MAP_FAILED) return unexpected_errno();
       d->base_.store(static_cast<std::byte*>(base), std::memory_order_release);
       d->total_pages_.store(mem_pages, std::memory_order_release);
@@ -280,8 +279,7 @@ void GuestDomain::unpin_grants(std::span<const GrantRef> refs, bool writable) no
   }
 }
 
-int16_t GuestDomain::frame_for_copy_locked(GrantRef ref, DomId grantee, bool write,
-                                           std::byte** frame) const noexcept {
+int16_t GuestDomain::frame_for_copy_locked(GrantRef ref, DomId grantee, bool write, std::byte** frame) const noexcept {
   if (!alive()) return GNTST_bad_domain;
   const int16_t st = check_grant_locked(ref, grantee, write);
   if (st != GNTST_okay) return st;

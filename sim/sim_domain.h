@@ -25,8 +25,8 @@
 #include <vector>
 
 #include "common/result.h"
-#include "sim/sim_host.h"
 #include "common/xen/types.h"
+#include "sim/sim_host.h"
 
 namespace xenpath::sim {
 
@@ -45,8 +45,7 @@ class GuestDomain final : public SimDomain {
   // most 128 live mappings of one ref per kind.
   static constexpr uint32_t kPinLimitPerKind = 0x80;
 
-  static Result<std::unique_ptr<GuestDomain>> create(DomId id, uint32_t mem_pages,
-                                                     const std::string& name,
+  static Result<std::unique_ptr<GuestDomain>> create(DomId id, uint32_t mem_pages, const std::string& name,
                                                      uint32_t max_grant_entries) noexcept;
   ~GuestDomain() override;
   GuestDomain(const GuestDomain&) = delete;

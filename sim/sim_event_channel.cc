@@ -89,8 +89,7 @@ void SimPortTable::close_locked(DomId dom, EvtchnPort port) noexcept {
     // Xen's evtchn_close(): the other end survives as an unbound port that
     // only we may bind again; its owner sees the change in EVTCHNOP_status.
     Port* peer = find_locked(p->remote_dom, p->remote_port);
-    if (peer != nullptr && peer->state == State::kInterdomain && peer->remote_dom == dom &&
-        peer->remote_port == port) {
+    if (peer != nullptr && peer->state == State::kInterdomain && peer->remote_dom == dom && peer->remote_port == port) {
       peer->state = State::kUnbound;
       peer->remote_dom = dom;
       peer->remote_port = 0;
@@ -128,8 +127,7 @@ Result<EvtchnPort> SimPortTable::bind_unbound(SimEventChannel& h, DomId remote) 
   return port;
 }
 
-Result<EvtchnPort> SimPortTable::bind_interdomain(SimEventChannel& h, DomId remote,
-                                                  EvtchnPort remote_port) noexcept {
+Result<EvtchnPort> SimPortTable::bind_interdomain(SimEventChannel& h, DomId remote, EvtchnPort remote_port) noexcept {
   std::lock_guard lk(mu_);
   const DomId self = h.self_;
   if (remote == kDomidSelf) remote = self;

@@ -43,9 +43,9 @@
 #include <vector>
 
 #include "common/result.h"
-#include "sim/sim_host.h"
 #include "common/xen/event_channel.h"
 #include "common/xen/types.h"
+#include "sim/sim_host.h"
 
 namespace xenpath::sim {
 
@@ -105,8 +105,8 @@ class SimPortTable {
 
   SimCounters& counters_;
   mutable std::mutex mu_;
-  std::unordered_set<DomId> live_;                          // guarded by mu_
-  std::unordered_map<DomId, std::vector<Port>> ports_;      // index = port, guarded by mu_
+  std::unordered_set<DomId> live_;                      // guarded by mu_
+  std::unordered_map<DomId, std::vector<Port>> ports_;  // index = port, guarded by mu_
 };
 
 // One evtchn device handle acting as domain `self`. Owned by one thread, but
@@ -131,8 +131,7 @@ class SimEventChannel final : public EventChannel {
 
  private:
   friend class SimPortTable;
-  SimEventChannel(SimPortTable& table, DomId self, int efd) noexcept
-      : table_(table), self_(self), efd_(efd) {}
+  SimEventChannel(SimPortTable& table, DomId self, int efd) noexcept : table_(table), self_(self), efd_(efd) {}
 
   // Queue of fired ports (the device's ring); guarded by table_.mu_.
   void push_locked(EvtchnPort port) noexcept;

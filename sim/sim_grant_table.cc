@@ -121,8 +121,7 @@ void SimGrantTable::unmap(void* addr, uint32_t pages) noexcept {
   auto it = maps_.find(addr);
   if (it == maps_.end() || it->second.refs.size() != pages) {
     // xengnttab_unmap() fails with EINVAL for a range it did not map.
-    spdlog::error("sim grant table d{}: unmap of {} ({} pages) that this handle did not map", self_, addr,
-                  pages);
+    spdlog::error("sim grant table d{}: unmap of {} ({} pages) that this handle did not map", self_, addr, pages);
     return;
   }
   release(addr, it->second);

@@ -36,15 +36,15 @@ namespace xenpath::sim {
 class SimXenstored;
 
 struct SimCounters {
-  std::atomic<uint64_t> map_calls{0};        // GrantTable::map calls (batches)
-  std::atomic<uint64_t> map_pages{0};        // pages mapped
-  std::atomic<uint64_t> map_failures{0};     // failed map calls
+  std::atomic<uint64_t> map_calls{0};     // GrantTable::map calls (batches)
+  std::atomic<uint64_t> map_pages{0};     // pages mapped
+  std::atomic<uint64_t> map_failures{0};  // failed map calls
   std::atomic<uint64_t> unmap_calls{0};
   std::atomic<uint64_t> unmap_pages{0};
-  std::atomic<uint64_t> copy_calls{0};       // GrantTable::copy calls (batches)
-  std::atomic<uint64_t> copy_segs{0};        // segments copied
-  std::atomic<uint64_t> copy_failures{0};    // segments with status != GNTST_okay
-  std::atomic<uint64_t> notify_calls{0};     // EventChannel::notify, all domains
+  std::atomic<uint64_t> copy_calls{0};         // GrantTable::copy calls (batches)
+  std::atomic<uint64_t> copy_segs{0};          // segments copied
+  std::atomic<uint64_t> copy_failures{0};      // segments with status != GNTST_okay
+  std::atomic<uint64_t> notify_calls{0};       // EventChannel::notify, all domains
   std::atomic<uint64_t> mapped_pages_live{0};  // currently mapped grant pages (leak check)
 };
 

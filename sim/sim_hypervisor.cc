@@ -10,8 +10,7 @@
 
 namespace xenpath::sim {
 
-SimHypervisor::SimHypervisor(uint32_t grant_entries_per_domain)
-    : grant_entries_per_domain_(grant_entries_per_domain) {
+SimHypervisor::SimHypervisor(uint32_t grant_entries_per_domain) : grant_entries_per_domain_(grant_entries_per_domain) {
   // Dom0 always exists on Xen. Without memory it needs no memfd, so this
   // can only fail for lack of a few hundred bytes.
   auto dom0 = GuestDomain::create(kDom0, 0, "Domain-0", grant_entries_per_domain_);

@@ -34,11 +34,11 @@
 #include <vector>
 
 #include "common/result.h"
-#include "sim/sim_event_channel.h"
-#include "sim/sim_host.h"
 #include "common/xen/event_channel.h"
 #include "common/xen/grant_table.h"
 #include "common/xen/types.h"
+#include "sim/sim_event_channel.h"
+#include "sim/sim_host.h"
 
 namespace xenpath::sim {
 

@@ -14,9 +14,7 @@ class SimPlatform final : public XenPlatform {
  public:
   SimPlatform(SimHost& host, DomId self) noexcept : host_(host), self_(self) {}
 
-  Result<std::unique_ptr<GrantTable>> open_grant_table() noexcept override {
-    return host_.open_grant_table(self_);
-  }
+  Result<std::unique_ptr<GrantTable>> open_grant_table() noexcept override { return host_.open_grant_table(self_); }
   Result<std::unique_ptr<EventChannel>> open_event_channel() noexcept override {
     return host_.open_event_channel(self_);
   }

@@ -27,9 +27,8 @@ std::string SimToolstack::frontend_path(DomId fe, std::string_view frontend_type
   return fmt::format("/local/domain/{}/device/{}/{}", fe, frontend_type, devid);
 }
 
-Status SimToolstack::add_device(std::string_view type, DomId fe, uint32_t devid, DomId be,
-                                const XsKeys& backend_keys, const XsKeys& frontend_keys,
-                                std::string_view frontend_type) noexcept {
+Status SimToolstack::add_device(std::string_view type, DomId fe, uint32_t devid, DomId be, const XsKeys& backend_keys,
+                                const XsKeys& frontend_keys, std::string_view frontend_type) noexcept {
   if (frontend_type.empty()) frontend_type = type;
   const std::string bpath = backend_path(be, type, fe, devid);
   const std::string fpath = frontend_path(fe, frontend_type, devid);
@@ -75,8 +74,8 @@ Status SimToolstack::wait_backend_state(const std::string& backend, std::string_
       result = ok();
       break;
     }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) break;
     pollfd pfd{xs_.watch_fd(), POLLIN, 0};
     (void)::poll(&pfd, 1, static_cast<int>(left.count()));
@@ -90,8 +89,7 @@ Status SimToolstack::wait_backend_state(const std::string& backend, std::string_
 }
 
 Status SimToolstack::remove_device(std::string_view type, DomId fe, uint32_t devid, DomId be,
-                                   std::chrono::milliseconds timeout,
-                                   std::string_view frontend_type) noexcept {
+                                   std::chrono::milliseconds timeout, std::string_view frontend_type) noexcept {
   const std::string bpath = backend_path(be, type, fe, devid);
   bool backend_present = true;
   auto asked = run_transaction(xs_, [&](XsTxn t) -> Status {

@@ -44,9 +44,8 @@ class SimToolstack {
   // `frontend_type` empty: same as `type` (libxl uses "vbd" for the frontend
   // of "qdisk"/"vbd3" backends, hence the choice). EEXIST if either
   // directory exists already.
-  Status add_device(std::string_view type, DomId fe, uint32_t devid, DomId be,
-                    const XsKeys& backend_keys, const XsKeys& frontend_keys,
-                    std::string_view frontend_type = {}) noexcept;
+  Status add_device(std::string_view type, DomId fe, uint32_t devid, DomId be, const XsKeys& backend_keys,
+                    const XsKeys& frontend_keys, std::string_view frontend_type = {}) noexcept;
 
   // Cooperative remove. ETIMEDOUT when the backend did not reach Closed in
   // time (the directories are removed anyway).

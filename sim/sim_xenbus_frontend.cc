@@ -18,8 +18,8 @@ std::atomic<uint64_t> g_next_token{0};
 
 }  // namespace
 
-Result<std::unique_ptr<SimXenbusFrontend>> SimXenbusFrontend::attach(
-    XenStore& xs, std::string frontend_path, std::chrono::milliseconds timeout) noexcept {
+Result<std::unique_ptr<SimXenbusFrontend>> SimXenbusFrontend::attach(XenStore& xs, std::string frontend_path,
+                                                                     std::chrono::milliseconds timeout) noexcept {
   XP_ASSIGN_OR_RETURN(std::string backend, xs.read(kXsNoTxn, frontend_path + "/backend"));
   XP_ASSIGN_OR_RETURN(std::string backend_id_str, xs.read(kXsNoTxn, frontend_path + "/backend-id"));
   uint32_t be = 0;
@@ -28,13 +28,12 @@ Result<std::unique_ptr<SimXenbusFrontend>> SimXenbusFrontend::attach(
     return unexpected(EINVAL);
   std::string token = fmt::format("simfront-{}", g_next_token.fetch_add(1));
   XP_TRY(xs.watch(backend + "/state", token));
-  return std::unique_ptr<SimXenbusFrontend>(new SimXenbusFrontend(
-      xs, std::move(frontend_path), std::move(backend), static_cast<DomId>(be), std::move(token), timeout));
+  return std::unique_ptr<SimXenbusFrontend>(new SimXenbusFrontend(xs, std::move(frontend_path), std::move(backend),
+                                                                  static_cast<DomId>(be), std::move(token), timeout));
 }
 
-SimXenbusFrontend::SimXenbusFrontend(XenStore& xs, std::string frontend, std::string backend,
-                                     DomId backend_id, std::string token,
-                                     std::chrono::milliseconds timeout) noexcept
+SimXenbusFrontend::SimXenbusFrontend(XenStore& xs, std::string frontend, std::string backend, DomId backend_id,
+                                     std::string token, std::chrono::milliseconds timeout) noexcept
     : xs_(xs),
       frontend_(std::move(frontend)),
       backend_(std::move(backend)),
@@ -78,8 +77,8 @@ Result<XenbusState> SimXenbusFrontend::wait_backend(uint32_t accept) noexcept {
     auto s = backend_state();
     if (!s && s.error() != EPROTO) return unexpected(s.error());
     if (s && (accept & bit(*s)) != 0) return *s;
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) return unexpected(ETIMEDOUT);
     pollfd pfd{xs_.watch_fd(), POLLIN, 0};
     // The connection may be shared with other frontends of the guest, whose
@@ -106,9 +105,8 @@ Status SimXenbusFrontend::publish(const XsKeys& keys) noexcept {
 }
 
 Status SimXenbusFrontend::await_connected() noexcept {
-  XP_ASSIGN_OR_RETURN(
-      XenbusState s,
-      wait_backend(bit(XenbusState::kConnected) | bit(XenbusState::kClosing) | bit(XenbusState::kClosed)));
+  XP_ASSIGN_OR_RETURN(XenbusState s, wait_backend(bit(XenbusState::kConnected) | bit(XenbusState::kClosing) |
+                                                  bit(XenbusState::kClosed)));
   if (s != XenbusState::kConnected) return unexpected(EPIPE);
   return write_state(XenbusState::kConnected);
 }

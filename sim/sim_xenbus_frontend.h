@@ -24,10 +24,10 @@
 #include <string_view>
 
 #include "common/result.h"
-#include "sim/sim_toolstack.h"
 #include "common/xen/types.h"
 #include "common/xen/xenstore.h"
 #include "common/xenbus/state.h"
+#include "sim/sim_toolstack.h"
 
 namespace xenpath::sim {
 
@@ -36,8 +36,7 @@ class SimXenbusFrontend {
   // Reads <frontend>/backend and watches <backend>/state. `xs` acts as the
   // guest; it must outlive the frontend.
   static Result<std::unique_ptr<SimXenbusFrontend>> attach(
-      XenStore& xs, std::string frontend_path,
-      std::chrono::milliseconds timeout = std::chrono::seconds(5)) noexcept;
+      XenStore& xs, std::string frontend_path, std::chrono::milliseconds timeout = std::chrono::seconds(5)) noexcept;
   ~SimXenbusFrontend();
   SimXenbusFrontend(const SimXenbusFrontend&) = delete;
   SimXenbusFrontend& operator=(const SimXenbusFrontend&) = delete;
@@ -74,8 +73,8 @@ class SimXenbusFrontend {
   static constexpr uint32_t bit(XenbusState s) noexcept { return 1u << static_cast<unsigned>(s); }
 
  private:
-  SimXenbusFrontend(XenStore& xs, std::string frontend, std::string backend, DomId backend_id,
-                    std::string token, std::chrono::milliseconds timeout) noexcept;
+  SimXenbusFrontend(XenStore& xs, std::string frontend, std::string backend, DomId backend_id, std::string token,
+                    std::chrono::milliseconds timeout) noexcept;
 
   XenStore& xs_;
   std::string frontend_;

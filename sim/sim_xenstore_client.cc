@@ -45,8 +45,7 @@ Result<std::unique_ptr<SimXenStoreClient>> SimXenStoreClient::create(std::shared
   return std::unique_ptr<SimXenStoreClient>(new SimXenStoreClient(std::move(shared), self, conn, efd));
 }
 
-SimXenStoreClient::SimXenStoreClient(std::shared_ptr<XsSharedStore> shared, DomId self, XsConnId conn,
-                                     int efd) noexcept
+SimXenStoreClient::SimXenStoreClient(std::shared_ptr<XsSharedStore> shared, DomId self, XsConnId conn, int efd) noexcept
     : shared_(std::move(shared)), self_(self), conn_(conn), efd_(efd) {}
 
 SimXenStoreClient::~SimXenStoreClient() {
@@ -88,8 +87,7 @@ Result<std::vector<XsPerm>> SimXenStoreClient::get_permissions(XsTxn t, std::str
   return shared_->store.get_perms(conn_, t, path);
 }
 
-Status SimXenStoreClient::set_permissions(XsTxn t, std::string_view path,
-                                          std::span<const XsPerm> perms) noexcept {
+Status SimXenStoreClient::set_permissions(XsTxn t, std::string_view path, std::span<const XsPerm> perms) noexcept {
   std::lock_guard lock(shared_->mu);
   return shared_->store.set_perms(conn_, t, path, perms);
 }

@@ -20,9 +20,9 @@
 #include <vector>
 
 #include "common/result.h"
-#include "sim/xs_store.h"
 #include "common/xen/types.h"
 #include "common/xen/xenstore.h"
+#include "sim/xs_store.h"
 
 namespace xenpath::sim {
 
@@ -39,11 +39,11 @@ class XsSharedStore {
   XsSharedStore& operator=(const XsSharedStore&) = delete;
 
   std::mutex mu;
-  XsStore store;                                   // guarded by mu
-  std::unordered_map<XsConnId, int> client_efds;   // guarded by mu
-  std::vector<XsConnId> socket_pending;            // guarded by mu
-  int server_wake_fd = -1;                         // guarded by mu; -1 when no server
-  std::thread::id server_thread;                   // guarded by mu
+  XsStore store;                                  // guarded by mu
+  std::unordered_map<XsConnId, int> client_efds;  // guarded by mu
+  std::vector<XsConnId> socket_pending;           // guarded by mu
+  int server_wake_fd = -1;                        // guarded by mu; -1 when no server
+  std::thread::id server_thread;                  // guarded by mu
 
  private:
   void on_event(XsConnId conn) noexcept;
@@ -51,8 +51,7 @@ class XsSharedStore {
 
 class SimXenStoreClient final : public XenStore {
  public:
-  static Result<std::unique_ptr<SimXenStoreClient>> create(std::shared_ptr<XsSharedStore> shared,
-                                                           DomId self) noexcept;
+  static Result<std::unique_ptr<SimXenStoreClient>> create(std::shared_ptr<XsSharedStore> shared, DomId self) noexcept;
   ~SimXenStoreClient() override;
   SimXenStoreClient(const SimXenStoreClient&) = delete;
   SimXenStoreClient& operator=(const SimXenStoreClient&) = delete;

@@ -102,11 +102,20 @@ std::optional<XsPerm> parse_perm(std::string_view s) noexcept {
   if (s.size() < 2) return std::nullopt;
   XsPerm p;
   switch (s[0]) {
-    case 'n': p.access = XsPerm::kNone; break;
-    case 'r': p.access = XsPerm::kRead; break;
-    case 'w': p.access = XsPerm::kWrite; break;
-    case 'b': p.access = XsPerm::kBoth; break;
-    default: return std::nullopt;
+    case 'n':
+      p.access = XsPerm::kNone;
+      break;
+    case 'r':
+      p.access = XsPerm::kRead;
+      break;
+    case 'w':
+      p.access = XsPerm::kWrite;
+      break;
+    case 'b':
+      p.access = XsPerm::kBoth;
+      break;
+    default:
+      return std::nullopt;
   }
   // strtol(p, &end, 0) as xs_strings_to_perms(): decimal, 0x hex or octal.
   std::string digits(s.substr(1));
@@ -423,8 +432,7 @@ class SimXenstored::Impl {
     }
   }
 
-  static void append_message(std::string& out, uint32_t type, uint32_t req_id, uint32_t tx_id,
-                             std::string_view body) {
+  static void append_message(std::string& out, uint32_t type, uint32_t req_id, uint32_t tx_id, std::string_view body) {
     xsd_sockmsg hdr{};
     hdr.type = type;
     hdr.req_id = req_id;
@@ -471,8 +479,7 @@ class SimXenstored::Impl {
     if (type >= XS_TYPE_COUNT || type == XS_WATCH_EVENT || type == XS_ERROR) return fail(ENOSYS);
     // Requests other than (un)watch run in the transaction named by tx_id.
     const XsTxn tx = hdr.tx_id;
-    if (type != XS_WATCH && type != XS_UNWATCH && tx != kXsNoTxn && !st.has_transaction(id, tx))
-      return fail(ENOENT);
+    if (type != XS_WATCH && type != XS_UNWATCH && tx != kXsNoTxn && !st.has_transaction(id, tx)) return fail(ENOENT);
 
     switch (type) {
       case XS_READ: {
@@ -749,8 +756,6 @@ size_t SimXenstored::open_transactions() const noexcept {
   return impl_->shared->store.open_transactions();
 }
 
-size_t SimXenstored::socket_connections() const noexcept {
-  return impl_->live_conns.load(std::memory_order_relaxed);
-}
+size_t SimXenstored::socket_connections() const noexcept { return impl_->live_conns.load(std::memory_order_relaxed); }
 
 }  // namespace xenpath::sim

@@ -30,9 +30,9 @@
 #include <string>
 
 #include "common/result.h"
-#include "sim/xs_store.h"
 #include "common/xen/types.h"
 #include "common/xen/xenstore.h"
+#include "sim/xs_store.h"
 
 namespace xenpath::sim {
 
@@ -64,7 +64,7 @@ class SimXenstored {
   [[nodiscard]] XsOpStats domain_stats(DomId domid) const noexcept;
   void reset_stats() noexcept;
 
-  [[nodiscard]] size_t watch_count() const noexcept;        // live watches, all connections
+  [[nodiscard]] size_t watch_count() const noexcept;  // live watches, all connections
   [[nodiscard]] size_t node_count() const noexcept;
   [[nodiscard]] size_t open_transactions() const noexcept;
   [[nodiscard]] size_t socket_connections() const noexcept;  // live socket clients

@@ -18,13 +18,11 @@ XsOpStats& XsOpStats::operator+=(const XsOpStats& o) noexcept {
 namespace {
 
 bool valid_char(char ch) noexcept {
-  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-         ch == '-' || ch == '/' || ch == '_' || ch == '@';
+  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '/' ||
+         ch == '_' || ch == '@';
 }
 
-std::string_view basename_of(std::string_view path) noexcept {
-  return path.substr(path.rfind('/') + 1);
-}
+std::string_view basename_of(std::string_view path) noexcept { return path.substr(path.rfind('/') + 1); }
 
 }  // namespace
 
@@ -69,9 +67,7 @@ bool XsStore::valid_path(std::string_view p) noexcept {
   return std::all_of(p.begin(), p.end(), valid_char);
 }
 
-std::string XsStore::implicit_path(DomId domid) {
-  return "/local/domain/" + std::to_string(domid);
-}
+std::string XsStore::implicit_path(DomId domid) { return "/local/domain/" + std::to_string(domid); }
 
 std::string XsStore::parent_of(std::string_view path) {
   size_t slash = path.rfind('/');
@@ -116,10 +112,8 @@ void XsStore::remove_connection(XsConnId id) noexcept {
   auto it = conns_.find(id);
   if (it == conns_.end()) return;
   Conn& c = it->second;
-  if (c.kind == XsConnKind::kSocket)
-    retired_socket_ += c.stats;
-  else
-    retired_domain_[c.domid] += c.stats;
+  if (c.kind == XsConnKind::kSocket) retired_socket_ += c.stats;
+  else retired_domain_[c.domid] += c.stats;
   conns_.erase(it);
 }
 
@@ -213,10 +207,8 @@ std::vector<std::string> XsStore::children_of(Txn* t, std::string_view path, boo
        it != t->overlay.end() && it->first.compare(0, prefix.size(), prefix) == 0; ++it) {
     std::string_view rest = std::string_view(it->first).substr(prefix.size());
     if (rest.empty() || rest.find('/') != std::string_view::npos) continue;
-    if (it->second)
-      names.emplace(rest);
-    else
-      names.erase(std::string(rest));
+    if (it->second) names.emplace(rest);
+    else names.erase(std::string(rest));
   }
   return {names.begin(), names.end()};
 }
@@ -233,8 +225,7 @@ uint64_t XsStore::child_generation(Txn* t, std::string_view path) const {
 // xenstored's get_node() + errno_from_parents(): a refusal or a missing node
 // is reported as ENOENT only when the nearest existing ancestor would grant
 // the same access; otherwise EACCES, revealing nothing.
-Result<const XsStore::NodeData*> XsStore::get_node(const Conn& c, Txn* t, const std::string& path,
-                                                   unsigned need) {
+Result<const XsStore::NodeData*> XsStore::get_node(const Conn& c, Txn* t, const std::string& path, unsigned need) {
   const NodeData* n = lookup(t, path);
   int err = ENOENT;
   if (n != nullptr) {
@@ -374,13 +365,10 @@ Status XsStore::write(XsConnId conn, XsTxn txn, std::string_view path, std::stri
     XP_TRY(create_node(*c, t, p, value));
   } else {
     const NodeData* old = *n;
-    if (!c->privileged && value.size() + old->perms.size() * 8 >= kXsMaxEntrySize)
-      return unexpected(ENOSPC);
+    if (!c->privileged && value.size() + old->perms.size() * 8 >= kXsMaxEntrySize) return unexpected(ENOSPC);
     NodeData d{std::string(value), old->perms};
-    if (t != nullptr)
-      t->overlay[p] = std::move(d);
-    else
-      global_put(p, std::move(d));
+    if (t != nullptr) t->overlay[p] = std::move(d);
+    else global_put(p, std::move(d));
   }
   fire_written(t, p);
   return ok();
@@ -448,8 +436,7 @@ Result<std::vector<std::string>> XsStore::directory(XsConnId conn, XsTxn txn, st
   return children_of(t, p, true);
 }
 
-Result<std::string> XsStore::directory_part(XsConnId conn, XsTxn txn, std::string_view path,
-                                            uint32_t offset) noexcept {
+Result<std::string> XsStore::directory_part(XsConnId conn, XsTxn txn, std::string_view path, uint32_t offset) noexcept {
   XP_ASSIGN_OR_RETURN(PathOp op, path_op(conn, XS_DIRECTORY_PART, txn, path));
   auto& [c, t, p] = op;
   XP_TRY(get_node(*c, t, p, kPermRead));
@@ -485,8 +472,7 @@ Result<std::vector<XsPerm>> XsStore::get_perms(XsConnId conn, XsTxn txn, std::st
   return n->perms;
 }
 
-Status XsStore::set_perms(XsConnId conn, XsTxn txn, std::string_view path,
-                          std::span<const XsPerm> perms) noexcept {
+Status XsStore::set_perms(XsConnId conn, XsTxn txn, std::string_view path, std::span<const XsPerm> perms) noexcept {
   Conn* c = conn_for(conn, XS_SET_PERMS);
   if (c == nullptr) return unexpected(EBADF);
   XP_ASSIGN_OR_RETURN(Txn * t, txn_for(*c, txn));
@@ -499,8 +485,7 @@ Status XsStore::set_perms(XsConnId conn, XsTxn txn, std::string_view path,
   if (!path.empty() && path[0] == '@') {
     auto sp = special_perms_.find(path);
     if (sp == special_perms_.end()) return unexpected(EINVAL);
-    if ((perm_for(*c, sp->second) & (kPermWrite | kPermOwner)) != (kPermWrite | kPermOwner))
-      return unexpected(EACCES);
+    if ((perm_for(*c, sp->second) & (kPermWrite | kPermOwner)) != (kPermWrite | kPermOwner)) return unexpected(EACCES);
     sp->second = std::move(want);
     return ok();
   }
@@ -563,8 +548,7 @@ Status XsStore::commit(Conn& c, Txn& t) {
   }
   if (!c.privileged) {
     auto d = t.owned_delta.find(c.domid);
-    if (d != t.owned_delta.end() && d->second > 0 &&
-        owned_in_view(&t, c.domid) > kXsMaxNodesPerDomain)
+    if (d != t.owned_delta.end() && d->second > 0 && owned_in_view(&t, c.domid) > kXsMaxNodesPerDomain)
       return unexpected(ENOSPC);
   }
   // Parents sort before their descendants, so creation goes top-down and a
@@ -580,8 +564,7 @@ Status XsStore::commit(Conn& c, Txn& t) {
   for (const auto& f : t.fires) {
     auto g = nodes_.find(f.path);
     auto r = t.reads.find(f.path);
-    const std::vector<XsPerm>* old_perms =
-        (r != t.reads.end() && r->second.perms) ? &*r->second.perms : nullptr;
+    const std::vector<XsPerm>* old_perms = (r != t.reads.end() && r->second.perms) ? &*r->second.perms : nullptr;
     fire_now(f.path, f.exact, g != nodes_.end() ? &g->second.data.perms : nullptr, old_perms);
   }
   return ok();
@@ -603,8 +586,7 @@ bool XsStore::introduce_domain(DomId domid) noexcept {
 bool XsStore::release_domain(DomId domid) noexcept {
   if (domid == kDom0 || introduced_.erase(domid) == 0) return false;
   targets_.erase(domid);
-  for (auto it = targets_.begin(); it != targets_.end();)
-    it = it->second == domid ? targets_.erase(it) : std::next(it);
+  for (auto it = targets_.begin(); it != targets_.end();) it = it->second == domid ? targets_.erase(it) : std::next(it);
   auto scrub = [domid](std::vector<XsPerm>& perms) {
     bool changed = false;
     if (!perms.empty() && perms[0].domid == domid) {

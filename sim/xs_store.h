@@ -66,11 +66,11 @@ namespace xenpath::sim {
 // Per-connection operation counts (what the tests assert on: how many
 // xenstore round trips a daemon needs, how often transactions conflict).
 struct XsOpStats {
-  uint64_t ops = 0;                        // every request, failed ones too
-  uint64_t by_type[XS_TYPE_COUNT] = {};    // indexed by enum xsd_sockmsg_type
-  uint64_t transactions = 0;               // transactions started
-  uint64_t conflicts = 0;                  // commits refused with EAGAIN
-  uint64_t watch_events = 0;               // watch events queued to the connection
+  uint64_t ops = 0;                      // every request, failed ones too
+  uint64_t by_type[XS_TYPE_COUNT] = {};  // indexed by enum xsd_sockmsg_type
+  uint64_t transactions = 0;             // transactions started
+  uint64_t conflicts = 0;                // commits refused with EAGAIN
+  uint64_t watch_events = 0;             // watch events queued to the connection
 
   XsOpStats& operator+=(const XsOpStats& o) noexcept;
 };
@@ -84,11 +84,11 @@ enum class XsConnKind : uint8_t {
 
 // Quotas, as xenstored's defaults (quota_* in xenstored_core.c). They bound
 // what an unprivileged (guest) connection can make the store hold.
-inline constexpr size_t kXsMaxTransactionsPerConn = 10;   // quota_max_transaction -> ENOSPC
-inline constexpr size_t kXsMaxWatchesPerConn = 128;       // quota_nb_watch_per_domain -> E2BIG
-inline constexpr size_t kXsMaxPermsPerNode = 5;           // quota_nb_perms_per_node -> ENOSPC
-inline constexpr size_t kXsMaxNodesPerDomain = 1000;      // quota_nb_entry_per_domain -> ENOSPC
-inline constexpr size_t kXsMaxEntrySize = 2048;           // quota_max_entry_size -> ENOSPC
+inline constexpr size_t kXsMaxTransactionsPerConn = 10;  // quota_max_transaction -> ENOSPC
+inline constexpr size_t kXsMaxWatchesPerConn = 128;      // quota_nb_watch_per_domain -> E2BIG
+inline constexpr size_t kXsMaxPermsPerNode = 5;          // quota_nb_perms_per_node -> ENOSPC
+inline constexpr size_t kXsMaxNodesPerDomain = 1000;     // quota_nb_entry_per_domain -> ENOSPC
+inline constexpr size_t kXsMaxEntrySize = 2048;          // quota_max_entry_size -> ENOSPC
 // xenstored gives privileged connections unlimited transactions; a client
 // that leaks them would grow the simulator without bound, so cap it far
 // above anything a correct daemon holds open.
@@ -127,11 +127,9 @@ class XsStore {
   // XS_DIRECTORY_PART reply payload: "<generation>\0" then the child names
   // from byte `offset` of the nul-separated list, as many as fit, and one
   // more "\0" once the list is complete.
-  Result<std::string> directory_part(XsConnId conn, XsTxn txn, std::string_view path,
-                                     uint32_t offset) noexcept;
+  Result<std::string> directory_part(XsConnId conn, XsTxn txn, std::string_view path, uint32_t offset) noexcept;
   Result<std::vector<XsPerm>> get_perms(XsConnId conn, XsTxn txn, std::string_view path) noexcept;
-  Status set_perms(XsConnId conn, XsTxn txn, std::string_view path,
-                   std::span<const XsPerm> perms) noexcept;
+  Status set_perms(XsConnId conn, XsTxn txn, std::string_view path, std::span<const XsPerm> perms) noexcept;
 
   Status watch(XsConnId conn, std::string_view path, std::string_view token) noexcept;
   Status unwatch(XsConnId conn, std::string_view path, std::string_view token) noexcept;
@@ -200,8 +198,8 @@ class XsStore {
     std::set<std::string, std::less<>> children;
   };
   struct ReadRecord {
-    uint64_t gen = 0;                             // 0: did not exist
-    std::optional<std::vector<XsPerm>> perms;     // perms at first access
+    uint64_t gen = 0;                          // 0: did not exist
+    std::optional<std::vector<XsPerm>> perms;  // perms at first access
   };
   struct PendingFire {
     std::string path;

@@ -110,8 +110,7 @@ Status XsStore::watch(XsConnId conn, std::string_view path, std::string_view tok
   Watch w;
   w.token = std::string(token);
   if (!path.empty() && path[0] == '@') {
-    if (path.size() > XENSTORE_REL_PATH_MAX || path.find('\0') != std::string_view::npos)
-      return unexpected(EINVAL);
+    if (path.size() > XENSTORE_REL_PATH_MAX || path.find('\0') != std::string_view::npos) return unexpected(EINVAL);
     w.path = std::string(path);
   } else {
     w.relative = path.empty() || path[0] != '/';

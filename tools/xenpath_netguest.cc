@@ -21,11 +21,11 @@
 #include <thread>
 
 #include "common/cpu_affinity.h"
-#include "sim/sim_hypervisor.h"
+#include "netback/net_queue.h"
 #include "netback/port_dpdk.h"
 #include "sim/net/sim_netfront.h"
 #include "sim/net/sim_tap_guest.h"
-#include "netback/net_queue.h"
+#include "sim/sim_hypervisor.h"
 
 namespace {
 
@@ -46,7 +46,8 @@ int main(int argc, char** argv) {
   bool offloads = true;
   std::string rx_gro = "on";
   CLI::App app{"a simulated guest bridged to a tap, through VifQueue to the DPDK vif port"};
-  app.add_option("--domid", domid, "guest domain id (names the port vif<domid>.<devid>)")->check(CLI::Range(1u, 32752u));
+  app.add_option("--domid", domid, "guest domain id (names the port vif<domid>.<devid>)")
+      ->check(CLI::Range(1u, 32752u));
   app.add_option("--devid", devid, "device id");
   app.add_option("--guest-netns", guest_netns, "network namespace of the guest's tap (empty: this one)");
   app.add_option("--guest-tap", guest_tap, "name of the guest's tap");
@@ -58,15 +59,14 @@ int main(int argc, char** argv) {
   app.add_option("--copy-below", copy_below, "TX slot remainders below this are copied, others mapped")
       ->check(CLI::Range(0u, 65535u));
   app.add_flag("!--no-zero-copy", zero_copy, "copy every TX byte");
-  app.add_flag("!--no-offloads", offloads,
-               "guest without checksum offload and GSO (plain frames on its tap)");
+  app.add_flag("!--no-offloads", offloads, "guest without checksum offload and GSO (plain frames on its tap)");
   app.add_option("--rx-gro", rx_gro, "coalesce received TCP/IPv4 frames into GSO packets for the guest")
       ->check(CLI::IsMember({"on", "off"}));
   app.add_option("--port-poll-us", port_poll_us, "while idle, look for port packets this often")
       ->check(CLI::Range(10u, 100000u));
   CLI11_PARSE(app, argc, argv);
 
-  struct sigaction sa{};
+  struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);

@@ -92,8 +92,8 @@ int main(int argc, char** argv) {
 
   // The daemons, with the options of their production mains, on the simulated host.
   DaemonRun<BlkbackService, BlkDemoOptions> blk;
-  CLI::App* b = blk.add(app, "blkback", "xenpath-blkback on the simulated host, guests doing verified I/O",
-                        add_blkback_demo_cli);
+  CLI::App* b =
+      blk.add(app, "blkback", "xenpath-blkback on the simulated host, guests doing verified I/O", add_blkback_demo_cli);
   DaemonRun<NetbackService, NetDemoOptions> net;
   CLI::App* n = net.add(app, "netback", "xenpath-netback on the simulated host, guests' frames on a loopback wire",
                         add_netback_demo_cli);

@@ -17,9 +17,7 @@ class LibxenPlatform final : public XenPlatform {
       : xenstored_path_(std::move(xenstored_path)), self_(self) {}
 
   Result<std::unique_ptr<GrantTable>> open_grant_table() noexcept override { return LibxenGrantTable::open(); }
-  Result<std::unique_ptr<EventChannel>> open_event_channel() noexcept override {
-    return LibxenEventChannel::open();
-  }
+  Result<std::unique_ptr<EventChannel>> open_event_channel() noexcept override { return LibxenEventChannel::open(); }
   Result<std::unique_ptr<XenStore>> open_xenstore() noexcept override { return LibxenStore::open(xenstored_path_); }
   DomId self() const noexcept override { return self_; }
   std::string name() const override { return "xen"; }

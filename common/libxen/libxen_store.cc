@@ -59,10 +59,8 @@ Result<std::unique_ptr<XenStore>> LibxenStore::open(const std::string& socket_pa
       if (::setenv("XENSTORED_PATH", socket_path.c_str(), 1) != 0) return unexpected_errno();
       h = xs_open(0);
       err = errno;
-      if (saved)
-        ::setenv("XENSTORED_PATH", saved->c_str(), 1);
-      else
-        ::unsetenv("XENSTORED_PATH");
+      if (saved) ::setenv("XENSTORED_PATH", saved->c_str(), 1);
+      else ::unsetenv("XENSTORED_PATH");
     }
   }
   if (h == nullptr) return unexpected(err != 0 ? err : EIO);
@@ -134,8 +132,8 @@ Result<std::vector<XsPerm>> LibxenStore::get_permissions(XsTxn t, std::string_vi
   for (unsigned int i = 0; i < num; ++i) {
     const xs_permissions& p = perms.get()[i];
     if (p.id > 0xFFFF) return unexpected(EPROTO);  // not a domid: the store is broken
-    out.push_back(XsPerm{static_cast<DomId>(p.id),
-                         static_cast<XsPerm::Access>(p.perms & (XS_PERM_READ | XS_PERM_WRITE))});
+    out.push_back(
+        XsPerm{static_cast<DomId>(p.id), static_cast<XsPerm::Access>(p.perms & (XS_PERM_READ | XS_PERM_WRITE))});
   }
   return out;
 }
@@ -146,8 +144,8 @@ Status LibxenStore::set_permissions(XsTxn t, std::string_view path, std::span<co
   raw.reserve(perms.size());
   for (const auto& p : perms) {
     if (p.access > XsPerm::kBoth) return unexpected(EINVAL);
-    unsigned int bits = ((p.access & XsPerm::kRead) ? XS_PERM_READ : 0u) |
-                        ((p.access & XsPerm::kWrite) ? XS_PERM_WRITE : 0u);
+    unsigned int bits =
+        ((p.access & XsPerm::kRead) ? XS_PERM_READ : 0u) | ((p.access & XsPerm::kWrite) ? XS_PERM_WRITE : 0u);
     raw.push_back(xs_permissions{p.domid, bits});
   }
   if (!xs_set_permissions(h_, t, std::string(path).c_str(), raw.data(), static_cast<unsigned int>(raw.size())))

@@ -25,10 +25,10 @@ class GrantTable;
 class GrantMapping {
  public:
   GrantMapping() noexcept = default;
-  GrantMapping(GrantTable* owner, void* addr, uint32_t pages) noexcept
-      : owner_(owner), addr_(addr), pages_(pages) {}
+  GrantMapping(GrantTable* owner, void* addr, uint32_t pages) noexcept : owner_(owner), addr_(addr), pages_(pages) {}
   GrantMapping(GrantMapping&& o) noexcept
-      : owner_(std::exchange(o.owner_, nullptr)), addr_(std::exchange(o.addr_, nullptr)),
+      : owner_(std::exchange(o.owner_, nullptr)),
+        addr_(std::exchange(o.addr_, nullptr)),
         pages_(std::exchange(o.pages_, 0)) {}
   GrantMapping& operator=(GrantMapping&& o) noexcept {
     if (this != &o) {
@@ -72,8 +72,8 @@ struct GrantCopySegment {
     } foreign;
   } source, dest;
   uint16_t len;
-  uint16_t flags;   // kCopySourceGref | kCopyDestGref
-  int16_t status;   // GNTST_* after copy()
+  uint16_t flags;  // kCopySourceGref | kCopyDestGref
+  int16_t status;  // GNTST_* after copy()
 };
 
 inline constexpr uint16_t kCopySourceGref = 1u << 0;  // GNTCOPY_source_gref

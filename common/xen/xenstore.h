@@ -45,8 +45,7 @@ class XenStore {
   virtual Result<std::vector<std::string>> directory(XsTxn t, std::string_view path) noexcept = 0;
   // First entry: owner and the access of everybody not listed.
   virtual Result<std::vector<XsPerm>> get_permissions(XsTxn t, std::string_view path) noexcept = 0;
-  virtual Status set_permissions(XsTxn t, std::string_view path,
-                                 std::span<const XsPerm> perms) noexcept = 0;
+  virtual Status set_permissions(XsTxn t, std::string_view path, std::span<const XsPerm> perms) noexcept = 0;
 
   // A watch fires once when set, then for every change to the path or below.
   virtual Status watch(std::string_view path, std::string_view token) noexcept = 0;

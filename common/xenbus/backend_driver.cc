@@ -7,7 +7,6 @@
 
 #include <fmt/format.h>
 
-
 namespace xenpath {
 
 namespace {
@@ -37,8 +36,7 @@ std::optional<DomId> parse_domid(std::string_view s) noexcept {
 bool valid_type_name(std::string_view s) noexcept {
   if (s.empty() || s.size() > 64) return false;
   for (char c : s) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '-' || c == '_';
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
     if (!ok) return false;
   }
   return true;
@@ -47,8 +45,8 @@ bool valid_type_name(std::string_view s) noexcept {
 bool valid_frontend_path(std::string_view s) noexcept {
   if (s.size() < 2 || s.size() > kMaxFrontendPath || s[0] != '/' || s.back() == '/') return false;
   for (char c : s) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '-' || c == '_' || c == '/';
+    const bool ok =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '/';
     if (!ok) return false;
   }
   return s.find("//") == std::string_view::npos;
@@ -63,8 +61,7 @@ bool parse_online(const Result<std::string>& v) noexcept {
 }
 
 bool is_write(FsmActionKind k) noexcept {
-  return k == FsmActionKind::kWriteState || k == FsmActionKind::kWriteError ||
-         k == FsmActionKind::kClearError;
+  return k == FsmActionKind::kWriteState || k == FsmActionKind::kWriteError || k == FsmActionKind::kClearError;
 }
 
 // Store content for a log line: bounded, printable ASCII only.
@@ -86,8 +83,7 @@ std::pair<std::string_view, std::string_view> split_first(std::string_view s) no
 
 }  // namespace
 
-BackendDriver::BackendDriver(std::unique_ptr<XenStore> xs, Options opts) noexcept
-    : xs_(std::move(xs)), opts_(opts) {
+BackendDriver::BackendDriver(std::unique_ptr<XenStore> xs, Options opts) noexcept : xs_(std::move(xs)), opts_(opts) {
   if (opts_.event_batch == 0) opts_.event_batch = 1;
 }
 
@@ -132,8 +128,7 @@ Status BackendDriver::start() noexcept {
   if (auto w = xs_->watch(kReleaseDomain, kReleaseToken); w) {
     watching_release_ = true;
   } else {
-    log_.warn("cannot watch {}: {}; relying on frontend state nodes", kReleaseDomain,
-              error_string(w.error()));
+    log_.warn("cannot watch {}: {}; relying on frontend state nodes", kReleaseDomain, error_string(w.error()));
   }
   log_.info("serving {} device type(s) under {}/backend", types_.size(), self_path_);
   return ok();
@@ -172,8 +167,7 @@ void BackendDriver::detach() noexcept {
   undo();
 }
 
-bool BackendDriver::report_device_error(std::string_view type, DomId fe, uint32_t devid,
-                                        int error) noexcept {
+bool BackendDriver::report_device_error(std::string_view type, DomId fe, uint32_t devid, int error) noexcept {
   std::weak_ptr<BackendDriver*> alive = alive_;
   std::lock_guard lock(post_mu_);
   if (!post_) return false;
@@ -287,8 +281,7 @@ void BackendDriver::handle_frontend_dir(uint32_t ti, DomId fe) noexcept {
   for (Device* d : mine) (void)apply(*d, d->fsm.backend_gone());
 }
 
-void BackendDriver::handle_device_event(uint32_t ti, DomId fe, uint32_t devid,
-                                        std::string_view sub) noexcept {
+void BackendDriver::handle_device_event(uint32_t ti, DomId fe, uint32_t devid, std::string_view sub) noexcept {
   auto it = devices_.find(make_key(ti, fe, devid));
   if (it == devices_.end()) {
     probe(ti, fe, devid);
@@ -376,7 +369,7 @@ void BackendDriver::probe(uint32_t ti, DomId fe, uint32_t devid) noexcept {
     auto fe_id_v = parse_domid(*fe_id);
     if (!valid_frontend_path(*fe_path) || !fe_id_v || *fe_id_v != fe) {
       log_.guest("{}: bad frontend '{}' / frontend-id '{}' from the toolstack", addr.backend_path,
-                printable(*fe_path, kMaxFrontendPath), printable(*fe_id, 16));
+                 printable(*fe_path, kMaxFrontendPath), printable(*fe_id, 16));
       return false;
     }
     addr.frontend_path = std::move(*fe_path);
@@ -402,8 +395,7 @@ void BackendDriver::probe(uint32_t ti, DomId fe, uint32_t devid) noexcept {
   }
 
   const uint64_t key = make_key(ti, fe, devid);
-  auto dev = std::make_unique<Device>(BackendFsm(online),
-                                      DeviceLog(fmt::format("{} {}/{}: ", t.name, fe, devid)));
+  auto dev = std::make_unique<Device>(BackendFsm(online), DeviceLog(fmt::format("{} {}/{}: ", t.name, fe, devid)));
   Device& d = *dev;
   d.key = key;
   d.serial = next_serial_++;
@@ -624,15 +616,13 @@ Result<bool> BackendDriver::write_checked(Device& d, const FsmAction* first, con
           std::string msg;
           switch (a->reason) {
             case FsmErrorReason::kBadFrontendState:
-              msg = fmt::format("{} frontend {} published an invalid state", a->error,
-                                d.frontend_state_path);
+              msg = fmt::format("{} frontend {} published an invalid state", a->error, d.frontend_state_path);
               break;
             case FsmErrorReason::kDeviceFailed:
               msg = fmt::format("{} device failed: {}", a->error, error_string(a->error));
               break;
             default:
-              msg = fmt::format("{} connecting to the frontend failed: {}", a->error,
-                                error_string(a->error));
+              msg = fmt::format("{} connecting to the frontend failed: {}", a->error, error_string(a->error));
               break;
           }
           XP_TRY(xs_->write(txn, d.addr.backend_path + "/error", msg));
@@ -705,8 +695,7 @@ void BackendDriver::destroy(Device& d) noexcept {
   stats_.devices.set(devices_.size());
 }
 
-std::optional<XenbusState> BackendDriver::device_state(std::string_view type, DomId fe,
-                                                       uint32_t devid) const noexcept {
+std::optional<XenbusState> BackendDriver::device_state(std::string_view type, DomId fe, uint32_t devid) const noexcept {
   for (uint32_t i = 0; i < types_.size(); ++i) {
     if (types_[i].name != type) continue;
     auto it = devices_.find(make_key(i, fe, devid));

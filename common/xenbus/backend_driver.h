@@ -47,7 +47,7 @@ namespace xenpath {
 class Reactor;
 
 struct DeviceAddress {
-  std::string type;           // xenstore device type ("vbd", "vif", "echo"...)
+  std::string type;  // xenstore device type ("vbd", "vif", "echo"...)
   DomId frontend_id = kDomidInvalid;
   uint32_t devid = 0;
   std::string backend_path;   // /local/domain/<self>/backend/<type>/<fe>/<devid>
@@ -106,8 +106,7 @@ class DeviceType {
   // for InitWait fails at once with a reason instead of timing out. A
   // device type whose own resource is missing (an image file that does not
   // exist) must therefore not report it as ENOENT.
-  virtual Result<std::unique_ptr<BackendDevice>> create(const DeviceAddress& addr, XenStore& xs,
-                                                        XsTxn t) noexcept = 0;
+  virtual Result<std::unique_ptr<BackendDevice>> create(const DeviceAddress& addr, XenStore& xs, XsTxn t) noexcept = 0;
 };
 
 struct BackendDriverStats {
@@ -120,16 +119,16 @@ struct BackendDriverStats {
   Counter connect_failures;  // connects that failed (error node + Closing)
   Counter disconnects;
   Counter destroys;
-  Counter protocol_errors;   // frontends that published an invalid state
-  Counter watch_events;      // watch events handled
-  Counter xs_errors;         // xenstore operations that failed unexpectedly
+  Counter protocol_errors;  // frontends that published an invalid state
+  Counter watch_events;     // watch events handled
+  Counter xs_errors;        // xenstore operations that failed unexpectedly
 };
 
 class BackendDriver {
  public:
   struct Options {
-    DomId self = kDom0;          // the domain whose backend/ tree we serve
-    size_t event_batch = 64;     // watch events handled per wake-up
+    DomId self = kDom0;       // the domain whose backend/ tree we serve
+    size_t event_batch = 64;  // watch events handled per wake-up
   };
 
   BackendDriver(std::unique_ptr<XenStore> xs, Options opts) noexcept;
@@ -179,8 +178,7 @@ class BackendDriver {
 
   // Introspection, owning thread only (tests, status reporting).
   [[nodiscard]] size_t device_count() const noexcept { return devices_.size(); }
-  [[nodiscard]] std::optional<XenbusState> device_state(std::string_view type, DomId fe,
-                                                        uint32_t devid) const noexcept;
+  [[nodiscard]] std::optional<XenbusState> device_state(std::string_view type, DomId fe, uint32_t devid) const noexcept;
   [[nodiscard]] BackendDevice* device(std::string_view type, DomId fe, uint32_t devid) const noexcept;
   // Every known device (probed, in any state); owning thread only.
   void for_each_device(
@@ -190,7 +188,7 @@ class BackendDriver {
   struct TypeEntry {
     std::unique_ptr<DeviceType> type;
     std::string name;
-    std::string root;   // <self path>/backend/<name>
+    std::string root;  // <self path>/backend/<name>
     std::string token;
     bool enumerated = false;
     bool watching = false;
@@ -252,8 +250,8 @@ class BackendDriver {
   Options opts_;
   std::string self_path_;
   std::vector<TypeEntry> types_;
-  std::unordered_map<uint64_t, std::unique_ptr<Device>> devices_;   // by make_key()
-  std::unordered_map<uint64_t, Device*> by_serial_;                 // frontend-state tokens
+  std::unordered_map<uint64_t, std::unique_ptr<Device>> devices_;  // by make_key()
+  std::unordered_map<uint64_t, Device*> by_serial_;                // frontend-state tokens
   std::unordered_map<DomId, std::unordered_set<Device*>> by_frontend_;
   uint64_t next_serial_ = 1;
   // Undo attach() / post to the attached reactor (backend_driver_reactor.cc);

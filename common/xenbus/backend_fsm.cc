@@ -93,8 +93,7 @@ FsmActions BackendFsm::frontend_changed(std::optional<XenbusState> frontend) noe
     case XenbusState::kInitialising:
       // The frontend (re)starts: guest resume, kexec, migration. From
       // InitWait this is the normal first value (the toolstack wrote it).
-      if (state_ == XenbusState::kConnected || state_ == XenbusState::kClosing ||
-          state_ == XenbusState::kClosed) {
+      if (state_ == XenbusState::kConnected || state_ == XenbusState::kClosing || state_ == XenbusState::kClosed) {
         reconnect_or_finish(out);
       }
       break;

@@ -40,12 +40,12 @@
 namespace xenpath {
 
 enum class FsmActionKind : uint8_t {
-  kWriteState,   // write `state` to <backend>/state (only if the node still exists)
-  kWriteError,   // write <backend>/error: "<error> <why>"
-  kClearError,   // remove <backend>/error (a fresh handshake starts)
-  kConnect,      // read the frontend's keys, device connect(); report connect_done()
-  kDisconnect,   // device disconnect(): release every mapping and channel
-  kDestroy,      // release everything, drop watches, forget the device
+  kWriteState,  // write `state` to <backend>/state (only if the node still exists)
+  kWriteError,  // write <backend>/error: "<error> <why>"
+  kClearError,  // remove <backend>/error (a fresh handshake starts)
+  kConnect,     // read the frontend's keys, device connect(); report connect_done()
+  kDisconnect,  // device disconnect(): release every mapping and channel
+  kDestroy,     // release everything, drop watches, forget the device
 };
 
 // Why an error node is written (the driver turns it into the message).

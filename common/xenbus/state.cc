@@ -4,15 +4,24 @@ namespace xenpath {
 
 std::string_view to_string(XenbusState s) noexcept {
   switch (s) {
-    case XenbusState::kUnknown: return "Unknown";
-    case XenbusState::kInitialising: return "Initialising";
-    case XenbusState::kInitWait: return "InitWait";
-    case XenbusState::kInitialised: return "Initialised";
-    case XenbusState::kConnected: return "Connected";
-    case XenbusState::kClosing: return "Closing";
-    case XenbusState::kClosed: return "Closed";
-    case XenbusState::kReconfiguring: return "Reconfiguring";
-    case XenbusState::kReconfigured: return "Reconfigured";
+    case XenbusState::kUnknown:
+      return "Unknown";
+    case XenbusState::kInitialising:
+      return "Initialising";
+    case XenbusState::kInitWait:
+      return "InitWait";
+    case XenbusState::kInitialised:
+      return "Initialised";
+    case XenbusState::kConnected:
+      return "Connected";
+    case XenbusState::kClosing:
+      return "Closing";
+    case XenbusState::kClosed:
+      return "Closed";
+    case XenbusState::kReconfiguring:
+      return "Reconfiguring";
+    case XenbusState::kReconfigured:
+      return "Reconfigured";
   }
   return "Invalid";
 }

@@ -68,8 +68,8 @@ uint64_t load_sum(const GuestVbd& v, uint64_t (*f)(const BlkLoadStats&)) {
 // a queue depth of verified I/O on every ring until told to stop, then
 // drains and closes its disks.
 void run_guest(SimHost& h, DomId domid, std::vector<GuestVbd*> mine, const BlkDemoOptions& opt, const VbdOptions& vbd,
-               unsigned backend_queues,
-               std::atomic<bool>& stop, std::atomic<unsigned>& connected, std::atomic<unsigned>& failed) {
+               unsigned backend_queues, std::atomic<bool>& stop, std::atomic<unsigned>& connected,
+               std::atomic<unsigned>& failed) {
   auto guest = SimGuestHandles::open(h, domid);
   if (!guest) {
     ++failed;
@@ -173,13 +173,13 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
     spdlog::critical("cannot start: {}", error_string(st.error()));
     return 2;
   }
-  const unsigned backend_queues =
-      vbd.max_queues ? vbd.max_queues : static_cast<unsigned>(bb.daemon->workers().size());
+  const unsigned backend_queues = vbd.max_queues ? vbd.max_queues : static_cast<unsigned>(bb.daemon->workers().size());
   const size_t watches_idle = h.xenstored().watch_count();
-  fmt::print("xenpath-blkback on the simulated Xen host: {} guests x {} VBDs ({} KiB I/O, QD {} per ring, {}% reads{}), "
-             "images in {}\n  xenstored: XENSTORED_PATH={} xenstore-ls /local/domain/0/backend/vbd\n",
-             opt.run.guests, opt.vbds, opt.block_size / 1024, opt.queue_depth, opt.read_percent,
-             opt.verify ? ", every byte verified" : "", dir.string(), h.xenstored_path());
+  fmt::print(
+      "xenpath-blkback on the simulated Xen host: {} guests x {} VBDs ({} KiB I/O, QD {} per ring, {}% reads{}), "
+      "images in {}\n  xenstored: XENSTORED_PATH={} xenstore-ls /local/domain/0/backend/vbd\n",
+      opt.run.guests, opt.vbds, opt.block_size / 1024, opt.queue_depth, opt.read_percent,
+      opt.verify ? ", every byte verified" : "", dir.string(), h.xenstored_path());
 
   SimToolstack& tool = (*demo)->tool();
   if (!(*demo)->create_guests(opt.run.guests, 32768)) return 2;
@@ -212,7 +212,8 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
   }
 
   const auto t0 = Clock::now();
-  const auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opt.run.seconds));
+  const auto deadline =
+      t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opt.run.seconds));
   std::atomic<bool> stop{false};
   std::atomic<unsigned> connected{0}, failed{0};
   std::vector<std::thread> guests;
@@ -222,7 +223,8 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
     for (auto& v : vbds) {
       if (v->domid == domid) mine.push_back(v.get());
     }
-    guests.emplace_back([&, domid, mine] { run_guest(h, domid, mine, opt, vbd, backend_queues, stop, connected, failed); });
+    guests.emplace_back(
+        [&, domid, mine] { run_guest(h, domid, mine, opt, vbd, backend_queues, stop, connected, failed); });
   }
 
   // Live figures once a second until the time is up or a signal comes.
@@ -231,16 +233,14 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
     const auto now = Clock::now();
     const double dt = std::chrono::duration<double>(now - last).count();
     last = now;
-    fmt::print("\n[{:5.1f}s] {}/{} VBDs connected\n", std::chrono::duration<double>(now - t0).count(),
-               connected.load(), vbds.size());
+    fmt::print("\n[{:5.1f}s] {}/{} VBDs connected\n", std::chrono::duration<double>(now - t0).count(), connected.load(),
+               vbds.size());
     fmt::print("  {:<12} {:>9} {:>8} {:>9} {:>9} {:>7} {:>10}\n", "vbd", "IOPS", "MB/s", "p50 us", "p99 us", "errors",
                "mismatches");
     uint64_t total_ops = 0;
     for (auto& v : vbds) {
       const uint64_t n = load_sum(*v, [](const BlkLoadStats& s) { return s.ops.get(); });
-      const uint64_t b = load_sum(*v, [](const BlkLoadStats& s) {
-        return s.read_bytes.get() + s.write_bytes.get();
-      });
+      const uint64_t b = load_sum(*v, [](const BlkLoadStats& s) { return s.read_bytes.get() + s.write_bytes.get(); });
       LatencyHistogram lat;  // since the start, over the VBD's rings
       if (v->ready.load(std::memory_order_acquire)) {
         for (const auto& l : v->loads) lat.add(l->stats().latency);
@@ -293,16 +293,17 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
   fmt::print("\nsummary: {} I/Os ({:.1f} MB) over {} VBDs in {:.1f} s, {} errors, {} verify mismatches{}\n", total,
              static_cast<double>(bytes) / 1e6, opt.run.guests * opt.vbds, secs, errors, mismatches,
              sig ? " (interrupted)" : "");
-  fmt::print("self-check: devices left {}, grant pages still mapped {} (daemon) / {} (host), watches {} (idle {}) -> {}\n",
-             stats["xenbus"]["devices"].get<uint64_t>(), stats["mapped_grant_pages"].get<uint64_t>(), live, watches,
-             watches_idle, ok_run ? "OK" : "FAILED");
+  fmt::print(
+      "self-check: devices left {}, grant pages still mapped {} (daemon) / {} (host), watches {} (idle {}) -> {}\n",
+      stats["xenbus"]["devices"].get<uint64_t>(), stats["mapped_grant_pages"].get<uint64_t>(), live, watches,
+      watches_idle, ok_run ? "OK" : "FAILED");
   write_summary(opt.run.json, {{"ios", total},
-                           {"bytes", bytes},
-                           {"errors", errors},
-                           {"mismatches", mismatches},
-                           {"vbds", opt.run.guests * opt.vbds},
-                           {"seconds", secs},
-                           {"self_check", ok_run}});
+                               {"bytes", bytes},
+                               {"errors", errors},
+                               {"mismatches", mismatches},
+                               {"vbds", opt.run.guests * opt.vbds},
+                               {"seconds", secs},
+                               {"self_check", ok_run}});
   return ok_run ? 0 : 1;
 }
 

@@ -232,8 +232,8 @@ Status SimBlkfront::start(Io& io) noexcept {
     const uint64_t end = static_cast<uint64_t>(io.first_sect) + io.sectors;  // in sectors from the first page
     const uint32_t nseg = io.sectors == 0 ? 0 : static_cast<uint32_t>((end + spp - 1) / spp);
     const bool indirect = io.indirect || nseg > kBlkDirectSegments;
-    if (indirect && (nseg == 0 || nseg > opts_.max_indirect_segments ||
-                     (io.op != BLKIF_OP_READ && io.op != BLKIF_OP_WRITE))) {
+    if (indirect &&
+        (nseg == 0 || nseg > opts_.max_indirect_segments || (io.op != BLKIF_OP_READ && io.op != BLKIF_OP_WRITE))) {
       return unexpected(EINVAL);
     }
     try {

@@ -22,8 +22,8 @@
 
 #include "blkback/blk_abi.h"
 #include "common/result.h"
-#include "sim/sim_host.h"
 #include "common/xen/event_channel.h"
+#include "sim/sim_host.h"
 
 namespace xenpath::sim {
 
@@ -38,7 +38,7 @@ class SimBlkfront {
   struct Options {
     BlkProtocol protocol = BlkProtocol::kNative;
     unsigned ring_order = 0;
-    bool persistent = false;             // reuse a pool of read-write grants
+    bool persistent = false;  // reuse a pool of read-write grants
     DomId backend = kDom0;
     uint32_t max_indirect_segments = 0;  // offered by the backend; 0: direct only
     uint32_t sector_size = 512;          // the ring's sector unit
@@ -52,7 +52,7 @@ class SimBlkfront {
   struct Io {
     uint8_t op = BLKIF_OP_READ;  // READ, WRITE, FLUSH_DISKCACHE, WRITE_BARRIER, DISCARD
     uint64_t sector = 0;
-    uint32_t sectors = 0;          // data sectors (0: a dataless flush/barrier)
+    uint32_t sectors = 0;  // data sectors (0: a dataless flush/barrier)
     std::byte* data = nullptr;
     uint8_t first_sect = 0;        // where in its first page the data starts
     bool indirect = false;         // send as BLKIF_OP_INDIRECT even if it fits direct
@@ -108,7 +108,7 @@ class SimBlkfront {
   // Raw access, for hostile tests. push_raw encodes `req` in the ring's ABI
   // as is (its grefs must have been granted by the caller).
   bool push_raw(const BlkRequest& req) noexcept;
-  Status kick() noexcept;  // publish + notify (unconditionally)
+  Status kick() noexcept;                                     // publish + notify (unconditionally)
   Status notify() noexcept { return evtchn_.notify(port_); }  // without publishing
   Result<std::vector<BlkResponse>> wait_responses(unsigned n, std::chrono::milliseconds timeout) noexcept;
   void set_req_prod_raw(RING_IDX prod) noexcept;
@@ -155,13 +155,13 @@ class SimBlkfront {
   // Request ids are (sequence << 16) | slot: the slot finds the request,
   // the sequence catches an answer to a request already answered.
   uint64_t next_seq_ = 1;
-  std::vector<Pending> pending_;   // ring_size() slots
+  std::vector<Pending> pending_;  // ring_size() slots
   std::vector<uint32_t> free_pending_;
   size_t in_flight_ = 0;
   uint64_t stray_ = 0;
-  std::vector<BlkSegment> segs_;   // scratch for start()
-  std::vector<Page> pool_;       // every persistent page (revoked at the end)
-  std::vector<Page> pool_free_;  // LIFO, as blkfront keeps them
+  std::vector<BlkSegment> segs_;  // scratch for start()
+  std::vector<Page> pool_;        // every persistent page (revoked at the end)
+  std::vector<Page> pool_free_;   // LIFO, as blkfront keeps them
   // Non-persistent: guest pages reused for I/O (a guest's buffers are
   // long-lived memory), granted per request and revoked after the answer.
   std::vector<uint32_t> spare_pfns_;

@@ -64,7 +64,8 @@ SimBlkHost::~SimBlkHost() {
   service_.reset();
   daemon_.reset();
   if (host_ && host_->counters().mapped_pages_live.load() != 0) {
-    spdlog::error("simulated host: {} guest pages still mapped at teardown", host_->counters().mapped_pages_live.load());
+    spdlog::error("simulated host: {} guest pages still mapped at teardown",
+                  host_->counters().mapped_pages_live.load());
   }
 }
 
@@ -101,7 +102,8 @@ Result<std::unique_ptr<SimBlkHost::Disk>> SimBlkHost::connect_disk(SimDomain& gu
   try {
     auto disk = std::make_unique<Disk>();
     disk->devid = devid;
-    XP_ASSIGN_OR_RETURN(disk->xenbus, SimXenbusFrontend::attach(guest_xs, SimToolstack::frontend_path(domid, "vbd", devid)));
+    XP_ASSIGN_OR_RETURN(disk->xenbus,
+                        SimXenbusFrontend::attach(guest_xs, SimToolstack::frontend_path(domid, "vbd", devid)));
     SimXenbusFrontend& xb = *disk->xenbus;
     XP_TRY(xb.wait_backend(XenbusState::kInitWait));
 

@@ -25,16 +25,16 @@
 #include <string>
 #include <vector>
 
-#include "blkback/blk_service.h"
-#include "sim/blk/sim_blkfront.h"
 #include "blkback/blk_device.h"
+#include "blkback/blk_service.h"
 #include "common/daemon.h"
 #include "common/reactor.h"
 #include "common/result.h"
+#include "common/xenbus/backend_driver.h"
+#include "sim/blk/sim_blkfront.h"
 #include "sim/sim_host.h"
 #include "sim/sim_toolstack.h"
 #include "sim/sim_xenbus_frontend.h"
-#include "common/xenbus/backend_driver.h"
 
 namespace xenpath::sim {
 
@@ -42,7 +42,7 @@ class SimBlkHost {
  public:
   struct Options {
     unsigned workers = 1;
-    VbdOptions vbd;                  // what the backend offers (max_queues 0: one per worker)
+    VbdOptions vbd;                             // what the backend offers (max_queues 0: one per worker)
     std::chrono::microseconds poll_window{50};  // the worker reactors' spin after work
     DomId guest = 5;
     uint32_t guest_pages = 65536;    // guest memory (a sparse memfd: only touched pages cost)
@@ -61,9 +61,9 @@ class SimBlkHost {
 
   struct Disk {
     uint32_t devid = 0;
-    uint64_t bytes = 0;               // "sectors" * 512, as the guest reads it
+    uint64_t bytes = 0;                  // "sectors" * 512, as the guest reads it
     uint32_t max_indirect_segments = 0;  // negotiated (0: direct requests only)
-    bool persistent = false;          // negotiated
+    bool persistent = false;             // negotiated
     std::unique_ptr<SimXenbusFrontend> xenbus;
     std::vector<std::unique_ptr<SimBlkfront>> queues;
   };

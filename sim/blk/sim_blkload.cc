@@ -45,8 +45,7 @@ void blk_pattern_fill(std::byte* p, size_t len, uint32_t vbd, uint64_t offset, u
   }
 }
 
-size_t blk_pattern_check(const std::byte* p, size_t len, uint32_t vbd, uint64_t offset,
-                         uint32_t generation) noexcept {
+size_t blk_pattern_check(const std::byte* p, size_t len, uint32_t vbd, uint64_t offset, uint32_t generation) noexcept {
   uint64_t w[kWords];
   for (size_t done = 0; done < len; done += kSector) {
     sector_pattern(w, vbd, (offset + done) / kSector, generation);
@@ -252,7 +251,8 @@ bool BlkLoad::submit_one() noexcept {
 
 void BlkLoad::complete(Slot& s) noexcept {
   const auto now = std::chrono::steady_clock::now();
-  stats_.latency.record(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now - s.start).count()));
+  stats_.latency.record(
+      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now - s.start).count()));
   const bool good = s.io.status == BLKIF_RSP_OKAY && s.io.error == 0;
   const bool data_op = s.io.op != BLKIF_OP_FLUSH_DISKCACHE;
   if (!good) stats_.errors.add();
@@ -302,9 +302,10 @@ void BlkLoad::check_read(const Slot& s) noexcept {
   } else {
     found = fmt::format("unrecognised data {:016x} {:016x}", h[0], h[1]);
   }
-  spdlog::warn("blkload vbd {}: mismatch at disk offset {:#x} (byte {} of the block at {:#x}, LBA {}): expected "
-               "generation {}{}, found {}",
-               vbd_id_, offset + bad, bad, offset, (offset + bad) / kSector, want, want == 0 ? " (zeros)" : "", found);
+  spdlog::warn(
+      "blkload vbd {}: mismatch at disk offset {:#x} (byte {} of the block at {:#x}, LBA {}): expected "
+      "generation {}{}, found {}",
+      vbd_id_, offset + bad, bad, offset, (offset + bad) / kSector, want, want == 0 ? " (zeros)" : "", found);
 }
 
 unsigned BlkLoad::poll() noexcept {
@@ -377,7 +378,8 @@ Status BlkLoad::next_phase(const BlkLoadSpec& spec) noexcept {
   if (spec.queue_depth != slots_.size()) {
     std::byte* buffers = nullptr;
     if (spec.verify) {
-      const size_t bytes = (static_cast<size_t>(spec.block_size) * spec.queue_depth + kPageSize - 1) / kPageSize * kPageSize;
+      const size_t bytes =
+          (static_cast<size_t>(spec.block_size) * spec.queue_depth + kPageSize - 1) / kPageSize * kPageSize;
       buffers = static_cast<std::byte*>(std::aligned_alloc(kPageSize, bytes));
       if (buffers == nullptr) return unexpected(ENOMEM);
     }

@@ -30,9 +30,9 @@
 #include <span>
 #include <vector>
 
-#include "sim/blk/sim_blkfront.h"
 #include "common/result.h"
 #include "common/stats.h"
+#include "sim/blk/sim_blkfront.h"
 
 namespace xenpath::sim {
 
@@ -62,15 +62,15 @@ class LatencyHistogram {
 };
 
 struct BlkLoadStats {
-  Counter ops;          // requests answered (flushes included)
+  Counter ops;  // requests answered (flushes included)
   Counter reads;
   Counter writes;
   Counter flushes;
   Counter read_bytes;
   Counter write_bytes;
-  Counter errors;       // answers other than BLKIF_RSP_OKAY, or a bad answer (wrong op, grant kept mapped, stray id)
-  Counter mismatches;   // verify: blocks read back different from what was last acknowledged
-  Counter in_flight;    // gauge
+  Counter errors;      // answers other than BLKIF_RSP_OKAY, or a bad answer (wrong op, grant kept mapped, stray id)
+  Counter mismatches;  // verify: blocks read back different from what was last acknowledged
+  Counter in_flight;   // gauge
   LatencyHistogram latency;  // submit to answer, every op
 };
 
@@ -81,10 +81,10 @@ struct BlkLoadSpec {
   bool random = true;           // else sequential from offset_bytes, wrapping inside the span
   uint64_t span_bytes = 0;      // 0: from offset_bytes to the end of the disk
   uint64_t offset_bytes = 0;
-  unsigned flush_every = 0;     // a FLUSH_DISKCACHE after every N writes; 0: never
+  unsigned flush_every = 0;  // a FLUSH_DISKCACHE after every N writes; 0: never
   bool verify = false;
   uint64_t seed = 1;
-  uint64_t max_ops = 0;         // data ops to submit; 0: unbounded
+  uint64_t max_ops = 0;  // data ops to submit; 0: unbounded
 };
 
 // The pattern of verify mode, exposed for tests and tools. Every 512-byte
@@ -93,8 +93,7 @@ struct BlkLoadSpec {
 // Generation 0 means never written: zeros.
 void blk_pattern_fill(std::byte* p, size_t len, uint32_t vbd, uint64_t offset, uint32_t generation) noexcept;
 // Offset in `p` of the first byte that differs from the pattern, or len.
-size_t blk_pattern_check(const std::byte* p, size_t len, uint32_t vbd, uint64_t offset,
-                         uint32_t generation) noexcept;
+size_t blk_pattern_check(const std::byte* p, size_t len, uint32_t vbd, uint64_t offset, uint32_t generation) noexcept;
 
 class BlkLoad {
  public:
@@ -156,15 +155,15 @@ class BlkLoad {
   SimBlkfront& front_;
   BlkLoadSpec spec_;
   uint32_t vbd_id_;
-  uint64_t blocks_ = 0;      // in the span
-  uint64_t first_block_ = 0; // offset_bytes / block_size
-  uint32_t sectors_ = 0;     // per block, in ring sectors
+  uint64_t blocks_ = 0;       // in the span
+  uint64_t first_block_ = 0;  // offset_bytes / block_size
+  uint32_t sectors_ = 0;      // per block, in ring sectors
   std::vector<Slot> slots_;
   std::vector<Slot*> free_;
   std::byte* buffers_ = nullptr;  // verify: one block per slot
   uint64_t rng_ = 0;
-  uint64_t cursor_ = 0;      // sequential position (block in span)
-  uint64_t submitted_ = 0;   // data ops this phase
+  uint64_t cursor_ = 0;     // sequential position (block in span)
+  uint64_t submitted_ = 0;  // data ops this phase
   uint64_t writes_since_flush_ = 0;
   bool flush_due_ = false;
   bool draining_ = false;

@@ -50,7 +50,8 @@ class LoopbackWire {
     return [this](const DeviceAddress& a, uint16_t queues) -> Result<std::unique_ptr<PacketPort>> {
       if (queues != 1) return unexpected(EINVAL);  // one ring pair: one queue
       static std::atomic<unsigned> seq{0};
-      auto pair = env_.open_ring_pair(pool_, fmt::format("lb{}_{}_{}", a.frontend_id, a.devid, seq++), DpdkPortConfig{});
+      auto pair =
+          env_.open_ring_pair(pool_, fmt::format("lb{}_{}_{}", a.frontend_id, a.devid, seq++), DpdkPortConfig{});
       if (!pair) return unexpected(pair.error());
       std::lock_guard<std::mutex> lock(mu_);
       ends_.push_back(std::move((*pair)[1]));
@@ -124,11 +125,11 @@ void run_guest(SimHost& h, GuestLoad& load) {
   }
   SimNetfront& f = **nf;
   const XsKeys keys = {{"tx-ring-ref", std::to_string(f.tx_ring_ref())},
-                            {"rx-ring-ref", std::to_string(f.rx_ring_ref())},
-                            {"event-channel", std::to_string(f.tx_port())},
-                            {"request-rx-copy", "1"},
-                            {"feature-rx-notify", "1"},
-                            {"feature-sg", "1"}};
+                       {"rx-ring-ref", std::to_string(f.rx_ring_ref())},
+                       {"event-channel", std::to_string(f.tx_port())},
+                       {"request-rx-copy", "1"},
+                       {"feature-rx-notify", "1"},
+                       {"feature-sg", "1"}};
   if (auto st = (*xb)->connect(keys); !st) {
     spdlog::error("guest {}: connect: {}", domid, error_string(st.error()));
     load.failed = true;
@@ -272,8 +273,6 @@ int run_netback_demo(const DaemonCli& cli, NetbackOptions nopt, const NetDemoOpt
   return clean ? 0 : 1;
 }
 
-void add_netback_demo_cli(CLI::App& app, NetDemoOptions& opt) {
-  add_run_cli(app, opt.run, 64, 0.0);
-}
+void add_netback_demo_cli(CLI::App& app, NetDemoOptions& opt) { add_run_cli(app, opt.run, 64, 0.0); }
 
 }  // namespace xenpath::sim

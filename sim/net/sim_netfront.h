@@ -19,9 +19,9 @@
 
 #include "common/result.h"
 #include "common/ring_types.h"
+#include "common/xen/event_channel.h"
 #include "sim/front_ring.h"
 #include "sim/sim_host.h"
-#include "common/xen/event_channel.h"
 
 namespace xenpath::sim {
 
@@ -58,7 +58,7 @@ class SimNetfront {
     bool has_hash = false;  // a HASH extra came with it
     uint8_t hash_type = 0;  // _XEN_NETIF_CTRL_HASH_TYPE_*
     uint32_t hash_value = 0;
-    int16_t error = 0;   // a negative slot status (the packet is bad)
+    int16_t error = 0;  // a negative slot status (the packet is bad)
   };
 
   static Result<std::unique_ptr<SimNetfront>> create(SimDomain& dom, EventChannel& evtchn,
@@ -133,7 +133,7 @@ class SimNetfront {
   EvtchnPort rx_port_ = 0;
   SimFrontRing<NetifTxRing> tx_;
   SimFrontRing<NetifRxRing> rx_;
-  std::vector<TxSlot> tx_slots_;   // by id
+  std::vector<TxSlot> tx_slots_;  // by id
   std::vector<uint16_t> tx_free_;
   unsigned tx_in_flight_ = 0;
   std::vector<uint32_t> rx_pool_;  // free RX pages

@@ -3,10 +3,10 @@
 #include <fcntl.h>
 #include <linux/if.h>
 #include <linux/if_tun.h>
-#include <sys/uio.h>
 #include <poll.h>
 #include <sched.h>
 #include <sys/ioctl.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -28,9 +28,9 @@ struct VnetHdr {
   uint16_t csum_offset;
 };
 static_assert(sizeof(VnetHdr) == 10);
-constexpr uint8_t kVnetNeedsCsum = 1;   // kVnetNeedsCsum
-constexpr uint8_t kVnetDataValid = 2;   // kVnetDataValid
-constexpr uint8_t kVnetGsoNone = 0;     // VIRTIO_NET_HDR_GSO_*
+constexpr uint8_t kVnetNeedsCsum = 1;  // kVnetNeedsCsum
+constexpr uint8_t kVnetDataValid = 2;  // kVnetDataValid
+constexpr uint8_t kVnetGsoNone = 0;    // VIRTIO_NET_HDR_GSO_*
 constexpr uint8_t kVnetGsoTcp4 = 1;
 constexpr uint8_t kVnetGsoTcp6 = 4;
 constexpr uint8_t kVnetGsoEcn = 0x80;

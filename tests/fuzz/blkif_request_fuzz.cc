@@ -125,8 +125,7 @@ void exercise(const uint8_t* data, size_t size, const VbdLimits& l) {
     std::abort();
   }
   if (pages.size() > 1 && blk_admit(r, l, view.first(pages.size() - 1), segs).ok()) std::abort();
-  if (r.nr_segments > 1 &&
-      blk_copy_indirect_segments(r, view, std::span<BlkSegment>(segs).first(r.nr_segments - 1))) {
+  if (r.nr_segments > 1 && blk_copy_indirect_segments(r, view, std::span<BlkSegment>(segs).first(r.nr_segments - 1))) {
     std::abort();
   }
   if (!pages.empty() && blk_copy_indirect_segments(r, view.first(pages.size() - 1), segs)) std::abort();

@@ -20,8 +20,8 @@
 #include <vector>
 
 #include "netback/net_offload.h"
-#include "netback/port_dpdk.h"
 #include "netback/port.h"
+#include "netback/port_dpdk.h"
 #include "sim/net/sim_frames.h"
 
 namespace {

@@ -66,7 +66,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     xen_netif_ctrl_request req;
     std::memcpy(&req, data + pos, sizeof(req));
     pos += sizeof(req);
-    req.type = static_cast<uint16_t>(req.type % 12);  // mostly known types
+    req.type = static_cast<uint16_t>(req.type % 12);            // mostly known types
     if ((req.data[0] & 0x80000000u) == 0) req.data[0] &= 0xff;  // often small grefs/sizes
     if ((req.data[1] & 0x80000000u) == 0) req.data[1] &= 0x1ff;
     if ((req.data[2] & 0x80000000u) == 0) req.data[2] &= 0xff;

@@ -61,8 +61,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     check(copied == off);
     planned_bytes += off;
-    check(batch.requests_used() - before == xenpath::rx_slots_needed(static_cast<uint32_t>(off),
-                                                                       pkt.gso_type != 0, pkt.has_hash));
+    check(batch.requests_used() - before ==
+          xenpath::rx_slots_needed(static_cast<uint32_t>(off), pkt.gso_type != 0, pkt.has_hash));
   }
   check(batch.bytes() == planned_bytes);
   check(batch.requests_used() <= reqs.size());

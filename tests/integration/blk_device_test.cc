@@ -24,12 +24,12 @@ namespace xenpath {
 namespace {
 
 using namespace std::chrono_literals;
-using test::fill_pattern;
-using test::eventually;
-using test::TempFile;
 using sim::SimBlkfront;
 using sim::SimToolstack;
 using sim::SimXenbusFrontend;
+using test::eventually;
+using test::fill_pattern;
+using test::TempFile;
 
 constexpr DomId kGuest = 5;
 constexpr uint64_t kImageBytes = 32ull << 20;
@@ -217,11 +217,9 @@ TEST_F(BlkVbd, BadFrontendKeysRefuseTheConnection) {
     sim::XsKeys extra;
   };
   const std::vector<Case> cases = {
-      {10, {{"protocol", "bogus-abi"}}},
-      {11, {{"multi-queue-num-queues", "3"}}},   // above the 2 offered
-      {12, {{"multi-queue-num-queues", "0"}}},
-      {13, {{"ring-page-order", "5"}}},          // above the 4 offered
-      {14, {{"ring-page-order", "01"}}},         // not a strict decimal
+      {10, {{"protocol", "bogus-abi"}}},       {11, {{"multi-queue-num-queues", "3"}}},  // above the 2 offered
+      {12, {{"multi-queue-num-queues", "0"}}}, {13, {{"ring-page-order", "5"}}},         // above the 4 offered
+      {14, {{"ring-page-order", "01"}}},                                                 // not a strict decimal
   };
   for (const Case& c : cases) {
     auto& xb = plug(c.devid, file.path, "w");

@@ -25,17 +25,17 @@
 #include <thread>
 #include <vector>
 
-#include "tests/fixtures/blk_files.h"
+#include "blkback/blk_queue.h"
 #include "blkback/image_raw.h"
 #include "sim/blk/sim_blkfront.h"
-#include "blkback/blk_queue.h"
 #include "sim/sim_queue_host.h"
+#include "tests/fixtures/blk_files.h"
 
 namespace xenpath {
 namespace {
 
-using test::TempFile;
 using sim::SimBlkfront;
+using test::TempFile;
 
 constexpr DomId kGuest = 7;
 constexpr uint64_t kImageBytes = 16ull << 20;

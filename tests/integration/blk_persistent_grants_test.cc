@@ -22,9 +22,7 @@ using Handle = PersistentGrants::Handle;
 
 class BlkPersistentGrants : public ::testing::Test {
  protected:
-  void SetUp() override {
-    ASSERT_NO_FATAL_FAILURE(test::open_guest_and_grant_table(hv_, kGuest, 1024, guest_, gt_));
-  }
+  void SetUp() override { ASSERT_NO_FATAL_FAILURE(test::open_guest_and_grant_table(hv_, kGuest, 1024, guest_, gt_)); }
 
   std::vector<GrantRef> grant(unsigned n, bool readonly = false) {
     std::vector<GrantRef> refs;

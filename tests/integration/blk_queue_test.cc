@@ -14,18 +14,18 @@
 #include <tuple>
 #include <vector>
 
-#include "tests/fixtures/blk_files.h"
+#include "blkback/blk_queue.h"
 #include "blkback/image_raw.h"
 #include "sim/blk/sim_blkfront.h"
-#include "blkback/blk_queue.h"
+#include "tests/fixtures/blk_files.h"
 #include "tests/fixtures/queue_rig.h"
 
 namespace xenpath {
 namespace {
 
+using sim::SimBlkfront;
 using test::fill_pattern;
 using test::TempFile;
-using sim::SimBlkfront;
 using Io = SimBlkfront::Io;
 
 constexpr DomId kGuest = 9;
@@ -44,7 +44,9 @@ struct RigOptions {
 class Rig : public test::QueueRig {
  public:
   explicit Rig(const RigOptions& o)
-      : QueueRig({.guest = kGuest, .guest_pages = 8192, .reactor_name = "blk-queue-test"}), opts_(o), file_(kImageBytes) {
+      : QueueRig({.guest = kGuest, .guest_pages = 8192, .reactor_name = "blk-queue-test"}),
+        opts_(o),
+        file_(kImageBytes) {
     RawImage::Options io;
     io.read_only = o.read_only;
     auto img = RawImage::open(file_.path, io);
@@ -139,9 +141,9 @@ std::vector<Shape> shapes(const VbdLimits& l, bool with_indirect) {
       {20000 * a, 7 * a, static_cast<uint8_t>(a == 1 ? 1 : 0), false},
   };
   if (with_indirect) {
-    s.push_back({1024 * a, 96, 0, false});      // 12 pages: indirect
-    s.push_back({4096 * a, 200 * 8, 0, false}); // 200 pages
-    s.push_back({30000 * a, 16, 0, true});      // 2 pages, indirect on request
+    s.push_back({1024 * a, 96, 0, false});       // 12 pages: indirect
+    s.push_back({4096 * a, 200 * 8, 0, false});  // 200 pages
+    s.push_back({30000 * a, 16, 0, true});       // 2 pages, indirect on request
   }
   return s;
 }
@@ -343,26 +345,26 @@ TEST(BlkQueue, HostileRequestsAreAnsweredAndLeakNothing) {
   const uint64_t live0 = rig.live_maps();
 
   std::vector<BlkRequest> reqs;
-  reqs.push_back(raw_read(1, 0, *good));                           // fine
+  reqs.push_back(raw_read(1, 0, *good));  // fine
   BlkRequest unknown = raw_read(2, 0, *good);
   unknown.ring_op = unknown.op = 7;
-  reqs.push_back(unknown);                                          // EOPNOTSUPP
+  reqs.push_back(unknown);  // EOPNOTSUPP
   BlkRequest reserved = raw_read(3, 0, *good);
   reserved.ring_op = reserved.op = BLKIF_OP_RESERVED_1;
-  reqs.push_back(reserved);                                         // EOPNOTSUPP
-  reqs.push_back(raw_read(4, 0, *good, 0, 8));                      // bad segment
-  reqs.push_back(raw_read(5, rig.limits_.sectors - 4, *good));      // past the end
-  reqs.push_back(raw_read(6, 8, *ro));                              // a read into a read-only grant
-  reqs.push_back(raw_read(7, 8, 0x7fffff));                         // never granted
+  reqs.push_back(reserved);                                     // EOPNOTSUPP
+  reqs.push_back(raw_read(4, 0, *good, 0, 8));                  // bad segment
+  reqs.push_back(raw_read(5, rig.limits_.sectors - 4, *good));  // past the end
+  reqs.push_back(raw_read(6, 8, *ro));                          // a read into a read-only grant
+  reqs.push_back(raw_read(7, 8, 0x7fffff));                     // never granted
   BlkRequest barrier = raw_read(8, 0, *good);
   barrier.ring_op = barrier.op = BLKIF_OP_WRITE_BARRIER;
-  reqs.push_back(barrier);                                          // not offered
+  reqs.push_back(barrier);  // not offered
   BlkRequest zero = raw_read(9, 0, *good);
   zero.nr_segments = 0;
-  reqs.push_back(zero);                                             // no segments
+  reqs.push_back(zero);  // no segments
   BlkRequest many = raw_read(10, 0, *good);
   many.nr_segments = 12;
-  reqs.push_back(many);                                             // too many direct segments
+  reqs.push_back(many);  // too many direct segments
   BlkRequest ind = raw_read(11, 0, *good);
   ind.ring_op = BLKIF_OP_INDIRECT;
   ind.indirect = true;
@@ -381,7 +383,7 @@ TEST(BlkQueue, HostileRequestsAreAnsweredAndLeakNothing) {
   indop.id = 13;
   indop.op = BLKIF_OP_FLUSH_DISKCACHE;  // indirect carries only reads and writes
   reqs.push_back(indop);
-  reqs.push_back(raw_read(14, 16, *good));                          // fine, same burst as the culprits
+  reqs.push_back(raw_read(14, 16, *good));  // fine, same burst as the culprits
 
   for (const auto& r : reqs) ASSERT_TRUE(f.push_raw(r));
   ASSERT_TRUE(f.kick());
@@ -390,11 +392,11 @@ TEST(BlkQueue, HostileRequestsAreAnsweredAndLeakNothing) {
   std::map<uint64_t, sim::BlkResponse> by_id;
   for (const auto& r : *rsp) by_id[r.id] = r;
   ASSERT_EQ(by_id.size(), reqs.size());
-  const std::map<uint64_t, int16_t> want = {
-      {1, BLKIF_RSP_OKAY},  {2, BLKIF_RSP_EOPNOTSUPP}, {3, BLKIF_RSP_EOPNOTSUPP}, {4, BLKIF_RSP_ERROR},
-      {5, BLKIF_RSP_ERROR}, {6, BLKIF_RSP_ERROR},      {7, BLKIF_RSP_ERROR},      {8, BLKIF_RSP_EOPNOTSUPP},
-      {9, BLKIF_RSP_ERROR}, {10, BLKIF_RSP_ERROR},     {11, BLKIF_RSP_ERROR},     {12, BLKIF_RSP_ERROR},
-      {13, BLKIF_RSP_ERROR}, {14, BLKIF_RSP_OKAY}};
+  const std::map<uint64_t, int16_t> want = {{1, BLKIF_RSP_OKAY},   {2, BLKIF_RSP_EOPNOTSUPP}, {3, BLKIF_RSP_EOPNOTSUPP},
+                                            {4, BLKIF_RSP_ERROR},  {5, BLKIF_RSP_ERROR},      {6, BLKIF_RSP_ERROR},
+                                            {7, BLKIF_RSP_ERROR},  {8, BLKIF_RSP_EOPNOTSUPP}, {9, BLKIF_RSP_ERROR},
+                                            {10, BLKIF_RSP_ERROR}, {11, BLKIF_RSP_ERROR},     {12, BLKIF_RSP_ERROR},
+                                            {13, BLKIF_RSP_ERROR}, {14, BLKIF_RSP_OKAY}};
   for (const auto& [id, st] : want) EXPECT_EQ(by_id[id].status, st) << "request " << id;
   // Responses echo the operation (the inner one for indirect requests).
   EXPECT_EQ(by_id[2].op, 7);

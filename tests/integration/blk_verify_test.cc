@@ -15,19 +15,19 @@
 #include <string>
 #include <vector>
 
-#include "tests/fixtures/blk_files.h"
 #include "blkback/image_null.h"
 #include "sim/blk/sim_blkhost.h"
 #include "sim/blk/sim_blkload.h"
+#include "tests/fixtures/blk_files.h"
 
 namespace xenpath {
 namespace {
 
 using namespace std::chrono_literals;
-using test::TempFile;
 using sim::BlkLoad;
 using sim::BlkLoadSpec;
 using sim::SimBlkHost;
+using test::TempFile;
 
 constexpr uint64_t kImageBytes = 32ull << 20;
 
@@ -57,7 +57,9 @@ struct Features {
 
 std::string name_of(const ::testing::TestParamInfo<Features>& p) {
   const Features& f = p.param;
-  std::string proto = f.protocol == BlkProtocol::kNative ? "native" : f.protocol == BlkProtocol::kX86_32 ? "x86_32" : "x86_64";
+  std::string proto = f.protocol == BlkProtocol::kNative   ? "native"
+                      : f.protocol == BlkProtocol::kX86_32 ? "x86_32"
+                                                           : "x86_64";
   return proto + "_order" + std::to_string(f.ring_order) + "_q" + std::to_string(f.queues) +
          (f.persistent ? "_persistent" : "_grantmap") + (f.indirect ? "_indirect" : "_direct");
 }

@@ -156,8 +156,11 @@ class NetVifDevice : public ::testing::Test, public test::SimBackendRig<NetbackS
 
   // Rings and the keys announcing them, as Linux netfront writes them.
   sim::XsKeys rings(GuestVif& v, unsigned queues, bool split, bool gso = true) {
-    sim::XsKeys keys = {{"request-rx-copy", "1"}, {"feature-rx-notify", "1"}, {"feature-sg", "1"},
-                        {"feature-ipv6-csum-offload", "1"}, {"request-multicast-control", "1"}};
+    sim::XsKeys keys = {{"request-rx-copy", "1"},
+                        {"feature-rx-notify", "1"},
+                        {"feature-sg", "1"},
+                        {"feature-ipv6-csum-offload", "1"},
+                        {"request-multicast-control", "1"}};
     if (gso) keys.emplace_back("feature-gso-tcpv4", "1");
     if (queues > 1) keys.emplace_back("multi-queue-num-queues", std::to_string(queues));
     for (unsigned q = 0; q < queues; ++q) {
@@ -294,8 +297,7 @@ class NetVifDevice : public ::testing::Test, public test::SimBackendRig<NetbackS
     });
   }
   // One control message and its answer (same id and type).
-  xen_netif_ctrl_response ctrl_request(GuestCtrlRing& c, uint16_t type, uint32_t d0, uint32_t d1 = 0,
-                                       uint32_t d2 = 0) {
+  xen_netif_ctrl_response ctrl_request(GuestCtrlRing& c, uint16_t type, uint32_t d0, uint32_t d1 = 0, uint32_t d2 = 0) {
     xen_netif_ctrl_request r{};
     r.id = ++c.next_id;
     r.type = type;

@@ -191,7 +191,7 @@ std::vector<uint8_t> long_header_frame(size_t payload) {
   put16(ip + 2, static_cast<uint16_t>(f.size() - 14));
   fix_ip_checksum(f);
   uint8_t* tcp = ip + 60;
-  tcp[12] = 0xf0;  // data offset 15
+  tcp[12] = 0xf0;           // data offset 15
   put16(tcp + 16, 0xbeef);  // csum_blank: whatever the guest left
   return f;
 }
@@ -232,9 +232,9 @@ std::vector<uint8_t> ipv6_ext_frame(size_t payload, uint8_t seed) {
   auto base = make_frame(s);  // eth 14 + ipv6 40 + tcp 20 + payload
   std::vector<uint8_t> f(base.begin(), base.begin() + 54);
   std::vector<uint8_t> hbh(64, 0);
-  hbh[0] = 6;      // next header: TCP
-  hbh[1] = 7;      // (7 + 1) * 8 = 64 bytes
-  hbh[2] = 1;      // PadN option filling the rest
+  hbh[0] = 6;  // next header: TCP
+  hbh[1] = 7;  // (7 + 1) * 8 = 64 bytes
+  hbh[2] = 1;  // PadN option filling the rest
   hbh[3] = 60;
   f.insert(f.end(), hbh.begin(), hbh.end());
   f.insert(f.end(), base.begin() + 54, base.begin() + 74);
@@ -363,7 +363,8 @@ TEST_F(NetVifDevice, DisconnectReclaimsGuestPagesQueuedForItsOwnRx) {
   auto got = wire_receive(wire(10, 0), 1);
   ASSERT_EQ(got.size(), 1u);
   ASSERT_EQ(wire(10, 0).tx_burst(0, {got.data(), 1}), 1u);
-  ASSERT_TRUE(eventually([&] { return d->queue_stats(0).rx_packets.get() == 0 && d->queue_stats(0).tx_mapped_pages.get() > 0; }));
+  ASSERT_TRUE(eventually(
+      [&] { return d->queue_stats(0).rx_packets.get() == 0 && d->queue_stats(0).tx_mapped_pages.get() > 0; }));
   std::this_thread::sleep_for(10ms);
   EXPECT_FALSE(v.answered(1)) << "the mapped slots are answered only when the page comes back";
   const auto t0 = std::chrono::steady_clock::now();

@@ -23,8 +23,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <functional>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <numeric>
 #include <thread>
@@ -656,7 +656,8 @@ TEST_F(NetGro, MergesOnlyWhatLinuxGroWould) {
       {"cwr", [](auto& f) { f[47] = kTcpAck | kTcpCwr; }},
       {"seq gap", [](auto& f) { put32(f.data() + 38, be32(f.data() + 38) + 1); }},
       {"mac", [](auto& f) { f[0] = 0x04; }},
-      {"larger than the first", [](auto& f) {
+      {"larger than the first",
+       [](auto& f) {
          f.push_back(1);
          put16(f.data() + 16, static_cast<uint16_t>(f.size() - 14));
        }},
@@ -814,8 +815,8 @@ TEST_F(NetDpdk, TapExchangesFramesWithTheKernel) {
     if (n <= 0) continue;
     std::vector<uint8_t> got(buf.begin(), buf.begin() + n);
     // Skip the kernel's own traffic (IPv6 neighbour discovery and such).
-    if (got.size() != f.size() || be16(got.data() + 12) != 0x0800 ||
-        be16(got.data() + kEthLen + kIp4Len) != 40000 || got.back() != f.back()) {
+    if (got.size() != f.size() || be16(got.data() + 12) != 0x0800 || be16(got.data() + kEthLen + kIp4Len) != 40000 ||
+        got.back() != f.back()) {
       continue;
     }
     const ParsedFrame pf = parse_frame(got);

@@ -22,8 +22,8 @@
 #include <vector>
 
 #include "netback/port_dpdk.h"
-#include "sim/net/sim_netfront.h"
 #include "sim/net/sim_frames.h"
+#include "sim/net/sim_netfront.h"
 #include "tests/fixtures/net_wire.h"
 #include "tests/fixtures/queue_rig.h"
 
@@ -683,11 +683,14 @@ TEST(NetVifQueue, TapReceiveWakesTheQueueWithoutPolling) {
   // The kernel may send its own frames too (IPv6 neighbour discovery):
   // look for ours.
   bool seen = false;
-  ASSERT_TRUE(rig.front_->wait([&] {
-    rig.received(0);
-    for (const auto& r : rig.rx_frames) seen |= r.bytes == f;
-    return seen;
-  }, std::chrono::milliseconds(1500))) << "not delivered before the 2 s poll: the fd did not wake the queue";
+  ASSERT_TRUE(rig.front_->wait(
+      [&] {
+        rig.received(0);
+        for (const auto& r : rig.rx_frames) seen |= r.bytes == f;
+        return seen;
+      },
+      std::chrono::milliseconds(1500)))
+      << "not delivered before the 2 s poll: the fd did not wake the queue";
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1000));
 }
 

@@ -117,7 +117,8 @@ class TapGuestRig : public test::QueueRig {
     DpdkPortConfig portc;
     portc.devargs = "net_tap_xptg" + std::to_string(getpid() % 100000) + ",iface=vif23.0";
     Result<std::unique_ptr<PacketPort>> port = unexpected(EINVAL);
-    if (!in_netns(host_ns_, [&] { port = test::test_dpdk()->open_port(*pool_, portc); }) || !port) return "net_tap port";
+    if (!in_netns(host_ns_, [&] { port = test::test_dpdk()->open_port(*pool_, portc); }) || !port)
+      return "net_tap port";
     port_ = std::move(*port);
 
     auto f = sim::SimNetfront::create(guest(), guest_evtchn(), {});

@@ -511,9 +511,10 @@ TEST(ReactorTest, UringOneSubmitPerIterationForAllPollers) {
   std::vector<std::unique_ptr<NopPoller>> pollers;
   int outstanding = kPollers * kPerPoller;
   for (auto& v : comps) {
-    for (auto& c : v) c.on_done = [&] {
-      if (--outstanding == 0) r->stop();
-    };
+    for (auto& c : v)
+      c.on_done = [&] {
+        if (--outstanding == 0) r->stop();
+      };
     pollers.push_back(std::make_unique<NopPoller>(*r, v));
     r->add_poller(pollers.back().get());
   }
@@ -537,9 +538,10 @@ TEST(ReactorTest, GetSqeSubmitsWhenTheQueueIsFull) {
   ASSERT_TRUE(r);
   std::vector<NopCompletion> comps(6);
   int outstanding = 6;
-  for (auto& c : comps) c.on_done = [&] {
-    if (--outstanding == 0) r->stop();
-  };
+  for (auto& c : comps)
+    c.on_done = [&] {
+      if (--outstanding == 0) r->stop();
+    };
   NopPoller p(*r, comps);
   r->add_poller(&p);
   r->run_here();

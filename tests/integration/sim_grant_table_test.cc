@@ -25,9 +25,7 @@ constexpr DomId kOther = 7;
 
 class SimGrantTableTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    ASSERT_NO_FATAL_FAILURE(test::open_guest_and_grant_table(hv_, kGuest, 256, guest_, gt_));
-  }
+  void SetUp() override { ASSERT_NO_FATAL_FAILURE(test::open_guest_and_grant_table(hv_, kGuest, 256, guest_, gt_)); }
 
   // A fresh guest page filled with `fill`, granted to `to`.
   GrantRef grant_page(SimDomain* d, uint8_t fill, bool readonly, DomId to = kDom0, uint32_t* pfn_out = nullptr) {
@@ -369,13 +367,13 @@ TEST_F(SimGrantTableTest, CopyGivesXenStatusPerSegment) {
     return s;
   };
   std::vector<GrantCopySegment> segs{
-      read_seg(ro, kGuest),         // okay
-      read_seg(1u << 20, kGuest),   // beyond the table
-      read_seg(ro, 42),             // no such domain
-      read_seg(not_ours, kGuest),   // granted to domain 7
-      read_seg(revoked, kGuest),    // revoked
-      write_seg(ro, kGuest),        // dest is a read-only grant
-      write_seg(rw, kGuest),        // okay
+      read_seg(ro, kGuest),        // okay
+      read_seg(1u << 20, kGuest),  // beyond the table
+      read_seg(ro, 42),            // no such domain
+      read_seg(not_ours, kGuest),  // granted to domain 7
+      read_seg(revoked, kGuest),   // revoked
+      write_seg(ro, kGuest),       // dest is a read-only grant
+      write_seg(rw, kGuest),       // okay
   };
   GrantCopySegment empty = read_seg(1u << 20, kGuest);
   empty.len = 0;  // gntdev issues no op at all for it
@@ -387,9 +385,8 @@ TEST_F(SimGrantTableTest, CopyGivesXenStatusPerSegment) {
   auto n = gt_->copy(segs);
   ASSERT_TRUE(n) << error_string(n.error());
   EXPECT_EQ(*n, 3u);
-  const std::vector<int16_t> want{GNTST_okay,          GNTST_bad_gntref,    GNTST_bad_domain,
-                                  GNTST_general_error, GNTST_general_error, GNTST_general_error,
-                                  GNTST_okay,          GNTST_okay};
+  const std::vector<int16_t> want{GNTST_okay,          GNTST_bad_gntref,    GNTST_bad_domain, GNTST_general_error,
+                                  GNTST_general_error, GNTST_general_error, GNTST_okay,       GNTST_okay};
   std::vector<int16_t> got;
   for (const auto& s : segs) got.push_back(s.status);
   EXPECT_EQ(got, want);

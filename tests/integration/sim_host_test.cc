@@ -13,9 +13,9 @@
 
 #include "common/ring.h"
 #include "common/ring_types.h"
+#include "common/xen/ring_protocol.h"
 #include "sim/front_ring.h"
 #include "sim/sim_host.h"
-#include "common/xen/ring_protocol.h"
 #include "tests/fixtures/sim_guest.h"
 
 namespace xenpath::sim {

@@ -22,10 +22,10 @@
 #include <vector>
 
 #include "common/libxen/libxen_store.h"
+#include "common/xenbus/backend_driver.h"
 #include "sim/sim_toolstack.h"
 #include "sim/sim_xenbus_frontend.h"
 #include "sim/sim_xenstored.h"
-#include "common/xenbus/backend_driver.h"
 
 namespace xenpath::sim {
 namespace {
@@ -110,8 +110,7 @@ class RecordingType final : public DeviceType {
  public:
   explicit RecordingType(Journal& j) : j_(j) {}
   std::string_view name() const noexcept override { return kType; }
-  Result<std::unique_ptr<BackendDevice>> create(const DeviceAddress& addr, XenStore& xs,
-                                                XsTxn t) noexcept override {
+  Result<std::unique_ptr<BackendDevice>> create(const DeviceAddress& addr, XenStore& xs, XsTxn t) noexcept override {
     auto& e = j_.at(addr.frontend_id, addr.devid);
     e.creates++;
     XP_ASSIGN_OR_RETURN(e.params, xs.read(t, addr.backend_path + "/params"));
@@ -205,9 +204,7 @@ class XenbusDriverTest : public ::testing::Test {
     auto v = tools_xs->read(kXsNoTxn, be(fe, devid) + "/state");
     return v ? *v : "<" + error_string(v.error()) + ">";
   }
-  bool backend_is(DomId fe, uint32_t devid, XenbusState s) {
-    return backend_state(fe, devid) == state_value(s);
-  }
+  bool backend_is(DomId fe, uint32_t devid, XenbusState s) { return backend_state(fe, devid) == state_value(s); }
   bool wait_backend(DomId fe, uint32_t devid, XenbusState s) {
     return pump_until([&] { return backend_is(fe, devid, s); });
   }

@@ -2,8 +2,8 @@
 // the multi-queue count.
 #include <gtest/gtest.h>
 
-#include "sim/sim_xenstored.h"
 #include "common/xenbus/keys.h"
+#include "sim/sim_xenstored.h"
 
 namespace xenpath {
 namespace {

@@ -65,8 +65,7 @@ class XenbusLifecycleTest : public ::testing::Test, public test::SimBackendRig<E
   SimEchoFrontend& plug(DomId fe, uint32_t devid) {
     test::RigGuest& g = guest(fe);
     EXPECT_TRUE(tools_->add_device(kEcho, fe, devid, kDom0, {}, {}));
-    auto f = SimEchoFrontend::attach(*g.dom, *g.evtchn, *g.xs, SimToolstack::frontend_path(fe, kEcho, devid),
-                                     3000ms);
+    auto f = SimEchoFrontend::attach(*g.dom, *g.evtchn, *g.xs, SimToolstack::frontend_path(fe, kEcho, devid), 3000ms);
     EXPECT_TRUE(f) << error_string(f.error());
     auto& slot = frontends[{fe, devid}];
     slot = std::move(*f);
@@ -88,7 +87,9 @@ class XenbusLifecycleTest : public ::testing::Test, public test::SimBackendRig<E
     daemon().control().call([&] { out = fn(); });
     return out;
   }
-  size_t devices() { return on_control<size_t>([&] { return driver().device_count(); }); }
+  size_t devices() {
+    return on_control<size_t>([&] { return driver().device_count(); });
+  }
   std::optional<XenbusState> driver_state(DomId fe, uint32_t devid) {
     return on_control<std::optional<XenbusState>>([&] { return driver().device_state(kEcho, fe, devid); });
   }

@@ -141,8 +141,7 @@ TEST_F(XenbusScaleTest, ThousandEchoDevicesAtConstantXenstoreCostPerDevice) {
   const auto t1 = std::chrono::steady_clock::now();
 
   const auto ms = [](auto d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); };
-  std::printf("[ scale    ] xenstore ops/device: %.2f at 10, %.2f at 100, %.2f at 1000 devices\n", at10, at100,
-              at1000);
+  std::printf("[ scale    ] xenstore ops/device: %.2f at 10, %.2f at 100, %.2f at 1000 devices\n", at10, at100, at1000);
   std::printf("[ scale    ] 900 devices 100->1000 connected in %lld ms; whole test %lld ms\n",
               static_cast<long long>(ms(t_connect1 - t_connect0)), static_cast<long long>(ms(t1 - t0)));
   RecordProperty("ops_per_device_10", std::to_string(at10));

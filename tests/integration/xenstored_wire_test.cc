@@ -25,8 +25,8 @@
 #include <vector>
 
 #include "common/libxen/libxen_store.h"
-#include "sim/sim_xenstored.h"
 #include "common/xen/xenstore.h"
+#include "sim/sim_xenstored.h"
 
 extern char** environ;
 

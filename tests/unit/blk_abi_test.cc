@@ -70,9 +70,9 @@ Bytes rw_slot(const RwOffsets& o, uint8_t op, uint8_t nseg) {
   Bytes s(o.size);
   s.u8(0, op);
   s.u8(1, nseg);
-  s.u16(2, 0xca01);                       // handle
-  s.u64(o.id, 0x1122334455667788ULL);     // id
-  s.u64(o.sector, 0x0000000102030405ULL); // sector_number
+  s.u16(2, 0xca01);                        // handle
+  s.u64(o.id, 0x1122334455667788ULL);      // id
+  s.u64(o.sector, 0x0000000102030405ULL);  // sector_number
   for (unsigned i = 0; i < nseg && i < 11; ++i) {
     s.u32(o.seg + 8 * i, 0x1000 + i);  // gref
     s.u8(o.seg + 8 * i + 4, static_cast<uint8_t>(i % 8));
@@ -249,13 +249,13 @@ TEST(BlkifAbi, EncodeProducesTheHandBuiltBytes) {
   BlkifX86_32Request i32{};
   blk_encode(ind, i32);
   EXPECT_EQ(Bytes::of(i32), Bytes::laid_out(108, {{0, 1, BLKIF_OP_INDIRECT},
-                                                 {1, 1, BLKIF_OP_READ},
-                                                 {2, 2, 600},
-                                                 {4, 8, 3},
-                                                 {12, 8, 16},
-                                                 {20, 2, 2},
-                                                 {24, 4, 40},
-                                                 {28, 4, 41}}));
+                                                  {1, 1, BLKIF_OP_READ},
+                                                  {2, 2, 600},
+                                                  {4, 8, 3},
+                                                  {12, 8, 16},
+                                                  {20, 2, 2},
+                                                  {24, 4, 40},
+                                                  {28, 4, 41}}));
   // Round trips through every ABI.
   BlkifX86_64Request i64{};
   blk_encode(ind, i64);
@@ -273,7 +273,8 @@ TEST(BlkifAbi, EncodeProducesTheHandBuiltBytes) {
   BlkifX86_32Request d32{};
   blk_encode(d, d32);
   EXPECT_EQ(Bytes::of(d32),
-            Bytes::laid_out(108, {{0, 1, BLKIF_OP_DISCARD}, {1, 1, BLKIF_DISCARD_SECURE}, {4, 8, 5}, {12, 8, 8}, {20, 8, 64}}));
+            Bytes::laid_out(
+                108, {{0, 1, BLKIF_OP_DISCARD}, {1, 1, BLKIF_DISCARD_SECURE}, {4, 8, 5}, {12, 8, 8}, {20, 8, 64}}));
 }
 
 TEST(BlkifAbi, ResponsesInEachLayout) {

@@ -442,11 +442,11 @@ TEST(BlkAdmit, NoPagesForARequestRefusedOnItsHeader) {
   VbdLimits ro = limits();
   ro.read_only = true;
   const std::pair<BlkRequest, VbdLimits> refused[] = {
-      {indirect(BLKIF_OP_READ, 0, 20), no_indirect},      // not negotiated
+      {indirect(BLKIF_OP_READ, 0, 20), no_indirect},        // not negotiated
       {indirect(BLKIF_OP_WRITE_BARRIER, 0, 20), limits()},  // bad inner op
-      {indirect(BLKIF_OP_WRITE, 0, 20), ro},               // read-only
-      {indirect(BLKIF_OP_READ, 0, 257), limits()},         // too many segments
-      {indirect(BLKIF_OP_READ, 0, 0), limits()},           // none
+      {indirect(BLKIF_OP_WRITE, 0, 20), ro},                // read-only
+      {indirect(BLKIF_OP_READ, 0, 257), limits()},          // too many segments
+      {indirect(BLKIF_OP_READ, 0, 0), limits()},            // none
   };
   for (const auto& [r, l] : refused) {
     EXPECT_TRUE(blk_descriptor_grefs(r, l).empty());

@@ -72,9 +72,7 @@ xen_netif_ctrl_request req(uint16_t type, uint32_t d0 = 0, uint32_t d1 = 0, uint
 
 class NetCtrlTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    ASSERT_NO_FATAL_FAILURE(test::open_guest_and_grant_table(hv_, kGuest, 16, guest_, gt_));
-  }
+  void SetUp() override { ASSERT_NO_FATAL_FAILURE(test::open_guest_and_grant_table(hv_, kGuest, 16, guest_, gt_)); }
   // A guest page holding `bytes` at offset 0, granted read-only.
   GrantRef page_with(const void* bytes, size_t n) {
     auto pfn = guest_->alloc_pages(1);

@@ -27,8 +27,8 @@ TEST(NetDevargs, PlaceholdersMayRepeatAndAppearAnywhere) {
 }
 
 TEST(NetDevargs, TyposFailInsteadOfNamingDevicesOddly) {
-  for (const char* bad : {"net_tap{domain}", "net_tap{domid", "net_tap}x", "net_tap{}", "", ",iface=x",
-                          "net_tap{DOMID}"}) {
+  for (const char* bad :
+       {"net_tap{domain}", "net_tap{domid", "net_tap}x", "net_tap{}", "", ",iface=x", "net_tap{DOMID}"}) {
     auto r = expand_devargs(bad, 1, 2);
     EXPECT_FALSE(r) << bad;
     EXPECT_EQ(r.error(), EINVAL) << bad;

@@ -20,8 +20,8 @@ TEST(NetRate, ParsesTheXenstoreKeyLikeNetback) {
   EXPECT_EQ(r->usec, 20000u);
   EXPECT_FALSE(r->unlimited());
   EXPECT_TRUE(parse_rate("0,0"));
-  for (const char* bad : {"", "10", "10,", ",10", "10,20x", "10;20", " 1,2", "1, 2", "-1,2", "1,2,3",
-                          "99999999999999999999999,1"}) {
+  for (const char* bad :
+       {"", "10", "10,", ",10", "10,20x", "10;20", " 1,2", "1, 2", "-1,2", "1,2,3", "99999999999999999999999,1"}) {
     EXPECT_FALSE(parse_rate(bad)) << bad;
   }
   EXPECT_TRUE(RateSpec{}.unlimited());

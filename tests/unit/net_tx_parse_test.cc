@@ -296,8 +296,8 @@ TEST(NetTxParse, AChainBeyondTheCopiedRequestsWaitsOrIsFatal) {
 TEST(NetTxParse, SmallRemaindersAreCopiedBelowTheCrossover) {
   NetifTxLimits lim;
   lim.copy_below = 512;
-  const auto p = parse({slot(1, 128 + 300 + 600, NETTXF_more_data), slot(2, 300, NETTXF_more_data), slot(3, 600)}, false,
-                       lim);
+  const auto p =
+      parse({slot(1, 128 + 300 + 600, NETTXF_more_data), slot(2, 300, NETTXF_more_data), slot(3, 600)}, false, lim);
   ASSERT_EQ(p.verdict, TxVerdict::kPacket);
   ASSERT_EQ(p.n_pieces, 3);  // first slot is exactly the header
   EXPECT_EQ(p.pieces[1].kind, TxPiece::kCopy);
@@ -315,8 +315,8 @@ TEST(NetTxParse, PiecesAlwaysDescribeThePacketExactly) {
       if (total > 0xffff) continue;
       r.push_back(slot(0, static_cast<uint16_t>(total), follow ? NETTXF_more_data : 0, 96));
       for (unsigned i = 1; i <= follow; ++i) {
-        r.push_back(slot(static_cast<uint16_t>(i), static_cast<uint16_t>(i * 97 % 4096), i < follow ? NETTXF_more_data : 0,
-                         static_cast<uint16_t>(4096 - i * 97 % 4096)));
+        r.push_back(slot(static_cast<uint16_t>(i), static_cast<uint16_t>(i * 97 % 4096),
+                         i < follow ? NETTXF_more_data : 0, static_cast<uint16_t>(4096 - i * 97 % 4096)));
       }
       const auto p = parse(r);
       ASSERT_EQ(p.verdict, TxVerdict::kPacket) << follow << "/" << first_own << ": " << tx_error_name(p.error);

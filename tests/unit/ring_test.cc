@@ -100,7 +100,7 @@ TEST(BackRing, RingSizesFollowThePageOrder) {
   EXPECT_EQ(rx.back.size(), 256u);
   BackRing<BlkifRing> bad;
   AlignedPages mem(3 * kPageSize);
-  EXPECT_EQ(bad.attach(mem.p, 3 * kPageSize).error(), EINVAL);  // not a power of two
+  EXPECT_EQ(bad.attach(mem.p, 3 * kPageSize).error(), EINVAL);   // not a power of two
   EXPECT_EQ(bad.attach(mem.p, kPageSize << 5).error(), EINVAL);  // beyond order 4
 }
 

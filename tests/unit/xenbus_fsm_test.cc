@@ -48,10 +48,10 @@ std::string describe(const std::vector<FsmAction>& v) {
   return s;
 }
 
-#define EXPECT_ACTIONS(expr, ...)                                     \
-  do {                                                                \
-    const std::vector<FsmAction> got_ = V(expr);                      \
-    const std::vector<FsmAction> want_ = {__VA_ARGS__};               \
+#define EXPECT_ACTIONS(expr, ...)                                                      \
+  do {                                                                                 \
+    const std::vector<FsmAction> got_ = V(expr);                                       \
+    const std::vector<FsmAction> want_ = {__VA_ARGS__};                                \
     EXPECT_EQ(got_, want_) << "got " << describe(got_) << " want " << describe(want_); \
   } while (0)
 
@@ -87,8 +87,8 @@ TEST(XenbusStateTest, ParseAcceptsOneTrailingTerminator) {
 }
 
 TEST(XenbusStateTest, ParseRejectsHostileValues) {
-  for (const char* bad : {"", "9", "10", "-1", "+4", " 4", "4 ", "04", "0x4", "four", "4a", "a4",
-                          "99999999999999999999", "\xff", "\n"}) {
+  for (const char* bad :
+       {"", "9", "10", "-1", "+4", " 4", "4 ", "04", "0x4", "four", "4a", "a4", "99999999999999999999", "\xff", "\n"}) {
     EXPECT_EQ(parse_xenbus_state(bad), std::nullopt) << "value '" << bad << "'";
   }
   EXPECT_EQ(parse_xenbus_state(std::string("\0", 1)), std::nullopt);
@@ -164,8 +164,8 @@ TEST(BackendFsmTest, DuplicateConnectEventsConnectOnce) {
 TEST(BackendFsmTest, ConnectFailureWritesErrorAndCloses) {
   BackendFsm f = probed();
   EXPECT_ACTIONS(f.frontend_changed(S::kInitialised), act(K::kConnect));
-  EXPECT_ACTIONS(f.connect_done(EINVAL), act(K::kDisconnect),
-                 error(EINVAL, FsmErrorReason::kConnectFailed), write(S::kClosing));
+  EXPECT_ACTIONS(f.connect_done(EINVAL), act(K::kDisconnect), error(EINVAL, FsmErrorReason::kConnectFailed),
+                 write(S::kClosing));
   EXPECT_FALSE(f.resources_held());
   EXPECT_TRUE(f.error_written());
   EXPECT_EQ(f.state(), S::kClosing);
@@ -199,8 +199,7 @@ TEST(BackendFsmTest, FrontendClosedWhenOfflineDestroys) {
   BackendFsm f = connected();
   EXPECT_NO_ACTIONS(f.online_changed(false));  // libxl: online=0 then waits
   EXPECT_ACTIONS(f.frontend_changed(S::kClosing), write(S::kClosing));
-  EXPECT_ACTIONS(f.frontend_changed(S::kClosed), act(K::kDisconnect), write(S::kClosed),
-                 act(K::kDestroy));
+  EXPECT_ACTIONS(f.frontend_changed(S::kClosed), act(K::kDisconnect), write(S::kClosed), act(K::kDestroy));
   EXPECT_TRUE(f.destroyed());
   // Everything after destruction is inert.
   EXPECT_NO_ACTIONS(f.frontend_changed(S::kClosed));
@@ -262,8 +261,7 @@ TEST(BackendFsmTest, FrontendRestartWhileClosing) {
 TEST(BackendFsmTest, FrontendRestartDuringRemovalFinishesTheRemoval) {
   BackendFsm f = connected();
   EXPECT_NO_ACTIONS(f.online_changed(false));
-  EXPECT_ACTIONS(f.frontend_changed(S::kInitialising), act(K::kDisconnect), write(S::kClosed),
-                 act(K::kDestroy));
+  EXPECT_ACTIONS(f.frontend_changed(S::kInitialising), act(K::kDisconnect), write(S::kClosed), act(K::kDestroy));
   EXPECT_TRUE(f.destroyed());
 }
 
@@ -322,8 +320,8 @@ TEST(BackendFsmTest, ProtocolViolatingValuesAreErrors) {
   for (S bad : {S::kUnknown, S::kReconfiguring, S::kReconfigured}) {
     SCOPED_TRACE(std::string(to_string(bad)));
     BackendFsm f = connected();
-    EXPECT_ACTIONS(f.frontend_changed(bad), act(K::kDisconnect),
-                   error(EINVAL, FsmErrorReason::kBadFrontendState), write(S::kClosing));
+    EXPECT_ACTIONS(f.frontend_changed(bad), act(K::kDisconnect), error(EINVAL, FsmErrorReason::kBadFrontendState),
+                   write(S::kClosing));
   }
 }
 
@@ -336,8 +334,8 @@ TEST(BackendFsmTest, GarbageAfterClosedIsIgnored) {
 
 TEST(BackendFsmTest, DeviceFailureClosesWithError) {
   BackendFsm f = connected();
-  EXPECT_ACTIONS(f.device_failed(EPROTO), act(K::kDisconnect),
-                 error(EPROTO, FsmErrorReason::kDeviceFailed), write(S::kClosing));
+  EXPECT_ACTIONS(f.device_failed(EPROTO), act(K::kDisconnect), error(EPROTO, FsmErrorReason::kDeviceFailed),
+                 write(S::kClosing));
   EXPECT_NO_ACTIONS(f.device_failed(EPROTO));
   EXPECT_NO_ACTIONS(f.device_failed(EIO));
   EXPECT_ACTIONS(f.frontend_changed(S::kClosed), write(S::kClosed));
@@ -354,8 +352,25 @@ TEST(BackendFsmTest, EveryInputSequenceStaysSafe) {
   // destroyed machine never emits again, Connect is emitted only from
   // InitWait, the device never holds resources once destroyed, and every
   // Connect is balanced by a Disconnect before destruction.
-  enum In { kFe0, kFe1, kFe2, kFe3, kFe4, kFe5, kFe6, kFe7, kGarbage, kFeGone, kBeGone, kOn, kOff,
-            kOk, kFail, kDevFail, kCount };
+  enum In {
+    kFe0,
+    kFe1,
+    kFe2,
+    kFe3,
+    kFe4,
+    kFe5,
+    kFe6,
+    kFe7,
+    kGarbage,
+    kFeGone,
+    kBeGone,
+    kOn,
+    kOff,
+    kOk,
+    kFail,
+    kDevFail,
+    kCount
+  };
   const int len = 4;
   int total = 1;
   for (int i = 0; i < len; ++i) total *= kCount;
@@ -363,7 +378,7 @@ TEST(BackendFsmTest, EveryInputSequenceStaysSafe) {
     BackendFsm f;
     f.probed();
     (void)f.frontend_changed(S::kInitialised);  // connecting
-    int held = 1;  // connect emitted above
+    int held = 1;                               // connect emitted above
     int c = code;
     bool destroyed = false;
     for (int i = 0; i < len; ++i, c /= kCount) {

@@ -187,8 +187,7 @@ TEST_F(XsStoreTest, NewNodesInheritParentPermsAndUnprivilegedCreatorOwnsThem) {
 
   ASSERT_TRUE(st.write(d5, 0, "/shared/by5/deep", "b"));
   for (const char* p : {"/shared/by5", "/shared/by5/deep"})
-    EXPECT_THAT(*st.get_perms(d0, 0, p),
-                ElementsAre(P(5, XsPerm::kNone), P(5, XsPerm::kBoth), P(7, XsPerm::kRead)))
+    EXPECT_THAT(*st.get_perms(d0, 0, p), ElementsAre(P(5, XsPerm::kNone), P(5, XsPerm::kBoth), P(7, XsPerm::kRead)))
         << p;
   EXPECT_EQ(st.nodes_owned(5), 2u);
   EXPECT_EQ(*st.read(d7, 0, "/shared/by5/deep"), "b");
@@ -258,8 +257,7 @@ TEST_F(XsStoreTest, ReleasedDomainLosesOwnershipAndGrants) {
 TEST_F(XsStoreTest, NodeQuotaBoundsWhatAGuestCanCreate) {
   make_home(5);
   EXPECT_EQ(st.nodes_owned(5), 1u);
-  for (size_t i = 1; i < kXsMaxNodesPerDomain; ++i)
-    ASSERT_TRUE(st.write(d5, 0, "n" + std::to_string(i), "")) << i;
+  for (size_t i = 1; i < kXsMaxNodesPerDomain; ++i) ASSERT_TRUE(st.write(d5, 0, "n" + std::to_string(i), "")) << i;
   EXPECT_EQ(st.write(d5, 0, "one-too-many", "").error(), ENOSPC);
   EXPECT_TRUE(st.write(d5, 0, "n1", "overwrite is fine"));
   ASSERT_TRUE(st.rm(d5, 0, "n1"));
