@@ -173,8 +173,12 @@ struct BlkifAbiLayout {
   size_t response;  // sizeof the response
 };
 
-template <typename Rw, typename Discard, typename Indirect, typename Other, typename Request, typename Response>
+template <typename Request, typename Response>
 constexpr bool blkif_layout_is(const BlkifAbiLayout& l) noexcept {
+  using Rw = decltype(Request::rw);
+  using Discard = decltype(Request::discard);
+  using Indirect = decltype(Request::indirect);
+  using Other = decltype(Request::other);
   return offsetof(Rw, nr_segments) == 1 && offsetof(Rw, handle) == 2 && offsetof(Rw, id) == l.id &&
          offsetof(Rw, sector_number) == l.sector && offsetof(Rw, seg) == l.rw_seg && sizeof(Rw) == l.slot &&
          offsetof(Discard, flag) == 1 && offsetof(Discard, id) == l.id &&
@@ -187,30 +191,12 @@ constexpr bool blkif_layout_is(const BlkifAbiLayout& l) noexcept {
          sizeof(Response) == l.response;
 }
 
-static_assert(
-    blkif_layout_is<BlkifX86_32RequestRw, BlkifX86_32RequestDiscard, BlkifX86_32RequestIndirect,
-                    BlkifX86_32RequestOther, BlkifX86_32Request, BlkifX86_32Response>({.id = 4,
-                                                                                       .sector = 12,
-                                                                                       .rw_seg = 20,
-                                                                                       .slot = 108,
-                                                                                       .slot_align = 4,
-                                                                                       .discard_nr_sectors = 20,
-                                                                                       .indirect_handle = 20,
-                                                                                       .indirect_grefs = 24,
-                                                                                       .response = 12}),
-    "the i386 blkif layout");
-static_assert(
-    blkif_layout_is<BlkifX86_64RequestRw, BlkifX86_64RequestDiscard, BlkifX86_64RequestIndirect,
-                    BlkifX86_64RequestOther, BlkifX86_64Request, BlkifX86_64Response>({.id = 8,
-                                                                                       .sector = 16,
-                                                                                       .rw_seg = 24,
-                                                                                       .slot = 112,
-                                                                                       .slot_align = 8,
-                                                                                       .discard_nr_sectors = 24,
-                                                                                       .indirect_handle = 24,
-                                                                                       .indirect_grefs = 28,
-                                                                                       .response = 16}),
-    "the x86_64 blkif layout");
+// One row per ABI, in BlkifAbiLayout's order: id, sector, rw_seg, slot,
+// slot_align, discard_nr_sectors, indirect_handle, indirect_grefs, response.
+inline constexpr BlkifAbiLayout kBlkifI386Layout{4, 12, 20, 108, 4, 20, 20, 24, 12};
+inline constexpr BlkifAbiLayout kBlkifX86_64Layout{8, 16, 24, 112, 8, 24, 24, 28, 16};
+static_assert(blkif_layout_is<BlkifX86_32Request, BlkifX86_32Response>(kBlkifI386Layout), "the i386 blkif layout");
+static_assert(blkif_layout_is<BlkifX86_64Request, BlkifX86_64Response>(kBlkifX86_64Layout), "the x86_64 blkif layout");
 
 // The native layout (<xen/io/blkif.h>) is the x86_64 one on every host we
 // build for (x86_64, arm64: both align u64 on 8).

@@ -1,8 +1,11 @@
 #include "blkback/blk_protocol.h"
 
+#include <array>
 #include <bit>
 #include <cstddef>
 #include <cstring>
+
+#include "common/enum_names.h"
 
 namespace xenpath {
 
@@ -18,37 +21,11 @@ bool VbdLimits::sane() const noexcept {
 }
 
 std::string_view blk_reason_name(BlkReason r) noexcept {
-  switch (r) {
-    case BlkReason::kOk:
-      return "ok";
-    case BlkReason::kUnknownOp:
-      return "unknown-op";
-    case BlkReason::kNotNegotiated:
-      return "not-negotiated";
-    case BlkReason::kBadIndirectOp:
-      return "bad-indirect-op";
-    case BlkReason::kReadOnly:
-      return "read-only";
-    case BlkReason::kBadSegmentCount:
-      return "bad-segment-count";
-    case BlkReason::kBadSegment:
-      return "bad-segment";
-    case BlkReason::kMisaligned:
-      return "misaligned";
-    case BlkReason::kOutOfRange:
-      return "out-of-range";
-    case BlkReason::kIndirectMapFailed:
-      return "indirect-map-failed";
-    case BlkReason::kMapFailed:
-      return "map-failed";
-    case BlkReason::kIoError:
-      return "io-error";
-    case BlkReason::kNotSupported:
-      return "not-supported";
-    case BlkReason::kCount:
-      break;
-  }
-  return "?";
+  static constexpr auto kNames = std::to_array<std::string_view>(
+      {"ok", "unknown-op", "not-negotiated", "bad-indirect-op", "read-only", "bad-segment-count", "bad-segment",
+       "misaligned", "out-of-range", "indirect-map-failed", "map-failed", "io-error", "not-supported"});
+  static_assert(kNames.size() == static_cast<size_t>(BlkReason::kCount), "a name for every reason");
+  return enum_name(r, kNames, std::string_view("?"));
 }
 
 namespace {

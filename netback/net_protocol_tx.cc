@@ -1,7 +1,10 @@
 #include "netback/net_protocol_tx.h"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
+
+#include "common/enum_names.h"
 
 namespace xenpath {
 
@@ -22,27 +25,12 @@ void fail(TxPlan& out, TxVerdict v, TxError e) noexcept {
 }  // namespace
 
 const char* tx_error_name(TxError e) noexcept {
-  switch (e) {
-    case TxError::kNone:
-      return "none";
-    case TxError::kTooManySlots:
-      return "too many slots";
-    case TxError::kSlotOverflow:
-      return "slot larger than remaining packet";
-    case TxError::kRunt:
-      return "first slot shorter than an Ethernet header";
-    case TxError::kChainTooLong:
-      return "slot chain over the fatal limit";
-    case TxError::kCrossesPage:
-      return "slot crosses a page boundary";
-    case TxError::kTruncated:
-      return "chain ends where the published requests end";
-    case TxError::kBadExtraType:
-      return "invalid extra-info type";
-    case TxError::kBadGso:
-      return "invalid GSO extra";
-  }
-  return "?";
+  static constexpr auto kNames = std::to_array<const char*>(
+      {"none", "too many slots", "slot larger than remaining packet", "first slot shorter than an Ethernet header",
+       "slot chain over the fatal limit", "slot crosses a page boundary", "chain ends where the published requests end",
+       "invalid extra-info type", "invalid GSO extra"});
+  static_assert(kNames.size() == static_cast<size_t>(TxError::kBadGso) + 1, "a name for every TxError");
+  return enum_name(e, kNames, "?");
 }
 
 void parse_tx(std::span<const netif_tx_request> reqs, bool more_published, const NetifTxLimits& limits,

@@ -1,29 +1,17 @@
 #include "common/xenbus/state.h"
 
+#include <array>
+
+#include "common/enum_names.h"
+
 namespace xenpath {
 
 std::string_view to_string(XenbusState s) noexcept {
-  switch (s) {
-    case XenbusState::kUnknown:
-      return "Unknown";
-    case XenbusState::kInitialising:
-      return "Initialising";
-    case XenbusState::kInitWait:
-      return "InitWait";
-    case XenbusState::kInitialised:
-      return "Initialised";
-    case XenbusState::kConnected:
-      return "Connected";
-    case XenbusState::kClosing:
-      return "Closing";
-    case XenbusState::kClosed:
-      return "Closed";
-    case XenbusState::kReconfiguring:
-      return "Reconfiguring";
-    case XenbusState::kReconfigured:
-      return "Reconfigured";
-  }
-  return "Invalid";
+  static constexpr auto kNames =
+      std::to_array<std::string_view>({"Unknown", "Initialising", "InitWait", "Initialised", "Connected", "Closing",
+                                       "Closed", "Reconfiguring", "Reconfigured"});
+  static_assert(kNames.size() == kXenbusStateMax + 1, "a name for every state");
+  return enum_name(s, kNames, std::string_view("Invalid"));
 }
 
 std::string_view state_value(XenbusState s) noexcept {

@@ -128,6 +128,17 @@ inline std::vector<uint8_t> make_frame(const FrameSpec& s, uint16_t csum_fill = 
   return f;
 }
 
+// A 30-byte UDP datagram to the IPv4 multicast group 01:00:5e:01:02:<last>.
+inline std::vector<uint8_t> multicast_frame(uint8_t last) {
+  FrameSpec m;
+  m.udp = true;
+  m.payload = 30;
+  auto f = make_frame(m);
+  const uint8_t dst[6] = {0x01, 0x00, 0x5e, 0x01, 0x02, last};
+  std::memcpy(f.data(), dst, 6);
+  return f;
+}
+
 // Makes the IPv4 header checksum of an Ethernet+IPv4 frame valid.
 inline void fix_ip_checksum(std::vector<uint8_t>& f) {
   uint8_t* ip = f.data() + kEthLen;

@@ -148,6 +148,20 @@ Status SimNetfront::send(const TxFrame& f) noexcept {
   return ok();
 }
 
+Status SimNetfront::send_multicast(uint8_t type, const uint8_t (&group)[6]) noexcept {
+  uint16_t id = 0;
+  XP_ASSIGN_OR_RETURN(GrantRef ref, grant_tx({}, 0, id));
+  netif_tx_request req[2] = {};
+  req[0].gref = ref;
+  req[0].id = id;
+  req[0].flags = NETTXF_extra_info;
+  netif_extra_info e{};
+  e.type = type;
+  std::memcpy(e.u.mcast.addr, group, sizeof group);
+  std::memcpy(&req[1], &e, sizeof(e));
+  return send_raw(req);
+}
+
 Status SimNetfront::send_raw(std::span<const netif_tx_request> reqs) noexcept {
   if (tx_.free_slots() < reqs.size()) return unexpected(EAGAIN);
   for (const auto& r : reqs) (void)tx_.push(r);

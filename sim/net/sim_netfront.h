@@ -82,6 +82,9 @@ class SimNetfront {
   // A granted TX page holding `bytes` at `offset` (for raw requests); the
   // grant is revoked when a response with `id` comes back.
   Result<GrantRef> grant_tx(std::span<const uint8_t> bytes, uint16_t offset, uint16_t& id) noexcept;
+  // A multicast control request, as netfront sends it: an empty slot with
+  // one XEN_NETIF_EXTRA_TYPE_MCAST_ADD or _DEL extra for `group`.
+  Status send_multicast(uint8_t type, const uint8_t (&group)[6]) noexcept;
 
   // Posts up to `n` RX buffers (as many as the ring and pool allow).
   unsigned post_rx(unsigned n) noexcept;

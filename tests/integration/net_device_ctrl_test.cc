@@ -31,54 +31,31 @@ TEST_F(NetVifDevice, TwoQueuesSplitChannelsAndOneMulticastList) {
   ASSERT_TRUE(v.queues[0]->wait([&] { return v.answered(2); }));
 
   // A subscription made on queue 0 filters what queue 1 delivers too.
-  uint16_t mc_id = 0;
-  auto mref = v.queues[0]->grant_tx({}, 0, mc_id);
-  ASSERT_TRUE(mref);
-  netif_tx_request mc[2] = {};
-  mc[0].gref = *mref;
-  mc[0].id = mc_id;
-  mc[0].flags = NETTXF_extra_info;
-  netif_extra_info e{};
-  e.type = XEN_NETIF_EXTRA_TYPE_MCAST_ADD;
   const uint8_t group[6] = {0x01, 0x00, 0x5e, 0x01, 0x02, 0x03};
-  std::memcpy(e.u.mcast.addr, group, 6);
-  std::memcpy(&mc[1], &e, sizeof(e));
-  ASSERT_TRUE(v.queues[0]->send_raw(mc));
+  ASSERT_TRUE(v.queues[0]->send_multicast(XEN_NETIF_EXTRA_TYPE_MCAST_ADD, group));
   ASSERT_TRUE(v.queues[0]->wait([&] { return v.answered(3); }));
   EXPECT_EQ(v.tx_answers.back().status, NETIF_RSP_OKAY);
   EXPECT_EQ(d->queue_stats(0).tx_multicast.get(), 1u);
   ASSERT_EQ(v.queues[1]->post_rx(8), 8u);
-  auto mcast_frame = [&](uint8_t last) {
-    FrameSpec m;
-    m.udp = true;
-    m.payload = 30;
-    auto f = make_frame(m);
-    const uint8_t dst[6] = {0x01, 0x00, 0x5e, 0x01, 0x02, last};
-    std::memcpy(f.data(), dst, 6);
-    return f;
-  };
   // The replay to queue 1 is posted to its reactor: give it a moment by
   // sending the unsubscribed group first (dropped either way).
-  wire_send(wire(1, 1), mcast_frame(0x99));
+  wire_send(wire(1, 1), multicast_frame(0x99));
   ASSERT_TRUE(eventually([&] { return d->queue_stats(1).rx_dropped.get() == 1; }));
-  wire_send(wire(1, 1), mcast_frame(0x03));
+  wire_send(wire(1, 1), multicast_frame(0x03));
   ASSERT_TRUE(v.queues[1]->wait([&] { return v.received(1); }));
   std::this_thread::sleep_for(5ms);
   v.received(0);
   ASSERT_EQ(v.rx_frames.size(), 1u);
   EXPECT_EQ(v.rx_frames[0].bytes[5], 0x03);
-  ASSERT_TRUE(v.xb->close());
-  EXPECT_TRUE(backend_becomes(1, XenbusState::kClosed));
+  ASSERT_NO_FATAL_FAILURE(close_vif(v, 1));
 }
 
 TEST_F(NetVifDevice, ControlRingHashMessagesAndHashExtras) {
-  start();
   GuestCtrlRing ctrl;
   GuestVif* vp = nullptr;
-  ASSERT_NO_FATAL_FAILURE(connect_with_ctrl(2, 1, 1, ctrl, vp));
+  const VifDevice* d = nullptr;
+  ASSERT_NO_FATAL_FAILURE(start_with_ctrl(2, 1, 1, ctrl, vp, d));
   GuestVif& v = *vp;
-  const VifDevice* d = device(2);
-  ASSERT_NE(d, nullptr);
   ASSERT_TRUE(d->frontend().ctrl_ring);
 
   // The key page (read by grant copy).
@@ -128,18 +105,15 @@ TEST_F(NetVifDevice, ControlRingHashMessagesAndHashExtras) {
   std::memcpy(tuple + 8, f.data() + 14 + 20, 4);  // source, destination port
   EXPECT_EQ(r.hash_value, toeplitz_hash(key_bytes, tuple));
   (void)guest_->end_access(*kref);
-  ASSERT_TRUE(v.xb->close());
-  EXPECT_TRUE(backend_becomes(2, XenbusState::kClosed));
+  ASSERT_NO_FATAL_FAILURE(close_vif(v, 2));
 }
 
 TEST_F(NetVifDevice, HashMappingSteersFlowsToTheGuestsQueue) {
-  start();
   GuestCtrlRing ctrl;
   GuestVif* vp = nullptr;
-  ASSERT_NO_FATAL_FAILURE(connect_with_ctrl(11, 2, 2, ctrl, vp));
+  const VifDevice* d = nullptr;
+  ASSERT_NO_FATAL_FAILURE(start_with_ctrl(11, 2, 2, ctrl, vp, d));
   GuestVif& v = *vp;
-  const VifDevice* d = device(11);
-  ASSERT_NE(d, nullptr);
   ASSERT_EQ(d->queue_count(), 2u);
   uint8_t key_bytes[40];
   for (size_t i = 0; i < sizeof key_bytes; ++i) key_bytes[i] = static_cast<uint8_t>(i * 13 + 1);
@@ -177,8 +151,7 @@ TEST_F(NetVifDevice, HashMappingSteersFlowsToTheGuestsQueue) {
   EXPECT_EQ(rx[1].back().bytes, f);
   (void)guest_->end_access(*kref);
   (void)guest_->end_access(*mref);
-  ASSERT_TRUE(v.xb->close());
-  EXPECT_TRUE(backend_becomes(11, XenbusState::kClosed));
+  ASSERT_NO_FATAL_FAILURE(close_vif(v, 11));
 }
 
 // feature-dynamic-multicast-control: the backend watches the frontend's
@@ -201,34 +174,14 @@ TEST_F(NetVifDevice, MulticastControlFollowsTheFrontendKeyWhileConnected) {
   // The guest subscribes to one group while filtering is off (Linux keeps
   // the list either way).
   const uint8_t group[6] = {0x01, 0x00, 0x5e, 0x01, 0x02, 0x03};
-  uint16_t mc_id = 0;
-  auto mref = v.queues[0]->grant_tx({}, 0, mc_id);
-  ASSERT_TRUE(mref);
-  netif_tx_request mc[2] = {};
-  mc[0].gref = *mref;
-  mc[0].id = mc_id;
-  mc[0].flags = NETTXF_extra_info;
-  netif_extra_info e{};
-  e.type = XEN_NETIF_EXTRA_TYPE_MCAST_ADD;
-  std::memcpy(e.u.mcast.addr, group, 6);
-  std::memcpy(&mc[1], &e, sizeof(e));
-  ASSERT_TRUE(v.queues[0]->send_raw(mc));
+  ASSERT_TRUE(v.queues[0]->send_multicast(XEN_NETIF_EXTRA_TYPE_MCAST_ADD, group));
   ASSERT_TRUE(v.queues[0]->wait([&] { return v.answered(1); }));
   EXPECT_EQ(v.tx_answers.back().status, NETIF_RSP_OKAY);
   ASSERT_EQ(v.queues[1]->post_rx(64), 64u);
 
-  auto mcast_frame = [&](uint8_t last) {
-    FrameSpec m;
-    m.udp = true;
-    m.payload = 30;
-    auto f = make_frame(m);
-    const uint8_t dst[6] = {0x01, 0x00, 0x5e, 0x01, 0x02, last};
-    std::memcpy(f.data(), dst, 6);
-    return f;
-  };
   const VifQueueStats& st = d->queue_stats(1);
   auto delivered = [&](uint8_t last) {
-    wire_send(wire(14, 1), mcast_frame(last));
+    wire_send(wire(14, 1), multicast_frame(last));
     return v.queues[1]->wait([&] { return v.received(v.rx_frames.size() + 1); }, 1000ms);
   };
   // Off: an unsubscribed group reaches the guest.
@@ -240,7 +193,7 @@ TEST_F(NetVifDevice, MulticastControlFollowsTheFrontendKeyWhileConnected) {
   ASSERT_TRUE(guest_xs_->write(kXsNoTxn, fe(14) + "/request-multicast-control", "1"));
   ASSERT_TRUE(eventually([&] {
     const uint64_t before = st.rx_dropped.get();
-    wire_send(wire(14, 1), mcast_frame(0x99));
+    wire_send(wire(14, 1), multicast_frame(0x99));
     if (!eventually([&] { return st.rx_dropped.get() > before || v.received(v.rx_frames.size() + 1); }, 1000ms)) {
       return false;
     }
@@ -258,8 +211,7 @@ TEST_F(NetVifDevice, MulticastControlFollowsTheFrontendKeyWhileConnected) {
   EXPECT_EQ(v.rx_frames.back().bytes[5], 0x99);
   EXPECT_GT(v.rx_frames.size(), frames_while_on);
   EXPECT_FALSE(device(14)->frontend().multicast_control);
-  ASSERT_TRUE(v.xb->close());
-  EXPECT_TRUE(backend_becomes(14, XenbusState::kClosed));
+  ASSERT_NO_FATAL_FAILURE(close_vif(v, 14));
 }
 
 // A guest's XEN_NETIF_EXTRA_TYPE_HASH travels with its packet to the peer
@@ -320,8 +272,7 @@ TEST_F(NetVifDevice, GuestTxHashReachesThePeerAndIsNotPassedToAGuest) {
   ASSERT_TRUE(v.queues[0]->wait([&] { return v.received(1); }));
   EXPECT_EQ(v.rx_frames[0].bytes, tx[0].bytes);
   EXPECT_FALSE(v.rx_frames[0].has_hash);
-  ASSERT_TRUE(v.xb->close());
-  EXPECT_TRUE(backend_becomes(15, XenbusState::kClosed));
+  ASSERT_NO_FATAL_FAILURE(close_vif(v, 15));
 }
 
 }  // namespace

@@ -271,12 +271,24 @@ class NetVifDevice : public ::testing::Test, public test::SimBackendRig<NetbackS
   }
   // Plugs `devid` with `queues` queues and a control ring followed by
   // `data_pages` pages (hash key, mapping), and connects it.
-  void connect_with_ctrl(uint32_t devid, uint32_t queues, uint32_t data_pages, GuestCtrlRing& ctrl, GuestVif*& out) {
+  // The daemon started, VIF `devid` connected with `queues` queues and a
+  // control ring with `data_pages` pages after it; `out` the guest's side,
+  // `dev` the backend's device.
+  void start_with_ctrl(uint32_t devid, uint32_t queues, uint32_t data_pages, GuestCtrlRing& ctrl, GuestVif*& out,
+                       const VifDevice*& dev) {
+    ASSERT_NO_FATAL_FAILURE(start());
     GuestVif& v = plug(devid);
     sim::XsKeys keys = rings(v, queues, false);
     ASSERT_NO_FATAL_FAILURE(open_ctrl_ring(ctrl, keys, data_pages));
     ASSERT_TRUE(v.xb->connect(keys));
     out = &v;
+    dev = device(devid);
+    ASSERT_NE(dev, nullptr);
+  }
+  // The guest closes the VIF; the backend follows to Closed.
+  void close_vif(GuestVif& v, uint32_t devid) {
+    ASSERT_TRUE(v.xb->close());
+    EXPECT_TRUE(backend_becomes(devid, XenbusState::kClosed));
   }
   // Data page `i` after the control ring holds `bytes`, granted read-only
   // to the backend (a hash key or mapping, read by grant copy).

@@ -69,8 +69,7 @@ TEST_F(NetVifDevice, HandshakeKeysTrafficAndClose) {
   EXPECT_EQ(d->queue_stats(0).tx_packets.get(), 2u);
 
   // Orderly close: Closed, and nothing of the guest stays mapped.
-  ASSERT_TRUE(v.xb->close());
-  EXPECT_TRUE(backend_becomes(0, XenbusState::kClosed));
+  ASSERT_NO_FATAL_FAILURE(close_vif(v, 0));
   EXPECT_EQ(host_->counters().mapped_pages_live.load(), 0u);
   EXPECT_FALSE(device(0)->connected());
   v.queues.clear();  // revokes every grant
@@ -368,8 +367,7 @@ TEST_F(NetVifDevice, DisconnectReclaimsGuestPagesQueuedForItsOwnRx) {
   std::this_thread::sleep_for(10ms);
   EXPECT_FALSE(v.answered(1)) << "the mapped slots are answered only when the page comes back";
   const auto t0 = std::chrono::steady_clock::now();
-  ASSERT_TRUE(v.xb->close());
-  EXPECT_TRUE(backend_becomes(10, XenbusState::kClosed));
+  ASSERT_NO_FATAL_FAILURE(close_vif(v, 10));
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 1500ms) << "disconnect waited for the drain timeout";
   EXPECT_EQ(host_->counters().mapped_pages_live.load(), 0u);
 }

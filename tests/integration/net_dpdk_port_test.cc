@@ -106,6 +106,12 @@ class NetDpdk : public ::testing::Test {
     ports_.push_back(std::move(*p));
     return ports_.back().get();
   }
+  // A port of virtual device `driver` (net_ring, net_null...) with a unique name.
+  PacketPort* open_vdev(const std::string& driver, const char* prefix) {
+    DpdkPortConfig cfg;
+    cfg.devargs = driver + "_" + unique(prefix);
+    return open(cfg);
+  }
   std::pair<PacketPort*, PacketPort*> pair(DpdkPortConfig base = {}) {
     auto r = env_->open_ring_pair(*pool_, unique("p"), base);
     EXPECT_TRUE(r) << error_string(r.error());
@@ -283,9 +289,7 @@ TEST_F(NetDpdk, ParseHeadersFindsLayerLengths) {
 }
 
 TEST_F(NetDpdk, RingLoopbackSingleMultiSegmentAndExternal) {
-  DpdkPortConfig cfg;
-  cfg.devargs = "net_ring_" + unique("l");
-  PacketPort* port = open(cfg);
+  PacketPort* port = open_vdev("net_ring", "l");
   ASSERT_NE(port, nullptr);
   EXPECT_TRUE(port->caps().multi_segment);
   EXPECT_TRUE(port->caps().external_buffers);
@@ -375,9 +379,7 @@ TEST_F(NetDpdk, RingPairCarriesBothWaysAndBackpressures) {
 }
 
 TEST_F(NetDpdk, NullPortTakesEverythingAndReleasesGuestPages) {
-  DpdkPortConfig cfg;
-  cfg.devargs = "net_null_" + unique("n");
-  PacketPort* port = open(cfg);
+  PacketPort* port = open_vdev("net_null", "n");
   ASSERT_NE(port, nullptr);
   // net_null declares no multi-segment support: chained packets are copied
   // into one buffer, which releases the guest pages at once.
@@ -785,13 +787,7 @@ TEST_F(NetDpdk, TapExchangesFramesWithTheKernel) {
   }
   PacketPort* tap = port->get();
   ports_.push_back(std::move(*port));
-  const unsigned ifindex = if_nametoindex(ifname.c_str());
-  ASSERT_NE(ifindex, 0u);
-  sockaddr_ll sll{};
-  sll.sll_family = AF_PACKET;
-  sll.sll_protocol = htons(ETH_P_ALL);
-  sll.sll_ifindex = static_cast<int>(ifindex);
-  ASSERT_EQ(::bind(sock, reinterpret_cast<sockaddr*>(&sll), sizeof(sll)), 0) << std::strerror(errno);
+  ASSERT_EQ(test::bind_packet_socket(sock, ifname), 0) << "errno";
   timeval tv{0, 100000};
   setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 

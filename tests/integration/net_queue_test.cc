@@ -187,11 +187,9 @@ TEST(NetVifQueue, GuestTransmitsZeroCopyAndIsAnsweredAfterTheUnmap) {
   EXPECT_EQ(rig.stats_.tx_unmap_calls.get(), 1u);
 }
 
-TEST(NetVifQueue, WithoutZeroCopyEveryByteIsCopiedAndAnsweredAtOnce) {
-  if (test_dpdk() == nullptr) GTEST_SKIP();
-  RigOptions o;
-  o.zero_copy = false;  // what a port without external-buffer support gets
-  VifRig rig(o);
+// A 9000-byte frame in four TX slots (100, 4000, 3999, 901 bytes): sent,
+// the queue started, the frame on the wire intact (left in `got`).
+void send_jumbo_in_four_slots(VifRig& rig, std::vector<PacketBuf*>& got) {
   SimNetfront::TxFrame f;
   FrameSpec s;
   s.payload = 9000 - 54;
@@ -199,9 +197,18 @@ TEST(NetVifQueue, WithoutZeroCopyEveryByteIsCopiedAndAnsweredAtOnce) {
   f.slots = {100, 4000, 3999, 901};
   ASSERT_TRUE(rig.front_->send(f));
   rig.start_queue();
-  auto got = rig.wire_receive(1);
+  got = rig.wire_receive(1);
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(bytes_of(got[0]), f.bytes);
+}
+
+TEST(NetVifQueue, WithoutZeroCopyEveryByteIsCopiedAndAnsweredAtOnce) {
+  if (test_dpdk() == nullptr) GTEST_SKIP();
+  RigOptions o;
+  o.zero_copy = false;  // what a port without external-buffer support gets
+  VifRig rig(o);
+  std::vector<PacketBuf*> got;
+  ASSERT_NO_FATAL_FAILURE(send_jumbo_in_four_slots(rig, got));
   // Answered while the wire still holds the packet: nothing of the guest is in it.
   ASSERT_TRUE(rig.front_->wait([&] { return rig.answered(4); }));
   for (const auto& r : rig.tx_answers) EXPECT_EQ(r.status, NETIF_RSP_OKAY);
@@ -217,16 +224,8 @@ TEST(NetVifQueue, ByDefaultEverySlotIsCopiedAndAnsweredAtOnce) {
   RigOptions o;
   o.copy_below.reset();  // VifQueue's measured default
   VifRig rig(o);
-  SimNetfront::TxFrame f;
-  FrameSpec s;
-  s.payload = 9000 - 54;
-  f.bytes = make_frame(s);
-  f.slots = {100, 4000, 3999, 901};
-  ASSERT_TRUE(rig.front_->send(f));
-  rig.start_queue();
-  auto got = rig.wire_receive(1);
-  ASSERT_EQ(got.size(), 1u);
-  EXPECT_EQ(bytes_of(got[0]), f.bytes);
+  std::vector<PacketBuf*> got;
+  ASSERT_NO_FATAL_FAILURE(send_jumbo_in_four_slots(rig, got));
   // Whole 4000-byte slots are below the default crossover too.
   ASSERT_TRUE(rig.front_->wait([&] { return rig.answered(4); }));
   EXPECT_EQ(rig.stats_.tx_map_calls.get(), 0u);
@@ -537,19 +536,8 @@ TEST(NetVifQueue, BadPacketsAreAnsweredWithErrorsAndTrafficGoesOn) {
   runt.id = runt_id;
   runt.size = 10;
   ASSERT_TRUE(rig.front_->send_raw({&runt, 1}));
-  uint16_t mc_id = 0;
-  auto mref = rig.front_->grant_tx({}, 0, mc_id);
-  ASSERT_TRUE(mref);
-  netif_tx_request mc[2] = {};
-  mc[0].gref = *mref;
-  mc[0].id = mc_id;
-  mc[0].flags = NETTXF_extra_info;
-  netif_extra_info e{};
-  e.type = XEN_NETIF_EXTRA_TYPE_MCAST_ADD;
   const uint8_t group[6] = {0x01, 0x00, 0x5e, 0x01, 0x02, 0x03};
-  std::memcpy(e.u.mcast.addr, group, 6);
-  std::memcpy(&mc[1], &e, sizeof(e));
-  ASSERT_TRUE(rig.front_->send_raw(mc));
+  ASSERT_TRUE(rig.front_->send_multicast(XEN_NETIF_EXTRA_TYPE_MCAST_ADD, group));
   SimNetfront::TxFrame good;
   FrameSpec s;
   s.payload = 100;
@@ -568,17 +556,8 @@ TEST(NetVifQueue, BadPacketsAreAnsweredWithErrorsAndTrafficGoesOn) {
   EXPECT_EQ(rig.halts_.load(), 0);
   // The subscription filters what reaches the guest.
   ASSERT_EQ(rig.front_->post_rx(8), 8u);
-  auto mcast_frame = [&](uint8_t last) {
-    FrameSpec m;
-    m.udp = true;
-    m.payload = 30;
-    auto f = make_frame(m);
-    const uint8_t dst[6] = {0x01, 0x00, 0x5e, 0x01, 0x02, last};
-    std::memcpy(f.data(), dst, 6);
-    return f;
-  };
-  rig.wire_send(mcast_frame(0x99));  // not subscribed: filtered
-  rig.wire_send(mcast_frame(0x03));
+  rig.wire_send(multicast_frame(0x99));  // not subscribed: filtered
+  rig.wire_send(multicast_frame(0x03));
   ASSERT_TRUE(rig.front_->wait([&] { return rig.received(1); }));
   std::this_thread::sleep_for(std::chrono::milliseconds(5));
   rig.received(0);
@@ -661,13 +640,7 @@ TEST(NetVifQueue, TapReceiveWakesTheQueueWithoutPolling) {
   }
   ASSERT_GE((*tap)->rx_wait_fd(0), 0);
   rig.vif_port_ = std::move(*tap);
-  const unsigned ifindex = if_nametoindex(ifname.c_str());
-  ASSERT_NE(ifindex, 0u);
-  sockaddr_ll sll{};
-  sll.sll_family = AF_PACKET;
-  sll.sll_protocol = htons(ETH_P_ALL);
-  sll.sll_ifindex = static_cast<int>(ifindex);
-  ASSERT_EQ(::bind(sock, reinterpret_cast<sockaddr*>(&sll), sizeof(sll)), 0);
+  ASSERT_EQ(test::bind_packet_socket(sock, ifname), 0) << "errno";
   ASSERT_EQ(rig.front_->post_rx(64), 64u);
   rig.start_queue();
   // Let the queue go to sleep (nothing to do), then the kernel transmits.
