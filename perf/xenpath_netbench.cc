@@ -22,6 +22,9 @@
 // grant-mapped vs grant-copied, for one-slot packets of 128 B + R and for
 // multi-page packets, and reports the smallest remainder from which mapping
 // is cheaper (VifQueue::Config::tx_limits.copy_below).
+//
+// One program of ~800 lines on purpose: the cases, testpmd's reference runs
+// and the report share one measurement harness and one JSON schema.
 #include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
