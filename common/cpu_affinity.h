@@ -1,5 +1,5 @@
 // Pins the calling thread to one CPU: the benchmark's and the tap guest's
-// own threads (the reactors pin theirs from Reactor::Options::cpu).
+// own threads, and every reactor's (Reactor::Options::cpu).
 //
 // Threads: acts on the calling thread only. No guest memory.
 #pragma once

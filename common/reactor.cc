@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/cpu_affinity.h"
 #include "common/log.h"
 #include "common/mailbox.h"
 
@@ -350,14 +351,8 @@ Status Reactor::start() noexcept {
       m.loop_thread.store(std::this_thread::get_id(), std::memory_order_release);
       const std::string tname = m.opts.name.substr(0, 15);  // kernel limit
       (void)pthread_setname_np(pthread_self(), tname.c_str());
-      if (m.opts.cpu >= CPU_SETSIZE) {
-        m.log.warn("cannot pin to cpu {}: beyond CPU_SETSIZE", m.opts.cpu);
-      } else if (m.opts.cpu >= 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(m.opts.cpu, &set);
-        const int r = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-        if (r != 0) m.log.warn("cannot pin to cpu {}: {}", m.opts.cpu, error_string(r));
+      if (auto pinned = pin_current_thread(m.opts.cpu); !pinned) {
+        m.log.warn("cannot pin to cpu {}: {}", m.opts.cpu, error_string(pinned.error()));
       }
       m.loop();
     });
