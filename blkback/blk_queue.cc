@@ -223,13 +223,12 @@ bool VbdQueue::poll() noexcept {
       }
     }
   }
-  work |= publish();
-  return work;
+  return publish() || work;
 }
 
 bool VbdQueue::arm() noexcept {
   if (stopped_) return false;
-  bool late = publish();
+  const bool late = publish();
   evtchn_.unmask_reported();
   if (barrier_ != nullptr) return late;  // completions wake us; nothing to consume meanwhile
   if (held_head_ != nullptr) return true;

@@ -29,20 +29,22 @@ class DeviceLog {
 
   [[nodiscard]] const std::string& prefix() const noexcept { return prefix_; }
 
+  // One method per level, so a call site reads as its severity. Levels by
+  // what they mean to an operator, not by who calls:
   template <typename... Args>
-  void info(fmt::format_string<Args...> f, Args&&... args) const noexcept {
+  void info(fmt::format_string<Args...> f, Args&&... args) const noexcept {  // a device or queue changed state
     emit(spdlog::level::info, f, std::forward<Args>(args)...);
   }
   template <typename... Args>
-  void warn(fmt::format_string<Args...> f, Args&&... args) const noexcept {
+  void warn(fmt::format_string<Args...> f, Args&&... args) const noexcept {  // refused, degraded or retried
     emit(spdlog::level::warn, f, std::forward<Args>(args)...);
   }
   template <typename... Args>
-  void error(fmt::format_string<Args...> f, Args&&... args) const noexcept {
+  void error(fmt::format_string<Args...> f, Args&&... args) const noexcept {  // a device stopped working
     emit(spdlog::level::err, f, std::forward<Args>(args)...);
   }
   template <typename... Args>
-  void debug(fmt::format_string<Args...> f, Args&&... args) const noexcept {
+  void debug(fmt::format_string<Args...> f, Args&&... args) const noexcept {  // per-request detail, off by default
     emit(spdlog::level::debug, f, std::forward<Args>(args)...);
   }
 

@@ -77,6 +77,19 @@ Result<GrantRef> SimNetfront::grant_tx(std::span<const uint8_t> bytes, uint16_t 
   return *ref;
 }
 
+Result<uint16_t> SimNetfront::send_raw_slot(std::span<const uint8_t> bytes, uint16_t grant_offset, uint16_t req_offset,
+                                            uint16_t size) noexcept {
+  uint16_t id = 0;
+  XP_ASSIGN_OR_RETURN(const GrantRef ref, grant_tx(bytes, grant_offset, id));
+  netif_tx_request r{};
+  r.gref = ref;
+  r.offset = req_offset;
+  r.id = id;
+  r.size = size;
+  XP_TRY(send_raw({&r, 1}));
+  return id;
+}
+
 Status SimNetfront::send(const TxFrame& f) noexcept {
   std::vector<uint16_t> sizes = f.slots;
   const size_t total = f.bytes.size();

@@ -82,6 +82,10 @@ class SimNetfront {
   // A granted TX page holding `bytes` at `offset` (for raw requests); the
   // grant is revoked when a response with `id` comes back.
   Result<GrantRef> grant_tx(std::span<const uint8_t> bytes, uint16_t offset, uint16_t& id) noexcept;
+  // One raw request (hostile tests): `bytes` granted at `grant_offset`, the
+  // request claiming `req_offset` and `size` (which may lie); its id.
+  Result<uint16_t> send_raw_slot(std::span<const uint8_t> bytes, uint16_t grant_offset, uint16_t req_offset,
+                                 uint16_t size) noexcept;
   // A multicast control request, as netfront sends it: an empty slot with
   // one XEN_NETIF_EXTRA_TYPE_MCAST_ADD or _DEL extra for `group`.
   Status send_multicast(uint8_t type, const uint8_t (&group)[6]) noexcept;

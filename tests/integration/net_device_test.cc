@@ -326,16 +326,9 @@ TEST_F(NetVifDevice, MaliciousTxClosesTheDevice) {
   start();
   GuestVif& v = plug(9);
   ASSERT_TRUE(v.xb->connect(rings(v, 1, false)));
-  uint16_t id = 0;
   const std::vector<uint8_t> bytes(200, 1);
-  auto ref = v.queues[0]->grant_tx(bytes, 3800, id);
-  ASSERT_TRUE(ref);
-  netif_tx_request bad{};
-  bad.gref = *ref;
-  bad.offset = 3990;  // crosses the page: fatal in Linux netback
-  bad.id = id;
-  bad.size = 200;
-  ASSERT_TRUE(v.queues[0]->send_raw({&bad, 1}));
+  // Offset 3990 + 200 bytes crosses the page: fatal in Linux netback.
+  ASSERT_TRUE(v.queues[0]->send_raw_slot(bytes, 3800, 3990, 200));
   EXPECT_TRUE(backend_becomes(9, XenbusState::kClosing));
   EXPECT_NE(key(9, "error")[0], '<');
   EXPECT_TRUE(eventually([&] { return !device(9)->connected(); }));

@@ -527,15 +527,9 @@ TEST(NetVifQueue, BadPacketsAreAnsweredWithErrorsAndTrafficGoesOn) {
   VifRig rig;
   rig.start_queue();
   // A runt, then a multicast subscription, then a good frame.
-  uint16_t runt_id = 0;
   const std::vector<uint8_t> ten(10, 0x55);
-  auto ref = rig.front_->grant_tx(ten, 0, runt_id);
-  ASSERT_TRUE(ref);
-  netif_tx_request runt{};
-  runt.gref = *ref;
-  runt.id = runt_id;
-  runt.size = 10;
-  ASSERT_TRUE(rig.front_->send_raw({&runt, 1}));
+  auto runt_id = rig.front_->send_raw_slot(ten, 0, 0, 10);
+  ASSERT_TRUE(runt_id);
   const uint8_t group[6] = {0x01, 0x00, 0x5e, 0x01, 0x02, 0x03};
   ASSERT_TRUE(rig.front_->send_multicast(XEN_NETIF_EXTRA_TYPE_MCAST_ADD, group));
   SimNetfront::TxFrame good;
@@ -549,7 +543,7 @@ TEST(NetVifQueue, BadPacketsAreAnsweredWithErrorsAndTrafficGoesOn) {
   pkt::free_bulk(got);
   ASSERT_TRUE(rig.front_->wait([&] { return rig.answered(3); }));
   for (const auto& r : rig.tx_answers) {
-    EXPECT_EQ(r.status, r.id == runt_id ? NETIF_RSP_ERROR : NETIF_RSP_OKAY) << r.id;
+    EXPECT_EQ(r.status, r.id == *runt_id ? NETIF_RSP_ERROR : NETIF_RSP_OKAY) << r.id;
   }
   EXPECT_EQ(rig.stats_.tx_dropped.get(), 1u);
   EXPECT_EQ(rig.stats_.tx_multicast.get(), 1u);
@@ -569,16 +563,9 @@ TEST(NetVifQueue, AMaliciousFrontendHaltsTheQueue) {
   if (test_dpdk() == nullptr) GTEST_SKIP();
   VifRig rig;
   rig.start_queue();
-  uint16_t id = 0;
   const std::vector<uint8_t> bytes(200, 1);
-  auto ref = rig.front_->grant_tx(bytes, 3800, id);
-  ASSERT_TRUE(ref);
-  netif_tx_request bad{};
-  bad.gref = *ref;
-  bad.offset = 3990;  // 3990 + 200 crosses the page: fatal in Linux netback
-  bad.id = id;
-  bad.size = 200;
-  ASSERT_TRUE(rig.front_->send_raw({&bad, 1}));
+  // Offset 3990 + 200 bytes crosses the page: fatal in Linux netback.
+  ASSERT_TRUE(rig.front_->send_raw_slot(bytes, 3800, 3990, 200));
   ASSERT_TRUE(rig.front_->wait([&] { return rig.halts_.load() == 1; }));
   EXPECT_EQ(rig.stats_.tx_ring.halted.get(), 1u);
   // Nothing more is consumed or answered.

@@ -22,6 +22,9 @@ struct Burst {
   std::vector<uint16_t> owner;
   std::vector<netif_rx_response> rsps;
   RxBatch batch{segs, owner, rsps};
+  std::vector<netif_rx_request> reqs;
+  // The guest posts `n` buffers (ids from 100, grefs from 500) for one burst.
+  void post(size_t n);
 };
 
 std::vector<netif_rx_request> posted(size_t n, uint16_t first_id = 100) {
@@ -31,6 +34,11 @@ std::vector<netif_rx_request> posted(size_t n, uint16_t first_id = 100) {
     r[i].gref = static_cast<GrantRef>(500 + i);
   }
   return r;
+}
+
+void Burst::post(size_t n) {
+  reqs = posted(n);
+  batch.reset(reqs, kGuest);
 }
 
 // A packet of `len` bytes cut into segments of the given sizes (cycled).
@@ -58,8 +66,7 @@ netif_extra_info extra_at(const netif_rx_response& r) {
 
 TEST(NetRxPlan, SmallPacketOneSlotOneCopy) {
   Burst b;
-  const auto reqs = posted(4);
-  b.batch.reset(reqs, kGuest);
+  b.post(4);
   Pkt p(60, {60});
   ASSERT_EQ(b.batch.add(p.pkt), RxVerdict::kPlanned);
   ASSERT_EQ(b.batch.copies().size(), 1u);
@@ -81,8 +88,7 @@ TEST(NetRxPlan, SmallPacketOneSlotOneCopy) {
 
 TEST(NetRxPlan, CoalescesIntoFullPagesNeverCrossingOne) {
   Burst b;
-  const auto reqs = posted(32);
-  b.batch.reset(reqs, kGuest);
+  b.post(32);
   Pkt p(65535, {1, 3001, 77, 4096, 129});  // odd cuts everywhere
   ASSERT_EQ(b.batch.add(p.pkt), RxVerdict::kPlanned);
   const auto rs = b.batch.responses();
@@ -112,8 +118,7 @@ TEST(NetRxPlan, CoalescesIntoFullPagesNeverCrossingOne) {
 
 TEST(NetRxPlan, ExtrasFollowTheFirstDataSlot) {
   Burst b;
-  const auto reqs = posted(8);
-  b.batch.reset(reqs, kGuest);
+  b.post(8);
   Pkt p(9000, {9000});
   p.pkt.csum_blank = true;
   p.pkt.gso_type = XEN_NETIF_GSO_TYPE_TCPV4;
@@ -151,8 +156,7 @@ TEST(NetRxPlan, ExtrasFollowTheFirstDataSlot) {
 // per segment) plus its GSO extra.
 TEST(NetRxPlan, CoalescedChainFillsWholePages) {
   Burst b;
-  const auto reqs = posted(32);
-  b.batch.reset(reqs, kGuest);
+  b.post(32);
   std::vector<size_t> cuts = {54 + 1448};
   for (int i = 0; i < 43; ++i) cuts.push_back(1448);
   const size_t len = 54 + 44 * 1448;
@@ -185,8 +189,7 @@ TEST(NetRxPlan, CoalescedChainFillsWholePages) {
 
 TEST(NetRxPlan, ChecksumFlags) {
   Burst b;
-  const auto reqs = posted(4);
-  b.batch.reset(reqs, kGuest);
+  b.post(4);
   Pkt v(100, {100});
   v.pkt.data_validated = true;
   ASSERT_EQ(b.batch.add(v.pkt), RxVerdict::kPlanned);
@@ -199,8 +202,7 @@ TEST(NetRxPlan, ChecksumFlags) {
 
 TEST(NetRxPlan, WaitsForEnoughRequestsAndFlushesWhenFull) {
   Burst b(/*copies=*/4);
-  auto reqs = posted(3);
-  b.batch.reset(reqs, kGuest);
+  b.post(3);
   Pkt big(3 * 4096 + 1, {4096});  // needs 4 slots
   EXPECT_EQ(b.batch.add(big.pkt), RxVerdict::kNoSlots);
   EXPECT_EQ(b.batch.requests_used(), 0u);
@@ -210,8 +212,7 @@ TEST(NetRxPlan, WaitsForEnoughRequestsAndFlushesWhenFull) {
   EXPECT_EQ(b.batch.requests_used(), 0u);
   Pkt one(100, {100});
   EXPECT_EQ(b.batch.add(one.pkt), RxVerdict::kPlanned);
-  reqs = posted(8);
-  b.batch.reset(reqs, kGuest);  // the next burst
+  b.post(8);  // the next burst
   Pkt fits(4096, {4096});
   EXPECT_EQ(b.batch.add(fits.pkt), RxVerdict::kPlanned);
   EXPECT_EQ(rx_slots_needed(4096, false, false), 1u);
@@ -220,8 +221,7 @@ TEST(NetRxPlan, WaitsForEnoughRequestsAndFlushesWhenFull) {
 
 TEST(NetRxPlan, RefusesEmptyAndOversizedPackets) {
   Burst b;
-  const auto reqs = posted(64);
-  b.batch.reset(reqs, kGuest);
+  b.post(64);
   Pkt empty(0, {1});
   EXPECT_EQ(b.batch.add(empty.pkt), RxVerdict::kEmpty);
   Pkt huge(kMaxRxDataSlots * 4096 + 1, {4096});
@@ -232,8 +232,7 @@ TEST(NetRxPlan, RefusesEmptyAndOversizedPackets) {
 
 TEST(NetRxPlan, FailedCopiesMarkTheirSlot) {
   Burst b;
-  const auto reqs = posted(4);
-  b.batch.reset(reqs, kGuest);
+  b.post(4);
   Pkt p(6000, {6000});
   ASSERT_EQ(b.batch.add(p.pkt), RxVerdict::kPlanned);
   auto copies = b.batch.copies();
