@@ -10,6 +10,7 @@ pkgs=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   fio iperf3 iproute2
+  qemu-utils libvhdi-utils  # the VHD oracles: qemu-img/qemu-io (vpc), vhdiinfo/vhdimount (chains)
 )
 missing=()
 for p in "${pkgs[@]}"; do
