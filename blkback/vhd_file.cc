@@ -13,7 +13,7 @@
 #include <ctime>
 #include <filesystem>
 
-#include "fmt/format.h"
+#include <fmt/format.h>
 
 namespace xenpath {
 
@@ -89,6 +89,8 @@ VhdLevel& VhdLevel::operator=(VhdLevel&& o) noexcept {
   bat = std::move(o.bat);
   end_of_data = o.end_of_data;
   allocated_blocks = o.allocated_blocks;
+  dropped_blocks = std::move(o.dropped_blocks);
+  footer_copy_differs = o.footer_copy_differs;
   return *this;
 }
 
@@ -202,6 +204,7 @@ VhdStatus load_metadata(VhdLevel& lv, const VhdOpenOptions& opts, std::vector<st
     std::array<uint8_t, kFooterSize> copy{};
     if (!vhd_pread_full(lv.fd, copy.data(), copy.size(), 0))
       return vhd_errno_error(path, "reading the footer copy", errno);
+    lv.footer_copy_differs = copy != raw;
     if (copy != raw) warn("footer copy at offset 0 differs from the footer at the end (the end one is used)");
   }
   if (f.data_offset + kHeaderSize > lv.footer_offset) {
@@ -264,6 +267,7 @@ VhdStatus load_metadata(VhdLevel& lv, const VhdOpenOptions& opts, std::vector<st
         warn(fmt::format("BAT entry {}: block at 0x{:x} (+{}) runs past the footer at 0x{:x}; treated as unallocated",
                          i, start, block_bytes, lv.footer_offset));
         lv.bat[i] = kBatUnused;
+        lv.dropped_blocks.push_back(i);
         continue;
       }
       return invalid(path, fmt::format("BAT entry {}: block at 0x{:x} (+{} bytes) runs past the footer at 0x{:x} "

@@ -88,6 +88,11 @@ struct VhdLevel {
   // belongs. Fixed: current_size.
   uint64_t end_of_data = 0;
   uint32_t allocated_blocks = 0;
+  // What a lenient open tolerated (check/repair reads these): blocks
+  // dropped by drop_dangling_blocks, and a footer copy at 0 that differs
+  // from the footer at the end.
+  std::vector<uint32_t> dropped_blocks;
+  bool footer_copy_differs = false;
 
   [[nodiscard]] uint64_t virtual_size() const noexcept { return footer.current_size; }
   [[nodiscard]] bool sparse() const noexcept { return footer.sparse(); }

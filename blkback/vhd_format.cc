@@ -5,7 +5,7 @@
 #include <cstdio>
 #include <cstring>
 
-#include "fmt/format.h"
+#include <fmt/format.h>
 
 namespace xenpath::vhd {
 
