@@ -98,10 +98,14 @@ VhdLevel::~VhdLevel() {
   if (fd >= 0) ::close(fd);
 }
 
-bool vhd_pread_full(int fd, void* buf, size_t len, uint64_t off) {
-  auto* p = static_cast<uint8_t*>(buf);
+namespace {
+
+// pread/pwrite until `len` bytes moved: EINTR retried, short counts resumed,
+// a zero-byte transfer (end of file) is EIO.
+template <typename Ptr, typename Call>
+bool transfer_full(Ptr p, size_t len, uint64_t off, Call call) {
   while (len > 0) {
-    const ssize_t n = ::pread(fd, p, len, static_cast<off_t>(off));
+    const ssize_t n = call(p, len, static_cast<off_t>(off));
     if (n < 0) {
       if (errno == EINTR) continue;
       return false;
@@ -117,23 +121,16 @@ bool vhd_pread_full(int fd, void* buf, size_t len, uint64_t off) {
   return true;
 }
 
+}  // namespace
+
+bool vhd_pread_full(int fd, void* buf, size_t len, uint64_t off) {
+  return transfer_full(static_cast<uint8_t*>(buf), len, off,
+                       [fd](uint8_t* p, size_t n, off_t o) { return ::pread(fd, p, n, o); });
+}
+
 bool vhd_pwrite_full(int fd, const void* buf, size_t len, uint64_t off) {
-  const auto* p = static_cast<const uint8_t*>(buf);
-  while (len > 0) {
-    const ssize_t n = ::pwrite(fd, p, len, static_cast<off_t>(off));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    if (n == 0) {
-      errno = EIO;
-      return false;
-    }
-    p += n;
-    len -= static_cast<size_t>(n);
-    off += static_cast<uint64_t>(n);
-  }
-  return true;
+  return transfer_full(static_cast<const uint8_t*>(buf), len, off,
+                       [fd](const uint8_t* p, size_t n, off_t o) { return ::pwrite(fd, p, n, o); });
 }
 
 VhdError vhd_errno_error(const std::string& path, const std::string& what, int err) {

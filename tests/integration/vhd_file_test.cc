@@ -38,9 +38,6 @@ uint64_t qemu_virtual_size(const std::string& path) {
   return nlohmann::json::parse(r.out).value("virtual-size", uint64_t{0});
 }
 
-#define REQUIRE_TOOL(t) \
-  if (!test::have_tool(t)) GTEST_SKIP() << t " not installed (scripts/setup-deps.sh installs it)"
-
 TEST(VhdFile, CreatesDynamicAndFixedThatQemuReadsAtTheSameSize) {
   TempDir d;
   const uint64_t size = 100ull << 20;  // not a CHS multiple: QEMU must trust current_size
@@ -66,22 +63,18 @@ TEST(VhdFile, CreatesDynamicAndFixedThatQemuReadsAtTheSameSize) {
   EXPECT_EQ(create(d / "dyn.vhd", DiskType::kDynamic, size).code, EEXIST);
   EXPECT_NE(create(d / "odd.vhd", DiskType::kDynamic, 1000).message.find("size 1000"), std::string::npos);
 
-  REQUIRE_TOOL("qemu-img");
+  XP_REQUIRE_TOOL("qemu-img");
   EXPECT_EQ(qemu_virtual_size(d / "dyn.vhd"), size);
   EXPECT_EQ(qemu_virtual_size(d / "fix.vhd"), size);
 }
 
 TEST(VhdFile, OpensWhatQemuImgMakesAndQemuIoWrites) {
-  REQUIRE_TOOL("qemu-img");
-  REQUIRE_TOOL("qemu-io");
+  XP_REQUIRE_TOOL("qemu-img");
+  XP_REQUIRE_TOOL("qemu-io");
   TempDir d;
   for (const char* sub : {"dynamic", "fixed"}) {
     const std::string p = d / (std::string(sub) + ".vhd");
-    auto r = test::run_command("qemu-img create -q -f vpc -o subformat=" + std::string(sub) + " " +
-                               test::shell_quote(p) + " 100M");
-    ASSERT_EQ(r.status, 0) << r.out;
-    r = test::run_command("qemu-io -f vpc -c 'write -P 0xab 1M 64k' -c 'write -P 0xcd 9M 4M' " + test::shell_quote(p));
-    ASSERT_EQ(r.status, 0) << r.out;
+    ASSERT_TRUE(test::qemu_make_vpc(p, sub, "100M", {"write -P 0xab 1M 64k", "write -P 0xcd 9M 4M"}));
     auto c = open_chain(p);
     ASSERT_TRUE(c) << c.error().message;
     EXPECT_EQ(c->virtual_size(), qemu_virtual_size(p)) << sub;
@@ -125,7 +118,7 @@ TEST(VhdFile, DifferencingChainResolvesAndLibvhdiAgrees) {
   ASSERT_TRUE(m) << m.error().message;
   EXPECT_EQ(m->levels.size(), 3u);
 
-  REQUIRE_TOOL("vhdiinfo");
+  XP_REQUIRE_TOOL("vhdiinfo");
   auto r = test::run_command("vhdiinfo " + test::shell_quote(moved + "/leaf.vhd"));
   EXPECT_EQ(r.status, 0) << r.out;
   EXPECT_NE(r.out.find("Differential"), std::string::npos) << r.out;
@@ -212,7 +205,7 @@ TEST(VhdFile, RefusesCorruptFooterAndHeader) {
 }
 
 TEST(VhdFile, RefusesBatOutOfBoundsOverlappingAndTruncated) {
-  REQUIRE_TOOL("qemu-io");
+  XP_REQUIRE_TOOL("qemu-io");
   TempDir d;
   const std::string p = d / "a.vhd";
   ASSERT_TRUE(vhd_ok(create(p, DiskType::kDynamic, 16ull << 20)));

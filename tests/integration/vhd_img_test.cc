@@ -22,9 +22,6 @@ namespace {
 using test::TempDir;
 using vhd::DiskType;
 
-#define REQUIRE_TOOL(t) \
-  if (!test::have_tool(t)) GTEST_SKIP() << t " not installed (scripts/setup-deps.sh installs it)"
-
 constexpr uint64_t kDisk = 64ull << 20;
 
 void make(const std::string& path, DiskType type, uint64_t size = kDisk) {
@@ -45,6 +42,16 @@ std::vector<uint8_t> qemu_to_raw(const std::string& vhd, const std::string& raw)
   auto r = test::run_command("qemu-img convert -f vpc -O raw " + test::shell_quote(vhd) + " " + test::shell_quote(raw));
   EXPECT_EQ(r.status, 0) << r.out;
   return test::slurp(raw);
+}
+
+void random_writes(const std::string& path, std::vector<uint8_t>& shadow, uint32_t seed, int count);
+
+// A dynamic base at `path` with `count` random writes; returns its shadow.
+std::vector<uint8_t> written_base(const std::string& path, uint32_t seed, int count) {
+  make(path, DiskType::kDynamic);
+  std::vector<uint8_t> shadow(kDisk);
+  random_writes(path, shadow, seed, count);
+  return shadow;
 }
 
 // Random 4 KiB-aligned writes into `path`, mirrored into `shadow`.
@@ -85,8 +92,8 @@ TEST(VhdImg, ParsesSizes) {
 }
 
 TEST(VhdImg, OurImagesConvertLikeQemuImgConvertsThem) {
-  REQUIRE_TOOL("qemu-img");
-  REQUIRE_TOOL("qemu-io");
+  XP_REQUIRE_TOOL("qemu-img");
+  XP_REQUIRE_TOOL("qemu-io");
   TempDir d;
   const uint64_t size = 100ull << 20;  // not a CHS multiple
   make(d / "dyn.vhd", DiskType::kDynamic, size);
@@ -103,18 +110,13 @@ TEST(VhdImg, OurImagesConvertLikeQemuImgConvertsThem) {
 }
 
 TEST(VhdImg, QemuImagesConvertLikeQemuImgConvertsThem) {
-  REQUIRE_TOOL("qemu-img");
-  REQUIRE_TOOL("qemu-io");
+  XP_REQUIRE_TOOL("qemu-img");
+  XP_REQUIRE_TOOL("qemu-io");
   TempDir d;
   for (const char* sub : {"dynamic", "fixed"}) {
     const std::string p = d / (std::string(sub) + ".vhd");
-    auto r = test::run_command("qemu-img create -q -f vpc -o subformat=" + std::string(sub) + " " +
-                               test::shell_quote(p) + " 50M");
-    ASSERT_EQ(r.status, 0) << r.out;
-    r = test::run_command(
-        "qemu-io -f vpc -c 'write -P 0x11 0 3M' -c 'write -P 0x22 7M 4k' -c 'write -P 0x33 20M 1536' " +
-        test::shell_quote(p));
-    ASSERT_EQ(r.status, 0) << r.out;
+    ASSERT_TRUE(
+        test::qemu_make_vpc(p, sub, "50M", {"write -P 0x11 0 3M", "write -P 0x22 7M 4k", "write -P 0x33 20M 1536"}));
     const auto q = qemu_to_raw(p, p + ".qemu.raw");
     EXPECT_EQ(to_raw(p, p + ".ours.raw"), q) << sub;
     EXPECT_EQ(q[7u << 20], 0x22);
@@ -143,15 +145,13 @@ TEST(VhdImg, RawToVhdAndBack) {
   // Refusals: vhd to vhd, an existing destination.
   EXPECT_FALSE(img::convert(d / "out.vhd", d / "x.vhd", "vhd", {}));
   EXPECT_FALSE(img::convert(d / "out.vhd", d / "back.raw", "raw", {}));
-  REQUIRE_TOOL("qemu-img");
+  XP_REQUIRE_TOOL("qemu-img");
   EXPECT_EQ(qemu_to_raw(d / "out.vhd", d / "qemu.raw"), raw);
 }
 
 TEST(VhdImg, ChainsReadLikeTheShadowAndLikeLibvhdi) {
   TempDir d;
-  make(d / "base.vhd", DiskType::kDynamic);
-  std::vector<uint8_t> shadow(kDisk);
-  random_writes(d / "base.vhd", shadow, 11, 30);
+  std::vector<uint8_t> shadow = written_base(d / "base.vhd", 11, 30);
   std::string parent = d / "base.vhd";
   for (int level = 1; level <= 3; ++level) {
     const std::string child = d / ("c" + std::to_string(level) + ".vhd");
@@ -206,9 +206,7 @@ TEST(VhdImg, ChainsReadLikeTheShadowAndLikeLibvhdi) {
 
 TEST(VhdImg, CoalesceMergesAndTheChainReadsTheSame) {
   TempDir d;
-  make(d / "base.vhd", DiskType::kDynamic);
-  std::vector<uint8_t> shadow(kDisk);
-  random_writes(d / "base.vhd", shadow, 21, 20);
+  std::vector<uint8_t> shadow = written_base(d / "base.vhd", 21, 20);
   ASSERT_TRUE(vhd_ok(img::snapshot(d / "base.vhd", d / "mid.vhd")));
   random_writes(d / "mid.vhd", shadow, 22, 20);
   ASSERT_TRUE(vhd_ok(img::snapshot(d / "mid.vhd", d / "leaf.vhd")));
@@ -248,9 +246,7 @@ TEST(VhdImg, CoalesceMergesAndTheChainReadsTheSame) {
 
 TEST(VhdImg, CoalesceInterruptedOrKilledResumes) {
   TempDir d;
-  make(d / "base.vhd", DiskType::kDynamic);
-  std::vector<uint8_t> shadow(kDisk);
-  random_writes(d / "base.vhd", shadow, 41, 10);
+  std::vector<uint8_t> shadow = written_base(d / "base.vhd", 41, 10);
   ASSERT_TRUE(vhd_ok(img::snapshot(d / "base.vhd", d / "leaf.vhd")));
   random_writes(d / "leaf.vhd", shadow, 42, 80);  // touches most of the 32 blocks
 
@@ -301,9 +297,7 @@ TEST(VhdImg, CoalesceInterruptedOrKilledResumes) {
 TEST(VhdImg, CheckRepairsAFooterLostInACrashAndDanglingBlocks) {
   TempDir d;
   const std::string p = d / "a.vhd";
-  make(p, DiskType::kDynamic);
-  std::vector<uint8_t> shadow(kDisk);
-  random_writes(p, shadow, 51, 10);
+  std::vector<uint8_t> shadow = written_base(p, 51, 10);
   EXPECT_EQ(img::check(p, false).status, 0);
 
   // A block allocation that wrote data over the footer's place and died
