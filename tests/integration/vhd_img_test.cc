@@ -68,12 +68,15 @@ void random_writes(const std::string& path, std::vector<uint8_t>& shadow, uint32
 }
 
 // What vhdimount (libvhdi, FUSE) reads for the chain ending at `leaf`;
-// nullopt when FUSE does not work here.
-std::optional<std::vector<uint8_t>> vhdimount_read(const std::string& leaf, const std::string& mnt) {
+// nullopt when FUSE does not work here. vhdimount exposes every level of
+// the chain, base first: vhdi1 is the base alone, vhdiN (N = depth) the
+// leaf with its parents under it.
+std::optional<std::vector<uint8_t>> vhdimount_read(const std::string& leaf, const std::string& mnt, int depth) {
   std::filesystem::create_directories(mnt);
   auto r = test::run_command("vhdimount " + test::shell_quote(leaf) + " " + test::shell_quote(mnt));
-  if (r.status != 0 || !std::filesystem::exists(mnt + "/vhdi1")) return std::nullopt;
-  auto data = test::slurp(mnt + "/vhdi1");
+  const std::string top = mnt + "/vhdi" + std::to_string(depth);
+  std::optional<std::vector<uint8_t>> data;
+  if (r.status == 0 && std::filesystem::exists(top)) data = test::slurp(top);
   test::run_command("umount " + test::shell_quote(mnt) + " || fusermount -u " + test::shell_quote(mnt));
   return data;
 }
@@ -182,26 +185,14 @@ TEST(VhdImg, ChainsReadLikeTheShadowAndLikeLibvhdi) {
     EXPECT_NE(r.out.find("c2.vhd"), std::string::npos) << r.out;
   }
   if (!test::have_tool("vhdimount")) GTEST_SKIP() << "vhdimount not installed: checked against the shadow only";
-  auto mounted = vhdimount_read(leaf, d / "mnt");
+  auto mounted = vhdimount_read(leaf, d / "mnt", 4);
   if (!mounted) GTEST_SKIP() << "vhdimount could not mount (no FUSE here): checked with vhdiinfo and the shadow only";
+  // Written in 4 KiB-aligned pieces, so libvhdi's sub-4 KiB bitmap quirk
+  // does not apply: it must read the whole chain as the shadow.
   ASSERT_EQ(mounted->size(), shadow.size());
-  // libvhdi 20210425 resolves the parent by name and reads everything the
-  // base holds, but reads the sectors the differencing levels hold as
-  // zeros (also for blocks qemu-io wrote, bitmaps all set), so it judges
-  // the base level and the parent resolution; the children's sectors are
-  // judged by the shadow above. See docs/vhd.md.
-  std::vector<uint8_t> child_held(shadow.size(), 0);
-  for (size_t lvl = 0; lvl + 1 < m->size(); ++lvl) {
-    for (const auto& [off, len] : (*m)[lvl].ranges)
-      std::fill_n(child_held.begin() + static_cast<ptrdiff_t>(off), len, 1);
-  }
-  size_t base_diffs = 0, child_diffs = 0, child_bytes = 0;
-  for (size_t i = 0; i < shadow.size(); ++i) {
-    child_bytes += child_held[i];
-    if ((*mounted)[i] != shadow[i]) ++(child_held[i] ? child_diffs : base_diffs);
-  }
-  EXPECT_EQ(base_diffs, 0u) << "libvhdi reads what only the base holds differently";
-  RecordProperty("libvhdi_child_bytes_differing", std::to_string(child_diffs) + "/" + std::to_string(child_bytes));
+  size_t diffs = 0;
+  for (size_t i = 0; i < shadow.size(); ++i) diffs += (*mounted)[i] != shadow[i];
+  EXPECT_EQ(diffs, 0u) << "libvhdi reads the chain differently from the raw shadow";
 }
 
 TEST(VhdImg, CoalesceMergesAndTheChainReadsTheSame) {
