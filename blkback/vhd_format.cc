@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <concepts>
 #include <cstdio>
 #include <cstring>
 
@@ -103,52 +104,115 @@ uint32_t checksum(std::span<const uint8_t> bytes, size_t checksum_offset) noexce
   return ~sum;
 }
 
-Footer decode_footer(std::span<const uint8_t, kFooterSize> in) noexcept {
-  Footer f;
-  const uint8_t* p = in.data();
-  std::memcpy(f.cookie.data(), p + kFCookie, 8);
-  f.features = load_be32(p + kFFeatures);
-  f.format_version = load_be32(p + kFVersion);
-  f.data_offset = load_be64(p + kFDataOffset);
-  f.timestamp = load_be32(p + kFTimestamp);
-  std::memcpy(f.creator_app.data(), p + kFCreatorApp, 4);
-  f.creator_version = load_be32(p + kFCreatorVersion);
-  f.creator_os = load_be32(p + kFCreatorOs);
-  f.original_size = load_be64(p + kFOriginalSize);
-  f.current_size = load_be64(p + kFCurrentSize);
-  f.geometry.cylinders = static_cast<uint16_t>((p[kFCylinders] << 8) | p[kFCylinders + 1]);
-  f.geometry.heads = p[kFHeads];
-  f.geometry.sectors_per_track = p[kFSpt];
-  f.disk_type = load_be32(p + kFDiskType);
-  f.checksum = load_be32(p + kFChecksum);
-  std::memcpy(f.uuid.data(), p + kFUuid, 16);
-  f.saved_state = p[kFSavedState];
-  std::memcpy(f.reserved.data(), p + kFReserved, f.reserved.size());
-  return f;
+namespace {
+
+// Each structure's layout is written once, as a walk over its fields that
+// both directions share (Load fills the struct from bytes, Store the bytes
+// from the struct), so decode and encode cannot disagree on an offset.
+struct Load {
+  const uint8_t* p;
+  void be(size_t off, uint64_t& v) const noexcept { v = load_be64(p + off); }
+  void be(size_t off, uint32_t& v) const noexcept { v = load_be32(p + off); }
+  void be(size_t off, uint16_t& v) const noexcept { v = static_cast<uint16_t>((p[off] << 8) | p[off + 1]); }
+  void be(size_t off, uint8_t& v) const noexcept { v = p[off]; }
+  template <typename T, size_t N>
+  void bytes(size_t off, std::array<T, N>& a) const noexcept {
+    static_assert(sizeof(T) == 1);
+    std::memcpy(a.data(), p + off, N);
+  }
+};
+
+struct Store {
+  uint8_t* p;
+  void be(size_t off, uint64_t v) const noexcept { store_be64(p + off, v); }
+  void be(size_t off, uint32_t v) const noexcept { store_be32(p + off, v); }
+  void be(size_t off, uint16_t v) const noexcept {
+    p[off] = static_cast<uint8_t>(v >> 8);
+    p[off + 1] = static_cast<uint8_t>(v);
+  }
+  void be(size_t off, uint8_t v) const noexcept { p[off] = v; }
+  template <typename T, size_t N>
+  void bytes(size_t off, const std::array<T, N>& a) const noexcept {
+    static_assert(sizeof(T) == 1);
+    std::memcpy(p + off, a.data(), N);
+  }
+};
+
+// F is Footer (Load) or const Footer (Store).
+template <typename Io, typename F>
+requires std::same_as<std::remove_const_t<F>, Footer>
+void fields(const Io& io, F& f) noexcept {
+  io.bytes(kFCookie, f.cookie);
+  io.be(kFFeatures, f.features);  // bit 1 reserved, always set
+  io.be(kFVersion, f.format_version);
+  io.be(kFDataOffset, f.data_offset);
+  io.be(kFTimestamp, f.timestamp);  // seconds since 2000-01-01 UTC
+  io.bytes(kFCreatorApp, f.creator_app);
+  io.be(kFCreatorVersion, f.creator_version);
+  io.be(kFCreatorOs, f.creator_os);
+  io.be(kFOriginalSize, f.original_size);  // libvhdi takes the size from here
+  io.be(kFCurrentSize, f.current_size);
+  io.be(kFCylinders, f.geometry.cylinders);  // QEMU takes the size from CHS unless the creator is trusted
+  io.be(kFHeads, f.geometry.heads);
+  io.be(kFSpt, f.geometry.sectors_per_track);
+  io.be(kFDiskType, f.disk_type);
+  io.be(kFChecksum, f.checksum);  // ones' complement of the byte sum, this field as zeros
+  io.bytes(kFUuid, f.uuid);
+  io.be(kFSavedState, f.saved_state);
+  io.bytes(kFReserved, f.reserved);
 }
 
-void encode_footer(const Footer& f, std::span<uint8_t, kFooterSize> out) noexcept {
-  uint8_t* p = out.data();
-  std::memset(p, 0, kFooterSize);
-  std::memcpy(p + kFCookie, f.cookie.data(), 8);
-  store_be32(p + kFFeatures, f.features);
-  store_be32(p + kFVersion, f.format_version);
-  store_be64(p + kFDataOffset, f.data_offset);
-  store_be32(p + kFTimestamp, f.timestamp);
-  std::memcpy(p + kFCreatorApp, f.creator_app.data(), 4);
-  store_be32(p + kFCreatorVersion, f.creator_version);
-  store_be32(p + kFCreatorOs, f.creator_os);
-  store_be64(p + kFOriginalSize, f.original_size);
-  store_be64(p + kFCurrentSize, f.current_size);
-  p[kFCylinders] = static_cast<uint8_t>(f.geometry.cylinders >> 8);
-  p[kFCylinders + 1] = static_cast<uint8_t>(f.geometry.cylinders);
-  p[kFHeads] = f.geometry.heads;
-  p[kFSpt] = f.geometry.sectors_per_track;
-  store_be32(p + kFDiskType, f.disk_type);
-  std::memcpy(p + kFUuid, f.uuid.data(), 16);
-  p[kFSavedState] = f.saved_state;
-  std::memcpy(p + kFReserved, f.reserved.data(), f.reserved.size());
-  store_be32(p + kFChecksum, checksum(std::span<const uint8_t>(p, kFooterSize), kFChecksum));
+template <typename Io, typename H>
+requires std::same_as<std::remove_const_t<H>, DynamicHeader>
+void fields(const Io& io, H& h) noexcept {
+  io.bytes(kHCookie, h.cookie);
+  io.be(kHDataOffset, h.data_offset);  // unused: all ones
+  io.be(kHTableOffset, h.table_offset);
+  io.be(kHVersion, h.header_version);
+  io.be(kHMaxEntries, h.max_table_entries);  // BAT entries: blocks of the virtual size
+  io.be(kHBlockSize, h.block_size);
+  io.be(kHChecksum, h.checksum);
+  io.bytes(kHParentUuid, h.parent_uuid);
+  io.be(kHParentTimestamp, h.parent_timestamp);  // blktap: the parent file's mtime
+  io.be(kHReserved1, h.reserved1);
+  io.bytes(kHParentName, h.parent_name);
+  for (size_t i = 0; i < kLocatorCount; ++i) {
+    const size_t l = kHLocators + i * kHLocatorSize;
+    auto& loc = h.locators[i];
+    io.be(l, loc.code);
+    io.be(l + 4, loc.data_space);  // sectors per the spec, bytes as blktap writes it
+    io.be(l + 8, loc.data_length);
+    io.be(l + 12, loc.reserved);
+    io.be(l + 16, loc.data_offset);
+  }
+  io.bytes(kHReserved2, h.reserved2);
+}
+
+template <typename T, size_t N>
+T decode_from(std::span<const uint8_t, N> in) noexcept {
+  T v;
+  fields(Load{in.data()}, v);
+  return v;
+}
+
+// Zeros first: the reserved ranges a struct does not carry read as zeros.
+template <size_t kChecksumAt, typename T, size_t N>
+void encode_into(const T& v, std::span<uint8_t, N> out) noexcept {
+  std::memset(out.data(), 0, N);
+  fields(Store{out.data()}, v);
+  store_be32(out.data() + kChecksumAt, checksum(out, kChecksumAt));
+}
+
+}  // namespace
+
+Footer decode_footer(std::span<const uint8_t, kFooterSize> in) noexcept { return decode_from<Footer>(in); }
+DynamicHeader decode_header(std::span<const uint8_t, kHeaderSize> in) noexcept {
+  return decode_from<DynamicHeader>(in);
+}
+
+void encode_footer(const Footer& f, std::span<uint8_t, kFooterSize> out) noexcept { encode_into<kFChecksum>(f, out); }
+void encode_header(const DynamicHeader& h, std::span<uint8_t, kHeaderSize> out) noexcept {
+  encode_into<kHChecksum>(h, out);
 }
 
 std::array<uint8_t, kFooterSize> encode_footer(const Footer& f) noexcept {
@@ -156,56 +220,6 @@ std::array<uint8_t, kFooterSize> encode_footer(const Footer& f) noexcept {
   encode_footer(f, out);
   return out;
 }
-
-DynamicHeader decode_header(std::span<const uint8_t, kHeaderSize> in) noexcept {
-  DynamicHeader h;
-  const uint8_t* p = in.data();
-  std::memcpy(h.cookie.data(), p + kHCookie, 8);
-  h.data_offset = load_be64(p + kHDataOffset);
-  h.table_offset = load_be64(p + kHTableOffset);
-  h.header_version = load_be32(p + kHVersion);
-  h.max_table_entries = load_be32(p + kHMaxEntries);
-  h.block_size = load_be32(p + kHBlockSize);
-  h.checksum = load_be32(p + kHChecksum);
-  std::memcpy(h.parent_uuid.data(), p + kHParentUuid, 16);
-  h.parent_timestamp = load_be32(p + kHParentTimestamp);
-  h.reserved1 = load_be32(p + kHReserved1);
-  std::memcpy(h.parent_name.data(), p + kHParentName, h.parent_name.size());
-  for (size_t i = 0; i < kLocatorCount; ++i) {
-    const uint8_t* l = p + kHLocators + i * kHLocatorSize;
-    h.locators[i] =
-        ParentLocator{load_be32(l), load_be32(l + 4), load_be32(l + 8), load_be32(l + 12), load_be64(l + 16)};
-  }
-  std::memcpy(h.reserved2.data(), p + kHReserved2, h.reserved2.size());
-  return h;
-}
-
-void encode_header(const DynamicHeader& h, std::span<uint8_t, kHeaderSize> out) noexcept {
-  uint8_t* p = out.data();
-  std::memset(p, 0, kHeaderSize);
-  std::memcpy(p + kHCookie, h.cookie.data(), 8);
-  store_be64(p + kHDataOffset, h.data_offset);
-  store_be64(p + kHTableOffset, h.table_offset);
-  store_be32(p + kHVersion, h.header_version);
-  store_be32(p + kHMaxEntries, h.max_table_entries);
-  store_be32(p + kHBlockSize, h.block_size);
-  std::memcpy(p + kHParentUuid, h.parent_uuid.data(), 16);
-  store_be32(p + kHParentTimestamp, h.parent_timestamp);
-  store_be32(p + kHReserved1, h.reserved1);
-  std::memcpy(p + kHParentName, h.parent_name.data(), h.parent_name.size());
-  for (size_t i = 0; i < kLocatorCount; ++i) {
-    uint8_t* l = p + kHLocators + i * kHLocatorSize;
-    const ParentLocator& loc = h.locators[i];
-    store_be32(l, loc.code);
-    store_be32(l + 4, loc.data_space);
-    store_be32(l + 8, loc.data_length);
-    store_be32(l + 12, loc.reserved);
-    store_be64(l + 16, loc.data_offset);
-  }
-  std::memcpy(p + kHReserved2, h.reserved2.data(), h.reserved2.size());
-  store_be32(p + kHChecksum, checksum(std::span<const uint8_t>(p, kHeaderSize), kHChecksum));
-}
-
 std::array<uint8_t, kHeaderSize> encode_header(const DynamicHeader& h) noexcept {
   std::array<uint8_t, kHeaderSize> out;
   encode_header(h, out);
