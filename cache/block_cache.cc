@@ -510,6 +510,18 @@ uint32_t BlockCache::take_slot(Shard& s, unsigned si) noexcept {
   Slot* slots = slots_.get();
   uint32_t pinned_small = 0;  // pinned blocks passed over in a row
   uint32_t pinned_main = 0;
+  // Takes the oldest block of `l` into `i`; a pinned one goes round (false).
+  auto take_oldest = [slots](List& l, uint32_t& pinned, uint32_t& i) {
+    i = l.head;
+    unlink(slots, l, i);
+    if (slots[i].refs > 0) {
+      push_back(slots, l, i);
+      ++pinned;
+      return false;
+    }
+    pinned = 0;
+    return true;
+  };
   const uint64_t max_steps = 5 * uint64_t{s.count} + 8;
   for (uint64_t step = 0; step < max_steps; ++step) {
     const bool small_usable = s.small.size > 0 && pinned_small < s.small.size;
@@ -517,15 +529,9 @@ uint32_t BlockCache::take_slot(Shard& s, unsigned si) noexcept {
     if (opts_.policy == Policy::kFifo) {
       if (!main_usable) return kNil;
     } else if (small_usable && (s.small.size >= s.small_target || !main_usable)) {
-      const uint32_t i = s.small.head;
+      uint32_t i;
+      if (!take_oldest(s.small, pinned_small, i)) continue;
       Slot& t = slots[i];
-      unlink(slots, s.small, i);
-      if (t.refs > 0) {
-        push_back(slots, s.small, i);
-        ++pinned_small;
-        continue;
-      }
-      pinned_small = 0;
       if (t.freq > 0) {
         t.freq = 0;
         t.queue = QueueId::kMain;
@@ -538,15 +544,9 @@ uint32_t BlockCache::take_slot(Shard& s, unsigned si) noexcept {
     } else if (!main_usable) {
       return kNil;
     }
-    const uint32_t i = s.main.head;
+    uint32_t i;
+    if (!take_oldest(s.main, pinned_main, i)) continue;
     Slot& t = slots[i];
-    unlink(slots, s.main, i);
-    if (t.refs > 0) {
-      push_back(slots, s.main, i);
-      ++pinned_main;
-      continue;
-    }
-    pinned_main = 0;
     if (t.freq > 0 && opts_.policy != Policy::kFifo) {
       --t.freq;
       push_back(slots, s.main, i);
