@@ -104,7 +104,7 @@ void unlink(SlotT* slots, List& l, uint32_t i) noexcept {
   --l.size;
 }
 
-void bump(CacheStatStripe& shard, CacheImage* image, CacheStatStripe* image_stripe, Counter CacheStatStripe::* field,
+void bump(CacheStatStripe& shard, CacheImage* image, CacheStatStripe* image_stripe, Counter CacheStatStripe::*field,
           uint64_t n = 1) noexcept {
   (shard.*field).add(n);
   if (image != nullptr) (image_stripe->*field).add(n);

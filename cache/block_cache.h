@@ -57,13 +57,13 @@ class Reactor;
 
 // A snapshot of the cache's counters (global, or one image's).
 struct CacheCounters {
-  uint64_t hits = 0;         // lookups served from a ready block
-  uint64_t misses = 0;       // lookups that became a fill (kFill)
-  uint64_t joins = 0;        // lookups that joined a fill in flight (kWait)
-  uint64_t bypasses = 0;     // lookups the cache could not take (kBypass)
-  uint64_t fills = 0;        // fills published
-  uint64_t fill_errors = 0;  // fills that failed or were abandoned
-  uint64_t evictions = 0;    // ready blocks evicted to make room
+  uint64_t hits = 0;               // lookups served from a ready block
+  uint64_t misses = 0;             // lookups that became a fill (kFill)
+  uint64_t joins = 0;              // lookups that joined a fill in flight (kWait)
+  uint64_t bypasses = 0;           // lookups the cache could not take (kBypass)
+  uint64_t fills = 0;              // fills published
+  uint64_t fill_errors = 0;        // fills that failed or were abandoned
+  uint64_t evictions = 0;          // ready blocks evicted to make room
   uint64_t bytes_from_memory = 0;  // bytes of lookups served from cache memory (hits, woken joins)
   uint64_t bytes_from_disk = 0;    // bytes read from disk into the cache by fills
 };

@@ -25,7 +25,7 @@ ImageIdentity identity_of_stat(const struct stat& st, uint64_t size_bytes, const
 }
 
 Result<ImageIdentity> identity_of_fd(int fd, uint64_t size_bytes, const CacheUuid* uuid) noexcept {
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd, &st) != 0) return unexpected_errno();
   return identity_of_stat(st, size_bytes, uuid);
 }

@@ -41,7 +41,7 @@ int write_file(const std::string& path, const std::string& content) {
 ImageIdentity identity_of_path(const std::string& path, const CacheUuid* uuid = nullptr) {
   const int fd = ::open(path.c_str(), O_RDONLY);
   EXPECT_GE(fd, 0);
-  struct stat st{};
+  struct stat st {};
   EXPECT_EQ(::fstat(fd, &st), 0);
   auto id = identity_of_fd(fd, static_cast<uint64_t>(st.st_size), uuid);
   ::close(fd);

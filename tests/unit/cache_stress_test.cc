@@ -156,8 +156,7 @@ TEST(CacheStress, ThreadsShareTheCacheWithoutWrongBytesOrLostWakeups) {
   o.shards = 4;
   o.populate = false;
   auto c = std::move(*BlockCache::create(o));
-  std::vector<std::shared_ptr<CacheImage>> images{*c->open(test::fake_identity(1)),
-                                                  *c->open(test::fake_identity(2))};
+  std::vector<std::shared_ptr<CacheImage>> images{*c->open(test::fake_identity(1)), *c->open(test::fake_identity(2))};
   Totals tot;
   std::atomic<int> phase{0};
   std::atomic<int> filling_done{0};
