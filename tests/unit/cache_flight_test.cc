@@ -52,8 +52,8 @@ TEST(CacheFlight, ConcurrentMissesMakeOneFillAndWakeEveryWaiterOnItsThread) {
   std::atomic<int> waits{0};
   std::atomic<bool> completed{false};
   std::vector<int> wake_calls(kThreads, 0);
-  std::vector<bool> right_thread(kThreads, false);
-  std::vector<bool> right_data(kThreads, false);
+  std::vector<char> right_thread(kThreads, 0);  // not vector<bool>: each thread writes its own element
+  std::vector<char> right_data(kThreads, 0);
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
