@@ -130,14 +130,13 @@ CacheImage::CacheImage(IdentityId id, const ImageIdentity& ident, unsigned shard
 // ---------------------------------------------------------------- handles
 
 void CacheBlock::reset() noexcept {
-  if (cache_ == nullptr) return;
-  if (filling_) {
-    cache_->complete(*this, -ECANCELED);
+  if (r_.cache == nullptr) return;
+  if (r_.filling) {
+    r_.cache->complete(*this, -ECANCELED);
   } else {
-    cache_->release(*this);
+    r_.cache->release(*this);
   }
-  cache_ = nullptr;
-  filling_ = false;
+  r_ = Ref{};
 }
 
 void CacheWakeQueue::push(CacheWaiter* w) noexcept {
@@ -322,8 +321,8 @@ std::vector<std::shared_ptr<const CacheImage>> BlockCache::images() const {
 // ---------------------------------------------------------------- datapath
 
 CacheBlock BlockCache::handle(uint32_t slot, bool filling) noexcept {
-  return CacheBlock(this, slot, slot_data(slot), filling ? 0 : slots_[slot].length, block_size_, slot_buf_index(slot),
-                    filling);
+  return CacheBlock(CacheBlock::Ref{this, slot_data(slot), slot, filling ? 0 : slots_[slot].length, block_size_,
+                                    slot_buf_index(slot), filling});
 }
 
 BlockCache::Lookup BlockCache::lookup(CacheImage& image, uint64_t block, uint32_t bytes, CacheWaiter* waiter) noexcept {
@@ -393,8 +392,8 @@ BlockCache::Lookup BlockCache::lookup(CacheImage& image, uint64_t block, uint32_
 }
 
 void BlockCache::complete(CacheBlock& fill, int result) noexcept {
-  if (fill.cache_ != this || !fill.filling_) return;
-  const uint32_t i = fill.slot_;
+  if (fill.r_.cache != this || !fill.r_.filling) return;
+  const uint32_t i = fill.r_.slot;
   const unsigned si = shard_of_slot(i);
   Shard& s = *shards_[si];
   Slot& t = slots_[i];
@@ -447,16 +446,15 @@ void BlockCache::complete(CacheBlock& fill, int result) noexcept {
     w->queue_->push(w);
   }
   if (error == 0) {
-    fill.filling_ = false;
-    fill.length_ = static_cast<uint32_t>(result);
+    fill.r_.filling = false;
+    fill.r_.length = static_cast<uint32_t>(result);
   } else {
-    fill.cache_ = nullptr;
-    fill.filling_ = false;
+    fill.r_ = CacheBlock::Ref{};
   }
 }
 
 void BlockCache::release(CacheBlock& h) noexcept {
-  const uint32_t i = h.slot_;
+  const uint32_t i = h.r_.slot;
   Shard& s = *shards_[shard_of_slot(i)];
   std::lock_guard lock(s.mu);
   Slot& t = slots_[i];
@@ -464,7 +462,7 @@ void BlockCache::release(CacheBlock& h) noexcept {
     --s.doomed;
     free_slot(s, i);
   }
-  h.cache_ = nullptr;
+  h.r_ = CacheBlock::Ref{};
 }
 
 // ---------------------------------------------------------------- policy

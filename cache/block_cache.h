@@ -43,6 +43,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "cache/cache_key.h"
@@ -98,48 +99,33 @@ class CacheBlock {
   CacheBlock& operator=(const CacheBlock&) = delete;
   ~CacheBlock() { reset(); }
 
-  explicit operator bool() const noexcept { return cache_ != nullptr; }
-  [[nodiscard]] bool filling() const noexcept { return filling_; }
-  [[nodiscard]] uint8_t* data() const noexcept { return data_; }
+  explicit operator bool() const noexcept { return r_.cache != nullptr; }
+  [[nodiscard]] bool filling() const noexcept { return r_.filling; }
+  [[nodiscard]] uint8_t* data() const noexcept { return r_.data; }
   // Valid bytes of a pinned block (the block size, less at the end of an
   // image); 0 while filling.
-  [[nodiscard]] uint32_t length() const noexcept { return length_; }
-  [[nodiscard]] uint32_t capacity() const noexcept { return capacity_; }
+  [[nodiscard]] uint32_t length() const noexcept { return r_.length; }
+  [[nodiscard]] uint32_t capacity() const noexcept { return r_.capacity; }
   // io_uring fixed buffer (index into fixed_buffers()) that holds data().
-  [[nodiscard]] unsigned buf_index() const noexcept { return buf_index_; }
+  [[nodiscard]] unsigned buf_index() const noexcept { return r_.buf_index; }
   // Unpins (or abandons a fill). The handle is empty afterwards.
   void reset() noexcept;
 
  private:
   friend class BlockCache;
-  CacheBlock(BlockCache* c, uint32_t slot, uint8_t* data, uint32_t length, uint32_t capacity, unsigned buf_index,
-             bool filling) noexcept
-      : cache_(c),
-        data_(data),
-        slot_(slot),
-        length_(length),
-        capacity_(capacity),
-        buf_index_(buf_index),
-        filling_(filling) {}
-  void take(CacheBlock& o) noexcept {
-    cache_ = o.cache_;
-    data_ = o.data_;
-    slot_ = o.slot_;
-    length_ = o.length_;
-    capacity_ = o.capacity_;
-    buf_index_ = o.buf_index_;
-    filling_ = o.filling_;
-    o.cache_ = nullptr;
-    o.filling_ = false;
-  }
+  struct Ref {
+    BlockCache* cache = nullptr;  // null: empty handle
+    uint8_t* data = nullptr;
+    uint32_t slot = 0;
+    uint32_t length = 0;
+    uint32_t capacity = 0;
+    unsigned buf_index = 0;
+    bool filling = false;
+  };
+  explicit CacheBlock(const Ref& r) noexcept : r_(r) {}
+  void take(CacheBlock& o) noexcept { r_ = std::exchange(o.r_, Ref{}); }
 
-  BlockCache* cache_ = nullptr;
-  uint8_t* data_ = nullptr;
-  uint32_t slot_ = 0;
-  uint32_t length_ = 0;
-  uint32_t capacity_ = 0;
-  unsigned buf_index_ = 0;
-  bool filling_ = false;
+  Ref r_;
 };
 
 // Someone waiting for a fill in flight (embedded in the caller's request
