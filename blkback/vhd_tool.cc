@@ -79,32 +79,44 @@ VhdStatus write_footer_at(const VhdLevel& lv, uint64_t off) {
   return {};
 }
 
-// Appends blocks to a sparse VHD open read-write, in batches that keep the
-// file consistent at every point of a crash: (1) when the batch needs room
-// past the footer, the footer is first written at the batch's new end
-// (fdatasync), so the file always ends with a valid footer; (2) the batch's
-// blocks (bitmap + data, laid out as BlockLayout::append_position puts
-// them, data page-aligned) go out in one pwrite; fdatasync; (3) their BAT
-// entries; fdatasync. A crash before (3) leaves blocks no BAT entry names,
-// space the next append reuses (it starts at end_of_data).
-class BlockAppender {
+// Writes into a VHD open read-write in batches that keep the file
+// consistent at every point of a crash. A batch holds appended blocks and
+// data written in place into existing blocks (coalesce). (1) When the batch
+// appends past the footer, the footer is first written at the batch's
+// bound (fdatasync), so the file always ends with a valid footer; (2) the
+// caller writes the data: each appended block's [bitmap][data] at the
+// position place() gives (data page-aligned, as
+// BlockLayout::append_position lays it out; the few bytes between blocks are
+// not written: never read, a hole in a new file), in-place data where it
+// belongs; (3) fdatasync; (4) the bitmaps of blocks updated in place and
+// the BAT entries of appended ones; fdatasync. A crash before (4) leaves
+// appended blocks no BAT entry names, space the next append reuses (it
+// starts at end_of_data), and in-place data under bitmaps that do not show
+// it yet (the child still masks it).
+//
+// A batch ends after batch_bytes of data: large enough that its two
+// fdatasyncs (each an ext4 journal commit) are a small part of it, small
+// enough that an interrupt (which finishes the batch) is answered within
+// about a second. Measured on ext4/virtio (perf/vhd_coalesce.sh): see
+// kDefaultBatchBytes.
+class BatchWriter {
  public:
-  static constexpr uint32_t kBatchBlocks = 16;
+  BatchWriter(VhdLevel& lv, uint64_t batch_bytes)
+      : lv_(lv),
+        stride_(lv.layout.block_bytes() + 4096),
+        max_blocks_(std::max<uint64_t>(1, batch_bytes / stride_)),
+        batch_bytes_(batch_bytes) {}
 
-  explicit BlockAppender(VhdLevel& lv) : lv_(lv), stride_(lv.layout.block_bytes() + 4096) {
-    buf_.resize(kBatchBlocks * stride_);
-  }
-
-  // The [bitmap][data] bytes of block `index` to fill, in the current batch.
-  VhdResult<uint8_t*> slot(uint32_t index) {
-    if (pending_.size() == kBatchBlocks) {
+  // The file offset where block `index`'s [bitmap][data] (block_bytes) go,
+  // in the current batch; the caller writes them there before the next call.
+  VhdResult<uint64_t> place(uint32_t index) {
+    if (pending_.size() >= max_blocks_ || in_place_ + (cursor_ - start_) >= batch_bytes_) {
       if (VhdStatus s = flush(); !vhd_ok(s)) return s;
     }
     if (pending_.empty()) {
       start_ = lv_.layout.append_position(lv_.end_of_data);
       cursor_ = start_;
-      prev_end_ = start_;
-      const uint64_t bound = start_ + buf_.size();
+      const uint64_t bound = start_ + max_blocks_ * stride_;
       if (bound / kSectorSize >= kBatUnused) return fail(lv_.path, "file would grow past the BAT's 2 TiB reach", EFBIG);
       if (bound > lv_.footer_offset) {
         if (VhdStatus s = write_footer_at(lv_, bound); !vhd_ok(s)) return s;
@@ -116,34 +128,46 @@ class BlockAppender {
     const uint64_t pos = lv_.layout.append_position(cursor_);
     pending_.emplace_back(index, pos);
     cursor_ = pos + lv_.layout.block_bytes();
-    uint8_t* p = buf_.data() + (pos - start_);
-    if (pos > prev_end_) std::memset(buf_.data() + (prev_end_ - start_), 0, pos - prev_end_);  // the gap
-    prev_end_ = cursor_;
-    return p;
+    return pos;
   }
-  // Gives back the last slot (its content turned out all zero).
+  // Gives back the last place (its content turned out all zero).
   void drop_last() {
     pending_.pop_back();
     cursor_ = pending_.empty() ? start_ : pending_.back().second + lv_.layout.block_bytes();
-    prev_end_ = cursor_;
+  }
+  // The caller wrote `bytes` in place into existing blocks (or a fixed
+  // disk) and, for a sparse file, block `block`'s bitmap becomes `bits`
+  // (written after the data is durable).
+  VhdStatus wrote_in_place(uint64_t bytes, uint32_t block, std::span<const uint8_t> bits) {
+    in_place_ += bytes;
+    if (!bits.empty()) bitmaps_.emplace_back(block, std::vector<uint8_t>(bits.begin(), bits.end()));
+    if (in_place_ + (cursor_ - start_) >= batch_bytes_) return flush();
+    return {};
   }
   VhdStatus flush() {
-    if (pending_.empty()) return {};
-    if (!vhd_pwrite_full(lv_.fd, buf_.data(), cursor_ - start_, start_)) {
-      return vhd_errno_error(lv_.path, "writing blocks", errno);
-    }
+    if (pending_.empty() && bitmaps_.empty() && in_place_ == 0) return {};
     if (VhdStatus s = sync_fd(lv_.fd, lv_.path); !vhd_ok(s)) return s;
+    for (const auto& [block, bits] : bitmaps_) {
+      if (!vhd_pwrite_full(lv_.fd, bits.data(), bits.size(), BlockLayout::bitmap_offset(lv_.bat[block]))) {
+        return vhd_errno_error(lv_.path, fmt::format("writing the bitmap of block {}", block), errno);
+      }
+    }
     std::vector<uint32_t> blocks;
     for (const auto& [index, pos] : pending_) {
       lv_.bat[index] = static_cast<uint32_t>(pos / kSectorSize);
       blocks.push_back(index);
     }
     if (VhdStatus s = write_bat_entries(lv_, blocks); !vhd_ok(s)) return s;
-    if (VhdStatus s = sync_fd(lv_.fd, lv_.path); !vhd_ok(s)) return s;
-    lv_.end_of_data = std::max(lv_.end_of_data, cursor_);
+    if (!blocks.empty() || !bitmaps_.empty()) {
+      if (VhdStatus s = sync_fd(lv_.fd, lv_.path); !vhd_ok(s)) return s;
+    }
+    if (!pending_.empty()) lv_.end_of_data = std::max(lv_.end_of_data, cursor_);
     lv_.allocated_blocks += static_cast<uint32_t>(pending_.size());
     written_ += cursor_ - start_;
     pending_.clear();
+    bitmaps_.clear();
+    in_place_ = 0;
+    start_ = cursor_ = 0;
     return {};
   }
   // Flushes, then moves the footer to the end of the data and cuts the
@@ -162,17 +186,74 @@ class BlockAppender {
     }
     return {};
   }
-  [[nodiscard]] uint64_t bytes_written() const noexcept { return written_; }
+  // Bytes of appended blocks made durable.
+  [[nodiscard]] uint64_t bytes_appended() const noexcept { return written_; }
 
  private:
   VhdLevel& lv_;
-  uint64_t stride_;
-  std::vector<uint8_t> buf_;
-  uint64_t start_ = 0;
+  uint64_t stride_;      // the most one appended block takes (alignment gap included)
+  uint64_t max_blocks_;  // appended blocks per batch
+  uint64_t batch_bytes_;
+  uint64_t start_ = 0;  // [start_, cursor_): the batch's appended blocks
   uint64_t cursor_ = 0;
-  uint64_t prev_end_ = 0;
+  uint64_t in_place_ = 0;
   uint64_t written_ = 0;
-  std::vector<std::pair<uint32_t, uint64_t>> pending_;
+  std::vector<std::pair<uint32_t, uint64_t>> pending_;              // appended: block, position
+  std::vector<std::pair<uint32_t, std::vector<uint8_t>>> bitmaps_;  // updated in place: block, bitmap
+};
+
+// Copies file ranges in the kernel with copy_file_range(2): the data does
+// not pass through user memory (on ext4 a page-cache to page-cache splice;
+// on file systems with reflink or server-side copy, XFS, Btrfs, NFS 4.2,
+// none moves at all). Where the kernel refuses (EXDEV across file systems,
+// EOPNOTSUPP, EINVAL, ENOSYS) or when told to, pread/pwrite through a
+// bounce buffer. One per operation, on its thread.
+class RangeCopier {
+ public:
+  explicit RangeCopier(bool in_kernel) : in_kernel_(in_kernel) {}
+
+  // [in_off, in_off + len) of `in` to `out` at out_off; false with errno
+  // set on failure (EIO on a premature end of `in`).
+  bool copy(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t len) {
+    while (len > 0 && in_kernel_) {
+      auto io = static_cast<loff_t>(in_off);
+      auto oo = static_cast<loff_t>(out_off);
+      const ssize_t n = ::copy_file_range(in, &io, out, &oo, std::min<uint64_t>(len, 1u << 30), 0);
+      if (n > 0) {
+        in_off += static_cast<uint64_t>(n);
+        out_off += static_cast<uint64_t>(n);
+        len -= static_cast<uint64_t>(n);
+        in_kernel_bytes_ += static_cast<uint64_t>(n);
+      } else if (n == 0) {
+        errno = EIO;
+        return false;
+      } else if (errno == EXDEV || errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS) {
+        in_kernel_ = false;
+      } else if (errno != EINTR) {
+        return false;
+      }
+    }
+    if (len > 0 && bounce_.empty()) bounce_.resize(kBounce);
+    while (len > 0) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(len, kBounce));
+      if (!vhd_pread_full(in, bounce_.data(), n, in_off) || !vhd_pwrite_full(out, bounce_.data(), n, out_off)) {
+        return false;
+      }
+      in_off += n;
+      out_off += n;
+      len -= n;
+    }
+    return true;
+  }
+  [[nodiscard]] uint64_t in_kernel_bytes() const noexcept { return in_kernel_bytes_; }
+
+ private:
+  // Small enough to stay in the CPU cache between the read and the write
+  // (cp uses 128 KiB): the copies through user memory are what costs here.
+  static constexpr size_t kBounce = 256u << 10;
+  bool in_kernel_;
+  uint64_t in_kernel_bytes_ = 0;
+  std::vector<uint8_t> bounce_;
 };
 
 // Calls fn(first_sector, count) for each run of set bits in the first `sectors` bits.
@@ -531,19 +612,15 @@ bool ChainReader::any_allocated(uint64_t off, uint64_t len) const noexcept {
   return false;
 }
 
-VhdResult<bool> ChainReader::read(uint64_t off, uint32_t len, uint8_t* buf) {
+VhdStatus ChainReader::plan(uint64_t off, uint32_t len, std::vector<Piece>& out) {
+  out.clear();
   const uint32_t nsect = len / kSectorSize;
   filled_.assign(nsect, 0);
   uint32_t remaining = nsect;
-  bool any = false;
-  auto fill = [&](const VhdLevel& lv, uint64_t file_off, uint32_t idx, uint32_t n) -> VhdStatus {
-    if (!vhd_pread_full(lv.fd, buf + uint64_t{idx} * kSectorSize, uint64_t{n} * kSectorSize, file_off)) {
-      return vhd_errno_error(lv.path, fmt::format("reading 0x{:x}", file_off), errno);
-    }
+  auto take = [&](size_t level, uint64_t file_off, uint32_t idx, uint32_t n) {
+    out.push_back(Piece{idx * kSectorSize, n * kSectorSize, level, file_off});
     std::fill_n(filled_.begin() + idx, n, 1);
     remaining -= n;
-    any = true;
-    return {};
   };
   for (size_t li = 0; li < chain_.levels.size() && remaining > 0; ++li) {
     const VhdLevel& lv = chain_.levels[li];
@@ -558,7 +635,7 @@ VhdResult<bool> ChainReader::read(uint64_t off, uint32_t len, uint8_t* buf) {
         }
         uint32_t n = 1;
         while (i + n < lim && !filled_[i + n]) ++n;
-        if (VhdStatus s = fill(lv, off + uint64_t{i} * kSectorSize, i, n); !vhd_ok(s)) return s;
+        take(li, off + uint64_t{i} * kSectorSize, i, n);
         i += n;
       }
       continue;
@@ -582,14 +659,40 @@ VhdResult<bool> ChainReader::read(uint64_t off, uint32_t len, uint8_t* buf) {
         }
         uint32_t n = 1;
         while (k + n < in_block && !filled_[i + k + n] && bitmap_test(bits, sib + k + n)) ++n;
-        if (VhdStatus s = fill(lv, lv.layout.sector_offset(lv.bat[b], sib + k), i + k, n); !vhd_ok(s)) return s;
+        take(li, lv.layout.sector_offset(lv.bat[b], sib + k), i + k, n);
         k += n;
       }
       i += in_block;
     }
   }
-  for (uint32_t i = 0; i < nsect && remaining > 0; ++i) {
-    if (!filled_[i]) std::memset(buf + uint64_t{i} * kSectorSize, 0, kSectorSize);
+  for (uint32_t i = 0; i < nsect && remaining > 0;) {
+    if (filled_[i]) {
+      ++i;
+      continue;
+    }
+    uint32_t n = 1;
+    while (i + n < nsect && !filled_[i + n]) ++n;
+    out.push_back(Piece{i * kSectorSize, n * kSectorSize, kZeros, 0});
+    remaining -= n;
+    i += n;
+  }
+  std::sort(out.begin(), out.end(), [](const Piece& a, const Piece& b) { return a.off < b.off; });
+  return {};
+}
+
+VhdResult<bool> ChainReader::read(uint64_t off, uint32_t len, uint8_t* buf) {
+  if (VhdStatus s = plan(off, len, pieces_); !vhd_ok(s)) return s;
+  bool any = false;
+  for (const Piece& p : pieces_) {
+    if (p.level == kZeros) {
+      std::memset(buf + p.off, 0, p.len);
+      continue;
+    }
+    const VhdLevel& lv = chain_.levels[p.level];
+    if (!vhd_pread_full(lv.fd, buf + p.off, p.len, p.file_off)) {
+      return vhd_errno_error(lv.path, fmt::format("reading 0x{:x}", p.file_off), errno);
+    }
+    any = true;
   }
   return any;
 }
@@ -597,6 +700,12 @@ VhdResult<bool> ChainReader::read(uint64_t off, uint32_t len, uint8_t* buf) {
 namespace {
 
 bool interrupted(const CopyOptions& o) { return o.interrupt != nullptr && o.interrupt->load(); }
+
+// Data between two syncs, measured (perf/vhd_coalesce.sh, 1 GiB, ext4 on
+// virtio, 2 cores): see docs/vhd.md.
+constexpr uint64_t kDefaultBatchBytes = 256ull << 20;
+
+uint64_t batch_bytes(const CopyOptions& o) { return o.batch_bytes != 0 ? o.batch_bytes : kDefaultBatchBytes; }
 
 VhdResult<CopyStats> vhd_to_raw(const std::string& src, const std::string& dst, const CopyOptions& opts) {
   VhdOpenOptions o;
@@ -607,8 +716,9 @@ VhdResult<CopyStats> vhd_to_raw(const std::string& src, const std::string& dst, 
   if (out.fd < 0) return vhd_errno_error(dst, "create", errno);
   if (::ftruncate(out.fd, static_cast<off_t>(size)) != 0) return vhd_errno_error(dst, "ftruncate", errno);
   constexpr uint32_t kChunk = 8u << 20;
-  std::vector<uint8_t> buf(kChunk);
   ChainReader reader(*chain);
+  RangeCopier copier(opts.in_kernel_copy);
+  std::vector<ChainReader::Piece> pieces;
   CopyStats st;
   st.total_blocks = (size + kChunk - 1) / kChunk;
   for (uint64_t off = 0; off < size; off += kChunk) {
@@ -618,18 +728,25 @@ VhdResult<CopyStats> vhd_to_raw(const std::string& src, const std::string& dst, 
     }
     const uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(kChunk, size - off));
     if (reader.any_allocated(off, len)) {
-      auto any = reader.read(off, len, buf.data());
-      if (!any) return any.error();
-      st.bytes_read += len;
-      if (*any && !all_zero(buf.data(), len)) {
-        if (!vhd_pwrite_full(out.fd, buf.data(), len, off)) return vhd_errno_error(dst, "write", errno);
-        st.bytes_written += len;
-        ++st.blocks;
+      if (VhdStatus s = reader.plan(off, len, pieces); !vhd_ok(s)) return s;
+      bool any = false;
+      // Zero pieces stay the holes ftruncate made.
+      for (const ChainReader::Piece& p : pieces) {
+        if (p.level == ChainReader::kZeros) continue;
+        const VhdLevel& lv = chain->levels[p.level];
+        if (!copier.copy(lv.fd, p.file_off, out.fd, off + p.off, p.len)) {
+          return vhd_errno_error(dst, fmt::format("copying 0x{:x} of {}", p.file_off, lv.path), errno);
+        }
+        st.bytes_read += p.len;
+        st.bytes_written += p.len;
+        any = true;
       }
+      if (any) ++st.blocks;
     }
     if (opts.progress) opts.progress(off + len, size);
   }
   if (::fsync(out.fd) != 0) return vhd_errno_error(dst, "fsync", errno);
+  st.bytes_in_kernel = copier.in_kernel_bytes();
   return st;
 }
 
@@ -648,8 +765,13 @@ VhdResult<CopyStats> raw_to_vhd(const std::string& src, const std::string& dst, 
   oo.read_only = false;
   auto lv = vhd_open_file(dst, oo);
   if (!lv) return lv.error();
-  BlockAppender app(*lv);
+  BatchWriter app(*lv, batch_bytes(opts));
   const BlockLayout& l = lv->layout;
+  // Read, not copied in the kernel: all-zero blocks stay unallocated, which
+  // takes looking at the data (as cp --sparse=always does).
+  std::vector<uint8_t> buf(l.block_bytes());
+  uint8_t* bm = buf.data();
+  uint8_t* d = bm + l.bitmap_bytes;
   CopyStats cs;
   cs.total_blocks = l.entries;
   for (uint32_t b = 0; b < l.entries; ++b) {
@@ -662,30 +784,25 @@ VhdResult<CopyStats> raw_to_vhd(const std::string& src, const std::string& dst, 
     const uint64_t n = std::min<uint64_t>(l.block_size, src_size - start);
     // Holes of a sparse source are skipped without reading them.
     const off_t data = ::lseek(in.fd, static_cast<off_t>(start), SEEK_DATA);
-    if (data < 0 || static_cast<uint64_t>(data) >= start + n) {
-      if (opts.progress) opts.progress(start + n, src_size);
-      continue;
-    }
-    auto slot = app.slot(b);
-    if (!slot) return slot.error();
-    uint8_t* bm = *slot;
-    uint8_t* d = bm + l.bitmap_bytes;
-    if (!vhd_pread_full(in.fd, d, n, start)) return vhd_errno_error(src, "read", errno);
-    cs.bytes_read += n;
-    if (n < l.block_size) std::memset(d + n, 0, l.block_size - n);
-    if (all_zero(d, n)) {
-      app.drop_last();
-    } else {
-      std::memset(bm, 0, l.bitmap_bytes);
-      bitmap_set(
-          std::span<uint8_t>(bm, l.bitmap_bytes), 0,
-          static_cast<uint32_t>((std::min<uint64_t>(l.block_size, size - start) + kSectorSize - 1) / kSectorSize));
-      ++cs.blocks;
+    if (data >= 0 && static_cast<uint64_t>(data) < start + n) {
+      if (!vhd_pread_full(in.fd, d, n, start)) return vhd_errno_error(src, "read", errno);
+      cs.bytes_read += n;
+      if (n < l.block_size) std::memset(d + n, 0, l.block_size - n);
+      if (!all_zero(d, n)) {
+        auto pos = app.place(b);
+        if (!pos) return pos.error();
+        std::memset(bm, 0, l.bitmap_bytes);
+        bitmap_set(
+            std::span<uint8_t>(bm, l.bitmap_bytes), 0,
+            static_cast<uint32_t>((std::min<uint64_t>(l.block_size, size - start) + kSectorSize - 1) / kSectorSize));
+        if (!vhd_pwrite_full(lv->fd, buf.data(), buf.size(), *pos)) return vhd_errno_error(dst, "write", errno);
+        ++cs.blocks;
+      }
     }
     if (opts.progress) opts.progress(start + n, src_size);
   }
   if (VhdStatus s = app.finish(); !vhd_ok(s)) return s;
-  cs.bytes_written = app.bytes_written();
+  cs.bytes_written = app.bytes_appended();
   return cs;
 }
 
@@ -769,9 +886,10 @@ VhdResult<CopyStats> coalesce(const std::string& child_path, const CopyOptions& 
   const uint64_t vs = child.virtual_size();
   CopyStats st;
   st.total_blocks = blocks.size();
-  std::vector<uint8_t> tmp(cl.block_bytes());
+  std::vector<uint8_t> cbm(cl.bitmap_bytes);
   std::vector<uint8_t> pbm(parent->sparse() ? parent->layout.bitmap_bytes : 0);
-  BlockAppender app(*parent);
+  BatchWriter app(*parent, batch_bytes(opts));
+  RangeCopier copier(opts.in_kernel_copy);
   const uint64_t total_bytes = uint64_t{blocks.size()} * cl.block_size;
   for (uint32_t b : blocks) {
     if (interrupted(opts)) {
@@ -779,30 +897,35 @@ VhdResult<CopyStats> coalesce(const std::string& child_path, const CopyOptions& 
       break;
     }
     const uint64_t coff = BlockLayout::bitmap_offset(child.bat[b]);
-    const bool new_block = parent->sparse() && (b >= parent->bat.size() || parent->bat[b] == kBatUnused);
     if (parent->sparse() && b >= parent->bat.size()) return fail(parent_path, fmt::format("no BAT entry {}", b));
-    if (new_block) {
-      // The child's bitmap and data, as they are: sectors the child does not
-      // hold keep falling through to the parent's own parent.
-      auto slot = app.slot(b);
-      if (!slot) return slot.error();
-      if (!vhd_pread_full(child.fd, *slot, cl.block_bytes(), coff)) return vhd_errno_error(child.path, "read", errno);
+    if (parent->sparse() && parent->bat[b] == kBatUnused) {
+      // A new parent block: the child's bitmap and data as they are, in one
+      // copy (sectors the child does not hold keep falling through to the
+      // parent's own parent).
+      auto pos = app.place(b);
+      if (!pos) return pos.error();
+      if (!copier.copy(child.fd, coff, parent->fd, *pos, cl.block_bytes())) {
+        return vhd_errno_error(parent_path, fmt::format("copying block {} from {}", b, child.path), errno);
+      }
       st.bytes_read += cl.block_bytes();
     } else {
-      if (!vhd_pread_full(child.fd, tmp.data(), tmp.size(), coff)) return vhd_errno_error(child.path, "read", errno);
-      st.bytes_read += tmp.size();
-      const std::span<const uint8_t> cbm(tmp.data(), cl.bitmap_bytes);
-      const uint8_t* cdata = tmp.data() + cl.bitmap_bytes;
+      // An existing one: the child's runs of sectors in place, then (after
+      // the batch's sync) the OR of the bitmaps.
+      if (!vhd_pread_full(child.fd, cbm.data(), cbm.size(), coff)) return vhd_errno_error(child.path, "read", errno);
+      st.bytes_read += cbm.size();
       const uint64_t vbase = uint64_t{b} * cl.block_size;
+      uint64_t in_place = 0;
       VhdStatus s = for_each_set_run(cbm, cl.sectors_per_block, [&](uint32_t first, uint32_t n) -> VhdStatus {
         const uint64_t v = vbase + uint64_t{first} * kSectorSize;
         if (v >= vs) return {};
         const uint64_t bytes = std::min<uint64_t>(uint64_t{n} * kSectorSize, vs - v);
         const uint64_t poff = parent->sparse() ? parent->layout.sector_offset(parent->bat[b], first) : v;
-        if (!vhd_pwrite_full(parent->fd, cdata + uint64_t{first} * kSectorSize, bytes, poff)) {
-          return vhd_errno_error(parent_path, "write", errno);
+        if (!copier.copy(child.fd, cl.sector_offset(child.bat[b], first), parent->fd, poff, bytes)) {
+          return vhd_errno_error(parent_path, fmt::format("copying block {} from {}", b, child.path), errno);
         }
+        st.bytes_read += bytes;
         st.bytes_written += bytes;
+        in_place += bytes;
         return {};
       });
       if (!vhd_ok(s)) return s;
@@ -811,16 +934,15 @@ VhdResult<CopyStats> coalesce(const std::string& child_path, const CopyOptions& 
         if (!vhd_pread_full(parent->fd, pbm.data(), pbm.size(), poff))
           return vhd_errno_error(parent_path, "read", errno);
         for (size_t i = 0; i < pbm.size() && i < cl.bitmap_bytes; ++i) pbm[i] |= cbm[i];
-        if (!vhd_pwrite_full(parent->fd, pbm.data(), pbm.size(), poff)) {
-          return vhd_errno_error(parent_path, "writing a bitmap", errno);
-        }
       }
+      if (VhdStatus w = app.wrote_in_place(in_place, b, pbm); !vhd_ok(w)) return w;
     }
     ++st.blocks;
     if (opts.progress) opts.progress(st.blocks * cl.block_size, total_bytes);
   }
   if (VhdStatus s = app.finish(); !vhd_ok(s)) return s;
-  st.bytes_written += app.bytes_written();
+  st.bytes_written += app.bytes_appended();
+  st.bytes_in_kernel = copier.in_kernel_bytes();
   if (::fsync(parent->fd) != 0) return vhd_errno_error(parent_path, "fsync", errno);
   if (st.interrupted) return st;
   // The parent's mtime moved: the child records it so the chain opens

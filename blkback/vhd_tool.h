@@ -8,9 +8,11 @@
 // with no build change; being a static library, the daemon links none of
 // it (nothing there references these symbols).
 //
-// I/O is blocking pread/pwrite in large pieces (whole blocks, batches of
-// blocks written with one pwrite), only of allocated blocks; nothing here
-// runs on a reactor. Threads: functions called from one thread; `interrupt`
+// I/O is blocking, only of allocated data: copy_file_range(2) of whole
+// runs where the bytes are copied as they are (convert to raw, coalesce),
+// pread/pwrite of whole blocks where they are looked at (raw to vhd
+// skips zero blocks), syncs per batch of blocks; nothing here runs on a
+// reactor. Threads: functions called from one thread; `interrupt`
 // may be set from a signal handler.
 #pragma once
 
@@ -74,20 +76,28 @@ struct LevelMap {
 VhdResult<std::vector<LevelMap>> map(const std::string& path);
 
 struct CopyOptions {
-  std::function<void(uint64_t done, uint64_t total)> progress;  // called per batch
+  std::function<void(uint64_t done, uint64_t total)> progress;  // called per block (or chunk)
   const std::atomic<bool>* interrupt = nullptr;                 // stop at the next consistent point
   bool force = false;                                           // coalesce: parent has other children
+  // Copy allocated data with copy_file_range(2) (in the kernel); false:
+  // pread/pwrite through a buffer, as where the kernel refuses (EXDEV...).
+  bool in_kernel_copy = true;
+  // Data written between two syncs (coalesce, raw -> vhd); 0: the default.
+  uint64_t batch_bytes = 0;
 };
 struct CopyStats {
   uint64_t bytes_read = 0;
   uint64_t bytes_written = 0;
-  uint64_t blocks = 0;  // blocks (or chunks) copied
+  uint64_t bytes_in_kernel = 0;  // of bytes_written, copied by copy_file_range
+  uint64_t blocks = 0;           // blocks (or chunks) copied
   uint64_t total_blocks = 0;
   bool interrupted = false;
 };
 
 // vhd (a whole chain) -> raw, raw -> vhd dynamic. The destination is created
-// (never overwritten); holes and all-zero pieces stay holes / unallocated.
+// (never overwritten). To raw: what no level holds stays a hole, what a
+// level holds is copied as it is (without reading it: zeros a guest wrote
+// stay allocated). To vhd: holes and all-zero blocks stay unallocated.
 VhdResult<CopyStats> convert(const std::string& src, const std::string& dst, const std::string& out_format,
                              const CopyOptions& opts);
 
@@ -113,6 +123,18 @@ class ChainReader {
   // [off, off + len), off and len multiples of 512, inside the disk.
   // Returns whether any level held any of it (false: all zeros, buf zeroed).
   VhdResult<bool> read(uint64_t off, uint32_t len, uint8_t* buf);
+  // Where the bytes of [off, off + len) come from, in offset order: `len`
+  // bytes at `off` (relative to the range) are in level `level`'s file at
+  // `file_off`, or zeros when level == kZeros. What read() reads, for
+  // callers that copy without reading (convert's copy_file_range).
+  static constexpr size_t kZeros = SIZE_MAX;
+  struct Piece {
+    uint32_t off = 0;
+    uint32_t len = 0;
+    size_t level = kZeros;
+    uint64_t file_off = 0;
+  };
+  VhdStatus plan(uint64_t off, uint32_t len, std::vector<Piece>& out);
   // Cheap: whether any level has a block (or fixed data) overlapping the range.
   [[nodiscard]] bool any_allocated(uint64_t off, uint64_t len) const noexcept;
 
@@ -126,6 +148,7 @@ class ChainReader {
   const VhdChain& chain_;
   std::vector<CachedBitmap> bitmaps_;
   std::vector<uint8_t> filled_;
+  std::vector<Piece> pieces_;
 };
 
 }  // namespace xenpath::img

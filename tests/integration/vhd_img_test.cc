@@ -7,6 +7,8 @@
 // (SIGKILL) at several points, then resumed.
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 
 #include <gtest/gtest.h>
@@ -246,6 +248,7 @@ TEST(VhdImg, CoalesceInterruptedOrKilledResumes) {
   img::CopyOptions o;
   uint64_t calls = 0;
   o.interrupt = &stop;
+  o.batch_bytes = 8u << 20;  // several batches in this small disk
   o.progress = [&](uint64_t, uint64_t) {
     if (++calls == 5) stop = true;
   };
@@ -262,6 +265,7 @@ TEST(VhdImg, CoalesceInterruptedOrKilledResumes) {
     ASSERT_GE(pid, 0);
     if (pid == 0) {
       img::CopyOptions k;
+      k.batch_bytes = 8u << 20;  // killed in the 1st, 2nd and later batches
       uint64_t n = 0;
       k.progress = [&](uint64_t, uint64_t) {
         if (++n == kill_at) ::raise(SIGKILL);
@@ -283,6 +287,59 @@ TEST(VhdImg, CoalesceInterruptedOrKilledResumes) {
   EXPECT_EQ(to_raw(d / "base.vhd", d / "final.raw"), shadow);
   // The orphans of the killed runs were reused, not leaked without bound.
   EXPECT_LT(test::file_size(d / "base.vhd"), 2 * (kDisk + (1u << 20)));
+}
+
+// copy_file_range's fallback: pread/pwrite where the kernel refuses (EXDEV
+// from another file system) or when told to, giving the same bytes.
+TEST(VhdImg, CopiesInTheKernelOrThroughABufferAlike) {
+  TempDir d;
+  // A chain with partly written blocks (bitmap runs) at every level, and
+  // blocks the leaf holds that its parent lacks or has.
+  std::vector<uint8_t> shadow = written_base(d / "base.vhd", 61, 20);
+  ASSERT_TRUE(vhd_ok(img::snapshot(d / "base.vhd", d / "leaf.vhd")));
+  random_writes(d / "leaf.vhd", shadow, 62, 30);
+
+  auto in_kernel = img::convert(d / "leaf.vhd", d / "k.raw", "raw", {});
+  ASSERT_TRUE(in_kernel) << in_kernel.error().message;
+  EXPECT_EQ(test::slurp(d / "k.raw"), shadow);
+  struct statfs sf {};
+  ASSERT_EQ(::statfs(d.path.c_str(), &sf), 0);
+  // Where copy_file_range works within one file system (ext4, XFS, Btrfs:
+  // in-kernel splice or reflink; tmpfs: splice), it is what copied.
+  if (sf.f_type == 0xEF53 || sf.f_type == 0x58465342 || sf.f_type == 0x9123683E || sf.f_type == 0x01021994) {
+    EXPECT_EQ(in_kernel->bytes_in_kernel, in_kernel->bytes_written);
+    EXPECT_GT(in_kernel->bytes_in_kernel, 0u);
+  }
+  img::CopyOptions buffered;
+  buffered.in_kernel_copy = false;
+  auto forced = img::convert(d / "leaf.vhd", d / "b.raw", "raw", buffered);
+  ASSERT_TRUE(forced) << forced.error().message;
+  EXPECT_EQ(forced->bytes_in_kernel, 0u);
+  EXPECT_EQ(forced->bytes_written, in_kernel->bytes_written);
+  EXPECT_EQ(test::slurp(d / "b.raw"), shadow);
+
+  // coalesce through the buffer, in small batches: the parent alone now
+  // reads as the leaf did, and checks clean.
+  buffered.batch_bytes = 4u << 20;
+  auto merged = img::coalesce(d / "leaf.vhd", buffered);
+  ASSERT_TRUE(merged) << merged.error().message;
+  EXPECT_EQ(merged->bytes_in_kernel, 0u);
+  EXPECT_GT(merged->bytes_written, 0u);
+  EXPECT_EQ(to_raw(d / "base.vhd", d / "base.raw"), shadow);
+  EXPECT_EQ(img::check(d / "base.vhd", false).status, 0);
+
+  // Across file systems the kernel answers EXDEV: the copy falls back.
+  struct stat shm {};
+  struct stat tmp {};
+  if (::stat("/dev/shm", &shm) == 0 && ::stat(d.path.c_str(), &tmp) == 0 && shm.st_dev != tmp.st_dev) {
+    TempDir other("/dev/shm");
+    auto cross = img::convert(d / "leaf.vhd", other / "x.raw", "raw", {});
+    ASSERT_TRUE(cross) << cross.error().message;
+    EXPECT_EQ(cross->bytes_in_kernel, 0u);
+    EXPECT_EQ(test::slurp(other / "x.raw"), shadow);
+  } else {
+    GTEST_SKIP() << "/dev/shm is missing or on the temp dir's file system: EXDEV fallback not exercised";
+  }
 }
 
 TEST(VhdImg, CheckRepairsAFooterLostInACrashAndDanglingBlocks) {
