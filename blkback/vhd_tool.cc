@@ -680,23 +680,6 @@ VhdStatus ChainReader::plan(uint64_t off, uint32_t len, std::vector<Piece>& out)
   return {};
 }
 
-VhdResult<bool> ChainReader::read(uint64_t off, uint32_t len, uint8_t* buf) {
-  if (VhdStatus s = plan(off, len, pieces_); !vhd_ok(s)) return s;
-  bool any = false;
-  for (const Piece& p : pieces_) {
-    if (p.level == kZeros) {
-      std::memset(buf + p.off, 0, p.len);
-      continue;
-    }
-    const VhdLevel& lv = chain_.levels[p.level];
-    if (!vhd_pread_full(lv.fd, buf + p.off, p.len, p.file_off)) {
-      return vhd_errno_error(lv.path, fmt::format("reading 0x{:x}", p.file_off), errno);
-    }
-    any = true;
-  }
-  return any;
-}
-
 namespace {
 
 bool interrupted(const CopyOptions& o) { return o.interrupt != nullptr && o.interrupt->load(); }

@@ -115,18 +115,16 @@ VhdResult<CopyStats> convert(const std::string& src, const std::string& dst, con
 // unless opts.force (their view of the parent would change).
 VhdResult<CopyStats> coalesce(const std::string& child, const CopyOptions& opts);
 
-// Reads the virtual disk of a chain: per sector, the first level (leaf
+// Maps the virtual disk of a chain: per sector, the first level (leaf
 // first) whose BAT and bitmap hold it; zeros when none does.
 class ChainReader {
  public:
   explicit ChainReader(const VhdChain& chain) : chain_(chain), bitmaps_(chain.levels.size()) {}
-  // [off, off + len), off and len multiples of 512, inside the disk.
-  // Returns whether any level held any of it (false: all zeros, buf zeroed).
-  VhdResult<bool> read(uint64_t off, uint32_t len, uint8_t* buf);
-  // Where the bytes of [off, off + len) come from, in offset order: `len`
-  // bytes at `off` (relative to the range) are in level `level`'s file at
-  // `file_off`, or zeros when level == kZeros. What read() reads, for
-  // callers that copy without reading (convert's copy_file_range).
+  // Where the bytes of [off, off + len) come from (off and len multiples
+  // of 512, inside the disk), in offset order: `len` bytes at `off`
+  // (relative to the range) are in level `level`'s file at `file_off`, or
+  // zeros when level == kZeros. Callers copy the pieces without reading
+  // them (convert's copy_file_range).
   static constexpr size_t kZeros = SIZE_MAX;
   struct Piece {
     uint32_t off = 0;
@@ -148,7 +146,6 @@ class ChainReader {
   const VhdChain& chain_;
   std::vector<CachedBitmap> bitmaps_;
   std::vector<uint8_t> filled_;
-  std::vector<Piece> pieces_;
 };
 
 }  // namespace xenpath::img
