@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "blkback/image_raw.h"
@@ -299,6 +300,94 @@ Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress
   } catch (...) {
     return unexpected(ENOMEM);
   }
+}
+
+void VbdDevice::describe(nlohmann::json& e, bool detail) const {
+  const bool up = connected();
+  const size_t queues = up ? queue_count() : 0;
+  e["connected"] = up;
+  e["image"] = image_->path();
+  e["sectors"] = image_->info().size_bytes / 512;
+  e["read_only"] = limits_.read_only;
+  uint64_t reads = 0, writes = 0, read_bytes = 0, write_bytes = 0, flushes = 0, barriers = 0, discards = 0;
+  uint64_t errors = 0, in_flight = 0, halted = 0;
+  nlohmann::json per_queue = nlohmann::json::array();
+  for (size_t q = 0; q < queues; ++q) {
+    const VbdQueueStats& s = *stats_[q];
+    reads += s.reads.get();
+    writes += s.writes.get();
+    read_bytes += s.read_bytes.get();
+    write_bytes += s.write_bytes.get();
+    flushes += s.flushes.get();
+    barriers += s.barriers.get();
+    discards += s.discards.get();
+    errors += s.errors.total();
+    in_flight += s.in_flight.get();
+    halted += s.ring.halted.get();
+    nlohmann::json pq = {{"queue", q},
+                         {"worker", queue_workers_[q]->reactor().name()},
+                         {"requests", s.ring.requests.get()},
+                         {"reads", s.reads.get()},
+                         {"writes", s.writes.get()},
+                         {"read_bytes", s.read_bytes.get()},
+                         {"write_bytes", s.write_bytes.get()},
+                         {"flushes", s.flushes.get()},
+                         {"barriers", s.barriers.get()},
+                         {"discards", s.discards.get()},
+                         {"errors", s.errors.total()},
+                         {"in_flight", s.in_flight.get()},
+                         {"halted", s.ring.halted.get() != 0}};
+    if (detail) {
+      pq["indirect"] = s.indirect.get();
+      pq["discard_bytes"] = s.discard_bytes.get();
+      pq["batches"] = s.ring.batches.get();
+      pq["notifications_sent"] = s.ring.notifications_sent.get();
+      pq["events_received"] = s.ring.events_received.get();
+      pq["ring_order"] = std::countr_zero(front_[q].refs.size());
+      pq["event_channel"] = front_[q].port;
+      pq["map_calls"] = s.map_calls.get();
+      pq["map_fallbacks"] = s.map_fallbacks.get();
+      pq["barrier_drains"] = s.barrier_drains.get();
+      // The table's own single-writer counters; the queue (and its table)
+      // is only created and destroyed by this thread's connect/disconnect.
+      if (const PersistentGrants* pg = queues_[q] ? queues_[q]->persistent() : nullptr) {
+        const PersistentGrantStats& g = pg->stats();
+        pq["persistent_grants"] = {
+            {"entries", g.live_entries.get()}, {"mapped_pages", g.live_pages.get()}, {"hits", g.hits.get()},
+            {"misses", g.misses.get()},        {"evictions", g.evictions.get()},     {"overflows", g.overflows.get()}};
+      }
+      nlohmann::json reasons = nlohmann::json::object();
+      for (size_t r = 1; r < static_cast<size_t>(BlkReason::kCount); ++r) {
+        if (const uint64_t n = s.errors.by_reason[r].get()) reasons[std::string(blk_reason_name(BlkReason(r)))] = n;
+      }
+      pq["errors_by_reason"] = std::move(reasons);
+    }
+    per_queue.push_back(std::move(pq));
+  }
+  e["queues"] = queues;
+  e["reads"] = reads;
+  e["writes"] = writes;
+  e["read_bytes"] = read_bytes;
+  e["write_bytes"] = write_bytes;
+  e["flushes"] = flushes;
+  e["barriers"] = barriers;
+  e["discards"] = discards;
+  e["errors"] = errors;
+  e["in_flight"] = in_flight;
+  e["halted"] = halted;
+  e["per_queue"] = std::move(per_queue);
+  if (!detail) return;
+  e["features"] = {{"protocol", up ? std::string(blk_protocol_name(protocol_)) : std::string()},
+                   {"persistent", up && persistent_},
+                   {"max_indirect_segments", limits_.max_indirect_segments},
+                   {"flush_cache", limits_.has(kBlkFeatureFlush)},
+                   {"barrier", limits_.has(kBlkFeatureBarrier)},
+                   {"discard", limits_.has(kBlkFeatureDiscard)},
+                   {"discard_secure", limits_.has(kBlkFeatureDiscardSecure)},
+                   {"sector_size", limits_.sector_size},
+                   {"cdrom", cdrom_},
+                   {"max_queues", max_queues_},
+                   {"max_ring_page_order", opts_.max_ring_order}};
 }
 
 }  // namespace xenpath

@@ -84,6 +84,11 @@ class VbdDevice final : public BackendDevice {
   Status read_frontend(XenStore& xs, XsTxn t) noexcept override;
   Status connect() noexcept override;
   void disconnect() noexcept override;
+  // Summary: image, size, totals and per-queue counters (the stats file's
+  // entry); detail: the negotiated protocol and features, ring orders and
+  // event channels, persistent grants and grant mapping per queue, errors by
+  // reason.
+  void describe(nlohmann::json& out, bool detail) const override;
 
   [[nodiscard]] bool connected() const noexcept { return connected_.load(std::memory_order_acquire); }
   [[nodiscard]] size_t queue_count() const noexcept { return stats_.size(); }

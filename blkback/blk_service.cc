@@ -27,6 +27,7 @@ Result<std::unique_ptr<BlkbackService>> BlkbackService::create(BackendDaemon& da
     XP_TRY(daemon.add_type(std::make_unique<VbdDeviceType>(s->workers(), opts, daemon.device_error_sink())));
     const BlkbackService* self = s.get();
     daemon.add_stats([self, d](nlohmann::json& j) { self->add_stats(j, d->driver()); });
+    daemon.add_metrics(&BlkbackService::add_metrics);
     return s;
   } catch (...) {
     return unexpected(ENOMEM);
@@ -39,42 +40,48 @@ void BlkbackService::add_stats(nlohmann::json& j, const BackendDriver& driver) c
   nlohmann::json devs = nlohmann::json::array();
   driver.for_each_device([&](const DeviceAddress& a, XenbusState st, BackendDevice& dev) {
     const auto& vbd = static_cast<const VbdDevice&>(dev);
-    nlohmann::json e = {{"type", a.type},
-                        {"frontend", a.frontend_id},
-                        {"devid", a.devid},
-                        {"state", static_cast<int>(st)},
-                        {"connected", vbd.connected()},
-                        {"sectors", vbd.image().info().size_bytes / 512}};
-    uint64_t reads = 0, writes = 0, read_bytes = 0, write_bytes = 0, flushes = 0, barriers = 0, discards = 0;
-    uint64_t errors = 0, in_flight = 0, halted = 0;
-    const size_t queues = vbd.connected() ? vbd.queue_count() : 0;
-    for (size_t q = 0; q < queues; ++q) {
-      const VbdQueueStats& s = vbd.queue_stats(q);
-      reads += s.reads.get();
-      writes += s.writes.get();
-      read_bytes += s.read_bytes.get();
-      write_bytes += s.write_bytes.get();
-      flushes += s.flushes.get();
-      barriers += s.barriers.get();
-      discards += s.discards.get();
-      errors += s.errors.total();
-      in_flight += s.in_flight.get();
-      halted += s.ring.halted.get();
-    }
-    e["queues"] = queues;
-    e["reads"] = reads;
-    e["writes"] = writes;
-    e["read_bytes"] = read_bytes;
-    e["write_bytes"] = write_bytes;
-    e["flushes"] = flushes;
-    e["barriers"] = barriers;
-    e["discards"] = discards;
-    e["errors"] = errors;
-    e["in_flight"] = in_flight;
-    e["halted"] = halted;
+    nlohmann::json e = {
+        {"type", a.type}, {"frontend", a.frontend_id}, {"devid", a.devid}, {"state", static_cast<int>(st)}};
+    vbd.describe(e, false);
     devs.push_back(std::move(e));
   });
   j["devices"] = std::move(devs);
+}
+
+void BlkbackService::add_metrics(const nlohmann::json& stats, MetricSet& out) {
+  auto devs = stats.find("devices");
+  if (devs == stats.end() || !devs->is_array()) return;
+  struct Family {
+    const char* name;
+    const char* key;
+    const char* help;
+  };
+  static constexpr Family kCounters[] = {
+      {"xenpath_vbd_read_requests_total", "reads", "read requests completed or in flight"},
+      {"xenpath_vbd_write_requests_total", "writes", "write requests"},
+      {"xenpath_vbd_read_bytes_total", "read_bytes", "bytes read for the guest"},
+      {"xenpath_vbd_write_bytes_total", "write_bytes", "bytes written for the guest"},
+      {"xenpath_vbd_flush_requests_total", "flushes", "cache flush requests"},
+      {"xenpath_vbd_barrier_requests_total", "barriers", "write barrier requests"},
+      {"xenpath_vbd_discard_requests_total", "discards", "discard requests"},
+      {"xenpath_vbd_errors_total", "errors", "requests answered with an error"},
+  };
+  for (const auto& d : *devs) {
+    const MetricSet::Labels dev = {{"domain", std::to_string(d.value("frontend", 0))},
+                                   {"device", std::to_string(d.value("devid", 0))}};
+    out.gauge("xenpath_vbd_connected", "1 while the VBD's rings are connected", dev, d.value("connected", false));
+    out.gauge("xenpath_vbd_size_bytes", "capacity the guest sees", dev,
+              static_cast<double>(d.value("sectors", uint64_t{0})) * 512);
+    for (const Family& f : kCounters) out.counter(f.name, f.help, dev, d.value(f.key, 0.0));
+    if (auto qs = d.find("per_queue"); qs != d.end() && qs->is_array()) {
+      for (const auto& q : *qs) {
+        MetricSet::Labels ql = dev;
+        ql["queue"] = std::to_string(q.value("queue", 0));
+        out.gauge("xenpath_vbd_queue_in_flight_requests", "requests a queue consumed and not yet answered", ql,
+                  q.value("in_flight", 0.0));
+      }
+    }
+  }
 }
 
 }  // namespace xenpath

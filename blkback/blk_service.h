@@ -49,6 +49,8 @@ class BlkbackService {
   // The stats document's blkback part: totals and one entry per VBD.
   // Control thread (it walks the driver's devices).
   void add_stats(nlohmann::json& j, const BackendDriver& driver) const;
+  // Its Prometheus families (xenpath_vbd_*) from that part of a snapshot.
+  static void add_metrics(const nlohmann::json& stats, MetricSet& out);
 
  private:
   BlkbackService() noexcept = default;

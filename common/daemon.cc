@@ -12,6 +12,8 @@
 #include <ctime>
 #include <thread>
 
+#include "common/ctl_server.h"
+
 namespace xenpath {
 
 Result<std::unique_ptr<BackendDaemon>> BackendDaemon::create(XenPlatform& platform,
@@ -64,6 +66,10 @@ Status BackendDaemon::add_type(std::unique_ptr<DeviceType> type) noexcept {
 
 void BackendDaemon::add_stats(StatsFn fn) { stats_fns_.push_back(std::move(fn)); }
 
+void BackendDaemon::add_metrics(MetricsFn fn) { metrics_fns_.push_back(std::move(fn)); }
+
+void BackendDaemon::add_setting(const std::string& key, DaemonSetting setting) { settings_[key] = std::move(setting); }
+
 void BackendDaemon::add_stop_hook(std::function<void()> fn) { stop_hooks_.push_back(std::move(fn)); }
 
 Status BackendDaemon::start() noexcept {
@@ -76,6 +82,16 @@ Status BackendDaemon::start() noexcept {
   if (!st) return st;
   started_ = true;
   started_at_ = std::chrono::steady_clock::now();
+  XP_TRY(start_control());
+  if (!opts_.metrics_listen.empty()) {
+    auto m = MetricsEndpoint::create(opts_.metrics_listen, [this] { return metrics(); });
+    if (!m) {
+      spdlog::critical("--metrics-listen {}: {}", opts_.metrics_listen, error_string(m.error()));
+      return unexpected(m.error());
+    }
+    metrics_ = std::move(*m);
+    spdlog::info("{}: Prometheus metrics on http://{}/metrics", opts_.name, metrics_->address());
+  }
   if (!opts_.stats_file.empty()) {
     // On the control reactor: the driver's state is read where it lives,
     // and a slow disk delays only the control plane, never a datapath.
@@ -98,8 +114,11 @@ Status BackendDaemon::start() noexcept {
 void BackendDaemon::stop() noexcept {
   if (stopped_) return;
   stopped_ = true;
+  // No scrape may wait for a control reactor that is going away.
+  metrics_.reset();
   if (control_ && driver_) {
     control_->call([&] {
+      ctl_.reset();
       driver_->stop();
       if (!opts_.stats_file.empty()) (void)write_file(collect());
     });
@@ -112,6 +131,7 @@ void BackendDaemon::stop() noexcept {
 nlohmann::json BackendDaemon::collect() {
   nlohmann::json j;
   j["daemon"] = opts_.name;
+  j["version"] = XENPATH_VERSION;
   j["platform"] = platform_.name();
   j["pid"] = ::getpid();
   j["time"] = static_cast<int64_t>(std::time(nullptr));

@@ -1,25 +1,34 @@
 // BackendDaemon: the process skeleton every xenpath backend daemon shares
 // (xenpath-blkback, xenpath-netback): one control reactor running the
 // xenbus BackendDriver, N worker reactors for the datapath, a JSON stats
-// file for operators and the lab, and an orderly stop on SIGTERM/SIGINT.
+// file for operators and the lab, a control socket (JSON-RPC for
+// xenpath-ctl: list, show, stats, set, version; common/daemon_ctl.cc), an
+// opt-in Prometheus endpoint fed from the same stats snapshot, and an
+// orderly stop on SIGTERM/SIGINT.
 //
 // The daemon does not know its device types: the program creates them over
 // workers() (a BlkWorker or NetWorker per worker reactor) and add_type()s
-// them, and contributes its own figures to the stats file with add_stats().
+// them, and contributes its own figures to the stats file with add_stats()
+// and its metric families with add_metrics().
 //
 // Threads: create/start/stop and the accessors run on the program's main
-// thread. The driver and every stats function run on the control reactor
-// (so they may read the driver's state). Device datapaths live on the
-// workers. No guest memory is touched here.
+// thread. The driver, the control socket and every stats function run on
+// the control reactor (so they may read the driver's state); a worker is
+// never blocked by them. Device datapaths live on the workers. The metrics
+// endpoint's thread asks the control reactor for a snapshot. No guest
+// memory is touched here.
 #pragma once
 
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "common/ctl_server.h"
+#include "common/metrics.h"
 #include "common/reactor.h"
 #include "common/result.h"
 #include "common/xen/platform.h"
@@ -35,7 +44,22 @@ struct DaemonOptions {
   std::chrono::microseconds poll_window{50};
   std::string stats_file;  // empty: none
   std::chrono::milliseconds stats_interval{1000};
+  // The control socket (common/ctl_server.h); empty: none. When
+  // ctl_socket_optional (the default path, not one the operator gave), a
+  // socket that cannot be created is a warning, not a failure to start.
+  std::string ctl_socket;
+  bool ctl_socket_optional = false;
+  // "ADDR:PORT" of the Prometheus endpoint; empty: none (opt-in).
+  std::string metrics_listen;
   BackendDriver::Options driver;
+};
+
+// A daemon-wide runtime setting (`xenpath-ctl set key=value`): applies
+// `value` on the control reactor, returns what it did in words, EINVAL for a
+// value it refuses.
+struct DaemonSetting {
+  std::string help;
+  std::function<Result<std::string>(std::string_view value)> apply;
 };
 
 class BackendDaemon {
@@ -59,6 +83,10 @@ class BackendDaemon {
   // Before start().
   Status add_type(std::unique_ptr<DeviceType> type) noexcept;
   void add_stats(StatsFn fn);
+  // A service's Prometheus families from the stats snapshot.
+  void add_metrics(MetricsFn fn);
+  // A daemon-wide runtime setting (the daemon has "log_level").
+  void add_setting(const std::string& key, DaemonSetting setting);
   // Runs on the stopping thread once every device is disconnected and
   // before the reactors stop (a service's per-worker teardown, e.g. DPDK
   // lcores, through Reactor::call()). In the order added.
@@ -75,6 +103,13 @@ class BackendDaemon {
 
   // The stats document now (any thread but the control reactor's).
   nlohmann::json stats();
+  // One scrape: the daemon's and the services' families from one snapshot
+  // (any thread but the control reactor's).
+  std::vector<prometheus::MetricFamily> metrics();
+  // The control socket's path and the metrics endpoint's address while
+  // they serve (empty otherwise); the latter with the port actually bound.
+  [[nodiscard]] std::string ctl_socket_path() const;
+  [[nodiscard]] std::string metrics_address() const;
   // Writes it to options().stats_file (atomically: temp file + rename).
   Status write_stats_file();
 
@@ -91,6 +126,10 @@ class BackendDaemon {
   BackendDaemon(XenPlatform& platform, const DaemonOptions& opts) noexcept : platform_(platform), opts_(opts) {}
   nlohmann::json collect();  // control thread
   Status write_file(const nlohmann::json& j) noexcept;
+  // daemon_ctl.cc: the control socket and its methods (control thread).
+  Status start_control() noexcept;
+  void add_control_methods();
+  std::vector<prometheus::MetricFamily> metrics_of(const nlohmann::json& snapshot);
 
   XenPlatform& platform_;
   DaemonOptions opts_;
@@ -98,6 +137,10 @@ class BackendDaemon {
   std::vector<std::unique_ptr<Reactor>> workers_;
   std::unique_ptr<BackendDriver> driver_;
   std::vector<StatsFn> stats_fns_;
+  std::vector<MetricsFn> metrics_fns_;
+  std::map<std::string, DaemonSetting, std::less<>> settings_;
+  std::unique_ptr<ControlServer> ctl_;  // control thread
+  std::unique_ptr<MetricsEndpoint> metrics_;
   std::vector<std::function<void()>> stop_hooks_;
   std::chrono::steady_clock::time_point started_at_{};
   bool started_ = false;

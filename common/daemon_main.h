@@ -37,12 +37,18 @@ struct DaemonCli {
   DaemonOptions daemon;
   unsigned stats_interval_ms = 1000;
   std::string log_level = "info";
-  bool verbose = false;  // debug logging
+  bool verbose = false;    // debug logging
+  std::string ctl_socket;  // empty: kCtlSocketDir/<name>.sock; "none": no socket
 };
 
-// --workers, --first-cpu, --stats-file, --stats-interval-ms, --log-level, -v.
+// Where the control sockets live by default (/run/xenpath/<daemon>.sock).
+inline constexpr const char* kCtlSocketDir = "/run/xenpath";
+
+// --workers, --first-cpu, --stats-file, --stats-interval-ms, --log-level, -v,
+// --ctl-socket, --metrics-listen.
 void add_daemon_cli(CLI::App& app, DaemonCli& cli);
-// After parsing: applies what the options imply (stats interval, logging).
+// After parsing: applies what the options imply (stats interval, logging,
+// the control socket's default path).
 void finish_daemon_cli(DaemonCli& cli);
 
 // The options of a daemon serving `Service`: the shared ones, then the

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "common/xenbus/keys.h"
@@ -425,6 +427,99 @@ void VifDevice::disconnect() noexcept {
   port_.reset();
   leaked_ = false;
   connected_.store(false, std::memory_order_release);
+}
+
+void VifDevice::describe(nlohmann::json& v, bool detail) const {
+  const VifDevice& d = *this;
+  v["connected"] = d.connected();
+  if (d.mac()) v["mac"] = d.mac()->str();
+  if (!d.rate().unlimited()) v["rate"] = {{"bytes", d.rate().bytes}, {"usec", d.rate().usec}};
+  if (d.connected()) v["multicast_control"] = d.frontend().multicast_control;
+  nlohmann::json qs = nlohmann::json::array();
+  for (size_t i = 0; d.connected() && i < d.queue_count(); ++i) {
+    const VifQueueStats& s = d.queue_stats(i);
+    qs.push_back({{"worker", queue_workers_[i]->reactor().name()},
+                  {"tx_packets", s.tx_packets.get()},
+                  {"tx_bytes", s.tx_bytes.get()},
+                  {"tx_dropped", s.tx_dropped.get()},
+                  {"tx_port_dropped", s.tx_port_dropped.get()},
+                  {"tx_rate_limited", s.tx_rate_limited.get()},
+                  {"tx_credit_timer", s.tx_credit_timer.get()},
+                  {"tx_multicast", s.tx_multicast.get()},
+                  {"tx_headers_pulled", s.tx_headers_pulled.get()},
+                  {"tx_map_calls", s.tx_map_calls.get()},
+                  {"tx_mapped_pages", s.tx_mapped_pages.get()},
+                  {"tx_copy_calls", s.tx_copy_calls.get()},
+                  {"tx_copied_bytes", s.tx_copied_bytes.get()},
+                  {"rx_packets", s.rx_packets.get()},
+                  {"rx_bytes", s.rx_bytes.get()},
+                  {"rx_dropped", s.rx_dropped.get()},
+                  {"rx_expired", s.rx_expired.get()},
+                  {"rx_stall_dropped", s.rx_stall_dropped.get()},
+                  {"rx_stalls", s.rx_stalls.get()},
+                  {"rx_stalled", s.rx_stalled.get() != 0},
+                  {"rx_copy_failures", s.rx_copy_failures.get()},
+                  {"rx_gro_packets", s.rx_gro_packets.get()},
+                  {"rx_gro_merged", s.rx_gro_merged.get()},
+                  {"halted", s.tx_ring.halted.get() != 0 || s.rx_ring.halted.get() != 0}});
+  }
+  v["queues"] = std::move(qs);
+  if (const NetifCtrlStats* c = d.ctrl_stats(); c != nullptr && d.connected()) {
+    v["ctrl"] = {{"requests", c->ring.requests.get()}, {"hash_updates", c->hash_updates.get()}};
+  }
+  if (port_) v["port"] = port_->name();
+  if (!detail) return;
+  if (!d.connected()) return;
+  const VifFrontendConfig& f = front_;
+  v["features"] = {{"sg", f.sg},
+                   {"gso_tcpv4", f.gso_tcpv4},
+                   {"gso_tcpv6", f.gso_tcpv6},
+                   {"csum_offload", f.csum},
+                   {"ipv6_csum_offload", f.ipv6_csum},
+                   {"rx_notify", f.rx_notify},
+                   {"multicast_control", f.multicast_control},
+                   {"ctrl_ring", f.ctrl_ring},
+                   {"rx_gro", opts_.rx_gro},
+                   {"tx_copy_below", opts_.tx_limits.copy_below}};
+  nlohmann::json rings = nlohmann::json::array();
+  for (size_t i = 0; i < f.queues.size(); ++i) {
+    const auto& q = f.queues[i];
+    rings.push_back({{"queue", i},
+                     {"tx_ring_ref", q.tx_ring_ref},
+                     {"rx_ring_ref", q.rx_ring_ref},
+                     {"tx_event_channel", q.tx_port},
+                     {"rx_event_channel", q.rx_port},
+                     {"split_event_channels", q.tx_port != q.rx_port}});
+  }
+  v["rings"] = std::move(rings);
+}
+
+namespace {
+constexpr std::array<std::string_view, 1> kVifParams = {"rate"};
+}  // namespace
+
+std::span<const std::string_view> VifDevice::param_keys() const noexcept { return kVifParams; }
+
+Result<std::string> VifDevice::set_param(XenStore& xs, std::string_view key, std::string_view value) noexcept {
+  if (key != "rate") return unexpected(ENOENT);
+  try {
+    // Through the backend's "rate" key, as the toolstack sets it: the
+    // watch applies it to every queue (backend_key_changed), and it stays
+    // what xenstore says, so a reconnect or a restarted daemon keeps it.
+    const std::string path = addr_.backend_path + "/rate";
+    if (value == "unlimited" || value == "off") {
+      const Status st = xs.rm(kXsNoTxn, path);
+      if (!st && st.error() != ENOENT) return unexpected(st.error());
+      return std::string("rate unlimited");
+    }
+    const auto spec = parse_rate(value);
+    if (!spec || spec->usec == 0) return unexpected(EINVAL);
+    XP_TRY(xs.write(kXsNoTxn, path, value));
+    return fmt::format("rate {} bytes / {} us ({:.1f} MB/s per queue)", spec->bytes, spec->usec,
+                       static_cast<double>(spec->bytes) / static_cast<double>(spec->usec));
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
 }
 
 void VifDevice::backend_key_changed(XenStore& xs, std::string_view key) noexcept {

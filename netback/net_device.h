@@ -148,6 +148,14 @@ class VifDevice final : public BackendDevice {
   // filtering is off too, so switching it on filters against what the
   // guest subscribed to so far.
   void frontend_key_changed(XenStore& xs, std::string_view key) noexcept override;
+  // Summary: mac, rate, port, per-queue counters (the stats file's entry);
+  // detail: the frontend's negotiated features and each queue's rings and
+  // event channels.
+  void describe(nlohmann::json& out, bool detail) const override;
+  // "rate": "<bytes>,<usec>" or "unlimited", written to the backend's rate
+  // key (as a toolstack does), which the watch then applies.
+  Result<std::string> set_param(XenStore& xs, std::string_view key, std::string_view value) noexcept override;
+  [[nodiscard]] std::span<const std::string_view> param_keys() const noexcept override;
 
   [[nodiscard]] bool connected() const noexcept { return connected_.load(std::memory_order_acquire); }
   [[nodiscard]] size_t queue_count() const noexcept { return stats_.size(); }

@@ -14,50 +14,6 @@ std::vector<std::string> split_args(const std::string& s) {
   return out;
 }
 
-nlohmann::json vif_json(const DeviceAddress& a, XenbusState st, const VifDevice& d) {
-  nlohmann::json v;
-  v["type"] = a.type;
-  v["frontend"] = a.frontend_id;
-  v["devid"] = a.devid;
-  v["state"] = static_cast<int>(st);
-  v["connected"] = d.connected();
-  if (d.mac()) v["mac"] = d.mac()->str();
-  if (!d.rate().unlimited()) v["rate"] = {{"bytes", d.rate().bytes}, {"usec", d.rate().usec}};
-  if (d.connected()) v["multicast_control"] = d.frontend().multicast_control;
-  nlohmann::json qs = nlohmann::json::array();
-  for (size_t i = 0; d.connected() && i < d.queue_count(); ++i) {
-    const VifQueueStats& s = d.queue_stats(i);
-    qs.push_back({{"tx_packets", s.tx_packets.get()},
-                  {"tx_bytes", s.tx_bytes.get()},
-                  {"tx_dropped", s.tx_dropped.get()},
-                  {"tx_port_dropped", s.tx_port_dropped.get()},
-                  {"tx_rate_limited", s.tx_rate_limited.get()},
-                  {"tx_credit_timer", s.tx_credit_timer.get()},
-                  {"tx_multicast", s.tx_multicast.get()},
-                  {"tx_headers_pulled", s.tx_headers_pulled.get()},
-                  {"tx_map_calls", s.tx_map_calls.get()},
-                  {"tx_mapped_pages", s.tx_mapped_pages.get()},
-                  {"tx_copy_calls", s.tx_copy_calls.get()},
-                  {"tx_copied_bytes", s.tx_copied_bytes.get()},
-                  {"rx_packets", s.rx_packets.get()},
-                  {"rx_bytes", s.rx_bytes.get()},
-                  {"rx_dropped", s.rx_dropped.get()},
-                  {"rx_expired", s.rx_expired.get()},
-                  {"rx_stall_dropped", s.rx_stall_dropped.get()},
-                  {"rx_stalls", s.rx_stalls.get()},
-                  {"rx_stalled", s.rx_stalled.get() != 0},
-                  {"rx_copy_failures", s.rx_copy_failures.get()},
-                  {"rx_gro_packets", s.rx_gro_packets.get()},
-                  {"rx_gro_merged", s.rx_gro_merged.get()},
-                  {"halted", s.tx_ring.halted.get() != 0 || s.rx_ring.halted.get() != 0}});
-  }
-  v["queues"] = std::move(qs);
-  if (const NetifCtrlStats* c = d.ctrl_stats(); c != nullptr && d.connected()) {
-    v["ctrl"] = {{"requests", c->ring.requests.get()}, {"hash_updates", c->hash_updates.get()}};
-  }
-  return v;
-}
-
 }  // namespace
 
 DaemonCli NetbackService::cli_defaults() {
@@ -123,6 +79,7 @@ Result<std::unique_ptr<NetbackService>> NetbackService::create(BackendDaemon& da
                                                            daemon.device_error_sink())));
     const NetbackService* self = s.get();
     daemon.add_stats([self, d](nlohmann::json& j) { self->add_stats(j, d->driver()); });
+    daemon.add_metrics(&NetbackService::add_metrics);
     // Every VIF is disconnected (its port closed) by now; the workers' DPDK
     // lcores go while the reactors still run.
     DpdkEnv* env = s->env_;
@@ -141,9 +98,58 @@ void NetbackService::add_stats(nlohmann::json& j, const BackendDriver& driver) c
   nlohmann::json vifs = nlohmann::json::array();
   driver.for_each_device([&](const DeviceAddress& a, XenbusState st, BackendDevice& dev) {
     if (a.type != type_name_) return;
-    vifs.push_back(vif_json(a, st, static_cast<const VifDevice&>(dev)));
+    nlohmann::json v = {
+        {"type", a.type}, {"frontend", a.frontend_id}, {"devid", a.devid}, {"state", static_cast<int>(st)}};
+    static_cast<const VifDevice&>(dev).describe(v, false);
+    vifs.push_back(std::move(v));
   });
   j["vifs"] = std::move(vifs);
+}
+
+void NetbackService::add_metrics(const nlohmann::json& stats, MetricSet& out) {
+  auto vifs = stats.find("vifs");
+  if (vifs == stats.end() || !vifs->is_array()) return;
+  // Directions as the guest sees them (libvirt's exporter does the same):
+  // receive = what the backend delivered to the guest (its RX ring),
+  // transmit = what the guest sent (its TX ring).
+  struct Family {
+    const char* name;
+    const char* help;
+    std::initializer_list<const char*> keys;  // per-queue counters summed
+  };
+  static const Family kCounters[] = {
+      {"xenpath_vif_receive_bytes_total", "bytes delivered to the guest", {"rx_bytes"}},
+      {"xenpath_vif_receive_packets_total", "packets delivered to the guest", {"rx_packets"}},
+      {"xenpath_vif_receive_drops_total",
+       "packets for the guest dropped (too big, filtered, no buffers, stalled)",
+       {"rx_dropped", "rx_expired", "rx_stall_dropped"}},
+      {"xenpath_vif_transmit_bytes_total", "bytes the guest sent", {"tx_bytes"}},
+      {"xenpath_vif_transmit_packets_total", "packets the guest sent", {"tx_packets"}},
+      {"xenpath_vif_transmit_drops_total",
+       "packets from the guest dropped (bad chains, grants, port refused)",
+       {"tx_dropped", "tx_port_dropped"}},
+      {"xenpath_vif_transmit_rate_limited_total", "times the guest's TX waited for rate credit", {"tx_rate_limited"}},
+  };
+  for (const auto& v : *vifs) {
+    const MetricSet::Labels dev = {{"domain", std::to_string(v.value("frontend", 0))},
+                                   {"device", std::to_string(v.value("devid", 0))}};
+    out.gauge("xenpath_vif_connected", "1 while the VIF's rings are connected", dev, v.value("connected", false));
+    const nlohmann::json* qs = nullptr;
+    if (auto it = v.find("queues"); it != v.end() && it->is_array()) qs = &*it;
+    for (const Family& f : kCounters) {
+      double sum = 0;
+      for (size_t q = 0; qs != nullptr && q < qs->size(); ++q) {
+        for (const char* k : f.keys) sum += (*qs)[q].value(k, 0.0);
+      }
+      out.counter(f.name, f.help, dev, sum);
+    }
+    for (size_t q = 0; qs != nullptr && q < qs->size(); ++q) {
+      MetricSet::Labels ql = dev;
+      ql["queue"] = std::to_string(q);
+      out.gauge("xenpath_vif_queue_rx_stalled", "1 while a queue's guest posts no receive buffers", ql,
+                (*qs)[q].value("rx_stalled", false));
+    }
+  }
 }
 
 }  // namespace xenpath

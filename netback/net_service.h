@@ -67,6 +67,8 @@ class NetbackService {
   // The stats document's netback part: totals and one entry per VIF.
   // Control thread (it walks the driver's devices).
   void add_stats(nlohmann::json& j, const BackendDriver& driver) const;
+  // Its Prometheus families (xenpath_vif_*) from that part of a snapshot.
+  static void add_metrics(const nlohmann::json& stats, MetricSet& out);
 
  private:
   NetbackService() noexcept = default;

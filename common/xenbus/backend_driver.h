@@ -26,6 +26,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <span>
 #include <string>
@@ -89,6 +90,26 @@ class BackendDevice {
   // `key` is the path below the frontend directory. The value is
   // guest-written: re-read and validate it. Default: ignored.
   virtual void frontend_key_changed(XenStore& /*xs*/, std::string_view /*key*/) noexcept {}
+
+  // For operators (the stats file, the control socket's list/show): what
+  // the device is and its counters, added to `out`. Summary: what the stats
+  // file and `list` carry (queues, the image or port, totals and per-queue
+  // counters); detail adds what `show` prints (negotiated features, ring
+  // orders, persistent grants, mappings). Counters are the queues'
+  // single-writer ones, read here as the stats writer reads them. May throw
+  // (allocation); the caller catches. Default: nothing.
+  virtual void describe(nlohmann::json& /*out*/, bool /*detail*/) const {}
+  // A runtime setting from the control socket (`xenpath-ctl set DEV
+  // key=value`). Returns what was applied, in words; ENOENT for a key the
+  // device does not have, EINVAL for a value it refuses. `xs` is the
+  // driver's handle (the device may persist the setting in its backend
+  // directory, as a toolstack would). Default: no settings.
+  virtual Result<std::string> set_param(XenStore& /*xs*/, std::string_view /*key*/,
+                                        std::string_view /*value*/) noexcept {
+    return unexpected(ENOENT);
+  }
+  // The setting keys set_param() knows (for `xenpath-ctl show` and errors).
+  [[nodiscard]] virtual std::span<const std::string_view> param_keys() const noexcept { return {}; }
 };
 
 class DeviceType {

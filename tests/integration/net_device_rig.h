@@ -106,6 +106,7 @@ class NetVifDevice : public ::testing::Test, public test::SimBackendRig<NetbackS
     dopt.name = "net-test";
     dopt.workers = 2;
     dopt.uring_entries = 0;
+    dopt.ctl_socket = ctl_socket_;
     NetbackOptions no;
     if (vo.max_queues == 0) vo.max_queues = 2;
     vo.drain_timeout = 2000ms;
@@ -143,6 +144,9 @@ class NetVifDevice : public ::testing::Test, public test::SimBackendRig<NetbackS
     }
     stop();
   }
+
+  // Set before start(): the daemon's control socket (none when empty).
+  std::string ctl_socket_;
 
   // The toolstack plugs the NIC (libxl's backend keys); the guest attaches.
   GuestVif& plug(uint32_t devid, sim::XsKeys backend_extra = {}, const std::string& mac = kMac) {
