@@ -21,6 +21,7 @@
 #include "blkback/blk_service.h"
 #include "common/ctl_server.h"
 #include "sim/blk/blk_demo.h"
+#include "tests/fixtures/ctl_run.h"
 #include "tests/fixtures/eventually.h"
 #include "tools/ctl/ctl.h"
 
@@ -76,7 +77,7 @@ class CtlSim : public ::testing::Test {
     finish_daemon_cli(cli);
     sim::BlkDemoOptions opt;
     opt.run.guests = 2;
-    opt.run.seconds = 20;
+    opt.run.seconds = 12;
     opt.vbds = 1;
     opt.queues = 2;
     opt.image_mib = 8;
@@ -93,12 +94,7 @@ class CtlSim : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
   // xenpath-ctl ARGS against the daemon: exit status, stdout.
-  std::pair<int, std::string> ctl(std::vector<std::string> args) {
-    args.insert(args.begin(), {"--socket", socket_});
-    std::ostringstream out, err;
-    const int rc = ctl::run(args, out, err);
-    return {rc, out.str() + err.str()};
-  }
+  std::pair<int, std::string> ctl(std::vector<std::string> args) { return test::run_ctl(socket_, std::move(args)); }
   nlohmann::json ctl_json(std::vector<std::string> args) {
     args.insert(args.begin(), "--json");
     auto [rc, text] = ctl(args);

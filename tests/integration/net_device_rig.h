@@ -194,6 +194,19 @@ class NetVifDevice : public ::testing::Test, public test::SimBackendRig<NetbackS
     EXPECT_TRUE(v->xb->connect(rings(*v, 1, false)));
     return device(devid);
   }
+  // Plugs `devid` with one queue at 1000 bytes per 100 s and has the guest
+  // send two 1000-byte frames: the first passes, the second waits for
+  // credit (true when exactly that happened).
+  bool connect_waiting_for_credit(uint32_t devid) {
+    GuestVif* v = nullptr;
+    if (connect_one_queue(devid, v, {{"rate", "1000,100000000"}}) == nullptr) return false;
+    const SimNetfront::TxFrame f = tx_frame_of(1000);
+    if (!v->queues[0]->send(f) || !v->queues[0]->send(f)) return false;
+    auto got = wire_receive(wire(devid, 0), 2, 200ms);
+    const size_t n = got.size();
+    pkt::free_bulk(got);
+    return n == 1;
+  }
   // A TCP/IPv4 frame of `size` bytes, headers included.
   static SimNetfront::TxFrame tx_frame_of(size_t size) {
     FrameSpec s;

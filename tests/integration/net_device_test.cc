@@ -96,19 +96,11 @@ TEST_F(NetVifDevice, RateKeyLimitsGuestTransmit) {
 TEST_F(NetVifDevice, RateKeyChangeAppliesWhileConnected) {
   start();
   // 1000 bytes per 100 s: one frame passes, the second waits ...
-  GuestVif* v = nullptr;
-  const VifDevice* d = connect_one_queue(13, v, {{"rate", "1000,100000000"}});
-  ASSERT_NE(d, nullptr);
-  const SimNetfront::TxFrame f = tx_frame_of(1000);
-  ASSERT_TRUE(v->queues[0]->send(f));
-  ASSERT_TRUE(v->queues[0]->send(f));
-  auto got = wire_receive(wire(13, 0), 2, 200ms);
-  EXPECT_EQ(got.size(), 1u);
-  pkt::free_bulk(got);
+  ASSERT_TRUE(connect_waiting_for_credit(13));
   // ... until the toolstack raises the rate: the waiting frame goes now,
   // not at the end of the 100 s window.
   ASSERT_TRUE(tools_xs_->write(kXsNoTxn, be(13) + "/rate", "10000000,1000"));
-  got = wire_receive(wire(13, 0), 1, 3000ms);
+  auto got = wire_receive(wire(13, 0), 1, 3000ms);
   EXPECT_EQ(got.size(), 1u);
   pkt::free_bulk(got);
   EXPECT_TRUE(eventually([&] { return device(13)->rate() == (RateSpec{10000000, 1000}); }));
