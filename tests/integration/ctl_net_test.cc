@@ -5,10 +5,10 @@
 // refused without touching the key.
 #include <gtest/gtest.h>
 
-#include <filesystem>
 #include <sstream>
 
 #include "tests/fixtures/ctl_run.h"
+#include "tests/fixtures/vhd_files.h"  // TempDir
 #include "tests/integration/net_device_rig.h"
 #include "tools/ctl/ctl.h"
 
@@ -17,18 +17,9 @@ namespace {
 
 class NetCtl : public NetVifDevice {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/xenpath-netctl-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    ctl_socket_ = dir_ + "/netback.sock";
-  }
-  void TearDown() override {
-    NetVifDevice::TearDown();
-    std::filesystem::remove_all(dir_);
-  }
+  void SetUp() override { ctl_socket_ = dir_ / "netback.sock"; }
   std::pair<int, std::string> ctl(std::vector<std::string> args) { return test::run_ctl(ctl_socket_, std::move(args)); }
-  std::string dir_;
+  test::TempDir dir_;
 };
 
 TEST_F(NetCtl, SetRateAppliesThroughTheRateKey) {

@@ -23,6 +23,7 @@
 #include "common/ctl_server.h"
 #include "common/reactor.h"
 #include "tests/fixtures/eventually.h"
+#include "tests/fixtures/vhd_files.h"  // TempDir
 #include "tools/ctl/ctl.h"
 
 namespace xenpath {
@@ -81,9 +82,7 @@ class RawClient {
 class CtlServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/xenpath-ctl-test-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    dir_ = tmp_.path;
     path_ = dir_ + "/sub/d.sock";  // the directory is created
     Reactor::Options o;
     o.name = "ctl-test";
@@ -97,7 +96,6 @@ class CtlServerTest : public ::testing::Test {
   void TearDown() override {
     reactor_->call([&] { server_.reset(); });
     reactor_->stop();
-    std::filesystem::remove_all(dir_);
   }
   Status start_server(ControlServer::Options o = {}) {
     o.path = path_;
@@ -132,6 +130,7 @@ class CtlServerTest : public ::testing::Test {
     return st;
   }
 
+  test::TempDir tmp_;
   std::string dir_, path_;
   std::unique_ptr<Reactor> reactor_;
   std::unique_ptr<ControlServer> server_;
@@ -350,9 +349,8 @@ TEST_F(CtlServerTest, ClientCallsAndExitCodes) {
 }
 
 TEST(CtlResolveSocket, PicksTheOneDaemonOrAsks) {
-  char tmpl[] = "/tmp/xenpath-ctl-res-XXXXXX";
-  ASSERT_NE(::mkdtemp(tmpl), nullptr);
-  const std::string dir = tmpl;
+  test::TempDir tmp;
+  const std::string dir = tmp.path;
   std::string why;
   EXPECT_EQ(*ctl::resolve_socket("/x/y.sock", "", dir, why), "/x/y.sock");
   EXPECT_EQ(*ctl::resolve_socket("", "netback", dir, why), dir + "/xenpath-netback.sock");
@@ -371,7 +369,6 @@ TEST(CtlResolveSocket, PicksTheOneDaemonOrAsks) {
   make_sock(dir + "/xenpath-netback.sock");
   EXPECT_FALSE(ctl::resolve_socket("", "", dir, why));
   EXPECT_NE(why.find("--daemon"), std::string::npos);
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -23,6 +23,7 @@
 #include "sim/blk/blk_demo.h"
 #include "tests/fixtures/ctl_run.h"
 #include "tests/fixtures/eventually.h"
+#include "tests/fixtures/vhd_files.h"  // TempDir
 #include "tools/ctl/ctl.h"
 
 namespace xenpath {
@@ -65,10 +66,8 @@ double sample(const std::string& text, const std::string& name_and_labels) {
 class CtlSim : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/xenpath-ctlsim-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    socket_ = dir_ + "/blkback.sock";
+    dir_ = tmp_.path;
+    socket_ = tmp_ / "blkback.sock";
     DaemonCli cli = BlkbackService::cli_defaults();
     cli.log_level = "warn";
     cli.daemon.workers = 2;
@@ -91,7 +90,6 @@ class CtlSim : public ::testing::Test {
     demo_.join();
     EXPECT_EQ(rc_, 0);
     EXPECT_FALSE(std::filesystem::exists(socket_)) << "the socket outlived the daemon";
-    std::filesystem::remove_all(dir_);
   }
   // xenpath-ctl ARGS against the daemon: exit status, stdout.
   std::pair<int, std::string> ctl(std::vector<std::string> args) { return test::run_ctl(socket_, std::move(args)); }
@@ -102,6 +100,7 @@ class CtlSim : public ::testing::Test {
     return nlohmann::json::parse(text, nullptr, false);
   }
 
+  test::TempDir tmp_;
   std::string dir_, socket_;
   std::thread demo_;
   int rc_ = -1;
