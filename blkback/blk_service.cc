@@ -37,15 +37,7 @@ Result<std::unique_ptr<BlkbackService>> BlkbackService::create(BackendDaemon& da
 void BlkbackService::add_stats(nlohmann::json& j, const BackendDriver& driver) const {
   j["mapped_grant_pages"] = mapped_pages();
   j["bound_ports"] = bound_ports();
-  nlohmann::json devs = nlohmann::json::array();
-  driver.for_each_device([&](const DeviceAddress& a, XenbusState st, BackendDevice& dev) {
-    const auto& vbd = static_cast<const VbdDevice&>(dev);
-    nlohmann::json e = {
-        {"type", a.type}, {"frontend", a.frontend_id}, {"devid", a.devid}, {"state", static_cast<int>(st)}};
-    vbd.describe(e, false);
-    devs.push_back(std::move(e));
-  });
-  j["devices"] = std::move(devs);
+  j["devices"] = driver.describe_devices(type_name());
 }
 
 void BlkbackService::add_metrics(const nlohmann::json& stats, MetricSet& out) {

@@ -95,15 +95,7 @@ Result<std::unique_ptr<NetbackService>> NetbackService::create(BackendDaemon& da
 void NetbackService::add_stats(nlohmann::json& j, const BackendDriver& driver) const {
   j["mapped_grant_pages"] = mapped_pages();
   j["packet_buffers_in_use"] = pool_->in_use();
-  nlohmann::json vifs = nlohmann::json::array();
-  driver.for_each_device([&](const DeviceAddress& a, XenbusState st, BackendDevice& dev) {
-    if (a.type != type_name_) return;
-    nlohmann::json v = {
-        {"type", a.type}, {"frontend", a.frontend_id}, {"devid", a.devid}, {"state", static_cast<int>(st)}};
-    static_cast<const VifDevice&>(dev).describe(v, false);
-    vifs.push_back(std::move(v));
-  });
-  j["vifs"] = std::move(vifs);
+  j["vifs"] = driver.describe_devices(type_name_);
 }
 
 void NetbackService::add_metrics(const nlohmann::json& stats, MetricSet& out) {

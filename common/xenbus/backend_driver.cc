@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 namespace xenpath {
 
@@ -723,6 +724,18 @@ void BackendDriver::for_each_device(
   for (const auto& [key, d] : devices_) {
     if (d->impl) fn(d->addr, d->fsm.state(), *d->impl);
   }
+}
+
+nlohmann::json BackendDriver::describe_devices(std::string_view type) const {
+  nlohmann::json out = nlohmann::json::array();
+  for_each_device([&](const DeviceAddress& a, XenbusState st, BackendDevice& dev) {
+    if (a.type != type) return;
+    nlohmann::json e = {
+        {"type", a.type}, {"frontend", a.frontend_id}, {"devid", a.devid}, {"state", static_cast<int>(st)}};
+    dev.describe(e, false);
+    out.push_back(std::move(e));
+  });
+  return out;
 }
 
 }  // namespace xenpath

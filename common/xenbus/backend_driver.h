@@ -204,6 +204,10 @@ class BackendDriver {
   // Every known device (probed, in any state); owning thread only.
   void for_each_device(
       const std::function<void(const DeviceAddress&, XenbusState backend_state, BackendDevice&)>& fn) const;
+  // The stats file's entries for the devices of one type: address, backend
+  // state (a number) and the device's describe() summary. May throw
+  // (allocation); owning thread only.
+  [[nodiscard]] nlohmann::json describe_devices(std::string_view type) const;
 
  private:
   struct TypeEntry {

@@ -258,20 +258,34 @@ void print_show(const nlohmann::json& dev, std::ostream& out) {
   }
 }
 
+namespace {
+
+// The VBD and VIF tables share one listing: each header goes out before the
+// first row of its kind.
+class TableHeaders {
+ public:
+  TableHeaders(std::string block, std::string net) : block_(std::move(block)), net_(std::move(net)) {}
+  void before(std::ostream& out, bool block) {
+    bool& done = block ? block_done_ : net_done_;
+    if (!done) out << (block ? block_ : net_);
+    done = true;
+  }
+
+ private:
+  std::string block_, net_;
+  bool block_done_ = false, net_done_ = false;
+};
+
+}  // namespace
+
 void print_stats(const nlohmann::json& stats, std::ostream& out) {
   const auto s = samples(stats);
-  bool block_header = false, net_header = false;
+  TableHeaders headers(fmt::format("{:<20} {:>12} {:>12} {:>12} {:>12} {:>8} {:>6} {:>7}\n", "VBD", "reads", "writes",
+                                   "read", "written", "flushes", "inflt", "errors"),
+                       fmt::format("{:<20} {:>12} {:>12} {:>12} {:>12} {:>8}\n", "VIF", "rx_packets", "tx_packets",
+                                   "rx", "tx", "drops"));
   for (const auto& d : s) {
-    if (d.block && !block_header) {
-      fmt::print(out, "{:<20} {:>12} {:>12} {:>12} {:>12} {:>8} {:>6} {:>7}\n", "VBD", "reads", "writes", "read",
-                 "written", "flushes", "inflt", "errors");
-      block_header = true;
-    }
-    if (!d.block && !net_header) {
-      fmt::print(out, "{:<20} {:>12} {:>12} {:>12} {:>12} {:>8}\n", "VIF", "rx_packets", "tx_packets", "rx", "tx",
-                 "drops");
-      net_header = true;
-    }
+    headers.before(out, d.block);
     if (d.block) {
       fmt::print(out, "{:<20} {:>12.0f} {:>12.0f} {:>12} {:>12} {:>8.0f} {:>6.0f} {:>7.0f}\n", d.name, d.ops_a, d.ops_b,
                  human_bytes(d.bytes_a), human_bytes(d.bytes_b), d.flushes, d.in_flight, d.errors);
@@ -287,21 +301,15 @@ void print_rates(const nlohmann::json& before, const nlohmann::json& after, doub
   std::map<std::string, Sample> prev;
   for (auto& d : samples(before)) prev[d.name] = d;
   const double dt = seconds > 0 ? seconds : 1;
-  bool block_header = false, net_header = false;
+  TableHeaders headers(
+      fmt::format("{:<20} {:>9} {:>9} {:>9} {:>9} {:>6} {:>7}\n", "VBD", "r/s", "w/s", "rMB/s", "wMB/s", "inflt",
+                  "err/s"),
+      fmt::format("{:<20} {:>9} {:>9} {:>9} {:>9} {:>7}\n", "VIF", "rxpck/s", "txpck/s", "rxMB/s", "txMB/s", "drop/s"));
   for (const auto& d : samples(after)) {
     Sample p = prev.contains(d.name) ? prev[d.name] : Sample{d.name, d.block};
     // A device that reconnected starts its counters again.
     auto rate = [&](double now, double then) { return now >= then ? (now - then) / dt : now / dt; };
-    if (d.block && !block_header) {
-      fmt::print(out, "{:<20} {:>9} {:>9} {:>9} {:>9} {:>6} {:>7}\n", "VBD", "r/s", "w/s", "rMB/s", "wMB/s", "inflt",
-                 "err/s");
-      block_header = true;
-    }
-    if (!d.block && !net_header) {
-      fmt::print(out, "{:<20} {:>9} {:>9} {:>9} {:>9} {:>7}\n", "VIF", "rxpck/s", "txpck/s", "rxMB/s", "txMB/s",
-                 "drop/s");
-      net_header = true;
-    }
+    headers.before(out, d.block);
     if (d.block) {
       fmt::print(out, "{:<20} {:>9.0f} {:>9.0f} {:>9.2f} {:>9.2f} {:>6.0f} {:>7.1f}\n", d.name, rate(d.ops_a, p.ops_a),
                  rate(d.ops_b, p.ops_b), rate(d.bytes_a, p.bytes_a) / 1e6, rate(d.bytes_b, p.bytes_b) / 1e6,
