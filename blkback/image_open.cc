@@ -49,8 +49,9 @@ Result<std::string> detect_image_format(const std::string& path, std::string* wh
   ::close(fd);
   if (end) return std::string("vhd");
   if (start) {
-    say(why, path + ": footer: no VHD footer in the last 512 bytes but a footer copy at offset 0 (a damaged or "
-                    "truncated VHD; `xenpath-img check --repair` restores it, \"raw:\" serves the file as raw)");
+    say(why, path +
+                 ": footer: no VHD footer in the last 512 bytes but a footer copy at offset 0 (a damaged or "
+                 "truncated VHD; `xenpath-img check --repair` restores it, \"raw:\" serves the file as raw)");
     return unexpected(EINVAL);
   }
   return std::string("raw");

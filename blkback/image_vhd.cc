@@ -19,10 +19,10 @@ namespace xenpath {
 namespace {
 
 constexpr uint32_t kSector = vhd::kSectorSize;
-constexpr unsigned kSubIov = 16;            // iovecs per readv/writev of a run
-constexpr unsigned kMaxDataSubOps = 1024;   // guest data transfers in flight per channel
-constexpr unsigned kMaxRoundBlocks = 64;    // blocks allocated by one round
-constexpr unsigned kMaxPendingAllocs = 256; // blocks waiting for (or in) a round
+constexpr unsigned kSubIov = 16;             // iovecs per readv/writev of a run
+constexpr unsigned kMaxDataSubOps = 1024;    // guest data transfers in flight per channel
+constexpr unsigned kMaxRoundBlocks = 64;     // blocks allocated by one round
+constexpr unsigned kMaxPendingAllocs = 256;  // blocks waiting for (or in) a round
 
 struct FreeDeleter {
   void operator()(void* p) const noexcept { std::free(p); }
@@ -108,9 +108,7 @@ class VhdChannel final : public UringImageChannel {
     SubOp* store_cur = nullptr;   // covered by the store in flight
     Slot* prev = nullptr;         // LRU of idle slots (head = most recent)
     Slot* lru_next = nullptr;
-    [[nodiscard]] bool busy() const noexcept {
-      return loading || storing || pins != 0 || store_next != nullptr;
-    }
+    [[nodiscard]] bool busy() const noexcept { return loading || storing || pins != 0 || store_next != nullptr; }
   };
   static constexpr uint64_t kNoKey = UINT64_MAX;
 
@@ -223,10 +221,7 @@ class VhdChannel final : public UringImageChannel {
 };
 
 VhdChannel::VhdChannel(VhdImage& image, Reactor& reactor) noexcept
-    : UringImageChannel(reactor),
-      image_(image),
-      writable_(!image.info().read_only),
-      block_size_(image.block_size()) {}
+    : UringImageChannel(reactor), image_(image), writable_(!image.info().read_only), block_size_(image.block_size()) {}
 
 VhdChannel::~VhdChannel() {
   if (writable_) image_.writer_.store(false, std::memory_order_release);
@@ -315,8 +310,7 @@ VhdChannel::SubOp* VhdChannel::new_sub(SubOp::Role role, uint8_t lvl) noexcept {
 }
 
 void VhdChannel::free_sub(SubOp& s) noexcept {
-  const bool data =
-      s.role == SubOp::Role::kData || s.role == SubOp::Role::kMarked || s.role == SubOp::Role::kAllocData;
+  const bool data = s.role == SubOp::Role::kData || s.role == SubOp::Role::kMarked || s.role == SubOp::Role::kAllocData;
   if (data) {
     --data_subs_;
     resources_freed_ = true;

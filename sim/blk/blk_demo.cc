@@ -201,7 +201,7 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
     }
     if (!p || (p->format != "raw" && p->format != "vhd") || opt.vbds != 1) {
       spdlog::critical("--image {}: {}", opt.image,
-                       opt.vbds != 1 ? std::string("takes one VBD per guest")
+                       opt.vbds != 1  ? std::string("takes one VBD per guest")
                        : !why.empty() ? why
                                       : "not a raw or vhd image path");
       return 2;
@@ -294,8 +294,9 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
     for (auto& v : vbds) {
       if (v->domid == domid) mine.push_back(v.get());
     }
-    guests.emplace_back(
-        [&, domid, mine] { run_guest(h, domid, mine, opt, vbd, backend_queues, journal_fd, stop, connected, failed, finished); });
+    guests.emplace_back([&, domid, mine] {
+      run_guest(h, domid, mine, opt, vbd, backend_queues, journal_fd, stop, connected, failed, finished);
+    });
   }
 
   // Live figures once a second until the time is up or a signal comes.
@@ -363,7 +364,8 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
   bb.stop();
   if (journal_fd >= 0) ::close(journal_fd);
   for (auto& v : vbds) {
-    if (!v->sha256.empty()) fmt::print("sha256 {}  d{}/xvd{}\n", v->sha256, v->domid, static_cast<char>('a' + (v->devid - 51712) / 16));
+    if (!v->sha256.empty())
+      fmt::print("sha256 {}  d{}/xvd{}\n", v->sha256, v->domid, static_cast<char>('a' + (v->devid - 51712) / 16));
   }
   vbds.clear();
   if (own_dir) std::filesystem::remove_all(dir, ec);

@@ -164,9 +164,7 @@ struct Shadow {
   }
 };
 
-std::vector<uint8_t> file_bytes(const std::string& path) {
-  return test::read_bytes(path, 0, test::file_size(path));
-}
+std::vector<uint8_t> file_bytes(const std::string& path) { return test::read_bytes(path, 0, test::file_size(path)); }
 
 // Depth 1..4: each level gets its own random writes through the datapath,
 // then becomes the parent of the next; the leaf is exercised last, and the
@@ -340,12 +338,13 @@ TEST(BlkVhd, QemuImagesServedByteForByte) {
     const std::string img = dir / (std::string(sub) + ".vhd");
     const std::string raw = dir / (std::string(sub) + ".raw");
     auto q = [](const std::string& s) { return test::shell_quote(s); };
-    ASSERT_EQ(test::run_command("qemu-img create -q -f vpc -o subformat=" + std::string(sub) + " " + q(img) + " 20M")
-                  .status,
-              0);
-    const auto w = test::run_command("qemu-io -f vpc -c 'write -P 0xab 0 64k' -c 'write -P 0x17 3M 1M' -c 'write -P "
-                                     "0xc3 2095616 1024' -c 'write -P 0x99 17M 1536' " +
-                                     q(img));
+    ASSERT_EQ(
+        test::run_command("qemu-img create -q -f vpc -o subformat=" + std::string(sub) + " " + q(img) + " 20M").status,
+        0);
+    const auto w = test::run_command(
+        "qemu-io -f vpc -c 'write -P 0xab 0 64k' -c 'write -P 0x17 3M 1M' -c 'write -P "
+        "0xc3 2095616 1024' -c 'write -P 0x99 17M 1536' " +
+        q(img));
     ASSERT_EQ(w.status, 0) << w.out;
     ASSERT_EQ(test::run_command("qemu-img convert -f vpc -O raw " + q(img) + " " + q(raw)).status, 0);
     const std::vector<uint8_t> expect = file_bytes(raw);
