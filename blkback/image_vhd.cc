@@ -23,11 +23,29 @@ constexpr unsigned kSubIov = 16;             // iovecs per readv/writev of a run
 constexpr unsigned kMaxDataSubOps = 1024;    // guest data transfers in flight per channel
 constexpr unsigned kMaxRoundBlocks = 64;     // blocks allocated by one round
 constexpr unsigned kMaxPendingAllocs = 256;  // blocks waiting for (or in) a round
+constexpr unsigned kReserveBlocks = 64;      // how far past the data the footer moves (sparse)
 
 struct FreeDeleter {
   void operator()(void* p) const noexcept { std::free(p); }
 };
 using AlignedBytes = std::unique_ptr<uint8_t[], FreeDeleter>;
+
+// Objects recycled through a free list chained by their `next`; the pool
+// grows while warming up and never shrinks. nullptr when out of memory.
+template <class T>
+T* pool_take(std::vector<std::unique_ptr<T>>& all, T*& free_list) noexcept {
+  T* t = free_list;
+  if (t != nullptr) {
+    free_list = t->next;
+    return t;
+  }
+  try {
+    all.push_back(std::make_unique<T>());
+  } catch (...) {
+    return nullptr;
+  }
+  return all.back().get();
+}
 
 AlignedBytes aligned_bytes(size_t n) noexcept {
   const size_t len = (n + 4095) / 4096 * 4096;
@@ -65,7 +83,7 @@ class VhdChannel final : public UringImageChannel {
   // One io_uring operation of the channel: a run of guest data, or
   // metadata (a bitmap, the footer, BAT sectors, fdatasync, a punch).
   struct SubOp final : ImageOp {
-    enum class Role : uint8_t { kData, kMarked, kAllocData, kLoad, kStore, kRound, kFlush, kPunch };
+    enum class Role : uint8_t { kData, kMarked, kAllocData, kLoad, kStoreSync, kStore, kRound, kFlush, kPunch };
     Role role = Role::kData;
     uint8_t level = 0;
     unsigned nio = 0;
@@ -121,7 +139,7 @@ class VhdChannel final : public UringImageChannel {
     Alloc* next = nullptr;
   };
 
-  enum class Phase : uint8_t { kIdle, kFooter, kData, kSync, kBat };
+  enum class Phase : uint8_t { kIdle, kFooter, kFooterSync, kData, kSync, kMeta };
 
   const VhdLevel& level(size_t i) const noexcept { return image_.chain_.levels[i]; }
   VhdLevel& leaf() noexcept { return image_.chain_.levels[0]; }
@@ -157,6 +175,7 @@ class VhdChannel final : public UringImageChannel {
   Slot* bitmap_for(Req& r, uint8_t lvl, uint32_t block) noexcept;
   void load_done(SubOp& s, int result) noexcept;
   void start_store(Slot& slot) noexcept;
+  void store_write(SubOp& st) noexcept;
   void store_done(SubOp& s, int result) noexcept;
   void marked_done(SubOp& s, int result) noexcept;
 
@@ -165,6 +184,7 @@ class VhdChannel final : public UringImageChannel {
   void start_round() noexcept;
   void round_io_done(int result) noexcept;
   void round_next() noexcept;
+  void round_sync(Phase next) noexcept;
   void round_end(int error) noexcept;
 
   // Discard.
@@ -207,7 +227,9 @@ class VhdChannel final : public UringImageChannel {
   Phase phase_ = Phase::kIdle;
   unsigned round_pending_ = 0;
   int round_error_ = 0;
-  uint64_t round_footer_ = 0;  // the footer's offset after the round
+  uint64_t round_end_ = 0;     // the end of the round's blocks
+  uint64_t round_footer_ = 0;  // where the round moves the footer (0: it does not)
+  bool sync_data_ = false;     // a differencing leaf: data durable before its bits
   AlignedBytes footer_buf_;
   AlignedBytes round_bitmaps_;  // kMaxRoundBlocks bitmaps
   AlignedBytes bat_buf_;        // kMaxRoundBlocks BAT sectors
@@ -246,6 +268,7 @@ Status VhdChannel::init() noexcept {
       s.lru_next = free_slots_;
       free_slots_ = &s;
     }
+    sync_data_ = image_.chain_.levels.size() > 1;
     if (writable_ && leaf().sparse()) {
       footer_buf_ = aligned_bytes(vhd::kFooterSize);
       round_bitmaps_ = aligned_bytes(size_t{kMaxRoundBlocks} * bitmap_bytes_);
@@ -268,17 +291,8 @@ UringImageChannel::FileRef VhdChannel::file_of(const ImageOp& op) const noexcept
 // Pools.
 
 VhdChannel::Req* VhdChannel::new_req() noexcept {
-  Req* r = free_reqs_;
-  if (r != nullptr) {
-    free_reqs_ = r->next;
-  } else {
-    try {
-      reqs_.push_back(std::make_unique<Req>());
-    } catch (...) {
-      return nullptr;
-    }
-    r = reqs_.back().get();
-  }
+  Req* r = pool_take(reqs_, free_reqs_);
+  if (r == nullptr) return nullptr;
   *r = Req{};
   ++live_reqs_;
   return r;
@@ -287,17 +301,8 @@ VhdChannel::Req* VhdChannel::new_req() noexcept {
 VhdChannel::SubOp* VhdChannel::new_sub(SubOp::Role role, uint8_t lvl) noexcept {
   const bool data = role == SubOp::Role::kData || role == SubOp::Role::kMarked || role == SubOp::Role::kAllocData;
   if (data && data_subs_ >= kMaxDataSubOps) return nullptr;
-  SubOp* s = free_subs_;
-  if (s != nullptr) {
-    free_subs_ = s->next;
-  } else {
-    try {
-      subs_.push_back(std::make_unique<SubOp>());
-    } catch (...) {
-      return nullptr;
-    }
-    s = subs_.back().get();
-  }
+  SubOp* s = pool_take(subs_, free_subs_);
+  if (s == nullptr) return nullptr;
   s->role = role;
   s->level = lvl;
   s->nio = 0;
@@ -560,18 +565,11 @@ bool VhdChannel::step_write(Req& r) noexcept {
     return false;
   }
   if (role == SubOp::Role::kAllocData) {
-    alloc = free_allocs_;
-    if (alloc != nullptr) {
-      free_allocs_ = alloc->next;
-    } else {
-      try {
-        allocs_.push_back(std::make_unique<Alloc>());
-        alloc = allocs_.back().get();
-      } catch (...) {
-        free_sub(*s);
-        r.error = -ENOMEM;
-        return false;
-      }
+    alloc = pool_take(allocs_, free_allocs_);
+    if (alloc == nullptr) {
+      free_sub(*s);
+      r.error = -ENOMEM;
+      return false;
     }
     *alloc = Alloc{};
     alloc->block = block;
@@ -623,6 +621,9 @@ void VhdChannel::transferred(ImageOp& op, int result) noexcept {
       return marked_done(s, result);
     case SubOp::Role::kLoad:
       return load_done(s, result);
+    case SubOp::Role::kStoreSync:
+      if (result == 0) return store_write(s);
+      return store_done(s, result);
     case SubOp::Role::kStore:
       return store_done(s, result);
     case SubOp::Role::kAllocData:
@@ -819,10 +820,25 @@ void VhdChannel::start_store(Slot& slot) noexcept {
   slot.store_cur = slot.store_next;
   slot.store_next = nullptr;
   st->slot = &slot;
-  st->iov[0] = iovec{slot.store_buf.get(), l.layout.bitmap_bytes};
-  st->prep_write(st->iov, 1, vhd::BlockLayout::bitmap_offset(l.bat[static_cast<uint32_t>(slot.key)]));
+  if (sync_data_) {
+    // A differencing leaf: the data durable before the bits that claim it
+    // (as in an allocation round).
+    st->role = SubOp::Role::kStoreSync;
+    st->prep_flush();
+    start(*st);
+    return;
+  }
+  store_write(*st);
+}
+
+void VhdChannel::store_write(SubOp& st) noexcept {
+  const VhdLevel& l = leaf();
+  Slot& slot = *st.slot;
+  st.role = SubOp::Role::kStore;
+  st.iov[0] = iovec{slot.store_buf.get(), l.layout.bitmap_bytes};
+  st.prep_write(st.iov, 1, vhd::BlockLayout::bitmap_offset(l.bat[static_cast<uint32_t>(slot.key)]));
   ++vstats.bitmap_stores;
-  start(*st);
+  start(st);
 }
 
 void VhdChannel::store_done(SubOp& st, int result) noexcept {
@@ -862,10 +878,10 @@ VhdChannel::Alloc* VhdChannel::find_alloc(uint32_t block) noexcept {
 void VhdChannel::start_round() noexcept {
   if (phase_ != Phase::kIdle || queued_ == nullptr) return;
   VhdLevel& l = leaf();
-  // Take up to kMaxRoundBlocks queued blocks and give each its place after
-  // the data (and after the footer, which may lie further out after a
-  // crash left unreferenced space behind).
-  uint64_t pos = std::max(l.end_of_data, l.footer_offset);
+  // Take up to kMaxRoundBlocks queued blocks and place them one after the
+  // other from the end of the data (space a crashed round left unreferenced
+  // is reused).
+  uint64_t pos = l.end_of_data;
   round_ = nullptr;
   Alloc* tail = nullptr;
   unsigned n = 0;
@@ -887,15 +903,17 @@ void VhdChannel::start_round() noexcept {
     ++n;
   }
   if (queued_ == nullptr) queued_tail_ = nullptr;
-  round_footer_ = pos;
+  round_end_ = pos;
+  round_footer_ = 0;
   round_error_ = error;
   ++vstats.alloc_rounds;
-  if (error != 0) {
-    phase_ = Phase::kFooter;
-    return round_end(error);
-  }
-  // 1. The footer at the new end of the file.
   phase_ = Phase::kFooter;
+  if (error != 0) return round_end(error);
+  if (round_end_ <= l.footer_offset) return round_next();  // inside the space the footer already leaves
+  // 1. The footer moves first, kReserveBlocks blocks past the new ones (a
+  // sparse reserve: the next rounds need not move it), so the file always
+  // ends in a valid footer.
+  round_footer_ = round_end_ + uint64_t{kReserveBlocks} * l.layout.block_bytes();
   SubOp* f = new_sub(SubOp::Role::kRound, 0);
   if (f == nullptr) return round_end(-ENOMEM);
   f->iov[0] = iovec{footer_buf_.get(), vhd::kFooterSize};
@@ -911,64 +929,83 @@ void VhdChannel::round_io_done(int result) noexcept {
   round_next();
 }
 
+void VhdChannel::round_sync(Phase next) noexcept {
+  phase_ = next;
+  SubOp* f = new_sub(SubOp::Role::kRound, 0);
+  if (f == nullptr) return round_end(-ENOMEM);
+  f->prep_flush();
+  round_pending_ = 1;
+  start(*f);
+}
+
 void VhdChannel::round_next() noexcept {
   VhdLevel& l = leaf();
   switch (phase_) {
-    case Phase::kFooter: {
-      // 2. Data and bitmaps.
+    case Phase::kFooter:
+      if (round_footer_ > l.footer_offset) {
+        // The footer moved: the file is longer. That is durable before any
+        // BAT entry points into the new space (after a power cut a BAT
+        // entry beyond the end of the file would make the image unusable).
+        l.footer_offset = round_footer_;
+        return round_sync(Phase::kFooterSync);
+      }
+      [[fallthrough]];
+    case Phase::kFooterSync: {
+      // 2. The data.
       phase_ = Phase::kData;
-      unsigned k = 0;
       round_pending_ = 1;  // guard while starting
-      for (Alloc* a = round_; a != nullptr; a = a->next, ++k) {
-        uint8_t* bm = round_bitmaps_.get() + size_t{k} * l.layout.bitmap_bytes;
-        std::memset(bm, 0, l.layout.bitmap_bytes);
-        for (SubOp* s = a->subs; s != nullptr; s = s->next) {
-          vhd::bitmap_set(std::span<uint8_t>(bm, l.layout.bitmap_bytes), s->first, s->count);
-          s->prep_write(s->iov, s->nio, l.layout.sector_offset(a->entry, s->first));
+      for (Alloc* a = round_; a != nullptr; a = a->next) {
+        for (SubOp* sub = a->subs; sub != nullptr; sub = sub->next) {
+          sub->prep_write(sub->iov, sub->nio, l.layout.sector_offset(a->entry, sub->first));
           ++round_pending_;
-          start(*s);
+          start(*sub);
         }
-        SubOp* b = new_sub(SubOp::Role::kRound, 0);
-        if (b == nullptr) {
-          if (round_error_ == 0) round_error_ = -ENOMEM;
-          continue;
-        }
-        b->iov[0] = iovec{bm, l.layout.bitmap_bytes};
-        b->prep_write(b->iov, 1, vhd::BlockLayout::bitmap_offset(a->entry));
-        ++round_pending_;
-        start(*b);
       }
       return round_io_done(0);
     }
-    case Phase::kData: {
-      // 3. Everything the new BAT entries point at is durable first.
-      phase_ = Phase::kSync;
-      SubOp* f = new_sub(SubOp::Role::kRound, 0);
-      if (f == nullptr) return round_end(-ENOMEM);
-      f->prep_flush();
-      round_pending_ = 1;
-      start(*f);
-      return;
-    }
+    case Phase::kData:
+      // 3. A differencing leaf: the data is durable before a bitmap bit
+      // can claim it (else a power cut could turn the parent's sectors
+      // into zeros). A dynamic disk needs no wait: a lost data sector
+      // reads as zeros, which is what it held before.
+      if (sync_data_) return round_sync(Phase::kSync);
+      [[fallthrough]];
     case Phase::kSync: {
-      // 4. The BAT sectors with the new entries (each sector once).
-      phase_ = Phase::kBat;
+      // 4. The bitmaps and the BAT sectors with the new entries (each
+      // sector once), together: a lost bitmap reads as all clear (the
+      // block as it was), a lost BAT entry leaves the block unreferenced.
+      phase_ = Phase::kMeta;
       const uint64_t table = l.header.table_offset;
       const uint32_t per_sector = kSector / 4;
       uint64_t done_sectors[kMaxRoundBlocks];
       unsigned nsec = 0;
+      unsigned k = 0;
       round_pending_ = 1;
-      for (Alloc* a = round_; a != nullptr; a = a->next) {
+      for (Alloc* a = round_; a != nullptr; a = a->next, ++k) {
+        uint8_t* bm = round_bitmaps_.get() + size_t{k} * l.layout.bitmap_bytes;
+        std::memset(bm, 0, l.layout.bitmap_bytes);
+        for (SubOp* sub = a->subs; sub != nullptr; sub = sub->next) {
+          vhd::bitmap_set(std::span<uint8_t>(bm, l.layout.bitmap_bytes), sub->first, sub->count);
+        }
+        SubOp* bw = new_sub(SubOp::Role::kRound, 0);
+        if (bw == nullptr) {
+          if (round_error_ == 0) round_error_ = -ENOMEM;
+          continue;
+        }
+        bw->iov[0] = iovec{bm, l.layout.bitmap_bytes};
+        bw->prep_write(bw->iov, 1, vhd::BlockLayout::bitmap_offset(a->entry));
+        ++round_pending_;
+        start(*bw);
         const uint64_t sec = vhd::bat_entry_offset(table, a->block) / kSector;
         if (std::find(done_sectors, done_sectors + nsec, sec) != done_sectors + nsec) continue;
         uint8_t* buf = bat_buf_.get() + size_t{nsec} * kSector;
         done_sectors[nsec++] = sec;
         const uint64_t first_block = (sec * kSector - table) / 4;
         for (uint32_t i = 0; i < per_sector; ++i) {
-          const uint64_t b = first_block + i;
-          uint32_t v = b < l.bat.size() ? l.bat[b] : vhd::kBatUnused;
+          const uint64_t blk = first_block + i;
+          uint32_t v = blk < l.bat.size() ? l.bat[blk] : vhd::kBatUnused;
           for (Alloc* o = round_; o != nullptr; o = o->next) {
-            if (o->block == b) v = o->entry;
+            if (o->block == blk) v = o->entry;
           }
           vhd::bat_entry_encode(v, buf + size_t{i} * 4);
         }
@@ -984,7 +1021,7 @@ void VhdChannel::round_next() noexcept {
       }
       return round_io_done(0);
     }
-    case Phase::kBat:
+    case Phase::kMeta:
       return round_end(0);
     case Phase::kIdle:
       return;
@@ -1009,8 +1046,7 @@ void VhdChannel::round_end(int error) noexcept {
         idle(*s);
       }
     }
-    l.end_of_data = round_footer_;
-    l.footer_offset = std::max(l.footer_offset, round_footer_);
+    l.end_of_data = std::max(l.end_of_data, round_end_);
   } else {
     ++vstats.alloc_failures;
   }
