@@ -13,23 +13,29 @@
 // Bitmaps are read asynchronously into a bounded per-channel cache (LRU;
 // entries in use by I/O are pinned).
 //
-// Writes go to the leaf only. Into an allocated block: the data, then (only
-// when the write sets bits that were clear) the bitmap, then the answer.
-// Into an unallocated block (first touch), in rounds that batch every block
-// waiting for allocation:
-//   1. the footer is written at the new end of file (past the new blocks),
-//      so the file always ends in a valid footer, whatever happens next;
-//   2. the data and each new block's bitmap (bits of the written sectors);
-//   3. fdatasync: data, bitmaps and the file's new size are durable before
-//      any BAT entry points at them (a power cut cannot expose a block whose
-//      bitmap claims sectors with no data, which would hide the parent's
-//      sectors in a differencing disk);
-//   4. the BAT sectors holding the new entries;
-// and only then are the writes answered (and later writes to those blocks,
-// which waited, go on). A crash (SIGKILL, power) at any point leaves an
-// image that opens: before 4 the new blocks are unreferenced space between
-// the old data and the footer, after 4 they are complete. Writes are
-// durable after the guest's flush (fdatasync of the leaf), as on raw.
+// Writes go to the leaf only. Into an allocated block: the data, then
+// (only when the write sets bits that were clear) the bitmap, then the
+// answer. Into an unallocated block (first touch), in rounds that batch
+// every block waiting for allocation (up to 64), placed one after the other
+// from the end of the data, data page aligned:
+//   1. when the new blocks do not fit before the footer, the footer moves
+//      first, 64 blocks past them (a sparse reserve, so most rounds skip
+//      this step), then fdatasync: the file always ends in a valid footer,
+//      and its new length is durable before a BAT entry points there;
+//   2. the data;
+//   3. a differencing leaf only: fdatasync, so a bitmap bit never reaches
+//      the disk before the data it claims (a power cut would otherwise
+//      replace the parent's sectors by zeros). A dynamic disk skips it: a
+//      lost data sector reads as zeros, which is what it held before;
+//   4. the bitmaps and the BAT sectors with the new entries, together: a
+//      lost bitmap reads as all clear (the block as it was), a lost BAT
+//      entry leaves the block unreferenced;
+// and only then are the writes answered (later writes to those blocks wait
+// for it). A crash (SIGKILL, power) at any point leaves an image that
+// opens: before 4 completes the new blocks are unreferenced space that the
+// next round reuses. The bitmap writes of a differencing leaf likewise wait
+// for an fdatasync of the data they cover. Writes are durable after the
+// guest's flush (fdatasync of the leaf), as on raw.
 // Parents are opened read-only and never written; every level below the
 // leaf, and a read-only leaf, is immutable (level_immutable(): the key of
 // the shared read cache to come).
@@ -69,7 +75,7 @@ struct VhdChannelStats {
   uint64_t bitmap_stores = 0;   // bitmaps written for writes into allocated blocks
   uint64_t full_hits = 0;       // runs decided by a fully-allocated bit
   uint64_t allocations = 0;     // blocks allocated
-  uint64_t alloc_rounds = 0;    // allocation rounds (each one fdatasync)
+  uint64_t alloc_rounds = 0;    // allocation rounds
   uint64_t alloc_failures = 0;  // rounds that failed
   uint64_t waits = 0;           // requests parked (bitmap load, allocation, resources)
   uint64_t punched_blocks = 0;  // discard
