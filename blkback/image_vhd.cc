@@ -23,7 +23,11 @@ constexpr unsigned kSubIov = 16;             // iovecs per readv/writev of a run
 constexpr unsigned kMaxDataSubOps = 1024;    // guest data transfers in flight per channel
 constexpr unsigned kMaxRoundBlocks = 64;     // blocks allocated by one round
 constexpr unsigned kMaxPendingAllocs = 256;  // blocks waiting for (or in) a round
-constexpr unsigned kReserveBlocks = 64;      // how far past the data the footer moves (sparse)
+constexpr unsigned kReserveBlocks = 1024;    // how far past the data the footer moves (sparse)
+// Metadata the allocation writes goes in whole 4 KiB pieces where it can:
+// ext4 serialises a direct write smaller than its block against every
+// other direct write of the file.
+constexpr uint64_t kFsBlock = 4096;
 
 struct FreeDeleter {
   void operator()(void* p) const noexcept { std::free(p); }
@@ -185,6 +189,8 @@ class VhdChannel final : public UringImageChannel {
   void round_io_done(int result) noexcept;
   void round_next() noexcept;
   void round_sync(Phase next) noexcept;
+  void round_write(uint8_t* buf, size_t len, uint64_t offset) noexcept;
+  void write_bat_pieces() noexcept;
   void round_end(int error) noexcept;
 
   // Discard.
@@ -231,8 +237,9 @@ class VhdChannel final : public UringImageChannel {
   uint64_t round_footer_ = 0;  // where the round moves the footer (0: it does not)
   bool sync_data_ = false;     // a differencing leaf: data durable before its bits
   AlignedBytes footer_buf_;
-  AlignedBytes round_bitmaps_;  // kMaxRoundBlocks bitmaps
-  AlignedBytes bat_buf_;        // kMaxRoundBlocks BAT sectors
+  uint32_t meta_span_ = 0;      // a new block's bitmap padded in front to whole 4 KiB
+  AlignedBytes round_bitmaps_;  // kMaxRoundBlocks of them
+  AlignedBytes bat_buf_;        // kMaxRoundBlocks BAT pieces of up to 4 KiB
 
   // Discard (a barrier in the channel).
   ImageOp* discard_ = nullptr;
@@ -271,8 +278,9 @@ Status VhdChannel::init() noexcept {
     sync_data_ = image_.chain_.levels.size() > 1;
     if (writable_ && leaf().sparse()) {
       footer_buf_ = aligned_bytes(vhd::kFooterSize);
-      round_bitmaps_ = aligned_bytes(size_t{kMaxRoundBlocks} * bitmap_bytes_);
-      bat_buf_ = aligned_bytes(size_t{kMaxRoundBlocks} * kSector);
+      meta_span_ = static_cast<uint32_t>((bitmap_bytes_ + kFsBlock - 1) / kFsBlock * kFsBlock);
+      round_bitmaps_ = aligned_bytes(size_t{kMaxRoundBlocks} * meta_span_);
+      bat_buf_ = aligned_bytes(size_t{kMaxRoundBlocks} * kFsBlock);
       if (!footer_buf_ || !round_bitmaps_ || !bat_buf_) return unexpected(ENOMEM);
       vhd::encode_footer(leaf().footer, std::span<uint8_t, vhd::kFooterSize>(footer_buf_.get(), vhd::kFooterSize));
     }
@@ -896,7 +904,10 @@ void VhdChannel::start_round() noexcept {
       round_ = a;
     }
     tail = a;
-    const uint64_t at = l.layout.append_position(pos);
+    // The data on a 4 KiB boundary, with a whole 4 KiB piece in front of
+    // it for the bitmap (zeros, then the bitmap) that nothing else uses.
+    const uint64_t data = (pos + meta_span_ + kFsBlock - 1) / kFsBlock * kFsBlock;
+    const uint64_t at = data - l.layout.bitmap_bytes;
     if (at / kSector >= vhd::kBatUnused) error = -ENOSPC;  // beyond what a BAT entry can say
     a->entry = static_cast<uint32_t>(at / kSector);
     pos = at + l.layout.block_bytes();
@@ -975,56 +986,67 @@ void VhdChannel::round_next() noexcept {
       // sector once), together: a lost bitmap reads as all clear (the
       // block as it was), a lost BAT entry leaves the block unreferenced.
       phase_ = Phase::kMeta;
-      const uint64_t table = l.header.table_offset;
-      const uint32_t per_sector = kSector / 4;
-      uint64_t done_sectors[kMaxRoundBlocks];
-      unsigned nsec = 0;
-      unsigned k = 0;
       round_pending_ = 1;
+      unsigned k = 0;
       for (Alloc* a = round_; a != nullptr; a = a->next, ++k) {
-        uint8_t* bm = round_bitmaps_.get() + size_t{k} * l.layout.bitmap_bytes;
-        std::memset(bm, 0, l.layout.bitmap_bytes);
-        for (SubOp* sub = a->subs; sub != nullptr; sub = sub->next) {
-          vhd::bitmap_set(std::span<uint8_t>(bm, l.layout.bitmap_bytes), sub->first, sub->count);
-        }
-        SubOp* bw = new_sub(SubOp::Role::kRound, 0);
-        if (bw == nullptr) {
-          if (round_error_ == 0) round_error_ = -ENOMEM;
-          continue;
-        }
-        bw->iov[0] = iovec{bm, l.layout.bitmap_bytes};
-        bw->prep_write(bw->iov, 1, vhd::BlockLayout::bitmap_offset(a->entry));
-        ++round_pending_;
-        start(*bw);
-        const uint64_t sec = vhd::bat_entry_offset(table, a->block) / kSector;
-        if (std::find(done_sectors, done_sectors + nsec, sec) != done_sectors + nsec) continue;
-        uint8_t* buf = bat_buf_.get() + size_t{nsec} * kSector;
-        done_sectors[nsec++] = sec;
-        const uint64_t first_block = (sec * kSector - table) / 4;
-        for (uint32_t i = 0; i < per_sector; ++i) {
-          const uint64_t blk = first_block + i;
-          uint32_t v = blk < l.bat.size() ? l.bat[blk] : vhd::kBatUnused;
-          for (Alloc* o = round_; o != nullptr; o = o->next) {
-            if (o->block == blk) v = o->entry;
-          }
-          vhd::bat_entry_encode(v, buf + size_t{i} * 4);
-        }
-        SubOp* w = new_sub(SubOp::Role::kRound, 0);
-        if (w == nullptr) {
-          if (round_error_ == 0) round_error_ = -ENOMEM;
-          continue;
-        }
-        w->iov[0] = iovec{buf, kSector};
-        w->prep_write(w->iov, 1, sec * kSector);
-        ++round_pending_;
-        start(*w);
+        uint8_t* span = round_bitmaps_.get() + size_t{k} * meta_span_;
+        std::memset(span, 0, meta_span_);
+        const std::span<uint8_t> bm(span + meta_span_ - l.layout.bitmap_bytes, l.layout.bitmap_bytes);
+        for (SubOp* sub = a->subs; sub != nullptr; sub = sub->next) vhd::bitmap_set(bm, sub->first, sub->count);
+        round_write(span, meta_span_, l.layout.data_offset(a->entry) - meta_span_);
       }
+      write_bat_pieces();
       return round_io_done(0);
     }
     case Phase::kMeta:
       return round_end(0);
     case Phase::kIdle:
       return;
+  }
+}
+
+// One metadata write of the round in flight.
+void VhdChannel::round_write(uint8_t* buf, size_t len, uint64_t offset) noexcept {
+  SubOp* w = new_sub(SubOp::Role::kRound, 0);
+  if (w == nullptr) {
+    if (round_error_ == 0) round_error_ = -ENOMEM;
+    return;
+  }
+  w->iov[0] = iovec{buf, len};
+  w->prep_write(w->iov, 1, offset);
+  ++round_pending_;
+  start(*w);
+}
+
+// The BAT with the round's new entries: each touched 4 KiB piece of the
+// table once, whole when it lies inside the table, else the touched 512-byte
+// sectors of it (the table's ends may share a piece with other metadata).
+void VhdChannel::write_bat_pieces() noexcept {
+  const VhdLevel& l = leaf();
+  const uint64_t table = l.header.table_offset;
+  const uint64_t table_end = table + vhd::bat_bytes_padded(static_cast<uint32_t>(l.bat.size()));
+  uint64_t done[kMaxRoundBlocks];
+  unsigned n = 0;
+  for (Alloc* a = round_; a != nullptr; a = a->next) {
+    const uint64_t at = vhd::bat_entry_offset(table, a->block);
+    uint64_t lo = at / kFsBlock * kFsBlock;
+    uint64_t hi = lo + kFsBlock;
+    if (lo < table || hi > table_end) {
+      lo = at / kSector * kSector;
+      hi = lo + kSector;
+    }
+    if (std::find(done, done + n, lo) != done + n) continue;
+    uint8_t* buf = bat_buf_.get() + size_t{n} * kFsBlock;
+    done[n++] = lo;
+    for (uint64_t off = lo; off < hi; off += 4) {
+      const uint64_t blk = (off - table) / 4;
+      uint32_t v = blk < l.bat.size() ? l.bat[blk] : vhd::kBatUnused;
+      for (Alloc* o = round_; o != nullptr; o = o->next) {
+        if (o->block == blk) v = o->entry;
+      }
+      vhd::bat_entry_encode(v, buf + (off - lo));
+    }
+    round_write(buf, hi - lo, lo);
   }
 }
 
@@ -1037,8 +1059,8 @@ void VhdChannel::round_end(int error) noexcept {
       ++l.allocated_blocks;
       ++vstats.allocations;
       // The bitmap just written is the block's: cache it when a slot is free.
-      const std::span<const uint8_t> bm(round_bitmaps_.get() + size_t{k} * l.layout.bitmap_bytes,
-                                        l.layout.bitmap_bytes);
+      const std::span<const uint8_t> bm(
+          round_bitmaps_.get() + size_t{k} * meta_span_ + meta_span_ - l.layout.bitmap_bytes, l.layout.bitmap_bytes);
       if (vhd::bitmap_all_set(bm, spb())) {
         image_.set_full(0, a->block, true);
       } else if (Slot* s = take_slot(uint64_t{a->block})) {
@@ -1177,7 +1199,25 @@ VhdImage::VhdImage(std::string path, VhdChain chain, const ImageInfo& info, uint
       block_size_(block_size),
       cache_entries_(cache_entries) {}
 
-VhdImage::~VhdImage() = default;
+VhdImage::~VhdImage() {
+  // Served writable: give back the footer's reserve (the file ends right
+  // after the data again). The footer goes to its new place first; until
+  // the truncation the old one still ends the file.
+  if (info_.read_only || chain_.levels.empty() || !chain_.leaf().sparse()) return;
+  VhdLevel& l = chain_.leaf();
+  const uint64_t end = (l.end_of_data + kSector - 1) / kSector * kSector;
+  if (end >= l.footer_offset) return;
+  AlignedBytes buf = aligned_bytes(vhd::kFooterSize);
+  if (!buf) return;
+  vhd::encode_footer(l.footer, std::span<uint8_t, vhd::kFooterSize>(buf.get(), vhd::kFooterSize));
+  if (!vhd_pwrite_full(l.fd, buf.get(), vhd::kFooterSize, end) || ::fdatasync(l.fd) != 0 ||
+      ::ftruncate(l.fd, static_cast<off_t>(end + vhd::kFooterSize)) != 0 || ::fdatasync(l.fd) != 0) {
+    spdlog::warn("{}: footer not moved back to the end of the data: {}", l.path, error_string(errno));
+    return;
+  }
+  l.footer_offset = end;
+  l.file_size = end + vhd::kFooterSize;
+}
 
 bool VhdImage::fully_allocated(size_t level, uint32_t block) const noexcept {
   if (level >= full_.size() || !full_[level] || block >= chain_.levels[level].bat.size()) return false;

@@ -292,9 +292,11 @@ TEST(BlkVhd, FirstTouchAllocationsBatchAndWait) {
     EXPECT_EQ(vhd::bitmap_count(bm, f->layout.sectors_per_block), 32u) << "block " << b;
     EXPECT_EQ(f->layout.data_offset(f->bat[b]) % 4096, 0u) << "data of new blocks is page aligned";
   }
-  // The end of the file is the footer.
+  // The end of the file is the footer, right after the data again (the
+  // reserve the footer kept while serving was given back at close).
   const vhd::Footer end = test::read_footer(path);
   EXPECT_EQ(std::string(end.cookie.data(), 8), "conectix");
+  EXPECT_EQ(f->footer_offset, (f->end_of_data + 511) / 512 * 512);
 }
 
 // Discard of whole blocks in a differencing leaf: they read as the parent
