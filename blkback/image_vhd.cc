@@ -83,6 +83,7 @@ class VhdChannel final : public UringImageChannel {
   struct Req;
   struct Slot;
   struct Alloc;
+  struct Round;
 
   // One io_uring operation of the channel: a run of guest data, or
   // metadata (a bitmap, the footer, BAT sectors, fdatasync, a punch).
@@ -95,6 +96,7 @@ class VhdChannel final : public UringImageChannel {
     uint32_t count = 0;
     Req* req = nullptr;
     Slot* slot = nullptr;
+    Round* round = nullptr;  // kAllocData / kRound
     SubOp* next = nullptr;
     iovec iov[kSubIov];
 
@@ -143,7 +145,19 @@ class VhdChannel final : public UringImageChannel {
     Alloc* next = nullptr;
   };
 
-  enum class Phase : uint8_t { kIdle, kFooter, kFooterSync, kData, kSync, kMeta };
+  enum class Phase : uint8_t { kIdle, kFooter, kFooterSync, kData, kSync, kWaitMeta, kMeta };
+
+  // One allocation round.
+  struct Round {
+    Alloc* allocs = nullptr;
+    Phase phase = Phase::kIdle;
+    unsigned pending = 0;
+    int error = 0;
+    uint64_t end = 0;      // the end of its blocks
+    uint64_t footer = 0;   // where it moves the footer (0: it does not)
+    AlignedBytes bitmaps;  // kMaxRoundBlocks bitmaps, each padded to whole 4 KiB
+    AlignedBytes bat;      // kMaxRoundBlocks BAT pieces of up to 4 KiB
+  };
 
   const VhdLevel& level(size_t i) const noexcept { return image_.chain_.levels[i]; }
   VhdLevel& leaf() noexcept { return image_.chain_.levels[0]; }
@@ -186,12 +200,12 @@ class VhdChannel final : public UringImageChannel {
   // Allocation.
   Alloc* find_alloc(uint32_t block) noexcept;
   void start_round() noexcept;
-  void round_io_done(int result) noexcept;
-  void round_next() noexcept;
-  void round_sync(Phase next) noexcept;
-  void round_write(uint8_t* buf, size_t len, uint64_t offset) noexcept;
-  void write_bat_pieces() noexcept;
-  void round_end(int error) noexcept;
+  void round_io_done(Round& rd, int result) noexcept;
+  void round_next(Round& rd) noexcept;
+  void round_sync(Round& rd, Phase next) noexcept;
+  void round_write(Round& rd, uint8_t* buf, size_t len, uint64_t offset) noexcept;
+  void round_meta(Round& rd) noexcept;
+  void round_end(Round& rd, int error) noexcept;
 
   // Discard.
   void run_discard() noexcept;
@@ -229,17 +243,16 @@ class VhdChannel final : public UringImageChannel {
   unsigned live_allocs_ = 0;
   Alloc* queued_ = nullptr;  // FIFO: waiting for a round
   Alloc* queued_tail_ = nullptr;
-  Alloc* round_ = nullptr;  // in the round in flight
-  Phase phase_ = Phase::kIdle;
-  unsigned round_pending_ = 0;
-  int round_error_ = 0;
-  uint64_t round_end_ = 0;     // the end of the round's blocks
-  uint64_t round_footer_ = 0;  // where the round moves the footer (0: it does not)
-  bool sync_data_ = false;     // a differencing leaf: data durable before its bits
+  // Two rounds may be in flight: one writing its data while the one before
+  // writes its metadata (rounds commit in order: a round's BAT pieces
+  // include the entries of every round committed before it).
+  Round rounds_[2];
+  unsigned next_round_ = 0;      // which of rounds_ the next round uses
+  Round* committing_ = nullptr;  // the oldest round in flight (commits first)
+  uint64_t alloc_pos_ = 0;       // where the next round places its blocks
+  bool sync_data_ = false;       // a differencing leaf: data durable before its bits
   AlignedBytes footer_buf_;
-  uint32_t meta_span_ = 0;      // a new block's bitmap padded in front to whole 4 KiB
-  AlignedBytes round_bitmaps_;  // kMaxRoundBlocks of them
-  AlignedBytes bat_buf_;        // kMaxRoundBlocks BAT pieces of up to 4 KiB
+  uint32_t meta_span_ = 0;  // a new block's bitmap padded in front to whole 4 KiB
 
   // Discard (a barrier in the channel).
   ImageOp* discard_ = nullptr;
@@ -279,9 +292,13 @@ Status VhdChannel::init() noexcept {
     if (writable_ && leaf().sparse()) {
       footer_buf_ = aligned_bytes(vhd::kFooterSize);
       meta_span_ = static_cast<uint32_t>((bitmap_bytes_ + kFsBlock - 1) / kFsBlock * kFsBlock);
-      round_bitmaps_ = aligned_bytes(size_t{kMaxRoundBlocks} * meta_span_);
-      bat_buf_ = aligned_bytes(size_t{kMaxRoundBlocks} * kFsBlock);
-      if (!footer_buf_ || !round_bitmaps_ || !bat_buf_) return unexpected(ENOMEM);
+      if (!footer_buf_) return unexpected(ENOMEM);
+      for (Round& rd : rounds_) {
+        rd.bitmaps = aligned_bytes(size_t{kMaxRoundBlocks} * meta_span_);
+        rd.bat = aligned_bytes(size_t{kMaxRoundBlocks} * kFsBlock);
+        if (!rd.bitmaps || !rd.bat) return unexpected(ENOMEM);
+      }
+      alloc_pos_ = leaf().end_of_data;
       vhd::encode_footer(leaf().footer, std::span<uint8_t, vhd::kFooterSize>(footer_buf_.get(), vhd::kFooterSize));
     }
     punched_.reserve(64);
@@ -317,6 +334,7 @@ VhdChannel::SubOp* VhdChannel::new_sub(SubOp::Role role, uint8_t lvl) noexcept {
   s->first = s->count = 0;
   s->req = nullptr;
   s->slot = nullptr;
+  s->round = nullptr;
   s->next = nullptr;
   if (data) ++data_subs_;
   return s;
@@ -635,9 +653,12 @@ void VhdChannel::transferred(ImageOp& op, int result) noexcept {
     case SubOp::Role::kStore:
       return store_done(s, result);
     case SubOp::Role::kAllocData:
-    case SubOp::Role::kRound:
-      if (s.role == SubOp::Role::kRound) free_sub(s);
-      return round_io_done(result);
+      return round_io_done(*s.round, result);
+    case SubOp::Role::kRound: {
+      Round& rd = *s.round;
+      free_sub(s);
+      return round_io_done(rd, result);
+    }
     case SubOp::Role::kPunch:
       free_sub(s);
       if (result < 0 && discard_error_ == 0) discard_error_ = result;
@@ -874,8 +895,10 @@ void VhdChannel::store_done(SubOp& st, int result) noexcept {
 
 VhdChannel::Alloc* VhdChannel::find_alloc(uint32_t block) noexcept {
   if (live_allocs_ == 0) return nullptr;
-  for (Alloc* a = round_; a != nullptr; a = a->next) {
-    if (a->block == block) return a;
+  for (const Round& rd : rounds_) {
+    for (Alloc* a = rd.allocs; a != nullptr; a = a->next) {
+      if (a->block == block) return a;
+    }
   }
   for (Alloc* a = queued_; a != nullptr; a = a->next) {
     if (a->block == block) return a;
@@ -884,13 +907,20 @@ VhdChannel::Alloc* VhdChannel::find_alloc(uint32_t block) noexcept {
 }
 
 void VhdChannel::start_round() noexcept {
-  if (phase_ != Phase::kIdle || queued_ == nullptr) return;
+  if (queued_ == nullptr) return;
+  Round& rd = rounds_[next_round_];
+  Round& other = rounds_[next_round_ ^ 1];
+  // A free slot, and the round before (if any) past its footer: this
+  // round's data may extend the file only once that footer ends it.
+  if (rd.phase != Phase::kIdle || (other.phase != Phase::kIdle && other.phase < Phase::kData)) return;
+  next_round_ ^= 1;
+  if (committing_ == nullptr) committing_ = &rd;
   VhdLevel& l = leaf();
   // Take up to kMaxRoundBlocks queued blocks and place them one after the
-  // other from the end of the data (space a crashed round left unreferenced
-  // is reused).
-  uint64_t pos = l.end_of_data;
-  round_ = nullptr;
+  // other past the data (space a crashed or failed round left unreferenced
+  // is reused after a reopen).
+  uint64_t pos = std::max(alloc_pos_, l.end_of_data);
+  rd.allocs = nullptr;
   Alloc* tail = nullptr;
   unsigned n = 0;
   int error = 0;
@@ -901,7 +931,7 @@ void VhdChannel::start_round() noexcept {
     if (tail != nullptr) {
       tail->next = a;
     } else {
-      round_ = a;
+      rd.allocs = a;
     }
     tail = a;
     // The data on a 4 KiB boundary, with a whole 4 KiB piece in front of
@@ -910,124 +940,124 @@ void VhdChannel::start_round() noexcept {
     const uint64_t at = data - l.layout.bitmap_bytes;
     if (at / kSector >= vhd::kBatUnused) error = -ENOSPC;  // beyond what a BAT entry can say
     a->entry = static_cast<uint32_t>(at / kSector);
-    pos = at + l.layout.block_bytes();
+    pos = data + l.layout.block_size;
     ++n;
   }
   if (queued_ == nullptr) queued_tail_ = nullptr;
-  round_end_ = pos;
-  round_footer_ = 0;
-  round_error_ = error;
+  alloc_pos_ = pos;
+  rd.end = pos;
+  rd.footer = 0;
+  rd.error = error;
   ++vstats.alloc_rounds;
-  phase_ = Phase::kFooter;
-  if (error != 0) return round_end(error);
-  if (round_end_ <= l.footer_offset) return round_next();  // inside the space the footer already leaves
+  rd.phase = Phase::kFooter;
+  if (error != 0) return round_end(rd, error);
+  if (rd.end <= l.footer_offset) return round_next(rd);  // inside the space the footer already leaves
   // 1. The footer moves first, kReserveBlocks blocks past the new ones (a
-  // sparse reserve: the next rounds need not move it), so the file always
-  // ends in a valid footer.
-  round_footer_ = round_end_ + uint64_t{kReserveBlocks} * l.layout.block_bytes();
-  SubOp* f = new_sub(SubOp::Role::kRound, 0);
-  if (f == nullptr) return round_end(-ENOMEM);
-  f->iov[0] = iovec{footer_buf_.get(), vhd::kFooterSize};
-  f->prep_write(f->iov, 1, round_footer_);
-  round_pending_ = 1;
-  start(*f);
+  // sparse reserve, so most rounds need not move it; given back at close),
+  // so the file always ends in a valid footer.
+  rd.footer = rd.end + uint64_t{kReserveBlocks} * l.layout.block_bytes();
+  rd.pending = 1;
+  round_write(rd, footer_buf_.get(), vhd::kFooterSize, rd.footer);
+  round_io_done(rd, 0);
 }
 
-void VhdChannel::round_io_done(int result) noexcept {
-  if (result < 0 && round_error_ == 0) round_error_ = result;
-  if (--round_pending_ != 0) return;
-  if (round_error_ != 0) return round_end(round_error_);
-  round_next();
+void VhdChannel::round_io_done(Round& rd, int result) noexcept {
+  if (result < 0 && rd.error == 0) rd.error = result;
+  if (--rd.pending != 0) return;
+  if (rd.error != 0 && rd.phase != Phase::kMeta) {
+    // Nothing of it is referenced yet; it still commits (fails) in order.
+    rd.phase = Phase::kWaitMeta;
+    if (committing_ == &rd) round_end(rd, rd.error);
+    return;
+  }
+  if (rd.error != 0) return round_end(rd, rd.error);
+  round_next(rd);
 }
 
-void VhdChannel::round_sync(Phase next) noexcept {
-  phase_ = next;
+void VhdChannel::round_sync(Round& rd, Phase next) noexcept {
+  rd.phase = next;
   SubOp* f = new_sub(SubOp::Role::kRound, 0);
-  if (f == nullptr) return round_end(-ENOMEM);
+  if (f == nullptr) {
+    rd.pending = 1;
+    return round_io_done(rd, -ENOMEM);
+  }
+  f->round = &rd;
   f->prep_flush();
-  round_pending_ = 1;
+  rd.pending = 1;
   start(*f);
 }
 
-void VhdChannel::round_next() noexcept {
+void VhdChannel::round_next(Round& rd) noexcept {
   VhdLevel& l = leaf();
-  switch (phase_) {
+  switch (rd.phase) {
     case Phase::kFooter:
-      if (round_footer_ > l.footer_offset) {
+      if (rd.footer > l.footer_offset) {
         // The footer moved: the file is longer. That is durable before any
         // BAT entry points into the new space (after a power cut a BAT
         // entry beyond the end of the file would make the image unusable).
-        l.footer_offset = round_footer_;
-        return round_sync(Phase::kFooterSync);
+        l.footer_offset = rd.footer;
+        return round_sync(rd, Phase::kFooterSync);
       }
       [[fallthrough]];
     case Phase::kFooterSync: {
       // 2. The data.
-      phase_ = Phase::kData;
-      round_pending_ = 1;  // guard while starting
-      for (Alloc* a = round_; a != nullptr; a = a->next) {
+      rd.phase = Phase::kData;
+      rd.pending = 1;  // guard while starting
+      for (Alloc* a = rd.allocs; a != nullptr; a = a->next) {
         for (SubOp* sub = a->subs; sub != nullptr; sub = sub->next) {
+          sub->round = &rd;
           sub->prep_write(sub->iov, sub->nio, l.layout.sector_offset(a->entry, sub->first));
-          ++round_pending_;
+          ++rd.pending;
           start(*sub);
         }
       }
-      return round_io_done(0);
+      round_io_done(rd, 0);
+      // The next round may start its data now.
+      return start_round();
     }
     case Phase::kData:
       // 3. A differencing leaf: the data is durable before a bitmap bit
       // can claim it (else a power cut could turn the parent's sectors
       // into zeros). A dynamic disk needs no wait: a lost data sector
       // reads as zeros, which is what it held before.
-      if (sync_data_) return round_sync(Phase::kSync);
+      if (sync_data_) return round_sync(rd, Phase::kSync);
       [[fallthrough]];
-    case Phase::kSync: {
-      // 4. The bitmaps and the BAT sectors with the new entries (each
-      // sector once), together: a lost bitmap reads as all clear (the
-      // block as it was), a lost BAT entry leaves the block unreferenced.
-      phase_ = Phase::kMeta;
-      round_pending_ = 1;
-      unsigned k = 0;
-      for (Alloc* a = round_; a != nullptr; a = a->next, ++k) {
-        uint8_t* span = round_bitmaps_.get() + size_t{k} * meta_span_;
-        std::memset(span, 0, meta_span_);
-        const std::span<uint8_t> bm(span + meta_span_ - l.layout.bitmap_bytes, l.layout.bitmap_bytes);
-        for (SubOp* sub = a->subs; sub != nullptr; sub = sub->next) vhd::bitmap_set(bm, sub->first, sub->count);
-        round_write(span, meta_span_, l.layout.data_offset(a->entry) - meta_span_);
-      }
-      write_bat_pieces();
-      return round_io_done(0);
-    }
+    case Phase::kSync:
+      rd.phase = Phase::kWaitMeta;
+      [[fallthrough]];
+    case Phase::kWaitMeta:
+      // 4. Its metadata once the rounds before it committed.
+      if (committing_ == &rd) round_meta(rd);
+      return;
     case Phase::kMeta:
-      return round_end(0);
+      return round_end(rd, 0);
     case Phase::kIdle:
       return;
   }
 }
 
-// One metadata write of the round in flight.
-void VhdChannel::round_write(uint8_t* buf, size_t len, uint64_t offset) noexcept {
-  SubOp* w = new_sub(SubOp::Role::kRound, 0);
-  if (w == nullptr) {
-    if (round_error_ == 0) round_error_ = -ENOMEM;
-    return;
-  }
-  w->iov[0] = iovec{buf, len};
-  w->prep_write(w->iov, 1, offset);
-  ++round_pending_;
-  start(*w);
-}
-
-// The BAT with the round's new entries: each touched 4 KiB piece of the
-// table once, whole when it lies inside the table, else the touched 512-byte
-// sectors of it (the table's ends may share a piece with other metadata).
-void VhdChannel::write_bat_pieces() noexcept {
+// 4. The bitmaps and the BAT with the new entries, together: a lost bitmap
+// reads as all clear (the block as it was), a lost BAT entry leaves the
+// block unreferenced. The BAT: each touched 4 KiB piece of the table once,
+// whole when it lies inside the table, else the touched 512-byte sector
+// (the table's ends may share a piece with other metadata).
+void VhdChannel::round_meta(Round& rd) noexcept {
   const VhdLevel& l = leaf();
+  rd.phase = Phase::kMeta;
+  rd.pending = 1;
+  unsigned k = 0;
+  for (Alloc* a = rd.allocs; a != nullptr; a = a->next, ++k) {
+    uint8_t* span = rd.bitmaps.get() + size_t{k} * meta_span_;
+    std::memset(span, 0, meta_span_);
+    const std::span<uint8_t> bm(span + meta_span_ - l.layout.bitmap_bytes, l.layout.bitmap_bytes);
+    for (SubOp* sub = a->subs; sub != nullptr; sub = sub->next) vhd::bitmap_set(bm, sub->first, sub->count);
+    round_write(rd, span, meta_span_, l.layout.data_offset(a->entry) - meta_span_);
+  }
   const uint64_t table = l.header.table_offset;
   const uint64_t table_end = table + vhd::bat_bytes_padded(static_cast<uint32_t>(l.bat.size()));
   uint64_t done[kMaxRoundBlocks];
   unsigned n = 0;
-  for (Alloc* a = round_; a != nullptr; a = a->next) {
+  for (Alloc* a = rd.allocs; a != nullptr; a = a->next) {
     const uint64_t at = vhd::bat_entry_offset(table, a->block);
     uint64_t lo = at / kFsBlock * kFsBlock;
     uint64_t hi = lo + kFsBlock;
@@ -1036,31 +1066,46 @@ void VhdChannel::write_bat_pieces() noexcept {
       hi = lo + kSector;
     }
     if (std::find(done, done + n, lo) != done + n) continue;
-    uint8_t* buf = bat_buf_.get() + size_t{n} * kFsBlock;
+    uint8_t* buf = rd.bat.get() + size_t{n} * kFsBlock;
     done[n++] = lo;
     for (uint64_t off = lo; off < hi; off += 4) {
       const uint64_t blk = (off - table) / 4;
       uint32_t v = blk < l.bat.size() ? l.bat[blk] : vhd::kBatUnused;
-      for (Alloc* o = round_; o != nullptr; o = o->next) {
+      for (Alloc* o = rd.allocs; o != nullptr; o = o->next) {
         if (o->block == blk) v = o->entry;
       }
       vhd::bat_entry_encode(v, buf + (off - lo));
     }
-    round_write(buf, hi - lo, lo);
+    round_write(rd, buf, hi - lo, lo);
   }
+  round_io_done(rd, 0);
 }
 
-void VhdChannel::round_end(int error) noexcept {
+// One metadata write of a round.
+void VhdChannel::round_write(Round& rd, uint8_t* buf, size_t len, uint64_t offset) noexcept {
+  SubOp* w = new_sub(SubOp::Role::kRound, 0);
+  if (w == nullptr) {
+    if (rd.error == 0) rd.error = -ENOMEM;
+    return;
+  }
+  w->round = &rd;
+  w->iov[0] = iovec{buf, len};
+  w->prep_write(w->iov, 1, offset);
+  ++rd.pending;
+  start(*w);
+}
+
+void VhdChannel::round_end(Round& rd, int error) noexcept {
   VhdLevel& l = leaf();
   if (error == 0) {
     unsigned k = 0;
-    for (Alloc* a = round_; a != nullptr; a = a->next, ++k) {
+    for (Alloc* a = rd.allocs; a != nullptr; a = a->next, ++k) {
       l.bat[a->block] = a->entry;
       ++l.allocated_blocks;
       ++vstats.allocations;
       // The bitmap just written is the block's: cache it when a slot is free.
-      const std::span<const uint8_t> bm(
-          round_bitmaps_.get() + size_t{k} * meta_span_ + meta_span_ - l.layout.bitmap_bytes, l.layout.bitmap_bytes);
+      const std::span<const uint8_t> bm(rd.bitmaps.get() + size_t{k} * meta_span_ + meta_span_ - l.layout.bitmap_bytes,
+                                        l.layout.bitmap_bytes);
       if (vhd::bitmap_all_set(bm, spb())) {
         image_.set_full(0, a->block, true);
       } else if (Slot* s = take_slot(uint64_t{a->block})) {
@@ -1068,13 +1113,16 @@ void VhdChannel::round_end(int error) noexcept {
         idle(*s);
       }
     }
-    l.end_of_data = std::max(l.end_of_data, round_end_);
+    l.end_of_data = std::max(l.end_of_data, rd.end);
   } else {
     ++vstats.alloc_failures;
   }
-  phase_ = Phase::kIdle;
-  Alloc* a = round_;
-  round_ = nullptr;
+  rd.phase = Phase::kIdle;
+  Alloc* a = rd.allocs;
+  rd.allocs = nullptr;
+  // The other round (if any) commits next.
+  Round& other = rounds_[&rd == &rounds_[0] ? 1 : 0];
+  committing_ = other.phase != Phase::kIdle ? &other : nullptr;
   // Answer the writes, then let the requests that waited for the blocks go
   // (a failed round leaves them unallocated: they try again).
   while (a != nullptr) {
@@ -1094,6 +1142,13 @@ void VhdChannel::round_end(int error) noexcept {
     resources_freed_ = true;
     wake(waiters);
     a = next;
+  }
+  if (committing_ != nullptr && committing_->phase == Phase::kWaitMeta) {
+    if (committing_->error != 0) {
+      round_end(*committing_, committing_->error);
+    } else {
+      round_meta(*committing_);
+    }
   }
   start_round();
 }
