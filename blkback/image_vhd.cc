@@ -23,7 +23,7 @@ constexpr unsigned kSubIov = 16;             // iovecs per readv/writev of a run
 constexpr unsigned kMaxDataSubOps = 1024;    // guest data transfers in flight per channel
 constexpr unsigned kMaxRoundBlocks = 64;     // blocks allocated by one round
 constexpr unsigned kMaxPendingAllocs = 256;  // blocks waiting for (or in) a round
-constexpr unsigned kReserveBlocks = 1024;    // how far past the data the footer moves (sparse)
+constexpr unsigned kReserveBlocks = 1024;    // how far past the data the footer moves (sparse, 2 GiB)
 // Metadata the allocation writes goes in whole 4 KiB pieces where it can:
 // ext4 serialises a direct write smaller than its block against every
 // other direct write of the file.

@@ -16,12 +16,16 @@
 // Writes go to the leaf only. Into an allocated block: the data, then
 // (only when the write sets bits that were clear) the bitmap, then the
 // answer. Into an unallocated block (first touch), in rounds that batch
-// every block waiting for allocation (up to 64), placed one after the other
-// from the end of the data, data page aligned:
+// every block waiting for allocation (up to 64; two rounds in flight, one
+// writing data while the other writes metadata, committing in order),
+// placed one after the other from the end of the data, the data 4 KiB
+// aligned behind a whole 4 KiB piece holding the bitmap (ext4 serialises
+// smaller direct writes against all others):
 //   1. when the new blocks do not fit before the footer, the footer moves
-//      first, 64 blocks past them (a sparse reserve, so most rounds skip
-//      this step), then fdatasync: the file always ends in a valid footer,
-//      and its new length is durable before a BAT entry points there;
+//      first, 1024 blocks past them (a sparse reserve, given back when the
+//      image is closed, so most rounds skip this step), then fdatasync: the
+//      file always ends in a valid footer, and its new length is durable
+//      before a BAT entry points there;
 //   2. the data;
 //   3. a differencing leaf only: fdatasync, so a bitmap bit never reaches
 //      the disk before the data it claims (a power cut would otherwise
@@ -32,8 +36,8 @@
 //      entry leaves the block unreferenced;
 // and only then are the writes answered (later writes to those blocks wait
 // for it). A crash (SIGKILL, power) at any point leaves an image that
-// opens: before 4 completes the new blocks are unreferenced space that the
-// next round reuses. The bitmap writes of a differencing leaf likewise wait
+// opens: before 4 completes the new blocks are unreferenced space (reused
+// after a reopen). The bitmap writes of a differencing leaf likewise wait
 // for an fdatasync of the data they cover. Writes are durable after the
 // guest's flush (fdatasync of the leaf), as on raw.
 // Parents are opened read-only and never written; every level below the

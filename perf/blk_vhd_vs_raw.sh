@@ -18,7 +18,7 @@
 #
 #   perf/blk_vhd_vs_raw.sh [--dir DIR] [--size 1G] [--big 256G] [--runtime 10]
 #                          [--repeat 3] [--tool build/rel/perf/xenpath-blkload]
-#                          [--json OUT.json]
+#                          [--cases "a b c c2 d"] [--json OUT.json]
 #
 # Each case runs the two sides alternately --repeat times; medians are
 # reported, with every run's IOPS. (c) runs a fixed number of writes
@@ -34,6 +34,7 @@ REPEAT=3
 FIRST_OPS=20000
 TOOL=""
 JSON_OUT=""
+CASES="a b c c2 d"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) DIR="$2"; shift 2 ;;
@@ -44,6 +45,7 @@ while [[ $# -gt 0 ]]; do
     --first-ops) FIRST_OPS="$2"; shift 2 ;;
     --tool) TOOL="$2"; shift 2 ;;
     --json) JSON_OUT="$2"; shift 2 ;;
+    --cases) CASES="$2"; shift 2 ;;
     -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
@@ -71,6 +73,7 @@ load() {  # out image... -- args
 }
 iops() { jq '.total.iops' "$1"; }
 errors() { jq '.total.errors' "$1"; }
+want() { [[ " $CASES " == *" $1 "* ]]; }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
 echo "preparing $SIZE raw and dynamic VHD, written fully..." >&2
@@ -102,43 +105,52 @@ record() {  # name goal base_label test_label base_files... -- test_files...
 }
 
 COMMON=(--bs 4k --qd 32 --pattern rand --seconds "$RUNTIME")
+FIRST=(--bs 4k --qd 32 --pattern rand --read-percent 0 --ops "$FIRST_OPS" --seconds 600)
+# (d) reads the written VHD through two empty differencing children (made
+# once; the VHD is not written after that, so (b) runs before).
+if want d; then
+  "$TOOL" --image "$MID" --vhd-parent "$VHD" --ops 1 --bs 4k --qd 1 --read-percent 100 --json --quiet >/dev/null
+  "$TOOL" --image "$LEAF" --vhd-parent "$MID" --ops 1 --bs 4k --qd 1 --read-percent 100 --json --quiet >/dev/null
+fi
 for i in $(seq 1 "$REPEAT"); do
-  echo "run $i: (a) randread raw / vhd" >&2
-  load "$WORK/a.base.$i.json" --image "$RAW" "${COMMON[@]}" --read-percent 100
-  load "$WORK/a.test.$i.json" --image "$VHD" "${COMMON[@]}" --read-percent 100
-  echo "run $i: (b) randwrite into allocated blocks raw / vhd" >&2
-  load "$WORK/b.base.$i.json" --image "$RAW" "${COMMON[@]}" --read-percent 0
-  load "$WORK/b.test.$i.json" --image "$VHD" "${COMMON[@]}" --read-percent 0
-  echo "run $i: (c) first-touch writes, sparse raw / fresh dynamic VHD ($BIG)" >&2
-  rm -f "$WORK/ft.raw" "$WORK/ft.vhd"
-  load "$WORK/c.base.$i.json" --image "$WORK/ft.raw" --size "$BIG" --create sparse --bs 4k --qd 32 --pattern rand \
-       --read-percent 0 --ops "$FIRST_OPS" --seconds 600
-  load "$WORK/c.test.$i.json" --image "$WORK/ft.vhd" --size "$BIG" --create vhd --bs 4k --qd 32 --pattern rand \
-       --read-percent 0 --ops "$FIRST_OPS" --seconds 600
-  rm -f "$WORK/ft.raw" "$WORK/ft.vhd"
-  echo "run $i: (c2) first-touch writes, sparse raw / fresh differencing VHD ($BIG)" >&2
-  load "$WORK/c2.base.$i.json" --image "$WORK/ft.raw" --size "$BIG" --create sparse --bs 4k --qd 32 --pattern rand \
-       --read-percent 0 --ops "$FIRST_OPS" --seconds 600
-  "$TOOL" --image "$WORK/ftbase.vhd" --size "$BIG" --create vhd --ops 1 --bs 4k --qd 1 --read-percent 100 \
-       --json --quiet >/dev/null
-  load "$WORK/c2.test.$i.json" --image "$WORK/ft.vhd" --vhd-parent "$WORK/ftbase.vhd" --bs 4k --qd 32 \
-       --pattern rand --read-percent 0 --ops "$FIRST_OPS" --seconds 600
-  rm -f "$WORK/ft.raw" "$WORK/ft.vhd" "$WORK/ftbase.vhd"
+  if want a; then
+    echo "run $i: (a) randread raw / vhd" >&2
+    load "$WORK/a.base.$i.json" --image "$RAW" "${COMMON[@]}" --read-percent 100
+    load "$WORK/a.test.$i.json" --image "$VHD" "${COMMON[@]}" --read-percent 100
+  fi
+  if want d; then
+    echo "run $i: (d) randread depth 1 / depth 3" >&2
+    load "$WORK/d.base.$i.json" --image "$VHD" "${COMMON[@]}" --read-percent 100
+    load "$WORK/d.test.$i.json" --image "$LEAF" "${COMMON[@]}" --read-percent 100
+  fi
 done
-record a 0.95 "raw randread 4k QD32" "vhd leaf randread 4k QD32"
-record b 0.9 "raw randwrite 4k QD32" "vhd randwrite 4k QD32, allocated blocks"
-record c 0.5 "sparse raw first-touch randwrite 4k QD32" "vhd first-touch (allocating) randwrite 4k QD32"
-record c2 0.5 "sparse raw first-touch randwrite 4k QD32" "vhd diff child first-touch randwrite 4k QD32"
-
-# (d) The written VHD becomes the base of a chain (it is not written again).
-"$TOOL" --image "$MID" --vhd-parent "$VHD" --ops 1 --bs 4k --qd 1 --read-percent 100 --json --quiet >/dev/null
-"$TOOL" --image "$LEAF" --vhd-parent "$MID" --ops 1 --bs 4k --qd 1 --read-percent 100 --json --quiet >/dev/null
 for i in $(seq 1 "$REPEAT"); do
-  echo "run $i: (d) randread depth 1 / depth 3" >&2
-  load "$WORK/d.base.$i.json" --image "$VHD" "${COMMON[@]}" --read-percent 100
-  load "$WORK/d.test.$i.json" --image "$LEAF" "${COMMON[@]}" --read-percent 100
+  if want b; then
+    echo "run $i: (b) randwrite into allocated blocks raw / vhd" >&2
+    load "$WORK/b.base.$i.json" --image "$RAW" "${COMMON[@]}" --read-percent 0
+    load "$WORK/b.test.$i.json" --image "$VHD" "${COMMON[@]}" --read-percent 0
+  fi
+  if want c; then
+    echo "run $i: (c) first-touch writes, sparse raw / fresh dynamic VHD ($BIG)" >&2
+    rm -f "$WORK/ft.raw" "$WORK/ft.vhd"
+    load "$WORK/c.base.$i.json" --image "$WORK/ft.raw" --size "$BIG" --create sparse "${FIRST[@]}"
+    load "$WORK/c.test.$i.json" --image "$WORK/ft.vhd" --size "$BIG" --create vhd "${FIRST[@]}"
+    rm -f "$WORK/ft.raw" "$WORK/ft.vhd"
+  fi
+  if want c2; then
+    echo "run $i: (c2) first-touch writes, sparse raw / fresh differencing VHD ($BIG)" >&2
+    load "$WORK/c2.base.$i.json" --image "$WORK/ft.raw" --size "$BIG" --create sparse "${FIRST[@]}"
+    "$TOOL" --image "$WORK/ftbase.vhd" --size "$BIG" --create vhd --ops 1 --bs 4k --qd 1 --read-percent 100 \
+        --json --quiet >/dev/null
+    load "$WORK/c2.test.$i.json" --image "$WORK/ft.vhd" --vhd-parent "$WORK/ftbase.vhd" "${FIRST[@]}"
+    rm -f "$WORK/ft.raw" "$WORK/ft.vhd" "$WORK/ftbase.vhd"
+  fi
 done
-record d 0.9 "vhd depth 1 randread 4k QD32" "vhd depth 3 randread 4k QD32"
+want a && record a 0.95 "raw randread 4k QD32" "vhd leaf randread 4k QD32"
+want b && record b 0.9 "raw randwrite 4k QD32" "vhd randwrite 4k QD32, allocated blocks"
+want c && record c 0.5 "sparse raw first-touch randwrite 4k QD32" "vhd first-touch (allocating) randwrite 4k QD32"
+want c2 && record c2 0.5 "sparse raw first-touch randwrite 4k QD32" "vhd diff child first-touch randwrite 4k QD32"
+want d && record d 0.9 "vhd depth 1 randread 4k QD32" "vhd depth 3 randread 4k QD32"
 
 echo
 printf "%-4s %-44s %10s %10s %7s %6s  %s\n" case measured "base IOPS" IOPS ratio goal "runs (base | measured)"
