@@ -204,5 +204,30 @@ TEST_P(BlkVhdCrash, KilledDuringAllocatingWritesKeepsFlushedData) {
 
 INSTANTIATE_TEST_SUITE_P(Runs, BlkVhdCrash, ::testing::Range(0, 6));
 
+// `xenpath-sim blkback --image PATH --read-only` prints the SHA-256 of what
+// the guest read; for an image qemu-img made and qemu-io wrote it is the
+// SHA-256 of `qemu-img convert -O raw`.
+TEST(BlkVhdSim, ReadOnlyChecksumMatchesQemu) {
+  const std::string sim = XENPATH_SIM_BINARY;
+  if (sim.empty() || ::access(sim.c_str(), X_OK) != 0) GTEST_SKIP() << "xenpath-sim not built";
+  if (!test::have_tool("qemu-img") || !test::have_tool("qemu-io") || !test::have_tool("sha256sum")) {
+    GTEST_SKIP() << "qemu-utils not installed";
+  }
+  test::TempDir dir;
+  const std::string img = dir / "q.vhd";
+  const std::string raw = dir / "q.raw";
+  auto q = [](const std::string& p) { return test::shell_quote(p); };
+  ASSERT_EQ(test::run_command("qemu-img create -q -f vpc -o subformat=dynamic " + q(img) + " 48M").status, 0);
+  ASSERT_EQ(test::run_command("qemu-io -f vpc -c 'write -P 0x5c 1M 3M' -c 'write -P 0xe1 40M 4k' " + q(img)).status, 0);
+  ASSERT_EQ(test::run_command("qemu-img convert -f vpc -O raw " + q(img) + " " + q(raw)).status, 0);
+  const auto want = test::run_command("sha256sum " + q(raw));
+  ASSERT_EQ(want.status, 0);
+  const auto got = test::run_command(q(sim) + " blkback --image " + q(img) + " --read-only --guests 1");
+  ASSERT_EQ(got.status, 0) << got.out;
+  const size_t at = got.out.find("sha256 ");
+  ASSERT_NE(at, std::string::npos) << got.out;
+  EXPECT_EQ(got.out.substr(at + 7, 64), want.out.substr(0, 64));
+}
+
 }  // namespace
 }  // namespace xenpath
