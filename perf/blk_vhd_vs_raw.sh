@@ -112,39 +112,36 @@ if want d; then
   "$TOOL" --image "$MID" --vhd-parent "$VHD" --ops 1 --bs 4k --qd 1 --read-percent 100 --json --quiet >/dev/null
   "$TOOL" --image "$LEAF" --vhd-parent "$MID" --ops 1 --bs 4k --qd 1 --read-percent 100 --json --quiet >/dev/null
 fi
+# One alternating pair: case, run, what, baseline image, measured image,
+# then the load's arguments (after --).
+pair() {
+  local c="$1" i="$2" what="$3" base="$4" test="$5"
+  shift 5
+  echo "run $i: ($c) $what" >&2
+  load "$WORK/$c.base.$i.json" --image "$base" "$@"
+  load "$WORK/$c.test.$i.json" --image "$test" "$@"
+}
 for i in $(seq 1 "$REPEAT"); do
-  if want a; then
-    echo "run $i: (a) randread raw / vhd" >&2
-    load "$WORK/a.base.$i.json" --image "$RAW" "${COMMON[@]}" --read-percent 100
-    load "$WORK/a.test.$i.json" --image "$VHD" "${COMMON[@]}" --read-percent 100
-  fi
-  if want d; then
-    echo "run $i: (d) randread depth 1 / depth 3" >&2
-    load "$WORK/d.base.$i.json" --image "$VHD" "${COMMON[@]}" --read-percent 100
-    load "$WORK/d.test.$i.json" --image "$LEAF" "${COMMON[@]}" --read-percent 100
-  fi
+  want a && pair a "$i" "randread raw / vhd" "$RAW" "$VHD" "${COMMON[@]}" --read-percent 100
+  want d && pair d "$i" "randread depth 1 / depth 3" "$VHD" "$LEAF" "${COMMON[@]}" --read-percent 100
 done
 for i in $(seq 1 "$REPEAT"); do
-  if want b; then
-    echo "run $i: (b) randwrite into allocated blocks raw / vhd" >&2
-    load "$WORK/b.base.$i.json" --image "$RAW" "${COMMON[@]}" --read-percent 0
-    load "$WORK/b.test.$i.json" --image "$VHD" "${COMMON[@]}" --read-percent 0
-  fi
+  want b && pair b "$i" "randwrite into allocated blocks raw / vhd" "$RAW" "$VHD" "${COMMON[@]}" --read-percent 0
   if want c; then
-    echo "run $i: (c) first-touch writes, sparse raw / fresh dynamic VHD ($BIG)" >&2
     rm -f "$WORK/ft.raw" "$WORK/ft.vhd"
+    echo "run $i: (c) first-touch writes, sparse raw / fresh dynamic VHD ($BIG)" >&2
     load "$WORK/c.base.$i.json" --image "$WORK/ft.raw" --size "$BIG" --create sparse "${FIRST[@]}"
     load "$WORK/c.test.$i.json" --image "$WORK/ft.vhd" --size "$BIG" --create vhd "${FIRST[@]}"
-    rm -f "$WORK/ft.raw" "$WORK/ft.vhd"
   fi
   if want c2; then
+    rm -f "$WORK/ft.raw" "$WORK/ft.vhd" "$WORK/ftbase.vhd"
     echo "run $i: (c2) first-touch writes, sparse raw / fresh differencing VHD ($BIG)" >&2
     load "$WORK/c2.base.$i.json" --image "$WORK/ft.raw" --size "$BIG" --create sparse "${FIRST[@]}"
     "$TOOL" --image "$WORK/ftbase.vhd" --size "$BIG" --create vhd --ops 1 --bs 4k --qd 1 --read-percent 100 \
         --json --quiet >/dev/null
     load "$WORK/c2.test.$i.json" --image "$WORK/ft.vhd" --vhd-parent "$WORK/ftbase.vhd" "${FIRST[@]}"
-    rm -f "$WORK/ft.raw" "$WORK/ft.vhd" "$WORK/ftbase.vhd"
   fi
+  rm -f "$WORK/ft.raw" "$WORK/ft.vhd" "$WORK/ftbase.vhd"
 done
 want a && record a 0.95 "raw randread 4k QD32" "vhd leaf randread 4k QD32"
 want b && record b 0.9 "raw randwrite 4k QD32" "vhd randwrite 4k QD32, allocated blocks"
