@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "blkback/image_raw.h"
+#include "blkback/image_open.h"
 #include "common/xenbus/keys.h"
 
 namespace xenpath {
@@ -43,7 +43,9 @@ Result<VbdParams> parse_vbd_params(std::string_view params) noexcept {
       const std::string_view rest = params.substr(colon + 1);
       if (fmt == "raw" || fmt == "aio" || fmt == "file" || fmt == "phy") {
         out.format = "raw";
-      } else if (fmt == "qcow" || fmt == "qcow2" || fmt == "vhd" || fmt == "vhdx" || fmt == "qed") {
+      } else if (fmt == "vhd") {
+        out.format = "vhd";
+      } else if (fmt == "qcow" || fmt == "qcow2" || fmt == "vhdx" || fmt == "qed") {
         return unexpected(EOPNOTSUPP);  // a format this backend does not serve (yet)
       } else {
         return unexpected(EINVAL);
@@ -52,6 +54,7 @@ Result<VbdParams> parse_vbd_params(std::string_view params) noexcept {
       out.path = std::string(rest);
     } else {
       out.path = std::string(params);
+      out.format = "auto";
     }
   } catch (...) {
     return unexpected(ENOMEM);
@@ -75,6 +78,8 @@ VbdDevice::VbdDevice(const DeviceAddress& addr, const VbdOptions& opts, std::vec
       max_queues_(opts.max_queues != 0 ? opts.max_queues
                                        : static_cast<unsigned>(std::max<size_t>(workers_.size(), 1))) {
   const ImageInfo& info = image_->info();
+  // The image may allow fewer queues (a writable VHD: one).
+  if (info.max_queues != 0) max_queues_ = std::min(max_queues_, info.max_queues);
   limits_.sectors = info.size_bytes / 512;
   limits_.sector_size = 512;
   limits_.align_sectors = std::max<uint32_t>(std::max(info.logical_block_size, info.memory_align), 512) / 512;
@@ -272,18 +277,16 @@ Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress
 
     const bool ro = read_only || cdrom;
     Result<std::unique_ptr<Image>> opened = unexpected(EIO);
+    std::string why;
     if (opts_.open_image) {
       opened = opts_.open_image(p, ro);
     } else {
-      RawImage::Options io;
-      io.read_only = ro;
-      io.direct = opts_.direct;
-      auto raw = RawImage::open(p.path, io);
-      opened = raw ? Result<std::unique_ptr<Image>>(std::move(*raw)) : unexpected(raw.error());
+      opened = open_vbd_image(p, ImageOpenOptions{.read_only = ro, .direct = opts_.direct}, &why);
     }
     if (!opened) {
       DeviceLog(fmt::format("vbd {}/{}: ", addr.frontend_id, addr.devid))
-          .warn("cannot open image {}: {}", p.path, error_string(opened.error()));
+          .warn("cannot open image {}: {}{}{}", p.path, error_string(opened.error()), why.empty() ? "" : ": ",
+                printable(why, 512));
       // ENOENT would read as "not ready yet" to the driver.
       return unexpected(opened.error() == ENOENT ? ENODEV : opened.error());
     }

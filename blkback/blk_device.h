@@ -1,9 +1,10 @@
 // The "vbd" device type: blkback's xenbus side, over BackendDriver.
 //
 // Toolstack keys (backend directory, as xl/libxl write them):
-//   params        the image: a path, or "<format>:<path>" with format raw,
-//                 aio or file (qdisk style); other formats (qcow2, vhd...)
-//                 are refused with EOPNOTSUPP
+//   params        the image: "<format>:<path>" with format raw, aio, file,
+//                 phy (raw) or vhd (qdisk style), or a bare path whose
+//                 format is detected from the file (image_open.h); other
+//                 formats (qcow2, vhdx...) are refused with EOPNOTSUPP
 //   mode          "r" (read-only) or "w"/"w!" (read-write)
 //   type          "phy", "file"... (informational: the path decides)
 //   discard-enable  0 to withhold discard from the guest (default 1)
@@ -51,13 +52,14 @@ using VbdErrorSink = std::function<void(const DeviceAddress&, int error)>;
 // "<format>:<path>" or a path. Exposed for tests.
 struct VbdParams {
   std::string path;
-  std::string format = "raw";
+  std::string format = "raw";  // "raw", "vhd", or "auto" (a bare path: detect)
 };
 Result<VbdParams> parse_vbd_params(std::string_view params) noexcept;
 
 // Opens a device's image from its parsed params. The default (an empty
-// function) is RawImage, O_DIRECT unless VbdOptions::direct is off; tools
-// substitute other images (the load generator's NullImage).
+// function) is open_vbd_image (RawImage or VhdImage), O_DIRECT unless
+// VbdOptions::direct is off; tools substitute other images (the load
+// generator's NullImage).
 using VbdImageOpener = std::function<Result<std::unique_ptr<Image>>(const VbdParams& params, bool read_only)>;
 
 struct VbdOptions {
@@ -71,7 +73,7 @@ struct VbdOptions {
   // Bounded wait for in-flight I/O at disconnect before giving up on a
   // queue (the kernel still owns its pages; it is kept, not unmapped).
   std::chrono::milliseconds drain_timeout{30'000};
-  VbdImageOpener open_image;  // empty: RawImage
+  VbdImageOpener open_image;  // empty: open_vbd_image
 };
 
 class VbdDevice final : public BackendDevice {

@@ -40,6 +40,10 @@ struct ImageInfo {
   bool secure_discard = false;       // ImageOp::kSecureDiscard works
   uint32_t discard_granularity = 0;  // bytes (0 when !discard)
   uint32_t discard_alignment = 0;    // bytes
+  // Queues a VBD may offer on this image (multi-queue-max-queues); 0: no
+  // limit of the image's own. A writable VHD says 1: its leaf's metadata
+  // (BAT, bitmaps, end of file) has one owner thread, as in tapdisk.
+  uint32_t max_queues = 0;
 };
 
 class ImageChannel;
@@ -130,6 +134,30 @@ class ImageChannel : public Poller {
   static void finish(ImageOp& op, int result) noexcept { op.image_done(result); }
   static void set_error(ImageOp& op, int err) noexcept { op.error_ = err; }
   static ImageOp*& link(ImageOp& op) noexcept { return op.next_; }
+  // Intrusive FIFO of ops through their link.
+  struct OpFifo {
+    ImageOp* head = nullptr;
+    ImageOp* tail = nullptr;
+    void push(ImageOp& op) noexcept {
+      link(op) = nullptr;
+      if (tail != nullptr) {
+        link(*tail) = &op;
+      } else {
+        head = &op;
+      }
+      tail = &op;
+    }
+    ImageOp* pop() noexcept {
+      ImageOp* op = head;
+      if (op != nullptr) {
+        head = link(*op);
+        if (head == nullptr) tail = nullptr;
+        link(*op) = nullptr;
+      }
+      return op;
+    }
+    [[nodiscard]] bool empty() const noexcept { return head == nullptr; }
+  };
   // Called by ImageOp::on_complete for a CQE of an op bound to this channel.
   virtual void on_cqe(ImageOp& op, int32_t res) noexcept = 0;
   friend class ImageOp;

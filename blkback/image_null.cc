@@ -22,34 +22,25 @@ class NullImageChannel final : public ImageChannel {
     const bool writes = op.kind() != ImageOp::Kind::kRead && op.kind() != ImageOp::Kind::kFlush;
     if (writes && info_.read_only) result = -EROFS;
     set_error(op, result);
-    link(op) = nullptr;
-    if (tail_ != nullptr) {
-      link(*tail_) = &op;
-    } else {
-      head_ = &op;
-    }
-    tail_ = &op;
+    queued_.push(op);
   }
 
   const ImageChannelStats& stats() const noexcept override { return stats_; }
 
   bool poll() noexcept override {
     // Only what was queued before this poll: image_done() may submit more.
-    ImageOp* op = head_;
-    head_ = tail_ = nullptr;
-    const bool work = op != nullptr;
-    while (op != nullptr) {
-      ImageOp* next = link(*op);
-      link(*op) = nullptr;
+    OpFifo ready = queued_;
+    queued_ = {};
+    const bool work = !ready.empty();
+    while (ImageOp* op = ready.pop()) {
       --stats_.in_flight;
       if (op->error() < 0) ++stats_.failed;
       finish(*op, op->error());
-      op = next;
     }
     return work;
   }
 
-  bool arm() noexcept override { return head_ != nullptr; }
+  bool arm() noexcept override { return !queued_.empty(); }
 
  protected:
   void on_cqe(ImageOp& /*op*/, int32_t /*res*/) noexcept override {}  // never submits to the kernel
@@ -57,8 +48,7 @@ class NullImageChannel final : public ImageChannel {
  private:
   const ImageInfo& info_;
   Reactor& reactor_;
-  ImageOp* head_ = nullptr;
-  ImageOp* tail_ = nullptr;
+  OpFifo queued_;
   ImageChannelStats stats_;
 };
 

@@ -1,8 +1,6 @@
 #include "blkback/image_raw.h"
 
 #include <fcntl.h>
-#include <liburing.h>
-#include <limits.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
@@ -16,6 +14,7 @@
 #include <fstream>
 #include <string>
 
+#include "blkback/image_uring.h"
 #include "common/log.h"
 
 namespace xenpath {
@@ -115,47 +114,33 @@ Status probe_regular_file(int fd, const struct stat& st, ImageInfo& info) noexce
 }
 
 // Channel of one RawImage on one reactor. Reactor thread only.
-class RawImageChannel final : public ImageChannel {
+class RawImageChannel final : public UringImageChannel {
  public:
   RawImageChannel(const RawImage& image, Reactor& reactor, BlockingOffload& offload) noexcept
-      : image_(image), reactor_(reactor), offload_(offload) {}
-
-  ~RawImageChannel() override {
-    reactor_.remove_poller(this);
-    if (fixed_) reactor_.unregister_file(slot_);
-  }
+      : UringImageChannel(reactor), image_(image), offload_(offload) {}
 
   Status init() noexcept {
-    if (reactor_.uring() == nullptr) return unexpected(ENXIO);
-    if (auto slot = reactor_.register_file(image_.fd())) {
-      slot_ = *slot;
-      fixed_ = true;
-      stats_.fixed_file = true;
-    }
-    // Without a slot (table full, old kernel) the plain fd works, one file
-    // lookup per I/O more.
-    reactor_.add_poller(this);
+    XP_TRY(attach());
+    file_ = add_file(image_.fd());
     return ok();
   }
 
   void submit(ImageOp& op) noexcept override {
-    bind(op, this);
-    ++stats_.submitted;
-    ++stats_.in_flight;
+    accept(op);
     const ImageInfo& info = image_.info();
     switch (op.kind()) {
       case ImageOp::Kind::kRead:
       case ImageOp::Kind::kFlush:
         break;
       case ImageOp::Kind::kWrite:
-        if (info.read_only) return fail_later(op, -EROFS);
+        if (info.read_only) return complete_later(op, -EROFS);
         break;
       case ImageOp::Kind::kDiscard:
       case ImageOp::Kind::kSecureDiscard: {
         const bool secure = op.kind() == ImageOp::Kind::kSecureDiscard;
-        if (info.read_only) return fail_later(op, -EROFS);
-        if (!info.discard || (secure && !info.secure_discard)) return fail_later(op, -EOPNOTSUPP);
-        if (op.remaining() == 0) return fail_later(op, 0);  // nothing to discard: done
+        if (info.read_only) return complete_later(op, -EROFS);
+        if (!info.discard || (secure && !info.secure_discard)) return complete_later(op, -EOPNOTSUPP);
+        if (op.remaining() == 0) return complete_later(op, 0);  // nothing to discard: done
         if (info.block_device) return offload_discard(op, secure);
         break;
       }
@@ -163,116 +148,11 @@ class RawImageChannel final : public ImageChannel {
     start(op);
   }
 
-  const ImageChannelStats& stats() const noexcept override { return stats_; }
-
-  bool poll() noexcept override {
-    bool work = false;
-    // Ops that found the SQ full: retry in order while SQEs are available.
-    while (ImageOp* op = waiting_.head) {
-      io_uring_sqe* sqe = reactor_.get_sqe();
-      if (sqe == nullptr) break;
-      waiting_.pop();
-      prep(*op, sqe);
-      work = true;
-    }
-    // Results decided without the kernel. Bounded by what was queued
-    // before this poll (image_done may submit more).
-    Fifo ready = ready_;
-    ready_ = {};
-    while (ImageOp* op = ready.pop()) {
-      complete(*op, op->error());
-      work = true;
-    }
-    return work;
-  }
-
-  bool arm() noexcept override { return waiting_.head != nullptr || ready_.head != nullptr; }
-
  protected:
-  void on_cqe(ImageOp& op, int32_t res) noexcept override {
-    switch (op.account(res)) {
-      case ImageOp::Step::kDone:
-        complete(op, 0);
-        break;
-      case ImageOp::Step::kResubmit:
-        ++stats_.resubmits;
-        start(op);
-        break;
-      case ImageOp::Step::kFailed:
-        complete(op, op.error());
-        break;
-    }
-  }
+  FileRef file_of(const ImageOp& /*op*/) const noexcept override { return file_; }
+  void transferred(ImageOp& op, int result) noexcept override { complete(op, result); }
 
  private:
-  // Intrusive FIFO through ImageOp::next_.
-  struct Fifo {
-    ImageOp* head = nullptr;
-    ImageOp* tail = nullptr;
-    void push(ImageOp& op) noexcept {
-      ImageChannel::link(op) = nullptr;
-      if (tail != nullptr) {
-        ImageChannel::link(*tail) = &op;
-      } else {
-        head = &op;
-      }
-      tail = &op;
-    }
-    ImageOp* pop() noexcept {
-      ImageOp* op = head;
-      if (op != nullptr) {
-        head = ImageChannel::link(*op);
-        if (head == nullptr) tail = nullptr;
-        ImageChannel::link(*op) = nullptr;
-      }
-      return op;
-    }
-  };
-
-  // The result of an op completed without the kernel is parked in its
-  // error field until poll() delivers it.
-  void fail_later(ImageOp& op, int result) noexcept {
-    set_error(op, result);
-    ready_.push(op);
-  }
-
-  void start(ImageOp& op) noexcept {
-    // Keep FIFO order behind ops already waiting for an SQE.
-    io_uring_sqe* sqe = waiting_.head == nullptr ? reactor_.get_sqe() : nullptr;
-    if (sqe == nullptr) {
-      ++stats_.deferred;
-      waiting_.push(op);
-      return;
-    }
-    prep(op, sqe);
-  }
-
-  void prep(ImageOp& op, io_uring_sqe* sqe) noexcept {
-    const int fd = fixed_ ? static_cast<int>(slot_) : image_.fd();
-    // Beyond IOV_MAX the kernel refuses a vector; the rest follows as a
-    // continuation, like a short transfer.
-    const unsigned iovcnt = std::min<unsigned>(op.iovcnt(), IOV_MAX);
-    switch (op.kind()) {
-      case ImageOp::Kind::kRead:
-        io_uring_prep_readv(sqe, fd, op.iov(), iovcnt, op.offset());
-        break;
-      case ImageOp::Kind::kWrite:
-        io_uring_prep_writev(sqe, fd, op.iov(), iovcnt, op.offset());
-        break;
-      case ImageOp::Kind::kFlush:
-        io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
-        break;
-      case ImageOp::Kind::kDiscard:
-      case ImageOp::Kind::kSecureDiscard:
-        io_uring_prep_fallocate(sqe, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(op.offset()),
-                                static_cast<off_t>(op.remaining()));
-        break;
-    }
-    if (fixed_) sqe->flags |= IOSQE_FIXED_FILE;
-    io_uring_sqe_set_data(sqe, static_cast<UringCompletion*>(&op));
-    ++stats_.sqes;
-  }
-
   void offload_discard(ImageOp& op, bool secure) noexcept {
     const int fd = image_.fd();
     const uint64_t offset = op.offset();
@@ -285,24 +165,13 @@ class RawImageChannel final : public ImageChannel {
           return ::ioctl(fd, secure ? BLKSECDISCARD : BLKDISCARD, range) == 0 ? 0 : -errno;
         },
         [this, target](int res) { complete(*target, res); });
-    if (!queued) return fail_later(op, -ENOMEM);
+    if (!queued) return complete_later(op, -ENOMEM);
     ++stats_.offloaded;
   }
 
-  void complete(ImageOp& op, int result) noexcept {
-    --stats_.in_flight;
-    if (result < 0) ++stats_.failed;
-    finish(op, result);
-  }
-
   const RawImage& image_;
-  Reactor& reactor_;
   BlockingOffload& offload_;
-  bool fixed_ = false;
-  unsigned slot_ = 0;
-  Fifo waiting_;
-  Fifo ready_;
-  ImageChannelStats stats_;
+  FileRef file_;
 };
 
 }  // namespace

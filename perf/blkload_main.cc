@@ -17,7 +17,9 @@
 // data, to measure the backend's own CPU cost). A missing file is created
 // with --size and preallocated (fallocate: unwritten extents read as zeros
 // without touching the disk, so for read benchmarks write the file fully
-// first: perf/blk_vs_fio.sh does).
+// first: perf/blk_vs_fio.sh does), or sparse, or as a dynamic VHD
+// (--create), or as a differencing VHD child of --vhd-parent. Existing
+// files are served in the format they hold (raw, or VHD: image_open.h).
 //
 // --verify checks every byte read against the last acknowledged write (see
 // sim/blk/sim_blkload.h); each ring then gets its own region of the disk and
@@ -44,6 +46,8 @@
 #include <vector>
 
 #include "blkback/image_null.h"
+#include "blkback/image_open.h"
+#include "blkback/vhd_file.h"
 #include "common/log.h"
 #include "sim/blk/sim_blkhost.h"
 #include "sim/blk/sim_blkload.h"
@@ -83,6 +87,8 @@ struct Config {
   unsigned poll_window_us = 50;
   uint32_t persistent_max_pages = 0;
   bool buffered = false;
+  std::string create = "raw";  // how a missing image is made: raw (preallocated), sparse, vhd
+  std::string vhd_parent;      // a missing image is made a differencing VHD child of this
   bool json = false;
   bool quiet = false;
 };
@@ -115,10 +121,30 @@ Result<uint64_t> parse_size(const std::string& s) {
   return v * mult;
 }
 
-// Creates `path` with `size` bytes allocated if it does not exist.
-Status ensure_file(const std::string& path, uint64_t size) {
+// Creates `path` if it does not exist: `size` bytes allocated (raw),
+// sparse, a dynamic VHD of `size`, or a differencing VHD child of `parent`.
+Status ensure_file(const std::string& path, uint64_t size, const std::string& how, const std::string& parent) {
   struct stat st {};
   if (::stat(path.c_str(), &st) == 0) return ok();
+  if (how == "vhd" || !parent.empty()) {
+    VhdCreateOptions c;
+    c.type = parent.empty() ? vhd::DiskType::kDynamic : vhd::DiskType::kDifferencing;
+    c.size = parent.empty() ? size : 0;
+    c.parent = parent;
+    const VhdStatus r = vhd_create(path, c);
+    if (!vhd_ok(r)) {
+      std::fprintf(stderr, "xenpath-blkload: %s\n", r.message.c_str());
+      return unexpected(r.code);
+    }
+    return ok();
+  }
+  if (how == "sparse") {
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return unexpected_errno();
+    const Status r = ::ftruncate(fd, static_cast<off_t>(size)) == 0 ? ok() : Status(unexpected_errno());
+    ::close(fd);
+    return r;
+  }
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) return unexpected_errno();
   Status r;
@@ -253,10 +279,11 @@ int run(const Config& cfg) {
       params = "/null/" + std::to_string(v);
     } else {
       const std::string& path = cfg.images[cfg.images.size() == 1 ? 0 : v];
-      if (Status st = ensure_file(path, *size); !st) return fail(path, st.error());
-      // The toolstack writes absolute paths (and the backend insists).
+      if (Status st = ensure_file(path, *size, cfg.create, cfg.vhd_parent); !st) return fail(path, st.error());
+      // The toolstack writes absolute paths (and the backend insists); a
+      // bare path: the backend serves the format the file holds.
       std::error_code ec;
-      params = "aio:" + std::filesystem::absolute(path, ec).lexically_normal().string();
+      params = std::filesystem::absolute(path, ec).lexically_normal().string();
       if (ec) return fail(path, ec.value());
     }
     auto d = (*host)->attach(devid, params, fo, *evtchns[v % cfg.guest_threads]);
@@ -285,7 +312,12 @@ int run(const Config& cfg) {
         s.offset_bytes = *offset + index * slice;
         s.span_bytes = slice;
         const std::string& path = cfg.images[cfg.images.size() == 1 ? 0 : v];
-        if (Status st = zero_region(path, s.offset_bytes, slice); !st) return fail("zeroing " + path, st.error());
+        auto format = detect_image_format(path);
+        if (format && *format == "vhd") {
+          s.unknown_start = true;  // punching holes would break the VHD: what it holds is accepted until written
+        } else if (Status st = zero_region(path, s.offset_bytes, slice); !st) {
+          return fail("zeroing " + path, st.error());
+        }
       }
       if (s.queue_depth > (*d)->queues[q]->ring_size()) {
         return fail("--qd " + std::to_string(cfg.qd) + " above the ring's " +
@@ -512,6 +544,10 @@ int main(int argc, char** argv) {
                  "backend's persistent grant table per queue (0: its default, RING_SIZE * 11)")
       ->capture_default_str();
   app.add_flag("--buffered", cfg.buffered, "open images without O_DIRECT");
+  app.add_option("--create", cfg.create, "how a missing --image is made: raw (preallocated), sparse, vhd (dynamic)")
+      ->check(CLI::IsMember({"raw", "sparse", "vhd"}))
+      ->capture_default_str();
+  app.add_option("--vhd-parent", cfg.vhd_parent, "a missing --image is made a differencing VHD child of this");
   app.add_flag("--json", cfg.json, "JSON report on stdout");
   app.add_flag("--quiet", cfg.quiet, "only errors in the log");
   CLI11_PARSE(app, argc, argv);

@@ -26,6 +26,9 @@
 #include <vector>
 
 #include "blkback/blk_service.h"
+#include "blkback/image_open.h"
+#include "blkback/vhd_file.h"
+#include "sim/blk/sim_blkdigest.h"
 #include "sim/blk/sim_blkfront.h"
 #include "sim/blk/sim_blkhost.h"
 #include "sim/blk/sim_blkload.h"
@@ -54,6 +57,7 @@ struct GuestVbd {
   // The loads' final figures, kept by the guest thread when they go (read
   // after it was joined).
   uint64_t final_ops = 0, final_bytes = 0, final_errors = 0, final_mismatches = 0;
+  std::string sha256;  // --read-only: what the guest read
 };
 
 uint64_t load_sum(const GuestVbd& v, uint64_t (*f)(const BlkLoadStats&)) {
@@ -68,8 +72,8 @@ uint64_t load_sum(const GuestVbd& v, uint64_t (*f)(const BlkLoadStats&)) {
 // a queue depth of verified I/O on every ring until told to stop, then
 // drains and closes its disks.
 void run_guest(SimHost& h, DomId domid, std::vector<GuestVbd*> mine, const BlkDemoOptions& opt, const VbdOptions& vbd,
-               unsigned backend_queues, std::atomic<bool>& stop, std::atomic<unsigned>& connected,
-               std::atomic<unsigned>& failed) {
+               unsigned backend_queues, int journal_fd, std::atomic<bool>& stop, std::atomic<unsigned>& connected,
+               std::atomic<unsigned>& failed, std::atomic<unsigned>& finished) {
   auto guest = SimGuestHandles::open(h, domid);
   if (!guest) {
     ++failed;
@@ -79,6 +83,7 @@ void run_guest(SimHost& h, DomId domid, std::vector<GuestVbd*> mine, const BlkDe
   fo.queues = std::max(1u, std::min(opt.queues, backend_queues));
   fo.ring_order = std::min(2u, vbd.max_ring_order);
   fo.persistent = opt.persistent_front;
+  fo.fewer_queues_ok = true;  // a writable VHD offers one
   std::vector<BlkLoad*> all;
   bool ok_all = true;
   for (GuestVbd* v : mine) {
@@ -89,6 +94,21 @@ void run_guest(SimHost& h, DomId domid, std::vector<GuestVbd*> mine, const BlkDe
       break;
     }
     v->disk = std::move(*disk);
+    if (opt.read_only) {
+      // Read the disk once, in order, and say what it held.
+      auto d = blk_read_digest(*v->disk->queues[0], v->disk->bytes, 32768, opt.queue_depth);
+      if (!d) {
+        spdlog::error("guest {} vbd {}: reading the disk: {}", domid, v->devid, error_string(d.error()));
+        ok_all = false;
+        break;
+      }
+      v->sha256 = d->sha256;
+      v->final_ops = d->ios;
+      v->final_bytes = d->bytes;
+      ++connected;
+      ++finished;
+      continue;
+    }
     // Each ring verifies its own slice of the disk (verify needs exclusive
     // blocks; the images start as zeros).
     const uint64_t slice = v->disk->bytes / v->disk->queues.size() / opt.block_size * opt.block_size;
@@ -102,6 +122,8 @@ void run_guest(SimHost& h, DomId domid, std::vector<GuestVbd*> mine, const BlkDe
       spec.verify = opt.verify;
       spec.flush_every = 64;
       spec.seed = (uint64_t{domid} << 32) ^ (uint64_t{v->devid} << 8) ^ q;
+      spec.unknown_start = !opt.image.empty();
+      spec.journal_fd = journal_fd;
       auto load = BlkLoad::create(*v->disk->queues[q], v->disk->bytes, spec, v->devid);
       if (!load) {
         spdlog::error("guest {} vbd {}: load: {}", domid, v->devid, error_string(load.error()));
@@ -115,7 +137,7 @@ void run_guest(SimHost& h, DomId domid, std::vector<GuestVbd*> mine, const BlkDe
     v->ready.store(true, std::memory_order_release);
     ++connected;
   }
-  while (ok_all && !stop.load(std::memory_order_relaxed)) {
+  while (ok_all && !all.empty() && !stop.load(std::memory_order_relaxed)) {
     unsigned done = 0;
     for (BlkLoad* l : all) done += l->poll();
     if (done == 0) (void)BlkLoad::wait_any(all, 10ms);
@@ -167,6 +189,40 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   const uint64_t image_bytes = opt.image_mib << 20;
+  // --image: what the guests get.
+  std::string image_param;
+  std::string image_vhd_parent;  // several writing guests: each a child of it
+  if (!opt.image.empty()) {
+    auto p = parse_vbd_params(opt.image);
+    std::string why;
+    if (p && p->format == "auto") {
+      auto f = detect_image_format(p->path, &why);
+      if (f) p->format = *f;
+    }
+    if (!p || (p->format != "raw" && p->format != "vhd") || opt.vbds != 1) {
+      spdlog::critical("--image {}: {}", opt.image,
+                       opt.vbds != 1  ? std::string("takes one VBD per guest")
+                       : !why.empty() ? why
+                                      : "not a raw or vhd image path");
+      return 2;
+    }
+    image_param = p->format + ":" + p->path;
+    if (opt.run.guests > 1 && !opt.read_only) {
+      if (p->format != "vhd") {
+        spdlog::critical("--image {}: several writing guests need a VHD (each gets a differencing child)", opt.image);
+        return 2;
+      }
+      image_vhd_parent = p->path;
+    }
+  }
+  int journal_fd = -1;
+  if (!opt.journal.empty()) {
+    journal_fd = ::open(opt.journal.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+    if (journal_fd < 0) {
+      spdlog::critical("journal {}: {}", opt.journal, error_string(errno));
+      return 2;
+    }
+  }
 
   ServedDaemon<BlkbackService> bb;
   if (auto st = bb.start((*demo)->platform(), cli.daemon, vbd); !st) {
@@ -191,7 +247,22 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
       v->domid = domid;
       v->devid = 51712 + 16 * i;  // xvda, xvdb... as libxl numbers them
       const auto path = dir / fmt::format("guest{}-xvd{}.img", domid, static_cast<char>('a' + i));
-      {
+      std::string params = path.string();
+      if (!image_vhd_parent.empty()) {
+        // Each guest its own differencing child of the image.
+        params = (dir / fmt::format("guest{}-child.vhd", domid)).string();
+        VhdCreateOptions co;
+        co.type = vhd::DiskType::kDifferencing;
+        co.parent = image_vhd_parent;
+        co.overwrite = true;
+        if (const VhdStatus st = vhd_create(params, co); !vhd_ok(st)) {
+          spdlog::critical("{}", st.message);
+          return 2;
+        }
+        params = "vhd:" + params;
+      } else if (!image_param.empty()) {
+        params = image_param;
+      } else {
         const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         if (fd < 0 || ::posix_fallocate(fd, 0, static_cast<off_t>(image_bytes)) != 0) {
           spdlog::critical("image {}: {}", path.string(), error_string(errno));
@@ -201,7 +272,7 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
         ::close(fd);
       }
       if (auto r = tool.add_device("vbd", domid, v->devid, kDom0,
-                                   {{"params", path.string()}, {"mode", "w"}, {"type", "file"}},
+                                   {{"params", params}, {"mode", opt.read_only ? "r" : "w"}, {"type", "file"}},
                                    {{"virtual-device", std::to_string(v->devid)}, {"device-type", "disk"}});
           !r) {
         spdlog::critical("add vbd: {}", error_string(r.error()));
@@ -215,7 +286,7 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
   const auto deadline =
       t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opt.run.seconds));
   std::atomic<bool> stop{false};
-  std::atomic<unsigned> connected{0}, failed{0};
+  std::atomic<unsigned> connected{0}, failed{0}, finished{0};
   std::vector<std::thread> guests;
   for (unsigned g = 0; g < opt.run.guests; ++g) {
     const DomId domid = static_cast<DomId>(g + 1);
@@ -223,8 +294,9 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
     for (auto& v : vbds) {
       if (v->domid == domid) mine.push_back(v.get());
     }
-    guests.emplace_back(
-        [&, domid, mine] { run_guest(h, domid, mine, opt, vbd, backend_queues, stop, connected, failed); });
+    guests.emplace_back([&, domid, mine] {
+      run_guest(h, domid, mine, opt, vbd, backend_queues, journal_fd, stop, connected, failed, finished);
+    });
   }
 
   // Live figures once a second until the time is up or a signal comes.
@@ -260,6 +332,8 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
     fmt::print("  grant map calls {} (live pages {}) | notifications {} | total I/Os {}\n", c.map_calls.load(),
                c.mapped_pages_live.load(), c.notify_calls.load(), total_ops);
     std::fflush(stdout);
+    // A read-only run lasts as long as the reading.
+    if (opt.read_only) return failed.load() == 0 && finished.load() < vbds.size();
     return now < deadline && failed.load() == 0;
   });
   stop.store(true);
@@ -288,6 +362,11 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
                       stats["xenbus"]["devices"] == 0 && stats["mapped_grant_pages"] == 0 && live == 0 &&
                       watches <= watches_idle;
   bb.stop();
+  if (journal_fd >= 0) ::close(journal_fd);
+  for (auto& v : vbds) {
+    if (!v->sha256.empty())
+      fmt::print("sha256 {}  d{}/xvd{}\n", v->sha256, v->domid, static_cast<char>('a' + (v->devid - 51712) / 16));
+  }
   vbds.clear();
   if (own_dir) std::filesystem::remove_all(dir, ec);
   fmt::print("\nsummary: {} I/Os ({:.1f} MB) over {} VBDs in {:.1f} s, {} errors, {} verify mismatches{}\n", total,
@@ -319,6 +398,10 @@ void add_blkback_demo_cli(CLI::App& app, BlkDemoOptions& opt) {
   app.add_option("--read-percent", opt.read_percent, "reads in the mix")->check(CLI::Range(0, 100));
   app.add_flag("!--no-verify", opt.verify, "do not check every byte read against what was written");
   app.add_flag("!--no-persistent-front", opt.persistent_front, "guests do not use persistent grants");
+  app.add_option("--image", opt.image,
+                 "serve this existing image ([raw:|vhd:]PATH; several guests: a differencing child each)");
+  app.add_flag("--read-only", opt.read_only, "guests only read their disk once, in order, and print its SHA-256");
+  app.add_option("--journal", opt.journal, "the verify load's flush journal (W <block> <generation> ... F)");
 }
 
 }  // namespace xenpath::sim

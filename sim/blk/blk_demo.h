@@ -23,11 +23,21 @@ struct BlkDemoOptions {
   unsigned read_percent = 70;
   bool persistent_front = true;
   bool verify = true;
+  // --image [FORMAT:]PATH: serve this existing image instead of fresh raw
+  // files (one guest: the image itself; several: a differencing VHD child
+  // of it each, made in --image-dir). The verify load accepts what the
+  // image held and checks what it writes.
+  std::string image;
+  // --read-only: the guests only read their disk, once, in order, and the
+  // run prints its SHA-256 (compare with `qemu-img convert -O raw | sha256sum`).
+  bool read_only = false;
+  // --journal PATH: the verify load's flush journal (BlkLoadSpec::journal_fd).
+  std::string journal;
 };
 
 // The run's (--guests, --seconds, --json), --vbds, --queues, --image-dir,
 // --image-mib, --queue-depth, --block-size, --read-percent, --no-verify,
-// --no-persistent-front.
+// --no-persistent-front, --image, --read-only, --journal.
 void add_blkback_demo_cli(CLI::App& app, BlkDemoOptions& opt);
 
 // Runs the daemon and the guests; exit status 0 when the run and its

@@ -120,15 +120,16 @@ Result<std::unique_ptr<SimBlkHost::Disk>> SimBlkHost::connect_disk(SimDomain& gu
     const uint32_t max_queues = std::max<uint32_t>(optional("multi-queue-max-queues"), 1);
     disk->persistent = fo.persistent && optional("feature-persistent") == 1;
     disk->max_indirect_segments = fo.indirect ? max_indirect : 0;
-    if (fo.ring_order > max_order || fo.queues > max_queues) return unexpected(EINVAL);
+    if (fo.ring_order > max_order || (fo.queues > max_queues && !fo.fewer_queues_ok)) return unexpected(EINVAL);
+    const unsigned nqueues = std::min<unsigned>(fo.queues, max_queues);
 
     XsKeys keys;
     keys.emplace_back("protocol", std::string(blk_protocol_name(fo.protocol)));
     keys.emplace_back("feature-persistent", disk->persistent ? "1" : "0");
-    if (fo.queues > 1) keys.emplace_back("multi-queue-num-queues", std::to_string(fo.queues));
-    const bool multi_ref = fo.ring_order > 0 || fo.queues > 1;
+    if (nqueues > 1) keys.emplace_back("multi-queue-num-queues", std::to_string(nqueues));
+    const bool multi_ref = fo.ring_order > 0 || nqueues > 1;
     if (multi_ref) keys.emplace_back("ring-page-order", std::to_string(fo.ring_order));
-    for (unsigned q = 0; q < fo.queues; ++q) {
+    for (unsigned q = 0; q < nqueues; ++q) {
       SimBlkfront::Options o;
       o.protocol = fo.protocol;
       o.ring_order = fo.ring_order;
@@ -136,7 +137,7 @@ Result<std::unique_ptr<SimBlkHost::Disk>> SimBlkHost::connect_disk(SimDomain& gu
       o.max_indirect_segments = disk->max_indirect_segments;
       o.backend = xb.backend_id();
       XP_ASSIGN_OR_RETURN(auto f, SimBlkfront::create(guest, evtchn, o));
-      const std::string prefix = fo.queues > 1 ? "queue-" + std::to_string(q) + "/" : "";
+      const std::string prefix = nqueues > 1 ? "queue-" + std::to_string(q) + "/" : "";
       if (multi_ref) {
         for (size_t i = 0; i < f->ring_refs().size(); ++i) {
           keys.emplace_back(prefix + "ring-ref" + std::to_string(i), std::to_string(f->ring_refs()[i]));

@@ -57,6 +57,9 @@ class SimBlkHost {
     unsigned queues = 1;
     bool persistent = true;
     bool indirect = true;
+    // Take min(queues, multi-queue-max-queues) as Linux blkfront does,
+    // instead of refusing a backend that offers fewer (EINVAL).
+    bool fewer_queues_ok = false;
   };
 
   struct Disk {

@@ -1,5 +1,7 @@
 #include "sim/blk/sim_blkload.h"
 
+#include <unistd.h>
+
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -43,6 +45,20 @@ void blk_pattern_fill(std::byte* p, size_t len, uint32_t vbd, uint64_t offset, u
     sector_pattern(w, vbd, (offset + done) / kSector, generation);
     std::memcpy(p + done, w, std::min(kSector, len - done));
   }
+}
+
+uint32_t blk_pattern_sector(const std::byte* p, uint32_t vbd, uint64_t lba) noexcept {
+  uint64_t h[3];
+  std::memcpy(h, p, sizeof(h));
+  if (h[0] == 0 && h[1] == 0 && h[2] == 0) {
+    for (size_t i = 0; i < kSector; ++i) {
+      if (p[i] != std::byte{0}) return UINT32_MAX;
+    }
+    return 0;
+  }
+  if (h[0] != (kMagic | vbd) || h[1] != lba || h[2] == 0 || h[2] >= UINT32_MAX) return UINT32_MAX;
+  const auto gen = static_cast<uint32_t>(h[2]);
+  return blk_pattern_check(p, kSector, vbd, lba * kSector, gen) == kSector ? gen : UINT32_MAX;
 }
 
 size_t blk_pattern_check(const std::byte* p, size_t len, uint32_t vbd, uint64_t offset, uint32_t generation) noexcept {
@@ -154,7 +170,7 @@ Result<std::unique_ptr<BlkLoad>> BlkLoad::create(SimBlkfront& front, uint64_t di
     l->free_.reserve(spec.queue_depth);
     for (Slot& s : l->slots_) l->free_.push_back(&s);
     if (spec.verify) {
-      l->generation_.assign(l->blocks_, 0);
+      l->generation_.assign(l->blocks_, spec.unknown_start ? kUnknown : 0);
       l->block_busy_.assign(l->blocks_, 0);
     }
   } catch (...) {
@@ -238,6 +254,7 @@ bool BlkLoad::submit_one() noexcept {
   stats_.in_flight.set(in_flight_);
   if (s.io.op == BLKIF_OP_FLUSH_DISKCACHE) {
     flush_due_ = false;
+    s.covers = journal_base_ + acked_.size();
     return true;
   }
   if (spec_.verify) block_busy_[s.block] = 1;
@@ -268,9 +285,17 @@ void BlkLoad::complete(Slot& s) noexcept {
       // A failed write may have reached the disk in part: anything goes
       // until the next acknowledged write.
       if (spec_.verify) generation_[s.block] = good ? s.generation : kUnknown;
+      if (good && spec_.verify && spec_.journal_fd >= 0) {
+        try {
+          acked_.emplace_back(first_block_ + s.block, s.generation);
+        } catch (...) {
+          stats_.errors.add();
+        }
+      }
       break;
     default:
       stats_.flushes.add();
+      if (good && spec_.journal_fd >= 0) journal_flushed(s.covers);
       break;
   }
   if (data_op && spec_.verify) block_busy_[s.block] = 0;
@@ -278,6 +303,34 @@ void BlkLoad::complete(Slot& s) noexcept {
   --in_flight_;
   stats_.in_flight.set(in_flight_);
   free_.push_back(&s);  // capacity: queue_depth
+}
+
+// Writes out the writes a completed flush covered (and any earlier flush's
+// not yet written out), then its "F".
+void BlkLoad::journal_flushed(uint64_t upto) noexcept {
+  if (upto < journal_base_) return;  // a later flush already wrote these out
+  std::string out;
+  try {
+    for (uint64_t i = journal_base_; i < upto; ++i) {
+      const auto& [block, gen] = acked_[i - journal_base_];
+      out += fmt::format("W {} {}\n", block, gen);
+    }
+    out += "F\n";
+  } catch (...) {
+    stats_.errors.add();
+    return;
+  }
+  acked_.erase(acked_.begin(), acked_.begin() + static_cast<ptrdiff_t>(upto - journal_base_));
+  journal_base_ = upto;
+  for (size_t done = 0; done < out.size();) {
+    const ssize_t n = ::write(spec_.journal_fd, out.data() + done, out.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      stats_.errors.add();
+      return;
+    }
+    done += static_cast<size_t>(n);
+  }
 }
 
 void BlkLoad::check_read(const Slot& s) noexcept {

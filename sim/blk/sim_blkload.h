@@ -85,6 +85,14 @@ struct BlkLoadSpec {
   bool verify = false;
   uint64_t seed = 1;
   uint64_t max_ops = 0;  // data ops to submit; 0: unbounded
+  // Verify: the region held data before the load started (an existing
+  // image), so a block reads as anything until the load wrote it.
+  bool unknown_start = false;
+  // Verify: a file descriptor (a pipe, a file) that gets, after every
+  // acknowledged flush, one line "W <block> <generation>" per write the
+  // flush covers (acknowledged before the flush was sent), then "F". What
+  // a journal lists up to its last "F" must survive a crash of the backend.
+  int journal_fd = -1;
 };
 
 // The pattern of verify mode, exposed for tests and tools. Every 512-byte
@@ -94,6 +102,10 @@ struct BlkLoadSpec {
 void blk_pattern_fill(std::byte* p, size_t len, uint32_t vbd, uint64_t offset, uint32_t generation) noexcept;
 // Offset in `p` of the first byte that differs from the pattern, or len.
 size_t blk_pattern_check(const std::byte* p, size_t len, uint32_t vbd, uint64_t offset, uint32_t generation) noexcept;
+// What one 512-byte sector at `lba` holds: 0 for zeros, the generation of a
+// whole sector of the pattern written for (vbd, lba), or UINT32_MAX for
+// anything else (torn, misplaced, foreign).
+uint32_t blk_pattern_sector(const std::byte* p, uint32_t vbd, uint64_t lba) noexcept;
 
 class BlkLoad {
  public:
@@ -139,6 +151,7 @@ class BlkLoad {
     SimBlkfront::Io io;  // first: reap() hands back &io, which is the slot
     uint64_t block = 0;
     uint32_t generation = 0;  // a write's
+    uint64_t covers = 0;      // a flush's: writes acknowledged before it (journal)
     std::chrono::steady_clock::time_point start;
     std::byte* buf = nullptr;
   };
@@ -151,6 +164,7 @@ class BlkLoad {
   bool submit_one() noexcept;
   void complete(Slot& s) noexcept;
   void check_read(const Slot& s) noexcept;
+  void journal_flushed(uint64_t upto) noexcept;
 
   SimBlkfront& front_;
   BlkLoadSpec spec_;
@@ -174,6 +188,10 @@ class BlkLoad {
   std::vector<uint8_t> block_busy_;   // a request on it is in flight
   uint32_t next_generation_ = 1;
   unsigned logged_ = 0;
+  // Journal: writes acknowledged (block, generation), in order, from
+  // journal_base_ on; a flush covers those acknowledged before it was sent.
+  std::vector<std::pair<uint64_t, uint32_t>> acked_;
+  uint64_t journal_base_ = 0;
   BlkLoadStats stats_;
 };
 

@@ -19,6 +19,7 @@
 #include "sim/blk/sim_blkfront.h"
 #include "tests/fixtures/backend_rig.h"
 #include "tests/fixtures/blk_files.h"
+#include "tests/fixtures/vhd_files.h"
 
 namespace xenpath {
 namespace {
@@ -160,6 +161,60 @@ TEST_F(BlkVbd, HandshakeKeysIoAndClose) {
   EXPECT_TRUE(backend_becomes(51712, XenbusState::kClosed));
   EXPECT_EQ(host_->counters().mapped_pages_live.load(), 0u);
   fronts_.clear();  // revokes every grant: EBUSY would have meant a leak
+}
+
+// A VHD chain through the device: vhd: params or a bare path (detected),
+// one queue offered for a writable VHD (its leaf has one owner thread),
+// discard by whole blocks, the daemon's queues for a read-only chain, and a
+// damaged VHD refused with a reason rather than served as raw.
+TEST_F(BlkVbd, ServesVhdChains) {
+  test::TempDir dir;
+  VhdCreateOptions c;
+  c.size = kImageBytes;
+  ASSERT_TRUE(vhd_ok(vhd_create(dir / "base.vhd", c)));
+  c.type = vhd::DiskType::kDifferencing;
+  c.size = 0;
+  c.parent = dir / "base.vhd";
+  ASSERT_TRUE(vhd_ok(vhd_create(dir / "child.vhd", c)));
+
+  auto& xb = plug(51712, "vhd:" + (dir / "child.vhd"), "w");
+  ASSERT_TRUE(xb.wait_backend(XenbusState::kInitWait));
+  EXPECT_EQ(key(51712, "multi-queue-max-queues"), "1");
+  EXPECT_EQ(key(51712, "sectors"), std::to_string(kImageBytes / 512));
+  EXPECT_EQ(key(51712, "feature-flush-cache"), "1");
+  if (key(51712, "feature-discard") == "1") {
+    EXPECT_EQ(key(51712, "discard-granularity"), "2097152");
+  }
+  SimBlkfront::Options o;
+  o.max_indirect_segments = 256;
+  sim::XsKeys keys;
+  SimBlkfront& f = ring(51712, o, keys);
+  ASSERT_TRUE(xb.connect(keys));
+  verify_io(f, 4095, 7);  // across the first block boundary (sector 4096)
+  ASSERT_TRUE(xb.close());
+  EXPECT_TRUE(backend_becomes(51712, XenbusState::kClosed));
+  fronts_.clear();
+  // The base was not written; the child was.
+  auto base = vhd_open_file(dir / "base.vhd", {});
+  ASSERT_TRUE(base) << base.error().message;
+  EXPECT_EQ(base->allocated_blocks, 0u);
+  auto child = vhd_open_file(dir / "child.vhd", {});
+  ASSERT_TRUE(child) << child.error().message;
+  EXPECT_EQ(child->allocated_blocks, 2u);
+
+  // The base, read-only, by its bare path: detected, the daemon's queues.
+  auto& ro = plug(51728, dir / "base.vhd", "r");
+  ASSERT_TRUE(ro.wait_backend(XenbusState::kInitWait));
+  EXPECT_EQ(key(51728, "multi-queue-max-queues"), "2");
+  EXPECT_EQ(key(51728, "info"), std::to_string(VDISK_READONLY));
+
+  // A VHD whose end footer is gone: refused, not served as raw.
+  const std::string broken = dir / "broken.vhd";
+  ASSERT_EQ(test::run_command("cp " + test::shell_quote(dir / "base.vhd") + " " + test::shell_quote(broken)).status, 0);
+  ASSERT_EQ(::truncate(broken.c_str(), static_cast<off_t>(test::file_size(broken) - 512)), 0);
+  plug(51744, broken, "w");
+  EXPECT_TRUE(backend_becomes(51744, XenbusState::kClosing));
+  EXPECT_EQ(key(51744, "error").rfind(std::to_string(EINVAL) + " ", 0), 0u) << key(51744, "error");
 }
 
 TEST_F(BlkVbd, TwoQueues) {

@@ -21,56 +21,17 @@
 
 #include "blkback/image_raw.h"
 #include "tests/fixtures/blk_files.h"
+#include "tests/fixtures/image_rig.h"
 
 namespace xenpath {
 namespace {
 
 using test::TempFile;
 
-struct Buffer {
-  explicit Buffer(size_t n) : size(n), p(static_cast<char*>(std::aligned_alloc(4096, (n + 4095) / 4096 * 4096))) {
-    std::memset(p, 0, n);
-  }
-  ~Buffer() { std::free(p); }
-  void pattern(uint32_t seed) {
-    for (size_t i = 0; i < size; ++i) p[i] = static_cast<char>((i * 131 + seed * 7 + (i >> 9)) & 0xff);
-  }
-  size_t size;
-  char* p;
-};
+using Buffer = test::AlignedBuffer;
+using test::WaitOp;
 
-class WaitOp final : public ImageOp {
- public:
-  void image_done(int r) noexcept override {
-    {
-      std::lock_guard lk(mu_);
-      result_ = r;
-      done_ = true;
-      ++calls_;
-    }
-    cv_.notify_all();
-  }
-  // The result, or 1 if nothing came within the timeout.
-  int wait() {
-    std::unique_lock lk(mu_);
-    if (!cv_.wait_for(lk, std::chrono::seconds(10), [&] { return done_; })) return 1;
-    done_ = false;
-    return result_;
-  }
-  int calls() {
-    std::lock_guard lk(mu_);
-    return calls_;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  int result_ = 0;
-  int calls_ = 0;
-};
-
-// An image channel on a running reactor.
+// A raw image's channel on a running reactor.
 struct Rig {
   explicit Rig(const std::string& path, RawImage::Options opts = {}, unsigned uring_entries = 64) {
     auto img = RawImage::open(path, opts);
@@ -79,38 +40,17 @@ struct Rig {
       return;
     }
     image = std::move(*img);
-    Reactor::Options ro;
-    ro.name = "blk-image-test";
-    ro.uring_entries = uring_entries;
-    auto r = Reactor::create(ro);
-    EXPECT_TRUE(r.has_value());
-    reactor = std::move(*r);
-    EXPECT_TRUE(reactor->start().has_value());
-    reactor->call([&] {
-      auto ch = image->open_channel(*reactor);
-      EXPECT_TRUE(ch.has_value());
-      if (ch) channel = std::move(*ch);
-    });
+    rig = std::make_unique<test::ImageRig>(*image, uring_entries);
+    reactor = rig->reactor.get();
+    channel = rig->channel.get();
   }
-  ~Rig() {
-    if (reactor) {
-      reactor->call([&] { channel.reset(); });
-      reactor->stop();
-    }
-  }
-  int run(WaitOp& op) {
-    reactor->call([&] { channel->submit(op); });
-    return op.wait();
-  }
-  ImageChannelStats stats() {
-    ImageChannelStats s;
-    reactor->call([&] { s = channel->stats(); });
-    return s;
-  }
+  int run(WaitOp& op) { return rig->run(op); }
+  ImageChannelStats stats() { return rig->stats(); }
   int open_error = 0;
   std::unique_ptr<RawImage> image;
-  std::unique_ptr<Reactor> reactor;
-  std::unique_ptr<ImageChannel> channel;
+  std::unique_ptr<test::ImageRig> rig;
+  Reactor* reactor = nullptr;
+  ImageChannel* channel = nullptr;
 };
 
 constexpr uint64_t kMiB = 1 << 20;
