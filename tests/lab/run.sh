@@ -74,7 +74,7 @@ if [[ ",$backends," == *",xenpath,"* ]] && [ $build = 1 ]; then
     cmake -S "$repo" -B "$repo/build-rel" -G Ninja -DCMAKE_BUILD_TYPE=Release \
       -DXENPATH_BUILD_TESTS=OFF -DXENPATH_BUILD_PERF=OFF > "$cache/run/cmake.log"
   targets=()
-  for t in xenpath-blkback xenpath-netback; do
+  for t in xenpath-blkback xenpath-netback xenpath-img; do
     ninja -C "$repo/build-rel" -t targets all 2>/dev/null | grep -q "^$t:" && targets+=("$t")
   done
   if [ ${#targets[@]} -gt 0 ]; then
@@ -82,7 +82,7 @@ if [[ ",$backends," == *",xenpath,"* ]] && [ $build = 1 ]; then
       { tail -n 30 "$cache/run/ninja.log"; exit 1; }
   fi
 fi
-for t in xenpath-blkback xenpath-netback; do
+for t in xenpath-blkback xenpath-netback xenpath-img; do
   f="$(find "$repo/build-rel" -maxdepth 3 -type f -name "$t" -perm -u+x 2>/dev/null | head -n1 || true)"
   [ -n "$f" ] && bins+=("$f")
 done

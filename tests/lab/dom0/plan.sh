@@ -128,10 +128,14 @@ daemon_released() {
 
 # ---- guest lifecycle ----
 # guest <backend> <tests> <with_vif 0|1> : creates it, prints its name
+# GUEST_DISK (default $DISK) and GUEST_EXTRA (more lab.* arguments) change one guest's disk and
+# test arguments: the VHD step uses them.
+GUEST_DISK="" GUEST_EXTRA=""
 guest_cfg() {
-  local b="$1" name="$2" tests="$3" vif="$4" disk
+  local b="$1" name="$2" tests="$3" vif="$4" disk target="${GUEST_DISK:-$DISK}"
   case "$b" in
-    xenpath) disk="format=raw,vdev=xvda,access=rw,backendtype=phy,script=$NOOP,target=$DISK" ;;
+    # libxl's phy backend takes format=raw only: xenpath-blkback finds a VHD by its footer.
+    xenpath) disk="format=raw,vdev=xvda,access=rw,backendtype=phy,script=$NOOP,target=$target" ;;
     kernel)  disk="format=raw,vdev=xvda,access=rw,backendtype=phy,target=$DISK" ;;
     qdisk)   disk="format=raw,vdev=xvda,access=rw,backendtype=qdisk,target=$DISK" ;;
   esac
@@ -140,7 +144,7 @@ name = "$name"
 type = "pv"
 kernel = "/lab/vmlinuz"
 ramdisk = "/lab/guest.cpio"
-extra = "console=hvc0 loglevel=4 lab.tests=$tests lab.secs=$SECS lab.ip=$GUEST_IP/24 lab.srv=$DOM0_IP"
+extra = "console=hvc0 loglevel=4 lab.tests=$tests lab.secs=$SECS lab.ip=$GUEST_IP/24 lab.srv=$DOM0_IP $GUEST_EXTRA"
 memory = 512
 vcpus = 1
 on_poweroff = "destroy"
@@ -303,6 +307,9 @@ run_backend() {
   backend_released "$DOMID" && check "$b" release ok "backend nodes gone" || check "$b" release fail "backend nodes of $DOMID remain"
   daemons_alive_and_released "$b" destroy
 
+  # 1b. xenpath only: the same daemon serves a differencing VHD child of a base VHD.
+  [ "$b" = xenpath ] && run_vhd "$vif"
+
   if [ "$PLAN" = full ]; then
     # 2. reconnect: a second guest on the same backends, same disk, data still verifiable.
     if create "$b" verify "$vif" && wait_guest "$NAME" 'done' 180 && [ "$(gfield "$NAME" verify 3)" = ok ]; then
@@ -341,6 +348,52 @@ run_backend() {
     fi
     daemons_alive_and_released "$b" hot-unplug
   fi
+}
+
+# ---- a VHD chain (issue 11) ----
+# The base is the raw disk as the first guest left it (fio's pattern in its first 32 MiB),
+# converted to a dynamic VHD; the guest runs on a fresh differencing child, writes and verifies
+# 32 MiB at 64 MiB (allocating in the child) and reads its whole disk (sha256): base data, its own
+# writes and zeros. After the guest is gone, dom0 reads the chain with xenpath-img convert: the
+# two digests must agree, the child must pass xenpath-img check, and the base must be unchanged.
+run_vhd() {
+  local vif="$1" base=/lab/disk/base.vhd child=/lab/disk/child.vhd out=/lab/disk/chain.raw sum0 gsum dsum
+  rm -f "$base" "$child" "$out"
+  if ! xenpath-img convert -O vhd "$DISK" "$base" >/tmp/vhd.log 2>&1 || ! xenpath-img snapshot "$base" "$child" >>/tmp/vhd.log 2>&1; then
+    check xenpath vhd-create fail "$(tail -n 3 /tmp/vhd.log | tr '\n' ' ')"; return
+  fi
+  sum0="$(sha256sum "$base" | cut -d' ' -f1)"
+  res xenpath vhd_chain "$(xenpath-img info "$child" 2>&1 | tr '\n|' '  ' | cut -c1-200)"
+  GUEST_DISK="$child" GUEST_EXTRA="lab.voff=$((64 << 20))"
+  if ! create xenpath verify,digest "$vif"; then
+    GUEST_DISK="" GUEST_EXTRA=""; check xenpath vhd-create fail "xl create failed"; return
+  fi
+  GUEST_DISK="" GUEST_EXTRA=""
+  wait_guest "$NAME" 'done' 600 || check xenpath vhd-guest-finished fail "no done line"
+  glines "$NAME" | sed 's/^/  guest: /'
+  if [ "$(gfield "$NAME" verify 3)" = ok ]; then
+    check xenpath vhd-verify ok "32 MiB written into the child and read back, 0 mismatches"
+    res xenpath vhd_verify_write_kib_s "$(gfield "$NAME" verify 4)"
+  else
+    check xenpath vhd-verify fail "$(gfield "$NAME" verify 4)"; dump_guest "$NAME"
+  fi
+  gsum="$(gfield "$NAME" digest 4)"
+  destroy "$NAME"
+  backend_released "$DOMID" && check xenpath vhd-release ok "backend nodes gone" ||
+    check xenpath vhd-release fail "backend nodes of $DOMID remain"
+  daemons_alive_and_released xenpath vhd
+  if xenpath-img check "$child" >/tmp/vhd.log 2>&1; then check xenpath vhd-check ok "xenpath-img check"
+  else check xenpath vhd-check fail "$(tail -n 3 /tmp/vhd.log | tr '\n' ' ')"; fi
+  xenpath-img convert -O raw "$child" "$out" >/tmp/vhd.log 2>&1 && dsum="$(sha256sum "$out" | cut -d' ' -f1)"
+  rm -f "$out"
+  if [ -n "$gsum" ] && [ "$gsum" = "${dsum:-}" ]; then
+    check xenpath vhd-readback ok "the guest's disk = the chain read in dom0 ($gsum)"
+  else
+    check xenpath vhd-readback fail "guest ${gsum:-none} vs chain ${dsum:-none}"
+  fi
+  [ "$(sha256sum "$base" | cut -d' ' -f1)" = "$sum0" ] && check xenpath vhd-base-untouched ok ||
+    check xenpath vhd-base-untouched fail "the base VHD changed"
+  rm -f "$base" "$child"
 }
 
 # ---- the copy/map crossover of guest TX (issue 4) ----
