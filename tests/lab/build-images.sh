@@ -26,12 +26,12 @@ SUITE=bookworm
 MIRROR="$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)"
 MIRROR="${MIRROR:-http://deb.debian.org/debian}"
 
-# Dom0: Xen toolstack, the daemons' runtime libraries (liburing2, libspdlog1.10, libfmt9, the
+# Dom0: Xen toolstack, the daemons' runtime libraries (liburing2, libspdlog1.10, libfmt9, prometheus-cpp, the
 # DPDK libraries xenpath-netback links and the PMDs it loads -- `dpdk` only recommends them --,
 # libxen*), iperf3 (server side), QEMU's Xen device model for the qdisk column, and tools.
 DOM0_PKGS=(
   xen-utils-4.17 xenstore-utils libxenstore4 libxengnttab1 libxenevtchn1 libxenmisc4.17
-  liburing2 libspdlog1.10 libfmt9 dpdk
+  liburing2 libspdlog1.10 libfmt9 dpdk libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0
   librte-eal23 librte-ethdev23 librte-gso23 librte-mbuf23 librte-mempool23 librte-net23 librte-ring23
   librte-kvargs23 librte-meter23 librte-pci23 librte-telemetry23 librte-bus-vdev23 librte-bus-pci23
   librte-gro23 librte-net-ring23 librte-net-tap23 librte-net-null23 librte-mempool-ring23
