@@ -37,6 +37,7 @@
 #include "blkback/vhd_file.h"
 #include "cache/block_cache.h"
 #include "common/log.h"
+#include "common/proc_io.h"
 #include "sim/blk/sim_blkhost.h"
 
 namespace xenpath {
@@ -97,16 +98,6 @@ int make_pattern(const std::string& path, uint64_t base_bytes, uint64_t boot_byt
   }
   f << "/dev/xvda close\n";
   return f.good() ? 0 : 1;
-}
-
-uint64_t proc_read_bytes() {
-  std::ifstream f("/proc/self/io");
-  std::string key;
-  uint64_t v = 0;
-  while (f >> key >> v) {
-    if (key == "read_bytes:") return v;
-  }
-  return 0;
 }
 
 // Distinct bytes of the base the pattern reads (the boot set).
@@ -216,7 +207,8 @@ int main(int argc, char** argv) {
   uint32_t cache_block_kib = 64;
   app.add_option("--base", base, "the base VHD");
   app.add_option("--pattern", pattern, "fio iolog (v2 or v3) replayed by every guest");
-  app.add_option("--mode", mode, "nocache | pagecache | cache")->check(CLI::IsMember({"nocache", "pagecache", "cache"}));
+  app.add_option("--mode", mode, "nocache | pagecache | cache")
+      ->check(CLI::IsMember({"nocache", "pagecache", "cache"}));
   app.add_option("--guests", guests, "guests (each a differencing child)")->check(CLI::Range(1u, 256u));
   app.add_option("--workers", workers, "backend worker reactors");
   app.add_option("--queue-depth", qd, "requests in flight per guest");
@@ -281,16 +273,15 @@ int main(int argc, char** argv) {
   std::vector<GuestResult> results(guests);
   std::vector<std::thread> threads;
   for (unsigned g = 0; g < guests; ++g) {
-    threads.emplace_back(
-        [&, g] { replay(*disks[g]->queues[0], *recs, qd, disks[g]->bytes, go, results[g]); });
+    threads.emplace_back([&, g] { replay(*disks[g]->queues[0], *recs, qd, disks[g]->bytes, go, results[g]); });
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  const uint64_t io0 = proc_read_bytes();
+  const uint64_t io0 = proc_self_read_bytes();
   const auto t0 = Clock::now();
   go.store(true, std::memory_order_release);
   for (auto& t : threads) t.join();
   const double storm = std::chrono::duration<double>(Clock::now() - t0).count();
-  const uint64_t io_read = proc_read_bytes() - io0;
+  const uint64_t io_read = proc_self_read_bytes() - io0;
   std::vector<uint32_t> lat;
   uint64_t errors = 0;
   for (auto& r : results) {

@@ -32,6 +32,7 @@
 #include "blkback/image_vhd.h"
 #include "blkback/vhd_file.h"
 #include "cache/block_cache.h"
+#include "common/proc_io.h"
 #include "sim/blk/sim_blkdigest.h"
 #include "sim/blk/sim_blkhost.h"
 #include "tests/fixtures/image_rig.h"
@@ -99,16 +100,6 @@ std::set<uint64_t> data_blocks(const std::string& base) {
   return out;
 }
 
-uint64_t proc_read_bytes() {
-  std::ifstream f("/proc/self/io");
-  std::string key;
-  uint64_t v = 0;
-  while (f >> key >> v) {
-    if (key == "read_bytes:") return v;
-  }
-  return 0;
-}
-
 TEST(BlkCache, TenGuestsOnChildrenReadTheBaseFromDiskOnce) {
   XP_REQUIRE_TOOL("qemu-img");
   constexpr unsigned kGuests = 10;
@@ -140,7 +131,7 @@ TEST(BlkCache, TenGuestsOnChildrenReadTheBaseFromDiskOnce) {
     ASSERT_EQ((*d)->bytes, kDisk);
     disks.push_back(*d);
   }
-  const uint64_t io_before = proc_read_bytes();
+  const uint64_t io_before = proc_self_read_bytes();
   std::vector<std::string> sums(kGuests);
   std::vector<std::thread> guests;
   for (unsigned g = 0; g < kGuests; ++g) {
@@ -150,7 +141,7 @@ TEST(BlkCache, TenGuestsOnChildrenReadTheBaseFromDiskOnce) {
     });
   }
   for (auto& t : guests) t.join();
-  const uint64_t io_read = proc_read_bytes() - io_before;
+  const uint64_t io_read = proc_self_read_bytes() - io_before;
   for (unsigned g = 0; g < kGuests; ++g) EXPECT_EQ(sums[g], want) << "guest " << g;
 
   const CacheCounters c = cache->counters();
