@@ -272,6 +272,7 @@ Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress
     const VbdParams& p = *parsed;
     const bool read_only = mode->find('w') == std::string::npos;
     XP_ASSIGN_OR_RETURN(const uint32_t discard, read_flag(xs, t, addr.backend_path, "discard-enable", 1));
+    XP_ASSIGN_OR_RETURN(const uint32_t cached, read_flag(xs, t, addr.backend_path, "cache", 1));
     auto devtype = xs.read(t, addr.frontend_path + "/device-type");
     const bool cdrom = devtype && *devtype == "cdrom";
 
@@ -281,7 +282,9 @@ Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress
     if (opts_.open_image) {
       opened = opts_.open_image(p, ro);
     } else {
-      opened = open_vbd_image(p, ImageOpenOptions{.read_only = ro, .direct = opts_.direct}, &why);
+      opened = open_vbd_image(
+          p, ImageOpenOptions{.read_only = ro, .direct = opts_.direct, .cache = cached != 0 ? opts_.cache : nullptr},
+          &why);
     }
     if (!opened) {
       DeviceLog(fmt::format("vbd {}/{}: ", addr.frontend_id, addr.devid))

@@ -8,6 +8,9 @@
 //   mode          "r" (read-only) or "w"/"w!" (read-write)
 //   type          "phy", "file"... (informational: the path decides)
 //   discard-enable  0 to withhold discard from the guest (default 1)
+//   cache         0 to keep this VBD's image out of the daemon's shared read
+//                 cache (default 1: its immutable levels go through it when
+//                 the daemon has one; docs/cache.md)
 // and the frontend's device-type ("cdrom" sets VDISK_CDROM).
 //
 // Backend keys, written before InitWait in the probe transaction:
@@ -45,6 +48,8 @@
 
 namespace xenpath {
 
+class BlockCache;
+
 // Where a device reports that it cannot go on (a halted queue); called on a
 // worker thread. The daemon wires it to BackendDriver::report_device_error.
 using VbdErrorSink = std::function<void(const DeviceAddress&, int error)>;
@@ -74,6 +79,12 @@ struct VbdOptions {
   // queue (the kernel still owns its pages; it is kept, not unmapped).
   std::chrono::milliseconds drain_timeout{30'000};
   VbdImageOpener open_image;  // empty: open_vbd_image
+  // The shared read cache (docs/cache.md): budget in MiB (0: none) and block
+  // size in KiB, for BlkbackService to create it; `cache` is the one it
+  // created (outlives every device), handed to open_vbd_image.
+  uint64_t cache_mib = 0;
+  uint32_t cache_block_kib = 64;
+  BlockCache* cache = nullptr;
 };
 
 class VbdDevice final : public BackendDevice {

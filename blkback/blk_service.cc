@@ -1,5 +1,7 @@
 #include "blkback/blk_service.h"
 
+#include "common/log.h"
+
 namespace xenpath {
 
 DaemonCli BlkbackService::cli_defaults() {
@@ -16,15 +18,36 @@ void BlkbackService::add_cli(CLI::App& app, Options& opts) {
   app.add_option("--max-indirect-segments", opts.max_indirect_segments, "feature-max-indirect-segments")
       ->check(CLI::Range(0, 4096));
   app.add_flag("!--no-persistent", opts.persistent, "do not offer feature-persistent");
+  opts.cache_mib = kDefaultCacheMib;
+  app.add_option("--cache-mib", opts.cache_mib,
+                 "shared read cache over base images (VHD parents), MiB of memory allocated at start; 0: off")
+      ->capture_default_str();
+  app.add_option("--cache-block-kib", opts.cache_block_kib, "cache block size, KiB (a power of two, 4..2048)")
+      ->check(CLI::Range(4, 2048))
+      ->capture_default_str();
 }
 
 Result<std::unique_ptr<BlkbackService>> BlkbackService::create(BackendDaemon& daemon, const VbdOptions& opts) noexcept {
   try {
     std::unique_ptr<BlkbackService> s(new BlkbackService());
     s->type_name_ = opts.type_name;
+    VbdOptions vo = opts;
+    if (opts.cache_mib != 0) {
+      BlockCache::Options co;
+      co.budget_bytes = opts.cache_mib << 20;
+      co.block_size = opts.cache_block_kib << 10;
+      auto cache = BlockCache::create(co);
+      if (!cache) {
+        spdlog::error("cache of {} MiB in {} KiB blocks: {}", opts.cache_mib, opts.cache_block_kib,
+                      error_string(cache.error()));
+        return unexpected(cache.error());
+      }
+      s->cache_ = std::move(*cache);
+      vo.cache = s->cache_.get();
+    }
     XP_TRY(s->workers_.open(daemon.workers(), daemon.platform()));
     BackendDaemon* d = &daemon;
-    XP_TRY(daemon.add_type(std::make_unique<VbdDeviceType>(s->workers(), opts, daemon.device_error_sink())));
+    XP_TRY(daemon.add_type(std::make_unique<VbdDeviceType>(s->workers(), vo, daemon.device_error_sink())));
     const BlkbackService* self = s.get();
     daemon.add_stats([self, d](nlohmann::json& j) { self->add_stats(j, d->driver()); });
     daemon.add_metrics(&BlkbackService::add_metrics);
@@ -38,6 +61,52 @@ void BlkbackService::add_stats(nlohmann::json& j, const BackendDriver& driver) c
   j["mapped_grant_pages"] = mapped_pages();
   j["bound_ports"] = bound_ports();
   j["devices"] = driver.describe_devices(type_name());
+  add_cache_stats(j);
+}
+
+namespace {
+
+nlohmann::json cache_counters_json(const CacheCounters& c) {
+  return {{"hits", c.hits},
+          {"misses", c.misses},
+          {"joins", c.joins},
+          {"bypasses", c.bypasses},
+          {"fills", c.fills},
+          {"fill_errors", c.fill_errors},
+          {"evictions", c.evictions},
+          {"bytes_from_memory", c.bytes_from_memory},
+          {"bytes_from_disk", c.bytes_from_disk}};
+}
+
+}  // namespace
+
+void BlkbackService::add_cache_stats(nlohmann::json& j) const {
+  if (!cache_) {
+    j["cache"] = {{"enabled", false}};
+    return;
+  }
+  const CacheGauges g = cache_->gauges();
+  nlohmann::json c = {{"enabled", true},
+                      {"budget_bytes", cache_->blocks() * cache_->block_size()},
+                      {"block_size", cache_->block_size()},
+                      {"shards", cache_->shards()},
+                      {"blocks", g.blocks},
+                      {"free", g.free},
+                      {"small", g.small},
+                      {"main", g.main},
+                      {"filling", g.filling},
+                      {"doomed", g.doomed}};
+  c.update(cache_counters_json(cache_->counters()));
+  nlohmann::json images = nlohmann::json::array();
+  for (const auto& img : cache_->images()) {
+    const ImageIdentity& id = img->identity();
+    nlohmann::json e = {{"id", img->id()}, {"dev", id.dev},           {"ino", id.ino},
+                        {"size", id.size}, {"mtime_ns", id.mtime_ns}, {"retired", img->retired()}};
+    e.update(cache_counters_json(img->counters()));
+    images.push_back(std::move(e));
+  }
+  c["images"] = std::move(images);
+  j["cache"] = std::move(c);
 }
 
 void BlkbackService::add_metrics(const nlohmann::json& stats, MetricSet& out) {

@@ -19,6 +19,7 @@
 
 #include "blkback/blk_device.h"
 #include "blkback/blk_queue.h"
+#include "cache/block_cache.h"
 #include "common/daemon.h"
 #include "common/daemon_main.h"
 
@@ -30,8 +31,13 @@ class BlkbackService {
   // xenpath-blkback's process: one worker per CPU, each with an io_uring; info logs.
   static DaemonCli cli_defaults();
   // --backend-type, --max-queues, --max-ring-page-order,
-  // --max-indirect-segments, --no-persistent.
+  // --max-indirect-segments, --no-persistent, --cache-mib (default
+  // kDefaultCacheMib), --cache-block-kib.
   static void add_cli(CLI::App& app, Options& opts);
+  // The daemon's read cache by default: a Linux boot set of one base image
+  // (100-300 MiB read) fits, and it is a small share of a dom0 of a few GiB
+  // (the arena is allocated and faulted in once, at start).
+  static constexpr uint64_t kDefaultCacheMib = 256;
 
   // Opens a BlkWorker per worker reactor, adds the VbdDeviceType (errors of
   // its devices reported through the daemon) and the stats contribution.
@@ -46,7 +52,11 @@ class BlkbackService {
   [[nodiscard]] uint64_t mapped_pages() const noexcept { return workers_.mapped_pages(); }
   [[nodiscard]] uint64_t bound_ports() const noexcept { return workers_.bound_ports(); }
 
-  // The stats document's blkback part: totals and one entry per VBD.
+  // The shared read cache; nullptr when off (--cache-mib 0).
+  [[nodiscard]] BlockCache* cache() const noexcept { return cache_.get(); }
+
+  // The stats document's blkback part: totals, one entry per VBD, the cache
+  // (global and per base image).
   // Control thread (it walks the driver's devices).
   void add_stats(nlohmann::json& j, const BackendDriver& driver) const;
   // Its Prometheus families (xenpath_vbd_*) from that part of a snapshot.
@@ -54,6 +64,11 @@ class BlkbackService {
 
  private:
   BlkbackService() noexcept = default;
+  void add_cache_stats(nlohmann::json& j) const;
+
+  // Before workers_: destroyed after them, and after every device (the
+  // daemon stops, and drops its devices, before the service goes).
+  std::unique_ptr<BlockCache> cache_;
   XenWorkerSet workers_;
   std::string type_name_;
 };

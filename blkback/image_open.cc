@@ -69,6 +69,7 @@ Result<std::unique_ptr<Image>> open_vbd_image(const VbdParams& params, const Ima
     VhdImage::Options vo;
     vo.read_only = opts.read_only;
     vo.direct = opts.direct;
+    vo.cache = opts.cache;
     auto img = VhdImage::open(params.path, vo, why);
     if (!img) return unexpected(img.error());
     return std::unique_ptr<Image>(std::move(*img));

@@ -20,9 +20,14 @@ namespace xenpath {
 // guest would see VHD metadata); `why` says so. Use "raw:" to force raw.
 Result<std::string> detect_image_format(const std::string& path, std::string* why = nullptr) noexcept;
 
+class BlockCache;
+
 struct ImageOpenOptions {
   bool read_only = false;
   bool direct = true;  // O_DIRECT
+  // The daemon's read cache for the image's immutable levels (VHD parents,
+  // a read-only leaf); nullptr: none (the cache off, or off for this VBD).
+  BlockCache* cache = nullptr;
 };
 
 // Opens the image `params` names. A refusal's reason (the file and the

@@ -87,8 +87,22 @@ class VhdChannel final : public UringImageChannel {
 
   // One io_uring operation of the channel: a run of guest data, or
   // metadata (a bitmap, the footer, BAT sectors, fdatasync, a punch).
+  struct PieceWaiter;
   struct SubOp final : ImageOp {
-    enum class Role : uint8_t { kData, kMarked, kAllocData, kLoad, kStoreSync, kStore, kRound, kFlush, kPunch };
+    enum class Role : uint8_t {
+      kData,
+      kMarked,
+      kAllocData,
+      kCacheFill,  // a read piece whose cache block this channel reads from the file
+      kCacheWait,  // a read piece waiting for another fill of its cache block
+      kLoad,
+      kStoreSync,
+      kStore,
+      kRound,
+      kFlush,
+      kPunch
+    };
+    [[nodiscard]] static bool data(Role r) noexcept { return r <= Role::kCacheWait; }
     Role role = Role::kData;
     uint8_t level = 0;
     unsigned nio = 0;
@@ -99,9 +113,28 @@ class VhdChannel final : public UringImageChannel {
     Round* round = nullptr;  // kAllocData / kRound
     SubOp* next = nullptr;
     iovec iov[kSubIov];
+    // kCacheFill / kCacheWait: the piece is `bytes` at `file_off` of the
+    // level's file, `in_block` into its cache block; iov are the guest's.
+    CacheBlock cblock;  // kCacheFill: reserved for the fill
+    iovec fill_iov{};   // kCacheFill: the cache block memory being read
+    uint32_t fill_len = 0;
+    uint32_t in_block = 0;
+    uint32_t bytes = 0;
+    uint64_t file_off = 0;
+    std::unique_ptr<PieceWaiter> waiter;  // made on first use, registered on kCacheWait
 
    protected:
     void image_done(int /*result*/) noexcept override {}  // the channel's transferred() handles it
+  };
+
+  // A read piece's registration on a fill in flight (woken on this reactor).
+  struct PieceWaiter final : CacheWaiter {
+    PieceWaiter(CacheWakeQueue* q, VhdChannel& c, SubOp& s) noexcept : CacheWaiter(q), ch(c), sub(s) {}
+    VhdChannel& ch;
+    SubOp& sub;
+
+   protected:
+    void on_cache_fill(CacheBlock block, int error) noexcept override { ch.piece_ready(sub, std::move(block), error); }
   };
 
   // A caller's op in flight.
@@ -173,7 +206,12 @@ class VhdChannel final : public UringImageChannel {
   void sub_done(Req& r, int result) noexcept;
   void maybe_finish(Req& r, bool deferred) noexcept;
   size_t take_iov(Req& r, SubOp& s, uint64_t bytes) noexcept;
-  void zero_fill(Req& r, uint64_t bytes) noexcept;
+  // Writes `bytes` of the request's buffer from r.pos: a copy of `src`, or
+  // zeros when src is null.
+  void fill_guest(Req& r, const uint8_t* src, uint64_t bytes) noexcept;
+  bool read_direct(Req& r, uint8_t lvl, uint64_t file_off, uint64_t bytes) noexcept;
+  bool read_cached(Req& r, uint8_t lvl, CacheImage& ci, uint64_t file_off, uint64_t bytes) noexcept;
+  void piece_ready(SubOp& s, CacheBlock block, int error) noexcept;
 
   // Sub-ops.
   SubOp* new_sub(SubOp::Role role, uint8_t lvl) noexcept;
@@ -218,6 +256,7 @@ class VhdChannel final : public UringImageChannel {
   const bool writable_;
   const uint32_t block_size_;
   std::vector<FileRef> files_;
+  std::shared_ptr<CacheWakeQueue> wake_;  // with a cache: pieces' waiters are woken here
 
   std::vector<std::unique_ptr<Req>> reqs_;
   Req* free_reqs_ = nullptr;
@@ -289,6 +328,7 @@ Status VhdChannel::init() noexcept {
       free_slots_ = &s;
     }
     sync_data_ = image_.chain_.levels.size() > 1;
+    if (image_.cache_ != nullptr) wake_ = CacheWakeQueue::on_reactor(reactor_);
     if (writable_ && leaf().sparse()) {
       footer_buf_ = aligned_bytes(vhd::kFooterSize);
       meta_span_ = static_cast<uint32_t>((bitmap_bytes_ + kFsBlock - 1) / kFsBlock * kFsBlock);
@@ -324,7 +364,7 @@ VhdChannel::Req* VhdChannel::new_req() noexcept {
 }
 
 VhdChannel::SubOp* VhdChannel::new_sub(SubOp::Role role, uint8_t lvl) noexcept {
-  const bool data = role == SubOp::Role::kData || role == SubOp::Role::kMarked || role == SubOp::Role::kAllocData;
+  const bool data = SubOp::data(role);
   if (data && data_subs_ >= kMaxDataSubOps) return nullptr;
   SubOp* s = pool_take(subs_, free_subs_);
   if (s == nullptr) return nullptr;
@@ -341,8 +381,7 @@ VhdChannel::SubOp* VhdChannel::new_sub(SubOp::Role role, uint8_t lvl) noexcept {
 }
 
 void VhdChannel::free_sub(SubOp& s) noexcept {
-  const bool data = s.role == SubOp::Role::kData || s.role == SubOp::Role::kMarked || s.role == SubOp::Role::kAllocData;
-  if (data) {
+  if (SubOp::data(s.role)) {
     --data_subs_;
     resources_freed_ = true;
   }
@@ -476,12 +515,16 @@ size_t VhdChannel::take_iov(Req& r, SubOp& s, uint64_t bytes) noexcept {
   return got;
 }
 
-void VhdChannel::zero_fill(Req& r, uint64_t bytes) noexcept {
-  ++vstats.zero_fills;
+void VhdChannel::fill_guest(Req& r, const uint8_t* src, uint64_t bytes) noexcept {
   while (bytes != 0 && r.iv < r.iovcnt) {
     const iovec& v = r.iov[r.iv];
     const size_t take = static_cast<size_t>(std::min<uint64_t>(v.iov_len - r.ivoff, bytes));
-    std::memset(static_cast<char*>(v.iov_base) + r.ivoff, 0, take);
+    if (src != nullptr) {
+      std::memcpy(static_cast<char*>(v.iov_base) + r.ivoff, src, take);
+      src += take;
+    } else {
+      std::memset(static_cast<char*>(v.iov_base) + r.ivoff, 0, take);
+    }
     bytes -= take;
     r.pos += take;
     r.ivoff += take;
@@ -527,22 +570,118 @@ bool VhdChannel::step_read(Req& r) noexcept {
         limit = run;
       }
     }
-    SubOp* s = new_sub(SubOp::Role::kData, static_cast<uint8_t>(i));
-    if (s == nullptr) {
-      park(r, resource_waiters_);
-      return false;
-    }
-    const size_t got = take_iov(r, *s, uint64_t{limit} * kSector);
-    s->req = &r;
-    ++r.pending;
-    ++vstats.data_ops;
-    s->prep_read(s->iov, s->nio, file_off);
-    r.pos += got;
-    start(*s);
-    return true;
+    const auto lvl = static_cast<uint8_t>(i);
+    if (CacheImage* ci = image_.cache_image(i)) return read_cached(r, lvl, *ci, file_off, uint64_t{limit} * kSector);
+    return read_direct(r, lvl, file_off, uint64_t{limit} * kSector);
   }
-  zero_fill(r, uint64_t{limit} * kSector);
+  ++vstats.zero_fills;
+  fill_guest(r, nullptr, uint64_t{limit} * kSector);
   return true;
+}
+
+// Reads `bytes` of the level's file at `file_off` straight into the guest's
+// pages (one readv). False when the request parked.
+bool VhdChannel::read_direct(Req& r, uint8_t lvl, uint64_t file_off, uint64_t bytes) noexcept {
+  SubOp* s = new_sub(SubOp::Role::kData, lvl);
+  if (s == nullptr) {
+    park(r, resource_waiters_);
+    return false;
+  }
+  const size_t got = take_iov(r, *s, bytes);
+  s->req = &r;
+  ++r.pending;
+  ++vstats.data_ops;
+  s->prep_read(s->iov, s->nio, file_off);
+  r.pos += got;
+  start(*s);
+  return true;
+}
+
+// The part of a run of an immutable level inside one cache block, through
+// the shared cache (docs/cache.md, the image layer's contract). False when
+// the request parked.
+bool VhdChannel::read_cached(Req& r, uint8_t lvl, CacheImage& ci, uint64_t file_off, uint64_t bytes) noexcept {
+  BlockCache& cache = *image_.cache_;
+  const uint64_t cbs = cache.block_size();
+  const uint64_t b = file_off / cbs;
+  const auto in_block = static_cast<uint32_t>(file_off % cbs);
+  bytes = std::min<uint64_t>(bytes, cbs - in_block);
+  // The block's bytes in the file (the last one may be short): whole
+  // sectors, or O_DIRECT could not read it.
+  const uint64_t fill_off = b * cbs;
+  const uint64_t file_size = level(lvl).file_size;
+  const uint64_t fill_len = fill_off < file_size ? std::min<uint64_t>(cbs, file_size - fill_off) : 0;
+  if (fill_len % kSector != 0 || in_block + bytes > fill_len) {
+    ++vstats.cache_bypasses;
+    return read_direct(r, lvl, file_off, bytes);
+  }
+  SubOp* s = new_sub(SubOp::Role::kCacheWait, lvl);
+  if (s == nullptr) {
+    park(r, resource_waiters_);
+    return false;
+  }
+  if (!s->waiter) s->waiter.reset(new (std::nothrow) PieceWaiter(wake_.get(), *this, *s));
+  auto res = cache.lookup(ci, b, static_cast<uint32_t>(bytes), s->waiter.get());
+  switch (res.outcome) {
+    case BlockCache::Outcome::kHit:
+      free_sub(*s);
+      if (res.block.length() < in_block + bytes) break;  // the file's tail shorter than when filled
+      ++vstats.cache_hits;
+      fill_guest(r, res.block.data() + in_block, bytes);
+      return true;
+    case BlockCache::Outcome::kFill:
+    case BlockCache::Outcome::kWait: {
+      const size_t got = take_iov(r, *s, bytes);
+      s->req = &r;
+      s->file_off = file_off;
+      s->in_block = in_block;
+      s->bytes = static_cast<uint32_t>(got);
+      ++r.pending;
+      r.pos += got;
+      if (res.outcome == BlockCache::Outcome::kWait) {
+        ++vstats.cache_waits;  // piece_ready() from this reactor once the fill is done
+        return true;
+      }
+      ++vstats.cache_fills;
+      s->role = SubOp::Role::kCacheFill;
+      s->cblock = std::move(res.block);
+      s->fill_len = static_cast<uint32_t>(fill_len);
+      s->fill_iov = iovec{s->cblock.data(), fill_len};
+      s->prep_read(&s->fill_iov, 1, fill_off);
+      start(*s);
+      return true;
+    }
+    case BlockCache::Outcome::kBypass:
+      free_sub(*s);
+      break;
+  }
+  ++vstats.cache_bypasses;
+  return read_direct(r, lvl, file_off, bytes);
+}
+
+// A cached piece's block is there (error 0, pinned) or will not be (the
+// fill failed, here or on another worker): copy it, or read the piece
+// around the cache as the contract says (another worker's failure is not
+// this request's).
+void VhdChannel::piece_ready(SubOp& s, CacheBlock block, int error) noexcept {
+  Req& r = *s.req;
+  if (error == 0 && block && block.length() >= s.in_block + s.bytes) {
+    const uint8_t* src = block.data() + s.in_block;
+    for (unsigned i = 0; i < s.nio; ++i) {
+      std::memcpy(s.iov[i].iov_base, src, s.iov[i].iov_len);
+      src += s.iov[i].iov_len;
+    }
+    block.reset();
+    free_sub(s);
+    sub_done(r, 0);
+    return;
+  }
+  block.reset();
+  ++vstats.cache_fallbacks;
+  ++vstats.data_ops;
+  s.role = SubOp::Role::kData;
+  s.prep_read(s.iov, s.nio, s.file_off);
+  start(s);
 }
 
 // One run of a write: sectors from r.pos inside one block of the leaf.
@@ -643,6 +782,12 @@ void VhdChannel::transferred(ImageOp& op, int result) noexcept {
       sub_done(r, result);
       return;
     }
+    case SubOp::Role::kCacheFill:
+      image_.cache_->complete(s.cblock, result == 0 ? static_cast<int>(s.fill_len) : result);
+      // Published: the handle is pinned on it. Failed: emptied.
+      return piece_ready(s, std::move(s.cblock), result == 0 ? 0 : -result);
+    case SubOp::Role::kCacheWait:
+      return;  // never started: woken through its waiter
     case SubOp::Role::kMarked:
       return marked_done(s, result);
     case SubOp::Role::kLoad:
@@ -1357,6 +1502,7 @@ Result<std::unique_ptr<VhdImage>> VhdImage::open(const std::string& path, const 
       }
     }
     std::unique_ptr<VhdImage> img(new VhdImage(path, std::move(c), info, bs, opts.bitmap_cache_entries));
+    if (opts.cache != nullptr) img->open_cache(*opts.cache);
     for (const VhdLevel& l : img->chain_.levels) {
       const size_t words = (l.bat.size() + 63) / 64;
       std::unique_ptr<std::atomic<uint64_t>[]> bits;
@@ -1369,6 +1515,25 @@ Result<std::unique_ptr<VhdImage>> VhdImage::open(const std::string& path, const 
     return img;
   } catch (...) {
     return refuse(ENOMEM, path + ": out of memory");
+  }
+}
+
+// Registers every immutable level with the cache (a level that cannot be
+// registered is read around it).
+void VhdImage::open_cache(BlockCache& cache) {
+  cache_ = &cache;
+  cache_levels_.resize(chain_.levels.size());
+  for (size_t i = 0; i < chain_.levels.size(); ++i) {
+    if (!level_immutable(i)) continue;
+    const VhdLevel& l = chain_.levels[i];
+    const CacheUuid uuid = l.footer.uuid;
+    auto ident = identity_of_fd(l.fd, l.file_size, &uuid);
+    auto ci = ident ? cache.open(*ident) : Result<std::shared_ptr<CacheImage>>(unexpected(ident.error()));
+    if (!ci) {
+      spdlog::warn("{}: not cached: {}", l.path, error_string(ci.error()));
+      continue;
+    }
+    cache_levels_[i] = std::move(*ci);
   }
 }
 

@@ -41,8 +41,18 @@
 // for an fdatasync of the data they cover. Writes are durable after the
 // guest's flush (fdatasync of the leaf), as on raw.
 // Parents are opened read-only and never written; every level below the
-// leaf, and a read-only leaf, is immutable (level_immutable(): the key of
-// the shared read cache to come).
+// leaf, and a read-only leaf, is immutable (level_immutable()). With the
+// daemon's shared read cache (Options::cache, docs/cache.md) the reads of
+// immutable levels go through it, one cache block at a time: a hit is
+// copied into the guest's pages, a miss reads the whole cache block from
+// the file (O_DIRECT where the chain is) into cache memory on this
+// channel's ring and then copies, a block another worker is filling is
+// waited for (woken on this reactor through the channel's CacheWakeQueue);
+// when the cache cannot take a block (all pinned, the file changed) or a
+// fill failed, the piece is read straight into the guest's pages as
+// without a cache. Waiting pieces are in flight like any I/O: the request
+// completes once, after its last piece, with the first error. The leaf of
+// a writable image never goes through the cache.
 //
 // Discard (dynamic and differencing leaf, whole blocks only, granularity =
 // block size): the block's bitmap and data are punched out of the file
@@ -68,6 +78,7 @@
 
 #include "blkback/image.h"
 #include "blkback/vhd_file.h"
+#include "cache/block_cache.h"
 
 namespace xenpath {
 
@@ -83,6 +94,13 @@ struct VhdChannelStats {
   uint64_t alloc_failures = 0;  // rounds that failed
   uint64_t waits = 0;           // requests parked (bitmap load, allocation, resources)
   uint64_t punched_blocks = 0;  // discard
+  // Shared read cache (immutable levels only), per piece of a read (the
+  // part of a run inside one cache block):
+  uint64_t cache_hits = 0;       // copied from a ready block
+  uint64_t cache_fills = 0;      // this channel read the block into the cache
+  uint64_t cache_waits = 0;      // joined another fill in flight
+  uint64_t cache_bypasses = 0;   // the cache could not take it: read directly
+  uint64_t cache_fallbacks = 0;  // a fill failed (here or elsewhere): read directly
 };
 
 class VhdImage final : public Image {
@@ -93,6 +111,9 @@ class VhdImage final : public Image {
     // direct I/O (VHD blocks are sector aligned); buffered otherwise.
     bool direct = true;
     unsigned bitmap_cache_entries = 1024;  // per channel
+    // The daemon's shared read cache for the immutable levels (nullptr:
+    // none). Must outlive the image.
+    BlockCache* cache = nullptr;
   };
 
   // Opens `path` and its parents. A refusal's message (file and field) goes
@@ -113,6 +134,10 @@ class VhdImage final : public Image {
   [[nodiscard]] uint32_t block_size() const noexcept { return block_size_; }
   // Blocks known to be fully allocated in `level` (learned so far).
   [[nodiscard]] bool fully_allocated(size_t level, uint32_t block) const noexcept;
+  // The cache entry of an immutable level (nullptr: not cached).
+  [[nodiscard]] CacheImage* cache_image(size_t level) const noexcept {
+    return level < cache_levels_.size() ? cache_levels_[level].get() : nullptr;
+  }
   // The counters of a channel this image opened.
   static const VhdChannelStats& channel_stats(const ImageChannel& channel) noexcept;
 
@@ -121,6 +146,7 @@ class VhdImage final : public Image {
   VhdImage(std::string path, VhdChain chain, const ImageInfo& info, uint32_t block_size,
            unsigned cache_entries) noexcept;
   void set_full(size_t level, uint32_t block, bool full) noexcept;
+  void open_cache(BlockCache& cache);
 
   std::string path_;
   VhdChain chain_;
@@ -130,6 +156,8 @@ class VhdImage final : public Image {
   // Per level, one bit per BAT entry (monotonic for immutable levels).
   std::vector<std::unique_ptr<std::atomic<uint64_t>[]>> full_;
   std::atomic<bool> writer_{false};  // a writable image's one channel exists
+  BlockCache* cache_ = nullptr;
+  std::vector<std::shared_ptr<CacheImage>> cache_levels_;  // per level; null: not cached
 };
 
 }  // namespace xenpath

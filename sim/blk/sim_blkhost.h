@@ -103,6 +103,7 @@ class SimBlkHost {
   // each), for clock_gettime().
   [[nodiscard]] const std::vector<clockid_t>& worker_clocks() const noexcept { return worker_clocks_; }
   [[nodiscard]] SimHost& host() noexcept { return *host_; }
+  [[nodiscard]] BlkbackService& service() noexcept { return *service_; }
   [[nodiscard]] SimDomain& guest() noexcept { return *guest_; }
 
  private:
