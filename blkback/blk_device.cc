@@ -269,7 +269,8 @@ Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress
     if (!mode) return unexpected(mode.error() == ENOENT ? EAGAIN : mode.error());
     auto parsed = parse_vbd_params(*params);
     if (!parsed) return unexpected(parsed.error() == ENOENT ? EAGAIN : parsed.error());  // empty: no media yet
-    const VbdParams& p = *parsed;
+    VbdParams p = *parsed;
+    if (p.format == "auto" && !opts_.probe_format) p.format = "raw";
     const bool read_only = mode->find('w') == std::string::npos;
     XP_ASSIGN_OR_RETURN(const uint32_t discard, read_flag(xs, t, addr.backend_path, "discard-enable", 1));
     XP_ASSIGN_OR_RETURN(const uint32_t cached, read_flag(xs, t, addr.backend_path, "cache", 1));

@@ -72,8 +72,12 @@ struct VbdOptions {
   unsigned max_ring_order = 4;  // max-ring-page-order
   unsigned max_queues = 0;      // 0: one per worker
   uint32_t max_indirect_segments = kBlkDefaultMaxIndirectSegments;
-  bool persistent = true;             // offer feature-persistent
-  bool direct = true;                 // O_DIRECT images
+  bool persistent = true;  // offer feature-persistent
+  bool direct = true;      // O_DIRECT images
+  // A bare path in params: read the file to tell VHD from raw (as libxl's
+  // phy backend only writes format=raw paths). Off: bare paths are raw, and
+  // VHD needs "vhd:" (docs/blkback.md, "Format detection and trust").
+  bool probe_format = true;
   uint32_t persistent_max_pages = 0;  // per queue; 0: max(1056, RING_SIZE * 11)
   // Bounded wait for in-flight I/O at disconnect before giving up on a
   // queue (the kernel still owns its pages; it is kept, not unmapped).

@@ -18,6 +18,8 @@ void BlkbackService::add_cli(CLI::App& app, Options& opts) {
   app.add_option("--max-indirect-segments", opts.max_indirect_segments, "feature-max-indirect-segments")
       ->check(CLI::Range(0, 4096));
   app.add_flag("!--no-persistent", opts.persistent, "do not offer feature-persistent");
+  app.add_flag("!--no-probe-format", opts.probe_format,
+               "serve a bare path in params as raw (VHD only with \"vhd:\"), without reading the file to tell");
   opts.cache_mib = kDefaultCacheMib;
   app.add_option("--cache-mib", opts.cache_mib,
                  "shared read cache over base images (VHD parents), MiB of memory allocated at start; 0: off")

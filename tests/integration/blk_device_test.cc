@@ -44,8 +44,11 @@ class BlkVbd : public ::testing::Test, public test::SimBackendRig<BlkbackService
     dopt.workers = 1;
     VbdOptions vo;
     vo.max_queues = 2;
+    tune(vo);
     ASSERT_NO_FATAL_FAILURE(start(kGuest, dopt, vo));
   }
+  // A fixture's changes to the daemon's options.
+  virtual void tune(VbdOptions& /*vo*/) {}
 
   void TearDown() override {
     fronts_.clear();
@@ -215,6 +218,30 @@ TEST_F(BlkVbd, ServesVhdChains) {
   plug(51744, broken, "w");
   EXPECT_TRUE(backend_becomes(51744, XenbusState::kClosing));
   EXPECT_EQ(key(51744, "error").rfind(std::to_string(EINVAL) + " ", 0), 0u) << key(51744, "error");
+}
+
+class BlkVbdNoProbe : public BlkVbd {
+ protected:
+  void tune(VbdOptions& vo) override { vo.probe_format = false; }
+};
+
+TEST_F(BlkVbdNoProbe, BarePathsAreRawAndVhdNeedsItsPrefix) {
+  test::TempDir dir;
+  VhdCreateOptions c;
+  c.size = kImageBytes;
+  ASSERT_TRUE(vhd_ok(vhd_create(dir / "base.vhd", c)));
+  const uint64_t file_bytes = test::file_size(dir / "base.vhd");
+  ASSERT_LT(file_bytes, kImageBytes);
+  // The bare path: the file's own bytes, metadata and all, as a raw disk.
+  auto& bare = plug(51712, dir / "base.vhd", "r");
+  ASSERT_TRUE(bare.wait_backend(XenbusState::kInitWait));
+  const uint64_t sectors = std::stoull(key(51712, "sectors"));
+  EXPECT_LE(sectors * 512, file_bytes);
+  EXPECT_GT(sectors, 0u);
+  // With the prefix: the VHD's virtual disk.
+  auto& vhd = plug(51728, "vhd:" + (dir / "base.vhd"), "r");
+  ASSERT_TRUE(vhd.wait_backend(XenbusState::kInitWait));
+  EXPECT_EQ(key(51728, "sectors"), std::to_string(kImageBytes / 512));
 }
 
 TEST_F(BlkVbd, TwoQueues) {
