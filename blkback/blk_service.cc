@@ -66,76 +66,65 @@ void BlkbackService::add_stats(nlohmann::json& j, const BackendDriver& driver) c
   add_cache_stats(j);
 }
 
-namespace {
-
-nlohmann::json cache_counters_json(const CacheCounters& c) {
-  return {{"hits", c.hits},
-          {"misses", c.misses},
-          {"joins", c.joins},
-          {"bypasses", c.bypasses},
-          {"fills", c.fills},
-          {"fill_errors", c.fill_errors},
-          {"evictions", c.evictions},
-          {"bytes_from_memory", c.bytes_from_memory},
-          {"bytes_from_disk", c.bytes_from_disk}};
-}
-
-}  // namespace
+// The stats file spells the cache's counters and gauges as their members.
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(CacheCounters, hits, misses, joins, bypasses, fills, fill_errors, evictions,
+                                   bytes_from_memory, bytes_from_disk)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(CacheGauges, blocks, free, small, main, filling, doomed)
 
 void BlkbackService::add_cache_stats(nlohmann::json& j) const {
   if (!cache_) {
     j["cache"] = {{"enabled", false}};
     return;
   }
-  const CacheGauges g = cache_->gauges();
-  nlohmann::json c = {{"enabled", true},
-                      {"budget_bytes", cache_->blocks() * cache_->block_size()},
-                      {"block_size", cache_->block_size()},
-                      {"shards", cache_->shards()},
-                      {"blocks", g.blocks},
-                      {"free", g.free},
-                      {"small", g.small},
-                      {"main", g.main},
-                      {"filling", g.filling},
-                      {"doomed", g.doomed}};
-  c.update(cache_counters_json(cache_->counters()));
+  nlohmann::json c = cache_->gauges();
+  c.update({{"enabled", true},
+            {"budget_bytes", cache_->blocks() * cache_->block_size()},
+            {"block_size", cache_->block_size()},
+            {"shards", cache_->shards()}});
+  c.update(nlohmann::json(cache_->counters()));
   nlohmann::json images = nlohmann::json::array();
   for (const auto& img : cache_->images()) {
     const ImageIdentity& id = img->identity();
     nlohmann::json e = {{"id", img->id()}, {"dev", id.dev},           {"ino", id.ino},
                         {"size", id.size}, {"mtime_ns", id.mtime_ns}, {"retired", img->retired()}};
-    e.update(cache_counters_json(img->counters()));
+    e.update(nlohmann::json(img->counters()));
     images.push_back(std::move(e));
   }
   c["images"] = std::move(images);
   j["cache"] = std::move(c);
 }
 
+namespace {
+
+// The VBD counters as Prometheus families: name, stats file key, help.
+struct Family {
+  const char* name;
+  const char* key;
+  const char* help;
+};
+constexpr Family kVbdCounters[] = {
+    {"xenpath_vbd_read_requests_total", "reads", "read requests completed or in flight"},
+    {"xenpath_vbd_write_requests_total", "writes", "write requests"},
+    {"xenpath_vbd_read_bytes_total", "read_bytes", "bytes read for the guest"},
+    {"xenpath_vbd_write_bytes_total", "write_bytes", "bytes written for the guest"},
+    {"xenpath_vbd_flush_requests_total", "flushes", "cache flush requests"},
+    {"xenpath_vbd_barrier_requests_total", "barriers", "write barrier requests"},
+    {"xenpath_vbd_discard_requests_total", "discards", "discard requests"},
+    {"xenpath_vbd_errors_total", "errors", "requests answered with an error"},
+};
+
+}  // namespace
+
 void BlkbackService::add_metrics(const nlohmann::json& stats, MetricSet& out) {
   auto devs = stats.find("devices");
   if (devs == stats.end() || !devs->is_array()) return;
-  struct Family {
-    const char* name;
-    const char* key;
-    const char* help;
-  };
-  static constexpr Family kCounters[] = {
-      {"xenpath_vbd_read_requests_total", "reads", "read requests completed or in flight"},
-      {"xenpath_vbd_write_requests_total", "writes", "write requests"},
-      {"xenpath_vbd_read_bytes_total", "read_bytes", "bytes read for the guest"},
-      {"xenpath_vbd_write_bytes_total", "write_bytes", "bytes written for the guest"},
-      {"xenpath_vbd_flush_requests_total", "flushes", "cache flush requests"},
-      {"xenpath_vbd_barrier_requests_total", "barriers", "write barrier requests"},
-      {"xenpath_vbd_discard_requests_total", "discards", "discard requests"},
-      {"xenpath_vbd_errors_total", "errors", "requests answered with an error"},
-  };
   for (const auto& d : *devs) {
     const MetricSet::Labels dev = {{"domain", std::to_string(d.value("frontend", 0))},
                                    {"device", std::to_string(d.value("devid", 0))}};
     out.gauge("xenpath_vbd_connected", "1 while the VBD's rings are connected", dev, d.value("connected", false));
     out.gauge("xenpath_vbd_size_bytes", "capacity the guest sees", dev,
               static_cast<double>(d.value("sectors", uint64_t{0})) * 512);
-    for (const Family& f : kCounters) out.counter(f.name, f.help, dev, d.value(f.key, 0.0));
+    for (const Family& f : kVbdCounters) out.counter(f.name, f.help, dev, d.value(f.key, 0.0));
     if (auto qs = d.find("per_queue"); qs != d.end() && qs->is_array()) {
       for (const auto& q : *qs) {
         MetricSet::Labels ql = dev;

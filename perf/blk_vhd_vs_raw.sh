@@ -37,15 +37,11 @@ JSON_OUT=""
 CASES="a b c c2 d"
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --dir) DIR="$2"; shift 2 ;;
-    --size) SIZE="$2"; shift 2 ;;
-    --big) BIG="$2"; shift 2 ;;
-    --runtime) RUNTIME="$2"; shift 2 ;;
-    --repeat) REPEAT="$2"; shift 2 ;;
-    --first-ops) FIRST_OPS="$2"; shift 2 ;;
-    --tool) TOOL="$2"; shift 2 ;;
-    --json) JSON_OUT="$2"; shift 2 ;;
-    --cases) CASES="$2"; shift 2 ;;
+    # --first-ops N sets FIRST_OPS, and so on; --json sets JSON_OUT.
+    --dir|--size|--big|--runtime|--repeat|--first-ops|--tool|--json|--cases)
+      [ $# -ge 2 ] || { echo "$1 needs a value" >&2; exit 2; }
+      var="${1#--}"; var="${var//-/_}"; var="${var^^}"; [ "$var" = JSON ] && var=JSON_OUT
+      printf -v "$var" '%s' "$2"; shift 2 ;;
     -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac

@@ -45,17 +45,12 @@
 namespace xenpath {
 namespace {
 
-using test::AlignedBuffer;
-using test::ImageRig;
-using test::TempDir;
-using test::WaitOp;
-
 constexpr uint64_t kMiB = 1 << 20;
 constexpr uint32_t kCacheBlock = 64 << 10;
 
 // A raw file of random bytes and the dynamic VHD qemu-img makes of it
 // (the same virtual size: force_size). Returns the raw file's SHA-256.
-std::string make_base(const TempDir& dir, uint64_t bytes, uint64_t seed) {
+std::string make_base(const test::TempDir& dir, uint64_t bytes, uint64_t seed) {
   const std::string raw = dir / "base.raw";
   {
     std::mt19937_64 rng(seed);
@@ -104,7 +99,7 @@ TEST(BlkCache, TenGuestsOnChildrenReadTheBaseFromDiskOnce) {
   XP_REQUIRE_TOOL("qemu-img");
   constexpr unsigned kGuests = 10;
   constexpr uint64_t kDisk = 32 * kMiB;
-  TempDir dir;
+  test::TempDir dir;
   const std::string want = make_base(dir, kDisk, 12);
   const std::string base = dir / "base.vhd";
   for (unsigned g = 0; g < kGuests; ++g) make_child(dir / ("child" + std::to_string(g) + ".vhd"), base);
@@ -181,7 +176,7 @@ TEST(BlkCache, TenGuestsOnChildrenReadTheBaseFromDiskOnce) {
 TEST(BlkCache, MixedPiecesCompleteOnceAndAChangedBaseIsDropped) {
   XP_REQUIRE_TOOL("qemu-img");
   constexpr uint64_t kDisk = 8 * kMiB;
-  TempDir dir;
+  test::TempDir dir;
   (void)make_base(dir, kDisk, 34);
   const std::string base = dir / "base.vhd";
   make_child(dir / "child.vhd", base);
@@ -204,13 +199,13 @@ TEST(BlkCache, MixedPiecesCompleteOnceAndAChangedBaseIsDropped) {
   EXPECT_EQ((*child)->cache_image(0), nullptr) << "the writable leaf is never cached";
   ASSERT_NE((*child)->cache_image(1), nullptr);
   {
-    ImageRig rig(**child);
+    test::ImageRig rig(**child);
     // Sectors of the leaf every 96 KiB: reads below alternate leaf and base.
     for (uint64_t off = 0; off < kDisk; off += 96 << 10) {
-      AlignedBuffer w(4096);
+      test::AlignedBuffer w(4096);
       w.pattern(static_cast<uint32_t>(off));
       iovec v{w.p, w.size};
-      WaitOp op;
+      test::WaitOp op;
       op.prep_write(&v, 1, off);
       ASSERT_EQ(rig.run(op), 0);
       std::memcpy(raw.data() + off, w.p, w.size);
@@ -221,9 +216,9 @@ TEST(BlkCache, MixedPiecesCompleteOnceAndAChangedBaseIsDropped) {
       for (int i = 0; i < 200; ++i) {
         const uint64_t len = (1 + rng() % 512) * 512;
         const uint64_t off = (rng() % ((kDisk - len) / 512)) * 512;
-        AlignedBuffer r(len);
+        test::AlignedBuffer r(len);
         iovec v[3] = {{r.p, 512}, {r.p + 512, len > 1024 ? len - 1024 : 0}, {r.p + len - 512, 512}};
-        WaitOp op;
+        test::WaitOp op;
         if (len > 1024) {
           op.prep_read(v, 3, off);
         } else {
@@ -260,9 +255,9 @@ TEST(BlkCache, MixedPiecesCompleteOnceAndAChangedBaseIsDropped) {
     const auto entries_after = (*cache)->gauges();
     EXPECT_EQ(entries_after.small + entries_after.main, 0u) << "the changed base's entries were not dropped";
     // 96 KiB .. 192 KiB is base data (below the leaf sectors at 96 KiB and 192 KiB).
-    AlignedBuffer r(64 << 10);
+    test::AlignedBuffer r(64 << 10);
     iovec v{r.p, r.size};
-    WaitOp op;
+    test::WaitOp op;
     op.prep_read(&v, 1, (96 << 10) + 4096);
     ASSERT_EQ(rig.run(op), 0);
     for (size_t i = 0; i < r.size; ++i) ASSERT_EQ(static_cast<uint8_t>(r.p[i]), 0x5a) << i;
@@ -277,7 +272,7 @@ TEST(BlkCache, SimVerifyLoadThroughTheCache) {
   XP_REQUIRE_TOOL("qemu-img");
   const std::string sim = XENPATH_SIM_BINARY;
   if (sim.empty() || ::access(sim.c_str(), X_OK) != 0) GTEST_SKIP() << "xenpath-sim not built";
-  TempDir dir;
+  test::TempDir dir;
   (void)make_base(dir, 16 * kMiB, 56);
   const std::string stats = dir / "stats.json";
   const auto run = test::run_command(sim + " blkback --image vhd:" + test::shell_quote(dir / "base.vhd") +

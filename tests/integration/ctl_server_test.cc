@@ -23,6 +23,7 @@
 #include "common/ctl_server.h"
 #include "common/reactor.h"
 #include "tests/fixtures/eventually.h"
+#include "tests/fixtures/unix_client.h"
 #include "tests/fixtures/vhd_files.h"  // TempDir
 #include "tools/ctl/ctl.h"
 
@@ -32,30 +33,19 @@ namespace {
 using namespace std::chrono_literals;
 using test::eventually;
 
-// A raw client: what a buggy script or an attacker sends.
-class RawClient {
+// A raw client speaking newline-delimited JSON.
+class RawClient : public test::UnixStreamClient {
  public:
-  explicit RawClient(const std::string& path) {
-    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_un a{};
-    a.sun_family = AF_UNIX;
-    std::strncpy(a.sun_path, path.c_str(), sizeof(a.sun_path) - 1);
-    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
-  }
-  ~RawClient() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  bool send(const std::string& s) { return ::send(fd_, s.data(), s.size(), MSG_NOSIGNAL) == ssize_t(s.size()); }
+  using UnixStreamClient::UnixStreamClient;
+  bool send(const std::string& s) { return send_raw(s); }
   // The next line, "" on EOF or after 5 s.
   std::string line() {
     const auto deadline = std::chrono::steady_clock::now() + 5s;
-    while (buf_.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
-      timeval tv{0, 100000};
-      ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    while (buf_.find('\n') == std::string::npos) {
       char b[4096];
-      const ssize_t n = ::recv(fd_, b, sizeof(b), 0);
-      if (n == 0) break;
-      if (n > 0) buf_.append(b, static_cast<size_t>(n));
+      const ssize_t n = recv_some(b, sizeof(b), left(deadline));
+      if (n <= 0) break;
+      buf_.append(b, static_cast<size_t>(n));
     }
     const size_t nl = buf_.find('\n');
     if (nl == std::string::npos) return {};
@@ -64,18 +54,9 @@ class RawClient {
     return l;
   }
   nlohmann::json reply() { return nlohmann::json::parse(line(), nullptr, false); }
-  // True once the server closed the connection.
-  bool closed() {
-    timeval tv{2, 0};
-    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    char b[64];
-    return ::recv(fd_, b, sizeof(b), 0) == 0;
-  }
-  [[nodiscard]] bool connected() const { return connected_; }
+  bool closed() { return closed_by_server(2s); }
 
  private:
-  int fd_ = -1;
-  bool connected_ = false;
   std::string buf_;
 };
 

@@ -21,21 +21,15 @@ namespace xenpath::sim {
 namespace {
 
 constexpr DomId kGuest = 5;
-constexpr DomId kOther = 7;
+constexpr DomId kOther = 7;  // a domain the guest's grants are not for
 
+// A bare hypervisor (no xenstore, no toolstack): the grant table alone.
 class SimGrantTableTest : public ::testing::Test {
  protected:
   void SetUp() override { ASSERT_NO_FATAL_FAILURE(test::open_guest_and_grant_table(hv_, kGuest, 256, guest_, gt_)); }
 
-  // A fresh guest page filled with `fill`, granted to `to`.
   GrantRef grant_page(SimDomain* d, uint8_t fill, bool readonly, DomId to = kDom0, uint32_t* pfn_out = nullptr) {
-    auto pfn = d->alloc_pages(1);
-    EXPECT_TRUE(pfn);
-    std::memset(d->page(*pfn), fill, kPageSize);
-    auto ref = d->grant_access(to, *pfn, readonly);
-    EXPECT_TRUE(ref);
-    if (pfn_out != nullptr) *pfn_out = *pfn;
-    return *ref;
+    return test::grant_filled_page(*d, fill, readonly, to, pfn_out);
   }
 
   uint64_t live() { return hv_.counters().mapped_pages_live.load(); }

@@ -34,15 +34,8 @@ class SimHostTest : public ::testing::Test {
     ASSERT_TRUE(host_->create_domain(kOther, 64, "other").has_value());
   }
 
-  // A guest page filled with `fill`, granted to `to`.
   GrantRef grant_page(uint8_t fill, bool readonly, DomId to = kDom0, uint32_t* pfn_out = nullptr) {
-    auto pfn = guest_->alloc_pages(1);
-    EXPECT_TRUE(pfn.has_value());
-    std::memset(guest_->page(*pfn), fill, kPageSize);
-    auto ref = guest_->grant_access(to, *pfn, readonly);
-    EXPECT_TRUE(ref.has_value());
-    if (pfn_out != nullptr) *pfn_out = *pfn;
-    return *ref;
+    return test::grant_filled_page(*guest_, fill, readonly, to, pfn_out);
   }
 
   std::unique_ptr<SimHost> host_;

@@ -27,6 +27,7 @@
 #include "common/libxen/libxen_store.h"
 #include "common/xen/xenstore.h"
 #include "sim/sim_xenstored.h"
+#include "tests/fixtures/unix_client.h"
 
 extern char** environ;
 
@@ -373,21 +374,9 @@ TEST_F(XenstoredWireTest, DomainLifecycleEventsReachSocketWatchers) {
 
 // ------------------------------------------------------------------ raw wire
 
-class RawClient {
+class RawClient : public test::UnixStreamClient {
  public:
-  explicit RawClient(const std::string& path) {
-    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-  }
-  ~RawClient() { ::close(fd_); }
-  [[nodiscard]] bool connected() const { return connected_; }
-
-  bool send_raw(std::string_view bytes) {
-    return ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size());
-  }
+  using UnixStreamClient::UnixStreamClient;
   static std::string message(uint32_t type, uint32_t req_id, uint32_t tx_id, std::string_view body) {
     xsd_sockmsg h{type, req_id, tx_id, static_cast<uint32_t>(body.size())};
     std::string out(reinterpret_cast<const char*>(&h), sizeof(h));
@@ -401,44 +390,24 @@ class RawClient {
   };
   std::optional<Msg> recv_msg(std::chrono::milliseconds limit = 3000ms) {
     Msg m{};
-    if (!recv_exact(reinterpret_cast<char*>(&m.hdr), sizeof(m.hdr), limit)) return std::nullopt;
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    if (!recv_exact(reinterpret_cast<char*>(&m.hdr), sizeof(m.hdr), deadline)) return std::nullopt;
     if (m.hdr.len > XENSTORE_PAYLOAD_MAX) return std::nullopt;
     m.body.resize(m.hdr.len);
-    if (!recv_exact(m.body.data(), m.hdr.len, limit)) return std::nullopt;
+    if (!recv_exact(m.body.data(), m.hdr.len, deadline)) return std::nullopt;
     return m;
-  }
-  // True once the server has closed the connection.
-  bool closed_by_server(std::chrono::milliseconds limit = 3000ms) {
-    char buf[256];
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    for (;;) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0) return false;
-      pollfd pfd{fd_, POLLIN, 0};
-      if (::poll(&pfd, 1, static_cast<int>(left.count())) <= 0) return false;
-      ssize_t r = ::recv(fd_, buf, sizeof(buf), 0);
-      if (r == 0 || (r < 0 && errno == ECONNRESET)) return true;
-      if (r < 0) return false;
-    }
   }
 
  private:
-  bool recv_exact(char* p, size_t n, std::chrono::milliseconds limit) {
-    auto deadline = std::chrono::steady_clock::now() + limit;
+  bool recv_exact(char* p, size_t n, std::chrono::steady_clock::time_point deadline) {
     while (n > 0) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-      pollfd pfd{fd_, POLLIN, 0};
-      if (left.count() <= 0 || ::poll(&pfd, 1, static_cast<int>(left.count())) <= 0) return false;
-      ssize_t r = ::recv(fd_, p, n, 0);
+      const ssize_t r = recv_some(p, n, left(deadline));
       if (r <= 0) return false;
       p += r;
       n -= static_cast<size_t>(r);
     }
     return true;
   }
-
-  int fd_ = -1;
-  bool connected_ = false;
 };
 
 TEST_F(XenstoredWireTest, RawRepliesEchoIdsAndCarryErrnoNames) {

@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cerrno>
+#include <vector>
 
 #include "blkback/image.h"
 
@@ -14,6 +15,14 @@ namespace {
 struct Op final : ImageOp {
   void image_done(int r) noexcept override { result = r; }
   int result = 1;
+};
+
+// An op reading `n` bytes at offset 0 into one buffer.
+struct OneBufferRead {
+  explicit OneBufferRead(size_t n) : buf(n), iov{buf.data(), n} { op.prep_read(&iov, 1, 0); }
+  std::vector<char> buf;
+  iovec iov;
+  Op op;
 };
 
 TEST(BlkImageOp, FullTransferIsDone) {
@@ -48,10 +57,8 @@ TEST(BlkImageOp, ShortTransfersAdvanceTheIovecs) {
 }
 
 TEST(BlkImageOp, RetriesAreBounded) {
-  std::array<char, 512> buf{};
-  iovec iov{buf.data(), 512};
-  Op op;
-  op.prep_read(&iov, 1, 0);
+  OneBufferRead r(512);
+  Op& op = r.op;
   for (unsigned i = 0; i < ImageOp::kMaxRetries; ++i) {
     ASSERT_EQ(op.account(i % 2 ? -EAGAIN : -EINTR), ImageOp::Step::kResubmit) << i;
   }
@@ -68,10 +75,9 @@ TEST(BlkImageOp, RetriesAreBounded) {
 }
 
 TEST(BlkImageOp, ErrorsAndNoProgressFail) {
-  std::array<char, 1024> buf{};
-  iovec iov{buf.data(), 1024};
-  Op op;
-  op.prep_read(&iov, 1, 0);
+  OneBufferRead r(1024);
+  Op& op = r.op;
+  iovec& iov = r.iov;
   EXPECT_EQ(op.account(-EIO), ImageOp::Step::kFailed);
   EXPECT_EQ(op.error(), -EIO);
   op.prep_read(&iov, 1, 0);

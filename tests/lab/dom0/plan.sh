@@ -362,11 +362,15 @@ run_vhd() {
   if ! xenpath-img convert -O vhd "$DISK" "$base" >/tmp/vhd.log 2>&1 || ! xenpath-img snapshot "$base" "$child" >>/tmp/vhd.log 2>&1; then
     check xenpath vhd-create fail "$(tail -n 3 /tmp/vhd.log | tr '\n' ' ')"; return
   fi
+  # The RAM disk (320 MiB) cannot hold the raw disk, the chain and the chain read back: the raw
+  # disk goes while the chain is in use and comes back (empty, as at boot) for the next column.
+  rm -f "$DISK"
   sum0="$(sha256sum "$base" | cut -d' ' -f1)"
   res xenpath vhd_chain "$(xenpath-img info "$child" 2>&1 | tr '\n|' '  ' | cut -c1-200)"
   GUEST_DISK="$child" GUEST_EXTRA="lab.voff=$((64 << 20))"
   if ! create xenpath verify,digest "$vif"; then
-    GUEST_DISK="" GUEST_EXTRA=""; check xenpath vhd-create fail "xl create failed"; return
+    GUEST_DISK="" GUEST_EXTRA=""; check xenpath vhd-create fail "xl create failed"
+    rm -f "$base" "$child"; fallocate -l 256M "$DISK"; return
   fi
   GUEST_DISK="" GUEST_EXTRA=""
   wait_guest "$NAME" 'done' 600 || check xenpath vhd-guest-finished fail "no done line"
@@ -394,6 +398,7 @@ run_vhd() {
   [ "$(sha256sum "$base" | cut -d' ' -f1)" = "$sum0" ] && check xenpath vhd-base-untouched ok ||
     check xenpath vhd-base-untouched fail "the base VHD changed"
   rm -f "$base" "$child"
+  fallocate -l 256M "$DISK" || check xenpath vhd-disk-back fail "fallocate $DISK"
 }
 
 # ---- the copy/map crossover of guest TX (issue 4) ----
