@@ -151,6 +151,9 @@ nlohmann::json BackendDaemon::collect() {
       {"protocol_errors", s.protocol_errors.get()},
       {"watch_events", s.watch_events.get()},
       {"xs_errors", s.xs_errors.get()},
+      {"release_firings", s.release_firings.get()},
+      {"release_checks", s.release_checks.get()},
+      {"release_reads", s.release_reads.get()},
   };
   nlohmann::json workers = nlohmann::json::array();
   for (const auto& w : workers_) {

@@ -165,6 +165,8 @@ void BackendDriver::detach() noexcept {
   if (!detach_) return;
   auto undo = std::move(detach_);
   detach_ = nullptr;
+  arm_release_ = nullptr;
+  release_pending_ = false;
   undo();
 }
 
@@ -193,17 +195,28 @@ size_t BackendDriver::process_events() noexcept {
   if (!started_) return 0;
   batch_.clear();
   const size_t n = xs_->read_watches(batch_, opts_.event_batch);
-  bool release = false;
-  for (const auto& ev : batch_) {
-    stats_.watch_events.add();
-    if (ev.token == kReleaseToken) {
-      release = true;  // coalesced: one check per batch, however many fired
-      continue;
+  uint64_t releases = 0;
+  // Backend-tree events first, then the frontends' and the rest: handlers
+  // read the current value, not the event's, so the order inside a batch
+  // changes no outcome; but when the toolstack removes a device's two
+  // directories at once (xl destroy, forced detach), seeing the backend's
+  // removal first releases the device with one read, and its frontend
+  // event then finds nothing to do (instead of a read, a state write
+  // transaction that finds the node gone, and the removal after it).
+  for (int pass = 0; pass < 2; ++pass) {
+    for (const auto& ev : batch_) {
+      const bool backend_tree = std::string_view(ev.token).starts_with(kTypeTokenPrefix);
+      if (backend_tree != (pass == 0)) continue;
+      stats_.watch_events.add();
+      if (ev.token == kReleaseToken) {
+        ++releases;  // coalesced: see handle_release_domain
+        continue;
+      }
+      handle_event(ev);
+      if (!started_) return n;
     }
-    handle_event(ev);
-    if (!started_) return n;
   }
-  if (release) handle_release_domain();
+  if (releases != 0) handle_release_domain(releases);
   return n;
 }
 
@@ -266,7 +279,7 @@ void BackendDriver::handle_type_root(uint32_t ti) noexcept {
   for (auto& [key, d] : devices_) {
     if (d->type_index == ti) gone.push_back(d.get());
   }
-  for (Device* d : gone) (void)apply(*d, d->fsm.backend_gone());
+  for (Device* d : gone) (void)apply(*d, d->fsm.backend_gone(), /*write=*/false);
 }
 
 void BackendDriver::handle_frontend_dir(uint32_t ti, DomId fe) noexcept {
@@ -279,7 +292,7 @@ void BackendDriver::handle_frontend_dir(uint32_t ti, DomId fe) noexcept {
   if (mine.empty()) return;
   auto r = xs_->read(kXsNoTxn, fmt::format("{}/{}", types_[ti].root, fe));
   if (r || r.error() != ENOENT) return;
-  for (Device* d : mine) (void)apply(*d, d->fsm.backend_gone());
+  for (Device* d : mine) (void)apply(*d, d->fsm.backend_gone(), /*write=*/false);
 }
 
 void BackendDriver::handle_device_event(uint32_t ti, DomId fe, uint32_t devid, std::string_view sub) noexcept {
@@ -299,8 +312,10 @@ void BackendDriver::handle_device_event(uint32_t ti, DomId fe, uint32_t devid, s
       return;
     }
     if (!r) {
+      // Nothing to write into: the read just found the node gone (and a
+      // node created again meanwhile is a new device's).
       d.log.info("backend node removed");
-      (void)apply(d, d.fsm.backend_gone());
+      (void)apply(d, d.fsm.backend_gone(), /*write=*/false);
       return;
     }
     if (parse_xenbus_state(*r) == XenbusState::kInitialising) {
@@ -348,6 +363,13 @@ void BackendDriver::probe(uint32_t ti, DomId fe, uint32_t devid) noexcept {
   addr.devid = devid;
   addr.backend_path = fmt::format("{}/{}/{}", t.root, fe, devid);
 
+  // Most events for an unknown device are a removed one's late ones (its
+  // directory went after we released it): one plain read settles them,
+  // without the transaction a real probe needs.
+  if (auto st = xs_->read(kXsNoTxn, addr.backend_path + "/state"); !st && st.error() == ENOENT) {
+    stats_.probes_ignored.add();
+    return;
+  }
   std::unique_ptr<BackendDevice> impl;
   bool online = false;
   // Ok(false): not ours to take (absent, half-written, or past its
@@ -458,7 +480,7 @@ void BackendDriver::handle_frontend_state(uint64_t serial) noexcept {
   if (!v) {
     if (v.error() == ENOENT) {
       d.log.info("frontend state node gone");
-      (void)apply(d, d.fsm.frontend_gone());
+      frontend_vanished(d);
     } else {
       stats_.xs_errors.add();
       d.log.warn("reading {}: {}", d.frontend_state_path, error_string(v.error()));
@@ -468,6 +490,17 @@ void BackendDriver::handle_frontend_state(uint64_t serial) noexcept {
   auto s = parse_xenbus_state(*v);
   if (s) d.log.debug("frontend {}", to_string(*s));
   (void)apply(d, d.fsm.frontend_changed(s));
+}
+
+void BackendDriver::frontend_vanished(Device& d) noexcept {
+  // A dead guest's, or the toolstack removing the device (libxl removes
+  // both directories in one transaction, before the domain dies). One plain
+  // read of our state node tells them apart: when it is gone too there is
+  // nothing to write (no transaction), and the backend's own removal
+  // event, which may come in a later batch, finds nothing left to release.
+  auto own = xs_->read(kXsNoTxn, d.addr.backend_path + "/state");
+  const bool own_gone = !own && own.error() == ENOENT;
+  (void)apply(d, d.fsm.frontend_gone(), /*write=*/!own_gone);
 }
 
 void BackendDriver::handle_frontend_key(uint64_t serial, std::string_view path) noexcept {
@@ -510,14 +543,48 @@ void BackendDriver::unwatch_frontend_keys(Device& d) noexcept {
   d.key_watches.clear();
 }
 
-void BackendDriver::handle_release_domain() noexcept {
-  // @releaseDomain does not say which domain died: check each frontend
-  // domain we serve once (one read per domain, not per device). On Xen the
-  // toolstack removes /local/domain/<id>, which the per-device
-  // frontend-state watches also report; this catches the rest.
+void BackendDriver::handle_release_domain(uint64_t firings) noexcept {
+  // @releaseDomain does not say which domain died, and the check is a read
+  // per frontend domain served: answering every firing makes a shutdown
+  // storm of n guests cost O(n^2) reads (seed 004). The toolstack's removal
+  // of a dead guest's device directories already reaches each device
+  // through its own watches, at once; this check only catches a frontend
+  // domain that died without them (a toolstack that crashed), so it can
+  // wait, and the firings pay for it: it runs after kReleaseQuiet without
+  // another firing (a single death, or the end of a storm), or once as many
+  // firings have come as there are domains to read (so a storm costs at
+  // most one read per firing), or at the latest kReleaseMaxDelay after the
+  // first firing it covers (a safety net for an endless trickle of deaths;
+  // a shorter one would read every served domain again every so often
+  // while a long storm lasts). A firing during the check schedules
+  // another, so no death goes unchecked.
+  constexpr auto kReleaseQuiet = std::chrono::milliseconds(500);
+  constexpr auto kReleaseMaxDelay = std::chrono::seconds(60);
+  release_firings_ += firings;
+  stats_.release_firings.add(firings);
+  if (!arm_release_ || release_firings_ >= by_frontend_.size()) {
+    run_release_check();  // driven by hand (no timers), or paid for
+    return;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  if (!release_pending_) {
+    release_pending_ = true;
+    release_first_ = now;
+  }
+  if (!arm_release_(std::min(now + kReleaseQuiet, release_first_ + kReleaseMaxDelay))) run_release_check();
+}
+
+void BackendDriver::run_release_check() noexcept {
+  if (release_pending_ && arm_release_) (void)arm_release_({});  // disarm
+  release_pending_ = false;
+  release_firings_ = 0;
+  if (!started_) return;
+  // One read per frontend domain served, not per device.
   std::vector<DomId> doms;
   doms.reserve(by_frontend_.size());
   for (const auto& [fe, devs] : by_frontend_) doms.push_back(fe);
+  stats_.release_checks.add();
+  stats_.release_reads.add(doms.size());
   for (DomId fe : doms) {
     auto r = xs_->read(kXsNoTxn, fmt::format("/local/domain/{}", fe));
     if (r || r.error() != ENOENT) continue;  // alive, or we may not look (driver domain)
@@ -526,7 +593,7 @@ void BackendDriver::handle_release_domain() noexcept {
     std::vector<Device*> devs(it->second.begin(), it->second.end());
     for (Device* d : devs) {
       d->log.info("frontend domain {} is gone", fe);
-      (void)apply(*d, d->fsm.frontend_gone());
+      frontend_vanished(*d);
     }
   }
 }

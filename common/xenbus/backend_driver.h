@@ -22,6 +22,7 @@
 // thread. The driver touches no guest memory; its devices do.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -143,6 +144,9 @@ struct BackendDriverStats {
   Counter protocol_errors;  // frontends that published an invalid state
   Counter watch_events;     // watch events handled
   Counter xs_errors;        // xenstore operations that failed unexpectedly
+  Counter release_firings;  // @releaseDomain firings seen
+  Counter release_checks;   // deferred checks run (one read per frontend domain served)
+  Counter release_reads;    // the reads those checks made
 };
 
 class BackendDriver {
@@ -250,9 +254,13 @@ class BackendDriver {
   void handle_device_event(uint32_t type_index, DomId fe, uint32_t devid, std::string_view sub) noexcept;
   void handle_frontend_state(uint64_t serial) noexcept;
   void handle_frontend_key(uint64_t serial, std::string_view path) noexcept;
+  // The frontend's state node or its whole domain is gone: release the
+  // device (writing Closed only into a backend node that still exists).
+  void frontend_vanished(Device& d) noexcept;
   void watch_frontend_keys(Device& d) noexcept;
   void unwatch_frontend_keys(Device& d) noexcept;
-  void handle_release_domain() noexcept;
+  void handle_release_domain(uint64_t firings) noexcept;
+  void run_release_check() noexcept;
   void enumerate(uint32_t type_index) noexcept;
   void probe(uint32_t type_index, DomId fe, uint32_t devid) noexcept;
   void fail_probe(const DeviceAddress& addr, int error) noexcept;
@@ -290,6 +298,13 @@ class BackendDriver {
   std::shared_ptr<BackendDriver*> alive_ = std::make_shared<BackendDriver*>(this);
   bool started_ = false;
   bool watching_release_ = false;
+  // A deferred @releaseDomain check is due (attached mode): since when, the
+  // firings it covers, and how to arm its one-shot timer (empty when not
+  // attached: checks run at once).
+  bool release_pending_ = false;
+  uint64_t release_firings_ = 0;  // since the last check
+  std::chrono::steady_clock::time_point release_first_{};
+  std::function<bool(std::chrono::steady_clock::time_point)> arm_release_;
   std::vector<XsWatchEvent> batch_;
   DeviceLog log_{"xenbus: "};
   BackendDriverStats stats_;

@@ -7,6 +7,9 @@
 // scans, no per-event work proportional to the device count).
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -18,6 +21,7 @@
 #include "sim/echo_service.h"
 #include "sim/sim_xenstored.h"
 #include "tests/fixtures/backend_rig.h"
+#include "tests/fixtures/eventually.h"
 
 namespace xenpath::sim {
 namespace {
@@ -149,6 +153,91 @@ TEST_F(XenbusScaleTest, ThousandEchoDevicesAtConstantXenstoreCostPerDevice) {
   RecordProperty("ops_per_device_1000", std::to_string(at1000));
 
   guests.clear();
+}
+
+// Shutdown storm (seed 004's pattern): 1000 guests with one device each
+// die at once, each as `xl destroy` does it (libxl removes the device
+// directories, then the hypervisor kills the domain: @releaseDomain, and
+// the domain's home goes). @releaseDomain does not say who died; a driver
+// that answered every firing by reading each domain it serves would make
+// O(n^2) reads for n deaths. Counted: the daemon's xenstore operations per
+// device from the first death until every device is gone.
+TEST_F(XenbusScaleTest, ThousandGuestsDieAtOnceAtConstantXenstoreCostPerDevice) {
+  spdlog::set_level(spdlog::level::warn);
+  constexpr DomId kGuests = 1000;
+  // Each guest holds a xenstore connection and an event channel handle,
+  // each end of which is a descriptor in this process.
+  rlimit nofile{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &nofile), 0);
+  if (nofile.rlim_cur < 8 * kGuests) {
+    nofile.rlim_cur = std::min<rlim_t>(nofile.rlim_max, 8 * kGuests);
+    ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &nofile), 0);
+  }
+  if (nofile.rlim_cur < 8 * kGuests) GTEST_SKIP() << "RLIMIT_NOFILE hard limit " << nofile.rlim_max << " too low";
+
+  DaemonOptions dopt = EchoService::cli_defaults().daemon;
+  dopt.workers = 1;
+  ASSERT_NO_FATAL_FAILURE(start(1, dopt, EchoOptions{std::string(kEcho)}, 4));
+  BackendDriver& driver = daemon().driver();
+  SimToolstack& tools = *tools_;
+
+  std::vector<std::unique_ptr<SimEchoFrontend>> fronts;
+  for (DomId id = 1; id <= kGuests; ++id) {
+    auto it = guests_.find(id);
+    test::RigGuest& g = it != guests_.end() ? it->second : add_guest(id, 4);
+    ASSERT_TRUE(g.dom && g.xs && g.evtchn);
+    ASSERT_TRUE(tools.add_device(kEcho, id, 0, kDom0, {}, {}));
+    auto f = SimEchoFrontend::attach(*g.dom, *g.evtchn, *g.xs, SimToolstack::frontend_path(id, kEcho, 0), 10s);
+    ASSERT_TRUE(f) << error_string(f.error());
+    fronts.push_back(std::move(*f));
+  }
+  for (auto& f : fronts) ASSERT_TRUE(f->begin_connect());
+  for (auto& f : fronts) ASSERT_TRUE(f->finish_connect());
+  ASSERT_TRUE(test::eventually([&] { return driver.stats().connected.get() == kGuests; }, 20s));
+
+  // The frontends' last Connected writes still reach the daemon: wait
+  // until its queue is quiet before counting.
+  for (uint64_t events = ~uint64_t{0}; events != driver.stats().watch_events.get();) {
+    events = driver.stats().watch_events.get();
+    std::this_thread::sleep_for(200ms);
+  }
+  const auto before = host_->xenstored().socket_stats();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (DomId id = 1; id <= kGuests; ++id) {
+    ASSERT_TRUE(tools.force_remove(kEcho, id, 0, kDom0));
+    ASSERT_TRUE(host_->destroy_domain(id));
+    fronts[id - 1]->abandon();  // the guest is dead: its frontend does nothing more
+  }
+  ASSERT_TRUE(test::eventually([&] { return driver.stats().devices.get() == 0; }, 30s));
+  // The last firings' checks (if any are still due) run before counting.
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  uint64_t last = ~uint64_t{0};
+  for (;;) {
+    std::this_thread::sleep_for(1500ms);
+    const uint64_t ops = host_->xenstored().socket_stats().ops;
+    if (ops == last || std::chrono::steady_clock::now() > deadline) break;
+    last = ops;
+  }
+  const auto t1 = std::chrono::steady_clock::now();
+  const auto after = host_->xenstored().socket_stats();
+  const double per_device = static_cast<double>(after.ops - before.ops) / kGuests;
+  EXPECT_EQ(driver.stats().destroys.get(), kGuests);
+  EXPECT_EQ(host_->counters().mapped_pages_live.load(), 0u);
+  EXPECT_GT(per_device, 0.5) << "the measurement must see the daemon's traffic";
+  EXPECT_LE(per_device, 5.0);
+  std::printf("[ scale    ] shutdown storm: %u guests, %.2f xenstore ops/device, %lld ms until settled\n",
+              static_cast<unsigned>(kGuests), per_device,
+              static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(t1 - t0).count()));
+  std::printf("[ scale    ]   @releaseDomain: %llu firings, %llu checks, %llu reads\n",
+              static_cast<unsigned long long>(driver.stats().release_firings.get()),
+              static_cast<unsigned long long>(driver.stats().release_checks.get()),
+              static_cast<unsigned long long>(driver.stats().release_reads.get()));
+  for (int t = 0; t < XS_TYPE_COUNT; ++t) {
+    if (after.by_type[t] != before.by_type[t])
+      std::printf("[ scale    ]   type %d: %.2f/device\n", t, double(after.by_type[t] - before.by_type[t]) / kGuests);
+  }
+  RecordProperty("storm_ops_per_device", std::to_string(per_device));
+  fronts.clear();
 }
 
 }  // namespace
