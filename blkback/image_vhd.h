@@ -68,6 +68,10 @@
 // the leaf's BAT, bitmaps and end of file belong to that channel's reactor
 // thread, as tapdisk keeps them in one process. A read-only chain may have
 // a channel on every queue's reactor.
+//
+// Files: this header and image_vhd.cc (VhdImage); the per-queue VhdChannel
+// is declared in image_vhd_channel.h (private), its reads defined in
+// image_vhd_read.cc, its writes in image_vhd_write.cc.
 #pragma once
 
 #include <atomic>

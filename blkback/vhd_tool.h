@@ -1,6 +1,7 @@
 // xenpath-img's logic (tools/xenpath_img_main.cc is only its command line):
 // create, snapshot, info, check [--repair], map, convert and coalesce on
-// raw files and VHD chains.
+// raw files and VHD chains. Defined in vhd_tool.cc (create, snapshot, info,
+// check, map) and vhd_tool_copy.cc (ChainReader, convert, coalesce).
 //
 // Why here and not in a tools/img/ library: it is built only on blkback's
 // VHD layer (vhd_file, vhd_format), it is unit- and integration-tested like
