@@ -7,6 +7,7 @@
 // The libxen tool headers have no extern "C" of their own.
 extern "C" {
 #include <xenevtchn.h>
+#include <xentoollog.h>
 }
 
 #include <cerrno>
@@ -15,8 +16,15 @@ extern "C" {
 namespace xenpath {
 
 Result<std::unique_ptr<EventChannel>> LibxenEventChannel::open() noexcept {
+  std::unique_ptr<LibxenLog> log;
+  try {
+    log = std::make_unique<LibxenLog>("evtchn: ");
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
   errno = 0;
-  xenevtchn_handle* h = xenevtchn_open(nullptr, 0);  // O_CLOEXEC by default
+  // O_CLOEXEC by default; the library reports through `log`, not stderr.
+  xenevtchn_handle* h = xenevtchn_open(static_cast<xentoollog_logger*>(log->xtl()), 0);
   if (h == nullptr) return unexpected_errno();
   const int fd = xenevtchn_fd(h);
   const int fl = fd < 0 ? -1 : fcntl(fd, F_GETFL);
@@ -25,7 +33,7 @@ Result<std::unique_ptr<EventChannel>> LibxenEventChannel::open() noexcept {
     xenevtchn_close(h);
     return err;
   }
-  auto* ec = new (std::nothrow) LibxenEventChannel(h, fd);
+  auto* ec = new (std::nothrow) LibxenEventChannel(h, fd, std::move(log));
   if (ec == nullptr) {
     xenevtchn_close(h);
     return unexpected(ENOMEM);

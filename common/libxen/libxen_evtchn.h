@@ -13,6 +13,7 @@
 
 #include <memory>
 
+#include "common/libxen/libxen_log.h"
 #include "common/result.h"
 #include "common/xen/event_channel.h"
 #include "common/xen/types.h"
@@ -38,8 +39,10 @@ class LibxenEventChannel final : public EventChannel {
   Status unmask(EvtchnPort local) noexcept override;
 
  private:
-  LibxenEventChannel(xenevtchn_handle* h, int fd) noexcept : h_(h), fd_(fd) {}
+  LibxenEventChannel(xenevtchn_handle* h, int fd, std::unique_ptr<LibxenLog> log) noexcept
+      : log_(std::move(log)), h_(h), fd_(fd) {}
 
+  std::unique_ptr<LibxenLog> log_;  // the library's messages; outlives the handle
   xenevtchn_handle* h_;
   int fd_;
 };

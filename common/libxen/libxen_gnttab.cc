@@ -7,6 +7,7 @@
 // The libxen tool headers have no extern "C" of their own.
 extern "C" {
 #include <xengnttab.h>
+#include <xentoollog.h>
 }
 
 #include <algorithm>
@@ -37,10 +38,16 @@ static_assert(kCopySourceGref == GNTCOPY_source_gref);
 static_assert(kCopyDestGref == GNTCOPY_dest_gref);
 
 Result<std::unique_ptr<GrantTable>> LibxenGrantTable::open() noexcept {
+  std::unique_ptr<LibxenLog> log;
+  try {
+    log = std::make_unique<LibxenLog>("gnttab: ");
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
   errno = 0;
-  xengnttab_handle* h = xengnttab_open(nullptr, 0);
+  xengnttab_handle* h = xengnttab_open(static_cast<xentoollog_logger*>(log->xtl()), 0);
   if (h == nullptr) return unexpected_errno();
-  auto* gt = new (std::nothrow) LibxenGrantTable(h);
+  auto* gt = new (std::nothrow) LibxenGrantTable(h, std::move(log));
   if (gt == nullptr) {
     xengnttab_close(h);
     return unexpected(ENOMEM);

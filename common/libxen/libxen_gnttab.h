@@ -32,6 +32,7 @@
 #include <memory>
 #include <span>
 
+#include "common/libxen/libxen_log.h"
 #include "common/result.h"
 #include "common/xen/grant_table.h"
 #include "common/xen/types.h"
@@ -56,8 +57,11 @@ class LibxenGrantTable final : public GrantTable {
   void unmap(void* addr, uint32_t pages) noexcept override;
 
  private:
-  explicit LibxenGrantTable(xengntdev_handle* h) noexcept : h_(h) {}
+  LibxenGrantTable(xengntdev_handle* h, std::unique_ptr<LibxenLog> log) noexcept : log_(std::move(log)), h_(h) {}
 
+  // The library's messages (a failed map's "mmap failed" included), rate
+  // limited: declared first, so it outlives the handle.
+  std::unique_ptr<LibxenLog> log_;
   xengntdev_handle* h_;
   uint32_t live_pages_ = 0;
   uint32_t max_grants_ = std::numeric_limits<uint32_t>::max();
