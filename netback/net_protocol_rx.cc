@@ -117,7 +117,10 @@ unsigned RxBatch::apply_copy_status() noexcept {
   for (unsigned i = 0; i < n_copies_; ++i) {
     if (copies_[i].status == GNTST_okay) continue;
     ++failed;
-    rsps_[owner_[i]].status = copies_[i].status;
+    // NETIF_RSP_ERROR (XEN_NETIF_RSP_ERROR in Linux), as Linux's
+    // xenvif_rx_copy_flush() answers: a frontend knows the netif statuses,
+    // not the grant table's.
+    rsps_[owner_[i]].status = NETIF_RSP_ERROR;
   }
   return failed;
 }

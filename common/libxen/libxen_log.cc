@@ -27,8 +27,8 @@ LibxenLog::Level fold(xentoollog_level level) noexcept {
   return LibxenLog::Level::kDebug;
 }
 
-void vmessage(xentoollog_logger* logger, xentoollog_level level, int errnoval, const char* context,
-              const char* format, va_list al) {
+void vmessage(xentoollog_logger* logger, xentoollog_level level, int errnoval, const char* context, const char* format,
+              va_list al) {
   auto* x = reinterpret_cast<LibxenLog::Xtl*>(logger);
   char text[512];
   const int n = std::vsnprintf(text, sizeof text, format, al);
