@@ -97,6 +97,8 @@ VbdDevice::VbdDevice(const DeviceAddress& addr, const VbdOptions& opts, std::vec
 
 VbdDevice::~VbdDevice() { disconnect(); }
 
+void VbdDevice::guard_probed_raw(std::unique_ptr<ProbeGuard> guard) noexcept { guard_ = std::move(guard); }
+
 Status VbdDevice::write_backend_features(XenStore& xs, XsTxn t) noexcept {
   const std::string& b = addr_.backend_path;
   auto w = [&](std::string_view key, uint64_t value) { return write_decimal(xs, t, b, key, value); };
@@ -202,6 +204,7 @@ Status VbdDevice::connect() noexcept {
     c.limits = limits_;
     c.persistent = persistent_;
     c.persistent_max_pages = opts_.persistent_max_pages;
+    c.probe_guard = guard_.get();
     try {
       c.ring_refs = front_[i].refs;
       c.log_prefix =
@@ -280,12 +283,13 @@ Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress
     const bool ro = read_only || cdrom;
     Result<std::unique_ptr<Image>> opened = unexpected(EIO);
     std::string why;
+    bool probed_raw = false;
     if (opts_.open_image) {
       opened = opts_.open_image(p, ro);
     } else {
       opened = open_vbd_image(
           p, ImageOpenOptions{.read_only = ro, .direct = opts_.direct, .cache = cached != 0 ? opts_.cache : nullptr},
-          &why);
+          &why, &probed_raw);
     }
     if (!opened) {
       DeviceLog(fmt::format("vbd {}/{}: ", addr.frontend_id, addr.devid))
@@ -302,8 +306,20 @@ Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress
     std::vector<BlkWorker*> order;
     const size_t base = next_++;
     for (size_t i = 0; i < workers_.size(); ++i) order.push_back(workers_[(base + i) % workers_.size()]);
-    return std::unique_ptr<BackendDevice>(
+    auto dev = std::unique_ptr<VbdDevice>(
         new VbdDevice(addr, opts_, std::move(order), std::move(image), ro, cdrom, discard != 0, sink_));
+    if (probed_raw && !dev->limits().read_only) {
+      // What the guest can write, in the blocks its requests come in.
+      const VbdLimits& l = dev->limits();
+      auto guard = probe_guard_for(p.path, l.sectors * l.sector_size, l.align_sectors * l.sector_size);
+      if (!guard) {
+        DeviceLog(fmt::format("vbd {}/{}: ", addr.frontend_id, addr.devid))
+            .warn("cannot read the end of {} to guard its format: {}", p.path, error_string(guard.error()));
+        return unexpected(guard.error() == ENOENT ? ENODEV : guard.error());
+      }
+      dev->guard_probed_raw(std::move(*guard));
+    }
+    return std::unique_ptr<BackendDevice>(std::move(dev));
   } catch (...) {
     return unexpected(ENOMEM);
   }

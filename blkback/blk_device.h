@@ -49,6 +49,7 @@
 namespace xenpath {
 
 class BlockCache;
+struct ProbeGuard;
 
 // Where a device reports that it cannot go on (a halted queue); called on a
 // worker thread. The daemon wires it to BackendDriver::report_device_error.
@@ -113,6 +114,10 @@ class VbdDevice final : public BackendDevice {
   [[nodiscard]] const VbdQueueStats& queue_stats(size_t i) const noexcept { return *stats_[i]; }
   [[nodiscard]] const VbdLimits& limits() const noexcept { return limits_; }
   [[nodiscard]] const Image& image() const noexcept { return *image_; }
+  // Before connect: the image is a bare path probed as raw; its queues
+  // refuse writes that would make it probe as VHD (image_open.h).
+  void guard_probed_raw(std::unique_ptr<ProbeGuard> guard) noexcept;
+  [[nodiscard]] const ProbeGuard* probe_guard() const noexcept { return guard_.get(); }
 
  private:
   struct FrontQueue {
@@ -124,6 +129,7 @@ class VbdDevice final : public BackendDevice {
   VbdOptions opts_;
   std::vector<BlkWorker*> workers_;
   std::unique_ptr<Image> image_;
+  std::unique_ptr<ProbeGuard> guard_;  // a probed raw image's (shared by the queues)
   VbdLimits limits_;
   bool cdrom_;
   VbdErrorSink sink_;

@@ -23,7 +23,7 @@ bool VbdLimits::sane() const noexcept {
 std::string_view blk_reason_name(BlkReason r) noexcept {
   static constexpr auto kNames = std::to_array<std::string_view>(
       {"ok", "unknown-op", "not-negotiated", "bad-indirect-op", "read-only", "bad-segment-count", "bad-segment",
-       "misaligned", "out-of-range", "indirect-map-failed", "map-failed", "io-error", "not-supported"});
+       "misaligned", "out-of-range", "indirect-map-failed", "map-failed", "io-error", "not-supported", "probe-guard"});
   static_assert(kNames.size() == static_cast<size_t>(BlkReason::kCount), "a name for every reason");
   return enum_name(r, kNames, std::string_view("?"));
 }

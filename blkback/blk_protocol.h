@@ -88,6 +88,7 @@ enum class BlkReason : uint8_t {
   kMapFailed,          // a data grant could not be mapped
   kIoError,            // the image failed the I/O
   kNotSupported,       // the image cannot do it (e.g. discard on a device without)
+  kProbeGuard,         // a write that would make a probed raw disk probe as VHD (image_open.h)
   kCount,
 };
 [[nodiscard]] std::string_view blk_reason_name(BlkReason r) noexcept;

@@ -4,6 +4,10 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstdlib>
+#include <cstring>
+
+#include "blkback/image_open.h"
 
 namespace xenpath {
 
@@ -12,6 +16,9 @@ namespace xenpath {
 
 namespace {
 constexpr uint32_t kNoBurst = UINT32_MAX;
+struct FreeDeleter {
+  void operator()(void* p) const noexcept { std::free(p); }
+};
 }  // namespace
 
 struct VbdQueue::Slot final : ImageOp {
@@ -30,6 +37,8 @@ struct VbdQueue::Slot final : ImageOp {
   Phase phase = Phase::kFree;
   bool started = false;
   Slot* next = nullptr;
+  // A probed raw disk's last block, copied out of a write (made on first use).
+  std::unique_ptr<std::byte, FreeDeleter> guard_copy;
 
   void image_done(int result) noexcept override { q->on_done(*this, result); }
 };
@@ -85,7 +94,7 @@ Status VbdQueue::init() noexcept {
     for (unsigned i = 0; i < nslots; ++i) {
       auto s = std::make_unique<Slot>();
       s->q = this;
-      s->iov.resize(cap);
+      s->iov.resize(cap + 1);  // + 1: guard_write may split the last vector
       s->pages.resize(cap);
       if (config_.persistent) s->handles.resize(cap);
       if (config_.limits.max_indirect_segments != 0) s->indirect_segs.resize(config_.limits.max_indirect_segments);
@@ -600,13 +609,65 @@ void VbdQueue::next_phase(Slot& s) noexcept {
     if (s.a.op == BLKIF_OP_READ) {
       s.prep_read(s.iov.data(), cnt, offset);
     } else {
-      s.prep_write(s.iov.data(), cnt, offset);
+      if (config_.probe_guard != nullptr && !guard_write(s, offset, s.a.sectors * uint64_t{ss})) return;
+      s.prep_write(s.iov.data(), s.iovcnt, offset);
     }
     channel_->submit(s);
     return;
   }
   s.prep_flush();
   channel_->submit(s);
+}
+
+// A write to a bare path probed as raw (ProbeGuard, image_open.h): one that
+// reaches the disk's last block is decided on a private copy of that block,
+// and the copy is what gets written (the guest may change its page between
+// the check and the kernel's read of it). Writes below the block pay one
+// comparison. False when the write was refused (answered).
+bool VbdQueue::guard_write(Slot& s, uint64_t offset, uint64_t bytes) noexcept {
+  const ProbeGuard& g = *config_.probe_guard;
+  if (offset + bytes <= g.block) return true;
+  const size_t len = g.block_len;
+  // Requests are whole blocks inside the disk, so this one ends with the
+  // last block; anything else is not decided on (refused).
+  bool ok = offset <= g.block && offset + bytes == g.block + len && len <= kPageSize;
+  if (ok && !s.guard_copy) {
+    s.guard_copy.reset(static_cast<std::byte*>(std::aligned_alloc(kPageSize, kPageSize)));
+    if (!s.guard_copy) {
+      log_.guest("request {}: no memory to check its last block", s.req.id);
+      finish(s, BLKIF_RSP_ERROR, BlkReason::kIoError);
+      return false;
+    }
+  }
+  unsigned n = s.iovcnt;
+  if (ok) {
+    // Copy the last `len` bytes out of the guest's pages and cut them from
+    // the vector.
+    std::byte* copy = s.guard_copy.get();
+    size_t at = len;
+    while (at > 0 && n > 0) {
+      iovec& v = s.iov[n - 1];
+      const size_t take = std::min(v.iov_len, at);
+      at -= take;
+      std::memcpy(copy + at, static_cast<const std::byte*>(v.iov_base) + v.iov_len - take, take);
+      v.iov_len -= take;
+      if (v.iov_len == 0) --n;
+    }
+    ok = at == 0 && !g.refuses(std::span(reinterpret_cast<const uint8_t*>(copy), len));
+  }
+  if (!ok) {
+    if (!g.reported.exchange(true, std::memory_order_relaxed)) {
+      log_.warn(
+          "request {}: write to the last {} bytes refused: the disk was probed as raw and this would make it "
+          "probe as VHD at its next attach (use \"raw:\" params to allow it; later refusals are only counted)",
+          s.req.id, len);
+    }
+    finish(s, BLKIF_RSP_ERROR, BlkReason::kProbeGuard);
+    return false;
+  }
+  s.iov[n++] = iovec{s.guard_copy.get(), len};
+  s.iovcnt = n;
+  return true;
 }
 
 void VbdQueue::on_done(Slot& s, int result) noexcept {

@@ -38,7 +38,9 @@
 // stats are single-writer counters readable from any thread. Guest memory:
 // the ring pages (through BlkRingPort), indirect descriptor pages (read once
 // per descriptor), and data pages, which only the kernel reads or writes
-// (the iovecs of the I/O); never dereferenced here.
+// (the iovecs of the I/O); never dereferenced here, except the last block
+// of a probed raw disk, copied out of a write before it is checked
+// (guard_write).
 #pragma once
 
 #include <sys/uio.h>
@@ -69,6 +71,7 @@
 namespace xenpath {
 
 class VbdQueue;
+struct ProbeGuard;
 
 // The Xen handles of one reactor, shared by the VBD queues it runs
 // (common/xen_worker.h).
@@ -111,6 +114,9 @@ class VbdQueue final : public XenRingPoller {
     std::chrono::milliseconds persistent_idle{60'000};
     unsigned burst = kMaxBurst;
     std::string log_prefix = "vbd: ";
+    // A bare path probed as raw (image_open.h): writes reaching its last
+    // block are checked and written from a private copy. Outlives the queue.
+    const ProbeGuard* probe_guard = nullptr;
   };
   // Called once, on the worker thread, when the queue halts (EPROTO).
   using HaltSink = std::function<void(int error)>;
@@ -170,6 +176,7 @@ class VbdQueue final : public XenRingPoller {
   void respond(Slot& s) noexcept;
   void start_io(Slot& s) noexcept;
   void next_phase(Slot& s) noexcept;
+  bool guard_write(Slot& s, uint64_t offset, uint64_t bytes) noexcept;
   void on_done(Slot& s, int result) noexcept;
   void reject(Slot& s, BlkVerdict v) noexcept;
   void finish(Slot& s, int16_t status, BlkReason reason) noexcept;

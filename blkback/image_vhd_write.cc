@@ -342,7 +342,8 @@ void VhdChannel::round_next(Round& rd) noexcept {
 // reads as all clear (the block as it was), a lost BAT entry leaves the
 // block unreferenced. The BAT: each touched 4 KiB piece of the table once,
 // whole when it lies inside the table, else the touched 512-byte sector
-// (the table's ends may share a piece with other metadata).
+// (the table's ends may share a piece with other metadata); adjacent
+// pieces in one write.
 void VhdChannel::round_meta(Round& rd) noexcept {
   const VhdLevel& l = leaf();
   rd.phase = Phase::kMeta;
@@ -357,7 +358,10 @@ void VhdChannel::round_meta(Round& rd) noexcept {
   }
   const uint64_t table = l.header.table_offset;
   const uint64_t table_end = table + vhd::bat_bytes_padded(static_cast<uint32_t>(l.bat.size()));
-  uint64_t done[kMaxRoundBlocks];
+  struct Piece {
+    uint64_t lo, hi;
+  };
+  Piece pieces[kMaxRoundBlocks];
   unsigned n = 0;
   for (Alloc* a = rd.allocs; a != nullptr; a = a->next) {
     const uint64_t at = vhd::bat_entry_offset(table, a->block);
@@ -367,18 +371,29 @@ void VhdChannel::round_meta(Round& rd) noexcept {
       lo = at / kSector * kSector;
       hi = lo + kSector;
     }
-    if (std::find(done, done + n, lo) != done + n) continue;
-    uint8_t* buf = rd.bat.get() + size_t{n} * kFsBlock;
-    done[n++] = lo;
+    if (std::find_if(pieces, pieces + n, [lo](const Piece& p) { return p.lo == lo; }) == pieces + n) {
+      pieces[n++] = Piece{lo, hi};
+    }
+  }
+  // In file order, adjacent pieces as one write (random blocks of a large
+  // disk touch about every other piece of the table: half the writes).
+  std::sort(pieces, pieces + n, [](const Piece& a, const Piece& b) { return a.lo < b.lo; });
+  uint8_t* buf = rd.bat.get();  // the pieces packed: at most kMaxRoundBlocks * 4 KiB
+  for (unsigned i = 0; i < n;) {
+    const uint64_t lo = pieces[i].lo;
+    uint64_t hi = pieces[i].hi;
+    while (++i < n && pieces[i].lo == hi) hi = pieces[i].hi;
+    // The committed entries, then this round's new ones over them.
     for (uint64_t off = lo; off < hi; off += 4) {
       const uint64_t blk = (off - table) / 4;
-      uint32_t v = blk < l.bat.size() ? l.bat[blk] : vhd::kBatUnused;
-      for (Alloc* o = rd.allocs; o != nullptr; o = o->next) {
-        if (o->block == blk) v = o->entry;
-      }
-      vhd::bat_entry_encode(v, buf + (off - lo));
+      vhd::bat_entry_encode(blk < l.bat.size() ? l.bat[blk] : vhd::kBatUnused, buf + (off - lo));
+    }
+    for (Alloc* a = rd.allocs; a != nullptr; a = a->next) {
+      const uint64_t at = vhd::bat_entry_offset(table, a->block);
+      if (at >= lo && at < hi) vhd::bat_entry_encode(a->entry, buf + (at - lo));
     }
     round_write(rd, buf, hi - lo, lo);
+    buf += hi - lo;
   }
   round_io_done(rd, 0);
 }

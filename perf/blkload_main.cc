@@ -89,6 +89,8 @@ struct Config {
   bool buffered = false;
   std::string create = "raw";  // how a missing image is made: raw (preallocated), sparse, vhd
   std::string vhd_parent;      // a missing image is made a differencing VHD child of this
+  uint64_t cache_mib = 0;      // the backend's shared read cache over immutable levels (0: none, as before)
+  uint32_t cache_block_kib = 64;
   bool json = false;
   bool quiet = false;
 };
@@ -234,6 +236,8 @@ int run(const Config& cfg) {
   ho.vbd.max_queues = std::max(cfg.queues, 1u);
   ho.vbd.direct = !cfg.buffered;
   ho.vbd.persistent_max_pages = cfg.persistent_max_pages;
+  ho.vbd.cache_mib = cfg.cache_mib;
+  ho.vbd.cache_block_kib = cfg.cache_block_kib;
   ho.poll_window = std::chrono::microseconds(cfg.poll_window_us);
   // Guest memory: rings, and data pages in flight (persistent pools keep
   // theirs); sparse, so generous costs nothing.
@@ -548,6 +552,13 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"raw", "sparse", "vhd"}))
       ->capture_default_str();
   app.add_option("--vhd-parent", cfg.vhd_parent, "a missing --image is made a differencing VHD child of this");
+  app.add_option("--cache-mib", cfg.cache_mib,
+                 "the backend's shared read cache over immutable VHD levels, MiB (0: none; the daemon's default is "
+                 "256)")
+      ->capture_default_str();
+  app.add_option("--cache-block-kib", cfg.cache_block_kib, "its block size, KiB")
+      ->check(CLI::Range(4, 2048))
+      ->capture_default_str();
   app.add_flag("--json", cfg.json, "JSON report on stdout");
   app.add_flag("--quiet", cfg.quiet, "only errors in the log");
   CLI11_PARSE(app, argc, argv);

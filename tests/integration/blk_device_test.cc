@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -16,6 +17,7 @@
 
 #include "blkback/blk_device.h"
 #include "blkback/blk_service.h"
+#include "blkback/image_open.h"
 #include "sim/blk/sim_blkfront.h"
 #include "tests/fixtures/backend_rig.h"
 #include "tests/fixtures/blk_files.h"
@@ -105,6 +107,37 @@ class BlkVbd : public ::testing::Test, public test::SimBackendRig<BlkbackService
     ASSERT_TRUE(f.run(std::span(ios + 1, 1)));
     ASSERT_EQ(ios[1].status, BLKIF_RSP_OKAY);
     ASSERT_EQ(in, out);
+  }
+
+  // One write of `data` at `sector`: the answer's status.
+  int16_t write_at(SimBlkfront& f, uint64_t sector, std::vector<std::byte>& data) {
+    SimBlkfront::Io io;
+    io.op = BLKIF_OP_WRITE;
+    io.sector = sector;
+    io.sectors = static_cast<uint32_t>(data.size() / 512);
+    io.data = data.data();
+    EXPECT_TRUE(f.run(std::span(&io, 1)));
+    return io.status;
+  }
+
+  // A writable disk plugged and connected with one ring.
+  SimBlkfront& attach(uint32_t devid, const std::string& params) {
+    auto& xb = plug(devid, params, "w");
+    EXPECT_TRUE(xb.wait_backend(XenbusState::kInitWait));
+    SimBlkfront::Options o;
+    o.max_indirect_segments = 256;
+    sim::XsKeys keys;
+    SimBlkfront& f = ring(devid, o, keys);
+    EXPECT_TRUE(xb.connect(keys));
+    return f;
+  }
+
+  // The last 4 KiB of a disk (whole blocks whatever the sector size), with
+  // a VHD footer's cookie at the start of its last 512 bytes when `cookie`.
+  static std::vector<std::byte> last_block(bool cookie) {
+    std::vector<std::byte> b(4096, std::byte{0x5A});
+    if (cookie) std::memcpy(b.data() + 4096 - 512, "conectix", 8);
+    return b;
   }
 
   const VbdDevice* device(uint32_t devid) { return backend_device<VbdDevice>(devid); }
@@ -220,6 +253,48 @@ TEST_F(BlkVbd, ServesVhdChains) {
   EXPECT_EQ(key(51744, "error").rfind(std::to_string(EINVAL) + " ", 0), 0u) << key(51744, "error");
 }
 
+// A bare path probed as raw: the guest cannot plant a VHD footer in the last
+// 512 bytes of its disk (the next attach would take the file for a VHD,
+// docs/blkback.md "Format detection and trust"); with "raw:" it can, and
+// the file then no longer attaches by its bare path.
+TEST_F(BlkVbd, ProbedRawRefusesAPlantedFooter) {
+  TempFile bare(kImageBytes), forced(kImageBytes);
+  SimBlkfront& fb = attach(51712, bare.path);
+  SimBlkfront& ff = attach(51728, "raw:" + forced.path);
+  const VbdDevice* db = device(51712);
+  ASSERT_NE(db, nullptr);
+  ASSERT_NE(db->probe_guard(), nullptr);
+  EXPECT_EQ(device(51728)->probe_guard(), nullptr);
+  const uint64_t last = kImageBytes / 512 - 8;
+
+  auto footer = last_block(true);
+  EXPECT_EQ(write_at(fb, last, footer), BLKIF_RSP_ERROR);
+  // A longer write ending there: refused too, none of it written.
+  std::vector<std::byte> longer(64 * 1024, std::byte{0x11});
+  std::memcpy(longer.data() + longer.size() - 512, "conectix", 8);
+  EXPECT_EQ(write_at(fb, kImageBytes / 512 - 128, longer), BLKIF_RSP_ERROR);
+  EXPECT_EQ(bare.read(kImageBytes - longer.size(), longer.size()), std::vector<std::byte>(longer.size()));
+  EXPECT_EQ(db->queue_stats(0).errors.get(BlkReason::kProbeGuard), 2u);
+  // Anything else in the last block, the cookie anywhere else: written.
+  auto plain = last_block(false);
+  std::memcpy(plain.data(), "conectix", 8);
+  EXPECT_EQ(write_at(fb, last, plain), BLKIF_RSP_OKAY);
+  EXPECT_EQ(bare.read(kImageBytes - plain.size(), plain.size()), plain);
+  std::memcpy(longer.data() + longer.size() - 512, "not a VHD", 9);
+  EXPECT_EQ(write_at(fb, kImageBytes / 512 - 128, longer), BLKIF_RSP_OKAY);
+  EXPECT_EQ(bare.read(kImageBytes - longer.size(), longer.size()), longer);
+  EXPECT_EQ(write_at(fb, 0, footer), BLKIF_RSP_OKAY);
+
+  // raw: the guest's bytes, all of them.
+  EXPECT_EQ(write_at(ff, last, footer), BLKIF_RSP_OKAY);
+  EXPECT_EQ(forced.read(kImageBytes - footer.size(), footer.size()), footer);
+  EXPECT_EQ(device(51728)->queue_stats(0).errors.get(BlkReason::kProbeGuard), 0u);
+  // What the guard is for: by its bare path that file is now a "VHD"
+  // (refused here, as its footer does not validate).
+  plug(51744, forced.path, "w");
+  EXPECT_TRUE(backend_becomes(51744, XenbusState::kClosing));
+}
+
 class BlkVbdNoProbe : public BlkVbd {
  protected:
   void tune(VbdOptions& vo) override { vo.probe_format = false; }
@@ -242,6 +317,17 @@ TEST_F(BlkVbdNoProbe, BarePathsAreRawAndVhdNeedsItsPrefix) {
   auto& vhd = plug(51728, "vhd:" + (dir / "base.vhd"), "r");
   ASSERT_TRUE(vhd.wait_backend(XenbusState::kInitWait));
   EXPECT_EQ(key(51728, "sectors"), std::to_string(kImageBytes / 512));
+}
+
+// Without probing nothing reads a bare path's bytes: no guard.
+TEST_F(BlkVbdNoProbe, NoGuardOnBarePaths) {
+  TempFile file(kImageBytes);
+  SimBlkfront& f = attach(51712, file.path);
+  ASSERT_NE(device(51712), nullptr);
+  EXPECT_EQ(device(51712)->probe_guard(), nullptr);
+  auto footer = last_block(true);
+  EXPECT_EQ(write_at(f, kImageBytes / 512 - 8, footer), BLKIF_RSP_OKAY);
+  EXPECT_EQ(file.read(kImageBytes - footer.size(), footer.size()), footer);
 }
 
 TEST_F(BlkVbd, TwoQueues) {

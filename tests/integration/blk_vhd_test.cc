@@ -22,6 +22,7 @@
 
 #include "blkback/image_open.h"
 #include "blkback/image_vhd.h"
+#include "blkback/vhd_tool.h"
 #include "tests/fixtures/image_rig.h"
 #include "tests/fixtures/vhd_files.h"
 
@@ -297,6 +298,72 @@ TEST(BlkVhd, FirstTouchAllocationsBatchAndWait) {
   const vhd::Footer end = test::read_footer(path);
   EXPECT_EQ(std::string(end.cookie.data(), 8), "conectix");
   EXPECT_EQ(f->footer_offset, (f->end_of_data + 511) / 512 * 512);
+}
+
+// One allocation round over a 64 GiB disk (a BAT of 32 pieces of 4 KiB):
+// new entries in the table's first and last sectors (written as sectors),
+// in three adjacent pieces (one write) and in a piece of their own; the
+// file then holds exactly those entries, check passes, and the data reads
+// back after a reopen.
+TEST(BlkVhd, AllocationRoundWritesTheBatPiecesItTouches) {
+  TempDir dir;
+  const std::string path = dir / "big.vhd";
+  constexpr uint64_t kBig = 64ull << 30;
+  ASSERT_NO_FATAL_FAILURE(create(path, vhd::DiskType::kDynamic, kBig));
+  const std::vector<uint32_t> blocks = {0, 5, 700, 701, 1724, 2748, 5000, 32767};
+  std::vector<std::vector<char>> data;
+  {
+    auto img = open_vhd(path);
+    ASSERT_TRUE(img);
+    EXPECT_EQ(img->chain().leaf().bat.size(), kBig / (2 * kMiB));
+    ImageRig rig(*img);
+    std::vector<std::unique_ptr<Io>> ios;
+    std::mt19937_64 rng(11);
+    for (uint32_t b : blocks) {
+      auto io = std::make_unique<Io>();
+      io->write = true;
+      io->offset = uint64_t{b} * 2 * kMiB + 8192;
+      io->len = 4096;
+      io->buf = std::make_unique<AlignedBuffer>(io->len);
+      io->buf->pattern(b);
+      data.emplace_back(io->buf->p, io->buf->p + io->len);
+      cut(*io, rng, false);
+      ios.push_back(std::move(io));
+    }
+    rig.reactor->call([&] {
+      for (auto& io : ios) {
+        io->op.prep_write(io->iov.data(), static_cast<unsigned>(io->iov.size()), io->offset);
+        rig.channel->submit(io->op);
+      }
+    });
+    for (auto& io : ios) ASSERT_EQ(io->op.wait(), 0);
+    const VhdChannelStats st = VhdImage::channel_stats(*rig.channel);
+    EXPECT_EQ(st.allocations, blocks.size());
+    EXPECT_LE(st.alloc_rounds, 2u);
+  }
+  auto f = vhd_open_file(path, {});
+  ASSERT_TRUE(f) << f.error().message;
+  EXPECT_EQ(f->allocated_blocks, blocks.size());
+  for (uint32_t b = 0; b < f->bat.size(); ++b) {
+    const bool written = std::find(blocks.begin(), blocks.end(), b) != blocks.end();
+    EXPECT_EQ(f->bat[b] != vhd::kBatUnused, written) << "block " << b;
+  }
+  const img::CheckReport rep = img::check(path, false);
+  EXPECT_EQ(rep.status, 0) << (rep.errors.empty() ? "" : rep.errors.front());
+  auto img = open_vhd(path, true);
+  ASSERT_TRUE(img);
+  ImageRig rig(*img);
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    AlignedBuffer buf(4096);
+    iovec v{buf.p, 4096};
+    WaitOp op;
+    rig.reactor->call([&] {
+      op.prep_read(&v, 1, uint64_t{blocks[i]} * 2 * kMiB + 8192);
+      rig.channel->submit(op);
+    });
+    ASSERT_EQ(op.wait(), 0);
+    EXPECT_EQ(std::memcmp(buf.p, data[i].data(), 4096), 0) << "block " << blocks[i];
+  }
 }
 
 // Discard of whole blocks in a differencing leaf: they read as the parent
