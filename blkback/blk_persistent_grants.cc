@@ -275,6 +275,11 @@ unsigned PersistentGrants::purge(Clock::time_point now) noexcept {
   return n;
 }
 
+std::optional<PersistentGrants::Clock::time_point> PersistentGrants::next_purge() const noexcept {
+  if (lru_head_ == kNone) return std::nullopt;
+  return entries_[lru_head_].last_used + idle_timeout_;
+}
+
 unsigned PersistentGrants::clear() noexcept {
   while (lru_head_ != kNone) evict(lru_head_);
   update_gauges();

@@ -10,8 +10,9 @@
 //   blkback's LRU); if they still do not fit, that burst's new grants are
 //   mapped transiently (the caller owns and unmaps that mapping) and counted
 //   as overflow, as Linux falls back to non-persistent mapping.
-// - Idle entries older than idle_timeout go at purge() (a periodic timer of
-//   the owning queue), so a guest that stopped using grants gets them back.
+// - Idle entries older than idle_timeout go at purge() (a one-shot timer of
+//   the owning queue, armed for next_purge() when it goes to sleep), so a
+//   guest that stopped using grants gets them back.
 // - Never leaks: a block is unmapped when its last entry goes; the
 //   destructor unmaps everything left.
 //
@@ -26,6 +27,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -78,6 +80,9 @@ class PersistentGrants {
   unsigned purge(Clock::time_point now = Clock::now()) noexcept;
   // Evicts every idle entry (disconnect); returns the entries still in use.
   unsigned clear() noexcept;
+  // When purge() would next evict something (the least recently used idle
+  // entry's timeout); nullopt with no idle entry.
+  [[nodiscard]] std::optional<Clock::time_point> next_purge() const noexcept;
 
   [[nodiscard]] uint32_t live_entries() const noexcept { return live_entries_; }
   [[nodiscard]] uint32_t live_pages() const noexcept { return live_pages_; }

@@ -118,9 +118,12 @@ Status VbdQueue::init() noexcept {
   XP_TRY(evtchn_.bind(worker_, config_.frontend, config_.remote_port, this));
   start_polling();
   if (pgrants_) {
-    // Idle persistent grants go back to the guest after their timeout.
-    auto t = worker_.reactor().add_timer(std::chrono::seconds(1), [this] {
-      if (pgrants_) pgrants_->purge();
+    // Idle persistent grants go back to the guest after their timeout: a
+    // one-shot timer for the oldest idle entry's, armed by arm() when the
+    // queue goes idle, so an idle queue has no periodic wake-up.
+    auto t = worker_.reactor().add_oneshot_timer([this] {
+      purge_armed_ = false;
+      if (pgrants_) pgrants_->purge(worker_.reactor().now());
     });
     if (t) {
       purge_timer_ = *t;
@@ -235,10 +238,18 @@ bool VbdQueue::poll() noexcept {
   return publish() || work;
 }
 
+void VbdQueue::arm_purge() noexcept {
+  if (purge_armed_ || !have_timer_ || !pgrants_) return;
+  // Armed at most once per expiry: entries used meanwhile only make it
+  // fire early, and the next arm() re-arms for the new oldest one.
+  if (auto at = pgrants_->next_purge()) purge_armed_ = worker_.reactor().arm_timer(purge_timer_, *at).has_value();
+}
+
 bool VbdQueue::arm() noexcept {
   if (stopped_) return false;
   const bool late = publish();
   evtchn_.unmask_reported();
+  arm_purge();
   if (barrier_ != nullptr) return late;  // completions wake us; nothing to consume meanwhile
   if (held_head_ != nullptr) return true;
   if (halted_ || stopping_ || in_use_ == ring_->size()) return late;
@@ -389,7 +400,7 @@ void VbdQueue::admit_indirect(Slot** batch, unsigned n) noexcept {
   }
   // Only the copies remain: transient descriptor mappings go now (RAII),
   // persistent ones become idle.
-  if (pgrants_ && mapped) pgrants_->release(std::span(handles_.data(), total));
+  if (pgrants_ && mapped) pgrants_->release(std::span(handles_.data(), total), worker_.reactor().now());
 }
 
 void VbdQueue::map_data(Slot** batch, unsigned n) noexcept {
@@ -714,7 +725,9 @@ void VbdQueue::finish(Slot& s, int16_t status, BlkReason reason) noexcept {
   }
   // Persistent grants stay mapped (the frontend keeps them granted); a
   // request mapped on its own is unmapped before it is answered.
-  if (pgrants_ && s.nhandles != 0) pgrants_->release(std::span(s.handles.data(), s.nhandles));
+  // The iteration's time, not a clock read per request (a system call on
+  // a PV dom0): idle timeouts are a minute.
+  if (pgrants_ && s.nhandles != 0) pgrants_->release(std::span(s.handles.data(), s.nhandles), worker_.reactor().now());
   s.nhandles = 0;
   s.own.reset();
   if (s.started) --active_;

@@ -182,6 +182,7 @@ class VbdQueue final : public XenRingPoller {
   void finish(Slot& s, int16_t status, BlkReason reason) noexcept;
   bool try_start_barrier() noexcept;
   bool publish() noexcept;
+  void arm_purge() noexcept;
   void count_op(const Slot& s) noexcept;
   [[nodiscard]] uint32_t segment_capacity() const noexcept;
 
@@ -202,6 +203,7 @@ class VbdQueue final : public XenRingPoller {
   bool responses_pending_ = false;
   Reactor::TimerId purge_timer_ = 0;
   bool have_timer_ = false;
+  bool purge_armed_ = false;  // purge_timer_ set for pgrants_->next_purge()
 
   std::vector<std::unique_ptr<Slot>> slots_;
   Slot* free_ = nullptr;

@@ -162,9 +162,14 @@ nlohmann::json BackendDaemon::collect() {
                        {"iterations", r.iterations},
                        {"busy_iterations", r.busy_iterations},
                        {"busy_ns", r.busy_ns},
+                       {"epoll_waits", r.epoll_waits},
+                       {"clock_reads", r.clock_reads},
                        {"sleeps", r.sleeps},
+                       {"wakeups_by_arm", r.wakeups_by_arm},
+                       {"mailbox_tasks", r.mailbox_tasks},
                        {"uring_submits", r.uring_submits},
-                       {"uring_sqes", r.uring_sqes}});
+                       {"uring_sqes", r.uring_sqes},
+                       {"uring_cqes", r.uring_cqes}});
   }
   j["workers"] = std::move(workers);
   for (auto& fn : stats_fns_) fn(j);

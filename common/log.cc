@@ -2,6 +2,8 @@
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 
+#include "common/coarse_clock.h"
+
 namespace xenpath {
 
 void log_init(const std::string& level) noexcept {
@@ -16,7 +18,9 @@ void log_init(const std::string& level) noexcept {
 }
 
 bool DeviceLog::admit() noexcept {
-  const auto now = std::chrono::steady_clock::now();
+  // Guest-triggered lines come in floods: a clock read each must not be a
+  // system call (common/coarse_clock.h); a window of seconds needs no more.
+  const auto now = CoarseClock::now();
   if (now - window_start_ >= kGuestWindow) {
     if (suppressed_in_window_ > 0) {
       emit(spdlog::level::warn, "{} guest-triggered messages suppressed", suppressed_in_window_);

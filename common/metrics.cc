@@ -60,9 +60,16 @@ void add_daemon_metrics(const nlohmann::json& s, MetricSet& out) {
   }
   if (auto w = s.find("workers"); w != s.end() && w->is_array()) {
     for (const auto& e : *w) {
+      const MetricSet::Labels labels{{"daemon", daemon}, {"worker", e.value("name", std::string())}};
       out.counter("xenpath_worker_busy_seconds_total",
-                  "time a worker reactor spent doing work (not spinning, not asleep)",
-                  {{"daemon", daemon}, {"worker", e.value("name", std::string())}}, num(e, "busy_ns") / 1e9);
+                  "time a worker reactor spent doing work (not spinning, not asleep)", labels, num(e, "busy_ns") / 1e9);
+      // The loop's own cost (issues 13/14): iterations, and the epoll_wait
+      // system calls it makes, blocking (sleeps) or not.
+      out.counter("xenpath_worker_iterations_total", "reactor loop iterations", labels, num(e, "iterations"));
+      out.counter("xenpath_worker_epoll_waits_total", "epoll_wait calls of the reactor loop", labels,
+                  num(e, "epoll_waits"));
+      out.counter("xenpath_worker_sleeps_total", "times the reactor loop blocked in epoll_wait", labels,
+                  num(e, "sleeps"));
     }
   }
 }

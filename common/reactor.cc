@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/coarse_clock.h"
 #include "common/cpu_affinity.h"
 #include "common/log.h"
 #include "common/mailbox.h"
@@ -52,7 +53,8 @@ struct Reactor::Impl {
     bool oneshot = false;  // a timer armed by arm_timer()
   };
 
-  explicit Impl(const Options& o) : opts(o), log("reactor " + o.name + ": ") {}
+  explicit Impl(const Options& o)
+      : opts(o), log("reactor " + o.name + ": "), resolution(CoarseClock::resolution()), now(CoarseClock::now()) {}
   ~Impl() {
     for (auto& [key, w] : watches) {
       if (w->timer) ::close(w->fd);
@@ -97,6 +99,10 @@ struct Reactor::Impl {
   std::unordered_map<int, uint64_t> fd_keys;  // watch_fd fds (timers are not here)
   uint64_t next_key = kFirstWatchKey;
   ReactorStats stats;
+  const std::chrono::nanoseconds resolution;  // CoarseClock's
+  // The iteration's time (reactor thread; set before the loop from the
+  // owner's thread).
+  std::chrono::steady_clock::time_point now;
 
   std::atomic<bool> stop_requested{false};
   std::atomic<bool> running{false};
@@ -231,13 +237,35 @@ bool Reactor::Impl::dispatch_events(const epoll_event* evs, int n) noexcept {
 
 void Reactor::Impl::loop() noexcept {
   epoll_event evs[kMaxEpollEvents];
-  auto last_work = std::chrono::steady_clock::now();
+  int nevs = 0;            // events of the last epoll_wait, handled at the top of the next iteration
+  bool timed = false;      // the last iteration was busy and did not sleep: its time is busy time
+  unsigned spins = 0;      // empty iterations since the last work
+  unsigned since_fds = 0;  // iterations since the epoll fd was polled
+  auto prev = now = CoarseClock::now();
+  auto last_work = now;
   while (!stop_requested.load(std::memory_order_acquire)) {
     ++stats.iterations;
-    const auto t0 = std::chrono::steady_clock::now();
+    // The one clock read of the iteration (a few loads from the vDSO page).
+    now = CoarseClock::now();
+    ++stats.clock_reads;
+    if (timed) stats.busy_ns += static_cast<uint64_t>(std::chrono::nanoseconds(now - prev).count());
+    prev = now;
+    // Handlers first: a timer that asks for a poll (a rate credit) gets it
+    // in this iteration.
+    const bool fd_work = nevs != 0 && dispatch_events(evs, nevs);
+    nevs = 0;
     const bool work = run_work();
+    if (work) {
+      last_work = now;
+      spins = 0;
+    } else if (spins < kMaxPollSpins) {
+      ++spins;
+    }
+    // Only pollers' work opens a poll window: timers and fd handlers are
+    // housekeeping, and a periodic timer must not make an idle worker spin.
+    const bool window = work || (now - last_work < opts.poll_window && spins < kMaxPollSpins);
     int timeout = 0;
-    if (!work && !stop_requested.load(std::memory_order_acquire) && t0 - last_work >= opts.poll_window) {
+    if (!window && !stop_requested.load(std::memory_order_acquire)) {
       // Every poller re-arms (each must be armed before we sleep, whatever
       // the others say), and any late work cancels the sleep.
       bool late = false;
@@ -253,20 +281,18 @@ void Reactor::Impl::loop() noexcept {
         timeout = -1;
       }
     }
-    if (timeout < 0) ++stats.sleeps;
-    int n = ::epoll_wait(epfd, evs, kMaxEpollEvents, timeout);
-    if (n < 0) {
-      if (errno != EINTR) log.error("epoll_wait: {}", error_string(errno));
-      n = 0;
-    }
-    // Time asleep in epoll_wait is not busy time; what the woken handlers do is.
-    const auto t_wake = timeout < 0 ? std::chrono::steady_clock::now() : t0;
-    const bool fd_work = dispatch_events(evs, n);
-    if (work || fd_work) {
-      ++stats.busy_iterations;
-      last_work = std::chrono::steady_clock::now();
-      stats.busy_ns +=
-          static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(last_work - t_wake).count());
+    const bool busy = work || fd_work;
+    if (busy) ++stats.busy_iterations;
+    timed = busy && timeout == 0;
+    if (timeout < 0 || ++since_fds >= kFdPollInterval) {
+      since_fds = 0;
+      ++stats.epoll_waits;
+      if (timeout < 0) ++stats.sleeps;
+      nevs = ::epoll_wait(epfd, evs, kMaxEpollEvents, timeout);
+      if (nevs < 0) {
+        if (errno != EINTR) log.error("epoll_wait: {}", error_string(errno));
+        nevs = 0;
+      }
     }
   }
   finish_loop();
@@ -547,8 +573,9 @@ Status Reactor::arm_timer(TimerId id, std::chrono::steady_clock::time_point when
     // libstdc++'s steady_clock is CLOCK_MONOTONIC: an absolute expiry, so
     // the delay spent getting here is not added to it. A zero it_value
     // would disarm: the earliest expiry is 1 ns.
-    const auto ns =
-        std::max<int64_t>(1, std::chrono::duration_cast<std::chrono::nanoseconds>(when.time_since_epoch()).count());
+    // One tick late: by then now() (the coarse clock) has reached `when`.
+    const auto ns = std::max<int64_t>(
+        1, std::chrono::duration_cast<std::chrono::nanoseconds>(when.time_since_epoch() + impl_->resolution).count());
     its.it_value.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
     its.it_value.tv_nsec = static_cast<long>(ns % 1'000'000'000);
     flags = TFD_TIMER_ABSTIME;
@@ -632,6 +659,17 @@ void Reactor::unregister_file(unsigned slot) noexcept {
 }
 
 const ReactorStats& Reactor::stats() const noexcept { return impl_->stats; }
+
+std::chrono::steady_clock::time_point Reactor::now() const noexcept {
+  // The loop writes `now` on its thread only; anyone else reads the clock.
+  if (impl_->running.load(std::memory_order_acquire) &&
+      impl_->loop_thread.load(std::memory_order_acquire) == std::this_thread::get_id()) {
+    return impl_->now;
+  }
+  return CoarseClock::now();
+}
+
+std::chrono::nanoseconds Reactor::clock_resolution() const noexcept { return impl_->resolution; }
 
 const std::string& Reactor::name() const noexcept { return impl_->opts.name; }
 

@@ -4,14 +4,22 @@
 // and stop() runs on the reactor thread. It touches no guest memory itself:
 // its pollers do (rings, mapped grants), always in bounded bursts.
 //
-// One iteration: drain the mailbox, run every poller once (each does a burst
-// of at most 32-64 items and returns whether it did anything), submit the
-// io_uring once, reap completions in a batch. While there was work in the
-// last `poll_window` it spins with a non-blocking epoll; then it asks every
-// poller to arm() (RING_FINAL_CHECK_FOR_REQUESTS, unmask event channels) and
-// only sleeps in epoll_wait when none reports late work. This is the
-// "re-arm with a final check" rule: an event that races with going to sleep
-// is either seen by arm() or wakes epoll.
+// One iteration: read the clock once (CLOCK_MONOTONIC_COARSE, never a
+// system call: common/coarse_clock.h; pollers and timers use this cached
+// now() instead of reading a clock themselves), run the fd handlers of the
+// last epoll_wait, drain the mailbox, run every poller once (each does a
+// burst of at most 32-64 items and returns whether it did anything), submit
+// the io_uring once, reap completions in a batch. Its own system calls are
+// few because each one is a trip through Xen on a PV dom0 (~50 us): the
+// epoll fd is polled (epoll_wait(..., 0)) only every kFdPollInterval
+// iterations while there is work or the poll window spins, and always before
+// sleeping. While pollers found work within the last `poll_window` (and for
+// at most kMaxPollSpins empty iterations) it spins; then it asks every poller
+// to arm() (RING_FINAL_CHECK_FOR_REQUESTS, unmask event channels) and only
+// sleeps in epoll_wait when none reports late work. This is the "re-arm
+// with a final check" rule: an event that races with going to sleep is
+// either seen by arm() or wakes epoll. Fd handlers and timers alone do not
+// open a poll window: a periodic timer costs one iteration per expiry.
 #pragma once
 
 #include <chrono>
@@ -51,7 +59,14 @@ struct ReactorStats {
   // completions), not in spinning or sleeping: what the thread's datapath
   // costs, as SPDK's busy_tsc. Divided by packets or requests it gives a
   // per-item cost that does not depend on how long the poll window spins.
+  // Measured on the coarse clock, iteration by iteration (each busy
+  // iteration adds the time to the next one's clock read; one that went to
+  // sleep adds nothing): exact over many iterations, not for one.
   uint64_t busy_ns = 0;
+  // The loop's own system calls and clock reads (issues 13/14: each is a
+  // trip through Xen on a PV dom0, except the coarse clock read).
+  uint64_t epoll_waits = 0;     // epoll_wait calls, blocking or not
+  uint64_t clock_reads = 0;     // coarse clock reads: one per iteration
   uint64_t sleeps = 0;          // epoll_wait calls that blocked
   uint64_t wakeups_by_arm = 0;  // sleeps avoided by a final check
   uint64_t uring_submits = 0;   // io_uring_submit calls
@@ -62,12 +77,28 @@ struct ReactorStats {
 
 class Reactor {
  public:
+  // Poll the epoll fd every this many iterations while pollers find work
+  // or the poll window spins (and always before sleeping): fd-driven work
+  // (timers, the port's and the mailbox's fds, a queue's event channel
+  // when it is not polled) waits at most this many iterations, and a busy
+  // worker on a PV dom0 pays one ~56 us epoll_wait per 16 iterations instead
+  // of per iteration. Rings, the mailbox and io_uring completions are read
+  // from memory every iteration and need no epoll to be seen.
+  static constexpr unsigned kFdPollInterval = 16;
+  // The poll window's bound in empty iterations. The coarse clock moves
+  // once a tick (4 ms at HZ=250), far beyond a 50 us window: below a tick
+  // this count is what ends the spin. 256 empty iterations are ~50 us of
+  // pollers' ring reads on this build machine, and cost 16 epoll_waits.
+  static constexpr unsigned kMaxPollSpins = 256;
+
   struct Options {
     std::string name = "reactor";
-    unsigned uring_entries = 256;               // 0: no io_uring
-    std::chrono::microseconds poll_window{50};  // spin this long after work
-    int cpu = -1;                               // pin when >= 0
-    unsigned fixed_files = 256;                 // io_uring fixed-file table slots
+    unsigned uring_entries = 256;  // 0: no io_uring
+    // Spin this long after work (coarse clock: at least this, up to one tick
+    // more), and for at most kMaxPollSpins empty iterations.
+    std::chrono::microseconds poll_window{50};
+    int cpu = -1;                // pin when >= 0
+    unsigned fixed_files = 256;  // io_uring fixed-file table slots
   };
   using Task = std::function<void()>;
   using FdHandler = std::function<void(uint32_t epoll_events)>;
@@ -105,9 +136,21 @@ class Reactor {
   // replenish) instead of a periodic re-check.
   Result<TimerId> add_oneshot_timer(Task fn) noexcept;
   // Arms (or re-arms) a one-shot timer for `when` (steady_clock, i.e.
-  // CLOCK_MONOTONIC); a time already past fires at once. A default
-  // time_point disarms it. EINVAL for an unknown or periodic timer.
+  // CLOCK_MONOTONIC, normally now() + a delay); a time already past fires at
+  // once. It fires when now() has reached `when`: the timerfd expires one
+  // clock resolution (a tick) after `when`, so a handler reading now() never
+  // sees its deadline still ahead (which would re-arm it for a time already
+  // past and spin until the tick). A default time_point disarms it. EINVAL
+  // for an unknown or periodic timer.
   Status arm_timer(TimerId id, std::chrono::steady_clock::time_point when) noexcept;
+
+  // The time at the start of this iteration (CoarseClock: CLOCK_MONOTONIC
+  // lagging by up to one tick, read without a system call). Pollers and
+  // timer handlers use it instead of reading a clock per item. Off the
+  // reactor thread (or before the loop runs) a fresh coarse read.
+  [[nodiscard]] std::chrono::steady_clock::time_point now() const noexcept;
+  // How far now() may lag CLOCK_MONOTONIC (one tick).
+  [[nodiscard]] std::chrono::nanoseconds clock_resolution() const noexcept;
   void cancel_timer(TimerId id) noexcept;
 
   // io_uring of this reactor (nullptr when uring_entries == 0). Pollers get

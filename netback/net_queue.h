@@ -94,6 +94,7 @@ class VifQueue final : public XenRingPoller {
   // teardown(), or abandon()'s (keep_tx_pages).
   void shut_down(bool keep_tx_pages) noexcept;
   bool publish() noexcept;
+  void arm_housekeeping() noexcept;
 
   VifQueueCore core_;
   VifTxPath tx_;
@@ -103,8 +104,13 @@ class VifQueue final : public XenRingPoller {
   GuestEvtchn rx_evtchn_;  // unbound when the rings share tx_evtchn_
   bool shared_evtchn_ = true;
   bool stopped_ = false;
+  // Housekeeping: a one-shot timer armed by arm() for `period_` from now,
+  // only while something needs it (VifQueue::arm), so an idle queue on a
+  // port with a receive wake-up has no periodic wake-up at all.
   Reactor::TimerId timer_ = 0;
   bool have_timer_ = false;
+  bool timer_armed_ = false;
+  std::chrono::microseconds period_{0};
 };
 
 }  // namespace xenpath

@@ -185,7 +185,7 @@ bool VifRxPath::take_steered() noexcept {
   if (steer_out_.empty()) return false;
   SteerInbox* inbox = core_.config.inboxes[core_.config.queue_index];
   if (inbox->empty()) return false;
-  const auto now = RateLimiter::Clock::now();
+  const auto now = core_.worker.reactor().now();
   // Bounded: a few batches per iteration.
   const size_t got = inbox->drain(
       [&](SteeredRx&& b) {
@@ -276,7 +276,7 @@ void VifRxPath::fetch() noexcept {
     core_.stats.rx_gro_packets.add(cs.merged_packets);
     core_.stats.rx_gro_merged.add(cs.merged_frames);
   }
-  const auto now = RateLimiter::Clock::now();
+  const auto now = core_.worker.reactor().now();
   for (size_t i = 0; i < n; ++i) queue(in[i], now);
   flush_steered();
 }
@@ -393,14 +393,14 @@ bool VifRxPath::deliver() noexcept {
   const unsigned used = batch.requests_used();
   std::copy(carry_.begin() + used, carry_.begin() + carry_len_, carry_.begin());
   carry_len_ -= used;
-  progress_ = RateLimiter::Clock::now();
+  progress_ = core_.worker.reactor().now();
   return true;
 }
 
 bool VifRxPath::poll() noexcept {
   bool work = take_steered();
   fetch();
-  if (len_ > 0 || stalled_) work = check_stall(RateLimiter::Clock::now());
+  if (len_ > 0 || stalled_) work = check_stall(core_.worker.reactor().now());
   return deliver() || work;
 }
 

@@ -91,7 +91,7 @@ Status VifTxPath::init() noexcept {
   } catch (...) {
     return unexpected(ENOMEM);
   }
-  rate_.start(config.rate, RateLimiter::Clock::now());
+  rate_.start(config.rate, core_.worker.reactor().now());
 
   done_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (done_fd_ < 0) return unexpected_errno();
@@ -228,7 +228,7 @@ unsigned VifTxPath::parse_burst(unsigned& works) noexcept {
     carry_len_ += *n;
   }
   const bool more_published = ring_.unconsumed() > 0;
-  const auto now = RateLimiter::Clock::now();
+  const auto now = core_.worker.reactor().now();
   unsigned pos = 0;
   while (pos < carry_len_ && works < core_.config.burst) {
     TxWork& w = work_[works];
@@ -507,7 +507,7 @@ void VifTxPath::set_rate(const RateSpec& spec) noexcept {
   core_.config.rate = spec;
   // A pending replenish happens now (the refused packet is retried in this
   // iteration's poll): its timer has nothing left to do.
-  rate_.update(spec, RateLimiter::Clock::now());
+  rate_.update(spec, core_.worker.reactor().now());
   if (credit_at_ != RateLimiter::Clock::time_point{} && have_credit_timer_) {
     (void)core_.worker.reactor().arm_timer(credit_timer_, {});
     credit_at_ = {};

@@ -78,6 +78,8 @@ class VifTxPath {
   // pages, a burst cut at its size limit.
   [[nodiscard]] bool pages_released() const noexcept;
   [[nodiscard]] bool again() const noexcept { return again_; }
+  // Packets the port refused wait for it (only a wake-up retries it).
+  [[nodiscard]] bool backlogged() const noexcept { return backlog_len_ != 0; }
   // New requests to act on now (RING_FINAL_CHECK_FOR_REQUESTS), unless the
   // port or the rate limiter holds us back: the periodic wake-up retries
   // the port, the credit timer the limiter.

@@ -62,6 +62,11 @@ void SimNetfront::kick_tx(bool notify) noexcept {
   if (notify) (void)evtchn_.notify(tx_port_);
 }
 
+void SimNetfront::overrun_tx(RING_IDX ahead) noexcept {
+  tx_.set_req_prod_raw(tx_.req_prod_pvt() + ahead);
+  kick_tx(true);
+}
+
 Result<GrantRef> SimNetfront::grant_tx(std::span<const uint8_t> bytes, uint16_t offset, uint16_t& id) noexcept {
   if (tx_free_.empty()) return unexpected(EAGAIN);
   if (static_cast<size_t>(offset) + bytes.size() > kPageSize) return unexpected(EINVAL);

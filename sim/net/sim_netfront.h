@@ -86,6 +86,9 @@ class SimNetfront {
   // request claiming `req_offset` and `size` (which may lie); its id.
   Result<uint16_t> send_raw_slot(std::span<const uint8_t> bytes, uint16_t grant_offset, uint16_t req_offset,
                                  uint16_t size) noexcept;
+  // A TX producer index `ahead` requests past ours, kicked (hostile tests:
+  // more than the ring holds overruns it).
+  void overrun_tx(RING_IDX ahead) noexcept;
   // A multicast control request, as netfront sends it: an empty slot with
   // one XEN_NETIF_EXTRA_TYPE_MCAST_ADD or _DEL extra for `group`.
   Status send_multicast(uint8_t type, const uint8_t (&group)[6]) noexcept;

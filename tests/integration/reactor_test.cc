@@ -87,7 +87,9 @@ class TimedWorkPoller : public Poller {
   bool poll() noexcept override {
     if (done >= 3) return false;
     const auto t0 = std::chrono::steady_clock::now();
-    while (std::chrono::steady_clock::now() - t0 < 2ms) {
+    // Several coarse-clock ticks (4 ms at HZ=250) per poll: busy time is
+    // measured on that clock.
+    while (std::chrono::steady_clock::now() - t0 < 20ms) {
     }
     worked += std::chrono::steady_clock::now() - t0;
     ++done;
@@ -107,15 +109,20 @@ TEST(ReactorTest, BusyTimeCountsWorkNotSpinOrSleep) {
   TimedWorkPoller p;
   r->add_poller(&p);
   ASSERT_TRUE(r->start());
-  std::this_thread::sleep_for(100ms);
+  std::this_thread::sleep_for(250ms);
   r->stop();
   const ReactorStats& s = r->stats();
   ASSERT_EQ(p.done, 3);
   EXPECT_EQ(s.busy_iterations, 3u);
-  EXPECT_GE(s.busy_ns, static_cast<uint64_t>(p.worked.count()));
-  // The 20 ms spin and the sleep until stop() are ~95 ms of wall time that
-  // must not count; the margin is for a preempted thread on a shared machine.
-  EXPECT_LT(s.busy_ns, static_cast<uint64_t>(p.worked.count()) + 50'000'000u);
+  // Each busy iteration is measured to the next clock read on the coarse
+  // clock: within one tick of the truth.
+  const uint64_t tick = static_cast<uint64_t>(r->clock_resolution().count());
+  EXPECT_GE(s.busy_ns + 3 * tick, static_cast<uint64_t>(p.worked.count()));
+  // The spin and the sleep until stop() are ~190 ms of wall time that must
+  // not count; the margin is for a preempted thread on a shared machine.
+  EXPECT_LT(s.busy_ns, static_cast<uint64_t>(p.worked.count()) + 3 * tick + 50'000'000u);
+  EXPECT_EQ(s.clock_reads, s.iterations) << "one clock read per iteration";
+  EXPECT_LE(s.epoll_waits, s.iterations / Reactor::kFdPollInterval + s.sleeps + 1);
 }
 
 TEST(ReactorTest, IterationsBoundedWhileIdleWithPollWindow) {
