@@ -83,10 +83,14 @@ items() {  # requests (blkback) or packets both ways (netback) so far, and the r
 # does, so it gets a window of its own).
 measure() {  # events label
   local before after n
-  before=$(items)
-  perf stat -x, -t "$tid" -e "$1" -o "$tmp/perf.csv" -- sleep "$secs" 2>/dev/null
-  sleep 0.1  # the stats file catches up with the window's end
-  after=$(items)
+  # The window's ends are read by perf's own workload, once the counters
+  # are open (opening them takes a while).
+  export -f items
+  export mode stats
+  perf stat -x, -t "$tid" -e "$1" -o "$tmp/perf.csv" -- \
+    bash -c "items > $tmp/before; sleep $secs; sleep 0.06; items > $tmp/after" 2>/dev/null
+  before=$(cat "$tmp/before")
+  after=$(cat "$tmp/after")
   n=$(jq -n --argjson a "$before" --argjson b "$after" '$b[0] - $a[0]')
   echo "$mode, $2: $n items (requests, or packets both ways) in ${secs}s on worker thread $tid"
   [ "$n" -gt 0 ] || { echo "no items counted"; return 1; }
