@@ -38,8 +38,8 @@ struct CoarseClock {
   static time_point now() noexcept {
     timespec ts{};
     (void)::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return time_point(std::chrono::duration_cast<duration>(std::chrono::seconds(ts.tv_sec) +
-                                                           std::chrono::nanoseconds(ts.tv_nsec)));
+    return time_point(
+        std::chrono::duration_cast<duration>(std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec)));
   }
   // How far now() may lag CLOCK_MONOTONIC: one tick (clock_getres).
   static std::chrono::nanoseconds resolution() noexcept {

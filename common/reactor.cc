@@ -50,7 +50,8 @@ struct Reactor::Impl {
     int fd;
     bool timer;
     FdHandler handler;
-    bool oneshot = false;  // a timer armed by arm_timer()
+    bool oneshot = false;                              // a timer armed by arm_timer()
+    std::chrono::steady_clock::time_point deadline{};  // oneshot: the armed expiry
   };
 
   explicit Impl(const Options& o)
@@ -245,8 +246,10 @@ void Reactor::Impl::loop() noexcept {
   auto last_work = now;
   while (!stop_requested.load(std::memory_order_acquire)) {
     ++stats.iterations;
-    // The one clock read of the iteration (a few loads from the vDSO page).
-    now = CoarseClock::now();
+    // The one clock read of the iteration (a few loads from the vDSO page);
+    // never backwards, though a timer's deadline may have moved it ahead of
+    // the coarse clock (add_timer_fd).
+    now = std::max(now, CoarseClock::now());
     ++stats.clock_reads;
     if (timed) stats.busy_ns += static_cast<uint64_t>(std::chrono::nanoseconds(now - prev).count());
     prev = now;
@@ -540,18 +543,28 @@ Result<Reactor::TimerId> Reactor::add_timer(std::chrono::nanoseconds period, Tas
 Result<Reactor::TimerId> Reactor::Impl::add_timer_fd(int tfd, Task fn, bool oneshot) noexcept {
   // Expirations missed while the reactor was busy coalesce into one run:
   // periodic housekeeping wants "at least every period", not catch-up bursts.
-  FdHandler h = [tfd, fn = std::move(fn)](uint32_t) {
+  const uint64_t key = next_key;  // add_watch() takes it
+  FdHandler h = [this, key, tfd, fn = std::move(fn)](uint32_t) {
     uint64_t expirations = 0;
-    if (::read(tfd, &expirations, sizeof expirations) == static_cast<ssize_t>(sizeof expirations) && expirations != 0)
-      fn();
+    if (::read(tfd, &expirations, sizeof expirations) != static_cast<ssize_t>(sizeof expirations) || expirations == 0)
+      return;
+    // The timerfd (CLOCK_MONOTONIC) says the deadline passed; the coarse
+    // now() may not show it yet (it lags by a tick, more when the tick was
+    // late, as in a VM). Catching now() up keeps it a true lower bound of
+    // the time and lets the handler and this iteration's pollers see their
+    // deadline as reached: none re-arms for a time already past and spins.
+    if (auto it = watches.find(key); it != watches.end() && it->second->oneshot)
+      now = std::max(now, it->second->deadline);
+    fn();
   };
-  uint64_t key = 0;
-  if (auto st = add_watch(tfd, EPOLLIN, true, std::move(h), &key); !st) {
+  uint64_t added = 0;
+  if (auto st = add_watch(tfd, EPOLLIN, true, std::move(h), &added); !st) {
     ::close(tfd);
     return unexpected(st.error());
   }
-  watches[key]->oneshot = oneshot;
-  return key;
+  assert(added == key);
+  watches[added]->oneshot = oneshot;
+  return added;
 }
 
 Result<Reactor::TimerId> Reactor::add_oneshot_timer(Task fn) noexcept {
@@ -573,14 +586,14 @@ Status Reactor::arm_timer(TimerId id, std::chrono::steady_clock::time_point when
     // libstdc++'s steady_clock is CLOCK_MONOTONIC: an absolute expiry, so
     // the delay spent getting here is not added to it. A zero it_value
     // would disarm: the earliest expiry is 1 ns.
-    // One tick late: by then now() (the coarse clock) has reached `when`.
-    const auto ns = std::max<int64_t>(
-        1, std::chrono::duration_cast<std::chrono::nanoseconds>(when.time_since_epoch() + impl_->resolution).count());
+    const auto ns =
+        std::max<int64_t>(1, std::chrono::duration_cast<std::chrono::nanoseconds>(when.time_since_epoch()).count());
     its.it_value.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
     its.it_value.tv_nsec = static_cast<long>(ns % 1'000'000'000);
     flags = TFD_TIMER_ABSTIME;
   }
   if (::timerfd_settime(it->second->fd, flags, &its, nullptr) < 0) return unexpected_errno();
+  it->second->deadline = when;
   return ok();
 }
 

@@ -87,8 +87,10 @@ class Reactor {
   static constexpr unsigned kFdPollInterval = 16;
   // The poll window's bound in empty iterations. The coarse clock moves
   // once a tick (4 ms at HZ=250), far beyond a 50 us window: below a tick
-  // this count is what ends the spin. 256 empty iterations are ~50 us of
-  // pollers' ring reads on this build machine, and cost 16 epoll_waits.
+  // this count is what ends the spin. An empty iteration is a ring read
+  // per poller (tens to hundreds of ns natively, microseconds under
+  // emulation), so 256 of them are of the order of the default 50 us window
+  // and cost 16 epoll_waits.
   static constexpr unsigned kMaxPollSpins = 256;
 
   struct Options {
@@ -137,15 +139,16 @@ class Reactor {
   Result<TimerId> add_oneshot_timer(Task fn) noexcept;
   // Arms (or re-arms) a one-shot timer for `when` (steady_clock, i.e.
   // CLOCK_MONOTONIC, normally now() + a delay); a time already past fires at
-  // once. It fires when now() has reached `when`: the timerfd expires one
-  // clock resolution (a tick) after `when`, so a handler reading now() never
-  // sees its deadline still ahead (which would re-arm it for a time already
-  // past and spin until the tick). A default time_point disarms it. EINVAL
-  // for an unknown or periodic timer.
+  // once. When it fires, now() is at least `when` for its handler and the
+  // rest of that iteration (the coarse clock may lag the timerfd by a tick
+  // or more): a handler or poller comparing now() with its deadline never
+  // finds it still ahead, so never re-arms for a past time and spins. A
+  // default time_point disarms it. EINVAL for an unknown or periodic timer.
   Status arm_timer(TimerId id, std::chrono::steady_clock::time_point when) noexcept;
 
   // The time at the start of this iteration (CoarseClock: CLOCK_MONOTONIC
-  // lagging by up to one tick, read without a system call). Pollers and
+  // lagging by about a tick, read without a system call; moved up to a
+  // one-shot timer's deadline when it fires, never backwards). Pollers and
   // timer handlers use it instead of reading a clock per item. Off the
   // reactor thread (or before the loop runs) a fresh coarse read.
   [[nodiscard]] std::chrono::steady_clock::time_point now() const noexcept;
