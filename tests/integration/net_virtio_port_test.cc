@@ -23,9 +23,12 @@
 #include <thread>
 #include <vector>
 
+#include "netback/net_queue.h"
 #include "netback/port_dpdk.h"
 #include "sim/net/sim_frames.h"
+#include "sim/net/sim_netfront.h"
 #include "tests/fixtures/net_wire.h"
+#include "tests/fixtures/queue_rig.h"
 
 namespace xenpath {
 namespace {
@@ -231,6 +234,84 @@ TEST_F(NetVirtioUser, HostGsoAndPartialChecksumsArriveWhole) {
   EXPECT_TRUE(pf.error.empty()) << pf.error;
   EXPECT_EQ(virtio_->stats(0).rx_dropped, 0u);
   pkt::free_bulk(rx);
+}
+
+// The whole VIF queue on this port: a simulated netfront's GSO request
+// leaves as one TSO packet (copied into mbufs: the port takes no guest
+// pages), and a host GSO packet reaches the guest as one netif packet with
+// a GSO extra, no software GRO or segmentation on the way.
+TEST_F(NetVirtioUser, VifQueueMovesGsoWholeBothWays) {
+  const std::string why = open_loop();
+  ASSERT_TRUE(why.empty()) << why;
+  constexpr DomId kGuest = 31;
+  test::QueueRig rig({.guest = kGuest, .guest_pages = 2048, .reactor_name = "vu-test", .uring_entries = 0});
+  auto f = sim::SimNetfront::create(rig.guest(), rig.guest_evtchn(), {});
+  ASSERT_TRUE(f) << error_string(f.error());
+  std::unique_ptr<sim::SimNetfront> front = std::move(*f);
+  VifQueue::Config c = sim::vif_queue_config(*front, kGuest);
+  c.port = virtio_.get();
+  c.pool = pool_.get();
+  c.rx_gso_tcpv4 = true;
+  c.rx_csum_offload = true;
+  c.zero_copy = true;  // asked for, refused by the port's caps
+  c.tx_limits.copy_below = 0;
+  c.port_poll = std::chrono::microseconds(200);
+  VifQueueStats stats;
+  std::unique_ptr<VifQueue> queue;
+  rig.reactor().call([&] {
+    auto q = VifQueue::start(rig.worker(), c, stats);
+    ASSERT_TRUE(q) << error_string(q.error());
+    queue = std::move(*q);
+  });
+  ASSERT_NE(queue, nullptr);
+  const uint64_t ring_maps = rig.map_calls();
+
+  FrameSpec s;
+  s.payload = 30000;
+  sim::SimNetfront::TxFrame tf;
+  tf.bytes = make_frame(s, 0xbeef);  // csum_blank: the guest left garbage there
+  tf.csum_blank = true;
+  tf.gso_type = XEN_NETIF_GSO_TYPE_TCPV4;
+  tf.gso_size = 1448;
+  ASSERT_TRUE(front->send(tf));
+  auto out = receive(*vhost_, 1);
+  ASSERT_EQ(out.size(), 1u);
+  const PacketMeta om = pkt::meta(out[0]);
+  EXPECT_TRUE(om.has(PacketMeta::kSegment | PacketMeta::kIpv4 | PacketMeta::kTcp));
+  EXPECT_EQ(om.mss, 1448);
+  const auto ob = bytes_of(out[0]);
+  ASSERT_EQ(ob.size(), tf.bytes.size());
+  EXPECT_TRUE(std::equal(ob.begin() + 54, ob.end(), tf.bytes.begin() + 54)) << "payload";
+  pkt::free(out[0]);
+  EXPECT_EQ(virtio_->stats(0).tx_gso_packets, 0u);
+  EXPECT_EQ(rig.map_calls(), ring_maps) << "guest pages mapped for a port that cannot take them";
+
+  ASSERT_EQ(front->post_rx(64), 64u);
+  FrameSpec g = gso_spec(false);
+  auto big = make_frame(g);
+  fix_ip_checksum(big);
+  put16(big.data() + kEthLen + kIp4Len + 16, partial_field(big));
+  PacketMeta gm = tso_meta(1448);
+  gm.flags |= PacketMeta::kL4CsumPending;
+  PacketBuf* in = packet(big, gm);
+  ASSERT_EQ(vhost_->tx_burst(0, {&in, 1}), 1u);
+  std::vector<sim::SimNetfront::RxFrame> rx;
+  ASSERT_TRUE(front->wait([&] {
+    front->reap_rx(rx);
+    return !rx.empty();
+  }));
+  ASSERT_EQ(rx.size(), 1u);
+  EXPECT_EQ(rx[0].bytes, big);
+  EXPECT_EQ(rx[0].gso_type, XEN_NETIF_GSO_TYPE_TCPV4);
+  EXPECT_EQ(rx[0].gso_size, 1448);
+  EXPECT_EQ(rx[0].flags & (NETRXF_csum_blank | NETRXF_data_validated | NETRXF_extra_info),
+            NETRXF_csum_blank | NETRXF_data_validated | NETRXF_extra_info);
+  EXPECT_EQ(stats.rx_gro_packets.get(), 0u);
+  EXPECT_EQ(stats.rx_gso_segmented.get(), 0u);
+
+  rig.stop_queue(queue, 2000, [] { std::this_thread::sleep_for(std::chrono::milliseconds(1)); });
+  front.reset();
+  EXPECT_EQ(rig.live_maps(), 0u);
 }
 
 }  // namespace
