@@ -47,8 +47,8 @@ wait_guest() {
 glines() { grep -a '^LABG|' "$CONLOG/guest-$1.log" 2>/dev/null | tr -d '\r'; }
 gfield() { glines "$1" | grep "^LABG|$2|" | tail -n1 | cut -d'|' -f"$3"; }
 
-# Gives dom0's end of the guest's vif (vif<domid>.0: kernel netback's interface or the net_tap
-# port of xenpath-netback) the lab address once it appears.
+# Gives dom0's end of the guest's vif (vif<domid>.0: kernel netback's interface or the tap of
+# xenpath-netback's port) the lab address once it appears.
 config_vif() {
   local dev="vif$1.0" i=0
   while [ ! -e "/sys/class/net/$dev" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
@@ -201,6 +201,11 @@ start_backend() {
         > /run/xenpath-blkback.log 2>&1 &
       BLK_PID=$!
       if [ -x /usr/local/bin/xenpath-netback ]; then
+        # vhost-net makes virtio_user (offloads, virtqueues) netback's default VIF port; without
+        # it netback falls back to net_tap.
+        modprobe vhost_net 2>/dev/null || true
+        if [ -c /dev/vhost-net ]; then say "xenpath-netback VIF port: virtio_user over vhost-net"
+        else say "xenpath-netback VIF port: net_tap (no /dev/vhost-net)"; fi
         # shellcheck disable=SC2086
         xenpath-netback --platform xen --stats-file /run/xenpath-netback.json --stats-interval-ms 200 \
           $NETBACK_ARGS > /run/xenpath-netback.log 2>&1 &
