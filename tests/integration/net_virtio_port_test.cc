@@ -53,13 +53,16 @@ class NetVirtioUser : public ::testing::Test {
   }
 
   // net_vhost serving a socket, virtio_user connected to it. Empty: ready.
-  std::string open_loop() {
+  // With `queues` > 1 the virtio side takes netback's default devargs with
+  // the vhost-user socket for /dev/vhost-net.
+  std::string open_loop(uint16_t queues = 1) {
     const std::string n = test::unique_port_name("vl");
     sock_ = "/tmp/xenpath-" + n + ".sock";
     ::unlink(sock_.c_str());
     DpdkPortConfig vh;
     // tso=1: the vhost library offers TSO/GSO features both ways.
-    vh.devargs = "net_vhost_" + n + ",iface=" + sock_ + ",queues=1,tso=1";
+    vh.devargs = "net_vhost_" + n + ",iface=" + sock_ + ",queues=" + std::to_string(queues) + ",tso=1";
+    vh.rx_queues = vh.tx_queues = queues;
     // The test's own end hands its metadata to the vhost library as it is
     // (which writes the virtio-net header from it), as a guest's stack would.
     vh.pass_metadata = true;
@@ -69,6 +72,18 @@ class NetVirtioUser : public ::testing::Test {
     DpdkPortConfig vu;
     // in_order=0: the datapath vhost-net negotiates (it has no VIRTIO_F_IN_ORDER).
     vu.devargs = "net_virtio_user_" + n + ",path=" + sock_ + ",queues=1,queue_size=256,mrg_rxbuf=1,in_order=0";
+    if (queues > 1) {
+      auto d = expand_devargs(kVhostNetVifDevargs, 1, 0, queues);
+      if (!d) return "devargs";
+      vu.devargs = *d;
+      vu.devargs.replace(0, vu.devargs.find(','), "net_virtio_user_" + n);
+      vu.devargs.replace(vu.devargs.find("/dev/vhost-net"), std::strlen("/dev/vhost-net"), sock_);
+      // iface= names the tap, which only the vhost-kernel backend has.
+      const size_t i = vu.devargs.find(",iface=");
+      vu.devargs.erase(i, vu.devargs.find(',', i + 1) - i);
+      vu.devargs += ",in_order=0";
+      vu.rx_queues = vu.tx_queues = queues;
+    }
     auto v = test::test_dpdk()->open_port(*pool_, vu);
     if (!v) return "virtio_user: " + error_string(v.error());
     virtio_ = std::move(*v);
@@ -124,6 +139,34 @@ TEST_F(NetVirtioUser, AdvertisesOffloadsAndTakesNoGuestPages) {
   EXPECT_TRUE(c.multi_segment);
   // The vhost backend reads only memory in DPDK's memory table.
   EXPECT_FALSE(c.external_buffers);
+}
+
+// netback's default devargs (control queue, 1024 descriptors, mergeable
+// buffers) with two queue pairs: each queue carries its own traffic.
+TEST_F(NetVirtioUser, DefaultDevargsWithTwoQueuePairs) {
+  const std::string why = open_loop(2);
+  ASSERT_TRUE(why.empty()) << why;
+  ASSERT_EQ(virtio_->rx_queues(), 2u);
+  for (uint16_t q = 0; q < 2; ++q) {
+    FrameSpec u;
+    u.udp = true;
+    u.payload = 200 + q;
+    auto f = make_frame(u);
+    fix_ip_checksum(f);
+    PacketBuf* p = packet(f, PacketMeta{});
+    ASSERT_EQ(virtio_->tx_queues(), 2u);
+    ASSERT_EQ(virtio_->tx_burst(q, {&p, 1}), 1u);
+    std::vector<PacketBuf*> got;
+    for (int spins = 0; got.empty() && spins < 4000; ++spins) {
+      PacketBuf* b[4];
+      const size_t k = vhost_->rx_burst(q, b);
+      got.insert(got.end(), b, b + k);
+      if (k == 0) std::this_thread::sleep_for(std::chrono::microseconds(250));
+    }
+    ASSERT_EQ(got.size(), 1u) << "queue " << q;
+    EXPECT_EQ(bytes_of(got[0]), f);
+    pkt::free(got[0]);
+  }
 }
 
 // Guest TX GSO leaves as one TSO packet: the virtio-net header carries the
