@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -105,8 +106,16 @@ bool vhost_net_usable(std::string* why) noexcept {
     }
     return false;
   }
+  struct stat st {};
+  const bool chr = ::fstat(fd, &st) == 0 && S_ISCHR(st.st_mode);
   ::close(fd);
-  return true;
+  if (!chr && why != nullptr) {
+    try {
+      *why = "/dev/vhost-net is not a character device";
+    } catch (...) {
+    }
+  }
+  return chr;
 }
 
 std::string_view default_vif_devargs() noexcept { return vhost_net_usable() ? kVhostNetVifDevargs : kTapVifDevargs; }

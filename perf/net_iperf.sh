@@ -100,7 +100,8 @@ vhost_tmpl='net_virtio_user_vif{domid}_{devid},path=/dev/vhost-net,iface=vif{dom
 run_xenpath xp --devargs "$tap_tmpl"
 run_xenpath xpnooff --no-offloads --devargs "$tap_tmpl"
 vhost_why=
-if ! { exec 3<>/dev/vhost-net; } 2>/dev/null; then
+# (-c first: a redirection would create a missing /dev/vhost-net as a file.)
+if [ ! -c /dev/vhost-net ] || ! { exec 3<>/dev/vhost-net; } 2>/dev/null; then
   vhost_why="/dev/vhost-net does not open here (modprobe vhost_net; CONFIG_VHOST_NET)"
 else
   exec 3>&-
