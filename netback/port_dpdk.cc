@@ -36,6 +36,13 @@ using dpdk_detail::sw_checksums;
 using dpdk_detail::unique_name;
 
 constexpr size_t kTxBurstMax = 64;
+// Buffers (mbufs, chain segments included) a TX queue holds back for a
+// device that does not take them yet. The pool is shared by every port's
+// receive rings and every VIF; a device that consumes slowly (vhost-net's
+// thread on a busy dom0) must push back on the guest's ring instead of
+// draining the pool, or receive refills fail and the ACKs that would let the
+// guest's TCP drain it never arrive. 1024 is ~31 64 KiB TSO packets.
+constexpr size_t kTxBacklogMbufs = 1024;
 
 // The two rings of open_ring_pair(). Either port may be closed first while
 // the other still transmits into the ring the first received from, so the
@@ -84,6 +91,7 @@ class DpdkPort final : public PacketPort {
     for (auto& q : txq_) {
       q.frames.reserve(cap);
       q.lens.reserve(cap);
+      q.segs.reserve(cap);
       q.capacity = cap;
       q.gso_out.resize(cfg.gso_max_segments);
     }
@@ -150,9 +158,13 @@ class DpdkPort final : public PacketPort {
     size_t taken = 0;
     for (PacketBuf* p : pkts) {
       const size_t need = frames_needed(mb(p));
-      if (q.pending() + need > q.capacity) {
+      const size_t need_mbufs = mb(p)->nb_segs + (need > 1 ? 2 * need : 0);
+      auto full = [&] {
+        return q.pending() + need > q.capacity || (q.mbufs > 0 && q.mbufs + need_mbufs > kTxBacklogMbufs);
+      };
+      if (full()) {
         flush(queue, q);
-        if (q.pending() + need > q.capacity) break;  // device full: backpressure
+        if (full()) break;  // device full: backpressure
       }
       prepare(q, mb(p));
       ++taken;
@@ -211,6 +223,8 @@ class DpdkPort final : public PacketPort {
     // Frames ready for the device, oldest first from `begin`.
     std::vector<rte_mbuf*> frames;
     std::vector<uint32_t> lens;
+    std::vector<uint16_t> segs;  // each frame's nb_segs (read before the device owns it)
+    size_t mbufs = 0;            // sum of segs from `begin`
     size_t begin = 0;
     size_t capacity = 0;
     std::vector<PacketBuf*> gso_out;
@@ -280,6 +294,8 @@ class DpdkPort final : public PacketPort {
     }
     q.frames.push_back(m);
     q.lens.push_back(m->pkt_len);
+    q.segs.push_back(m->nb_segs);
+    q.mbufs += m->nb_segs;
   }
 
   void prepare(TxQueue& q, rte_mbuf* m) noexcept {
@@ -330,7 +346,10 @@ class DpdkPort final : public PacketPort {
       const uint16_t n = rte_eth_tx_burst(port_id_, queue, q.frames.data() + q.begin, want);
       if (n > 0) {
         uint64_t bytes = 0;
-        for (uint16_t i = 0; i < n; ++i) bytes += q.lens[q.begin + i];
+        for (uint16_t i = 0; i < n; ++i) {
+          bytes += q.lens[q.begin + i];
+          q.mbufs -= q.segs[q.begin + i];
+        }
         q.packets.add(n);
         q.bytes.add(bytes);
         q.begin += n;
@@ -340,10 +359,13 @@ class DpdkPort final : public PacketPort {
     if (q.begin == q.frames.size()) {
       q.frames.clear();
       q.lens.clear();
+      q.segs.clear();
+      q.mbufs = 0;
       q.begin = 0;
     } else if (q.begin > 0) {
       q.frames.erase(q.frames.begin(), q.frames.begin() + static_cast<ptrdiff_t>(q.begin));
       q.lens.erase(q.lens.begin(), q.lens.begin() + static_cast<ptrdiff_t>(q.begin));
+      q.segs.erase(q.segs.begin(), q.segs.begin() + static_cast<ptrdiff_t>(q.begin));
       q.begin = 0;
     }
   }

@@ -307,6 +307,13 @@ run_backend() {
     say "netstats|$(python3 -c "$NET_COUNTERS" /run/xenpath-netback.json "$NET_PID" kv tx_packets tx_dropped \
       tx_port_dropped tx_rate_limited rx_packets rx_dropped rx_expired rx_stalls rx_stall_dropped \
       rx_gro_packets rx_gro_merged rx_copy_failures busy_s iterations busy_iterations sleeps uptime_s 2>&1)"
+    say "netstats|packet_buffers_in_use=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("packet_buffers_in_use"))' /run/xenpath-netback.json 2>&1)"
+  fi
+  # dom0's side of the vif (kernel netback's interface or xenpath's tap): its drops and errors, and
+  # what dom0's IP/TCP saw (checksum errors, retransmissions), to explain the iperf3 figures.
+  if [ $HAVE_NETBACK = 1 ]; then
+    say "netdiag|$b|$(ip -s link show "vif$DOMID.0" 2>&1 | tr -s ' \n' ' ')"
+    say "netdiag|$b|$(nstat -az 2>/dev/null | grep -E 'InCsumErrors|InHdrErrors|InDiscards|TcpRetransSegs|TcpInSegs|TcpOutSegs|TCPTimeouts|TcpExtTCPBacklogDrop' | tr -s ' \n' ' ')"
   fi
   destroy "$NAME"
   backend_released "$DOMID" && check "$b" release ok "backend nodes gone" || check "$b" release fail "backend nodes of $DOMID remain"
