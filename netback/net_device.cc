@@ -80,7 +80,7 @@ VifPortFactory dpdk_vif_port_factory(DpdkEnv& env, PacketPool& pool, std::string
                                      const DpdkPortConfig& base) {
   return [&env, &pool, tmpl = std::move(devargs_template), base](
              const DeviceAddress& addr, uint16_t queues) -> Result<std::unique_ptr<PacketPort>> {
-    XP_ASSIGN_OR_RETURN(std::string devargs, expand_devargs(tmpl, addr.frontend_id, addr.devid));
+    XP_ASSIGN_OR_RETURN(std::string devargs, expand_devargs(tmpl, addr.frontend_id, addr.devid, queues));
     DpdkPortConfig c = base;
     c.devargs = std::move(devargs);
     c.rx_queues = queues;

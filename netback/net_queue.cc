@@ -34,6 +34,9 @@ Status VifQueue::init() noexcept {
     config.zero_copy = false;
     config.tx_limits.copy_below = UINT16_MAX;
   }
+  // A port that hands over the host's GSO packets whole (vhost-net) leaves
+  // software GRO nothing to merge; it is for ports that cut them (net_tap).
+  if (config.port->caps().rx_gso) config.rx_gro = false;
   if (config.pool->data_room() == 0) return unexpected(EINVAL);
   try {
     // One list per VIF; a queue on its own (no device) keeps its own.

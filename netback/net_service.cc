@@ -26,8 +26,10 @@ DaemonCli NetbackService::cli_defaults() {
 }
 
 void NetbackService::add_cli(CLI::App& app, Options& opts) {
-  app.add_option("--port-template", opts.port_template,
-                 "DPDK devargs per VIF, {domid}/{devid} expanded (default: " + std::string(kDefaultVifDevargs) + ")");
+  app.add_option(
+      "--port-template", opts.port_template,
+      "DPDK devargs per VIF, {domid}/{devid}/{queues} expanded (default: " + std::string(kVhostNetVifDevargs) +
+          " when /dev/vhost-net opens, else " + std::string(kTapVifDevargs) + ")");
   app.add_option("--eal-args", opts.eal_args, "the complete EAL argument list (default: --no-huge --no-pci ...)");
   app.add_option("--max-queues", opts.vif.max_queues, "multi-queue-max-queues (0: one per worker)");
   app.add_option("--tx-copy-below", opts.vif.tx_limits.copy_below,
@@ -66,7 +68,17 @@ Result<std::unique_ptr<NetbackService>> NetbackService::create(BackendDaemon& da
     XP_TRY(s->workers_.open(daemon.workers(), daemon.platform()));
     VifPortFactory ports = opts.ports;
     if (!ports) {
-      const std::string tmpl = opts.port_template.empty() ? std::string(kDefaultVifDevargs) : opts.port_template;
+      std::string tmpl = opts.port_template;
+      if (tmpl.empty()) {
+        std::string why;
+        if (vhost_net_usable(&why)) {
+          tmpl = kVhostNetVifDevargs;
+          spdlog::info("VIF ports: virtio_user over vhost-net (TSO and checksum offloads into dom0's stack)");
+        } else {
+          tmpl = kTapVifDevargs;
+          spdlog::warn("VIF ports: net_tap fallback, no offloads and a system call per frame ({})", why);
+        }
+      }
       // A template typo fails now, not at the first guest.
       if (auto t = expand_devargs(tmpl, 1, 0); !t) {
         spdlog::critical("--port-template '{}': bad placeholder", tmpl);

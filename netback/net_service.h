@@ -30,7 +30,8 @@ namespace xenpath {
 
 struct NetbackOptions {
   VifOptions vif;
-  // DPDK devargs per VIF, {domid}/{devid} expanded; empty: kDefaultVifDevargs.
+  // DPDK devargs per VIF, {domid}/{devid}/{queues} expanded; empty:
+  // default_vif_devargs() (vhost-net where it opens, else net_tap).
   std::string port_template;
   // The complete EAL argument list, split at spaces; empty: DpdkEnv's default.
   std::string eal_args;

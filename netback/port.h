@@ -239,10 +239,15 @@ struct MacAddr {
 // offload is computed, so callers may always hand over packets with pending
 // work.
 struct PortCaps {
-  bool tso = false;            // TCP segmentation (IPv4 and IPv6)
-  bool ip_csum = false;        // IPv4 header checksum
-  bool l4_csum = false;        // TCP and UDP checksums
-  bool rx_csum = false;        // received packets carry verified/bad bits
+  bool tso = false;      // TCP segmentation (IPv4 and IPv6)
+  bool ip_csum = false;  // IPv4 header checksum
+  bool l4_csum = false;  // TCP and UDP checksums
+  bool rx_csum = false;  // received packets carry verified/bad bits, or a pending
+                         // (partial) L4 checksum the sender left to the receiver
+  // Received TCP may come as whole GSO packets (kSegment with mss and the
+  // checksum pending: a virtio device's host TSO skbs), so a receiver that
+  // takes GSO gets them as they are, with no software GRO.
+  bool rx_gso = false;
   bool multi_segment = false;  // chained packets accepted (else the adapter copies a
                                // chained packet into one segment when it fits)
   // Segments referencing external memory may be handed to this port: true
@@ -261,6 +266,7 @@ struct LinkStatus {
 struct PortQueueStats {
   uint64_t rx_packets = 0;
   uint64_t rx_bytes = 0;
+  uint64_t rx_dropped = 0;  // received frames with offload metadata that does not describe them
   uint64_t tx_packets = 0;  // packets the device accepted (after segmentation)
   uint64_t tx_bytes = 0;
   uint64_t tx_dropped = 0;      // caller packets dropped (unusable metadata, no buffers)

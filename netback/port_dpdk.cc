@@ -36,6 +36,13 @@ using dpdk_detail::sw_checksums;
 using dpdk_detail::unique_name;
 
 constexpr size_t kTxBurstMax = 64;
+// Buffers (mbufs, chain segments included) a TX queue holds back for a
+// device that does not take them yet. The pool is shared by every port's
+// receive rings and every VIF; a device that consumes slowly (vhost-net's
+// thread on a busy dom0) must push back on the guest's ring instead of
+// draining the pool, or receive refills fail and the ACKs that would let the
+// guest's TCP drain it never arrive. 1024 is ~31 64 KiB TSO packets.
+constexpr size_t kTxBacklogMbufs = 1024;
 
 // The two rings of open_ring_pair(). Either port may be closed first while
 // the other still transmits into the ring the first received from, so the
@@ -84,6 +91,7 @@ class DpdkPort final : public PacketPort {
     for (auto& q : txq_) {
       q.frames.reserve(cap);
       q.lens.reserve(cap);
+      q.segs.reserve(cap);
       q.capacity = cap;
       q.gso_out.resize(cfg.gso_max_segments);
     }
@@ -123,13 +131,24 @@ class DpdkPort final : public PacketPort {
     auto** ms = reinterpret_cast<rte_mbuf**>(out.data());
     const uint16_t n =
         rte_eth_rx_burst(port_id_, queue, ms, static_cast<uint16_t>(std::min<size_t>(out.size(), UINT16_MAX)));
-    if (n > 0) {
-      uint64_t bytes = 0;
-      for (uint16_t i = 0; i < n; ++i) bytes += ms[i]->pkt_len;
-      rxq_[queue].packets.add(n);
-      rxq_[queue].bytes.add(bytes);
+    if (n == 0) return 0;
+    uint64_t bytes = 0;
+    for (uint16_t i = 0; i < n; ++i) bytes += ms[i]->pkt_len;
+    rxq_[queue].packets.add(n);
+    rxq_[queue].bytes.add(bytes);
+    if (!rx_offload_) return n;
+    // Partial checksums and host GSO packets become pending work; frames
+    // that cannot be described are dropped (counted), the rest close up.
+    uint16_t kept = 0;
+    for (uint16_t i = 0; i < n; ++i) {
+      if (dpdk_detail::rx_offload_to_pending(ms[i])) {
+        ms[kept++] = ms[i];
+        continue;
+      }
+      rte_pktmbuf_free(ms[i]);
+      rxq_[queue].dropped.add();
     }
-    return n;
+    return kept;
   }
 
   size_t tx_burst(uint16_t queue, std::span<PacketBuf* const> pkts) noexcept override {
@@ -139,9 +158,13 @@ class DpdkPort final : public PacketPort {
     size_t taken = 0;
     for (PacketBuf* p : pkts) {
       const size_t need = frames_needed(mb(p));
-      if (q.pending() + need > q.capacity) {
+      const size_t need_mbufs = mb(p)->nb_segs + (need > 1 ? 2 * need : 0);
+      auto full = [&] {
+        return q.pending() + need > q.capacity || (q.mbufs > 0 && q.mbufs + need_mbufs > kTxBacklogMbufs);
+      };
+      if (full()) {
         flush(queue, q);
-        if (q.pending() + need > q.capacity) break;  // device full: backpressure
+        if (full()) break;  // device full: backpressure
       }
       prepare(q, mb(p));
       ++taken;
@@ -178,6 +201,7 @@ class DpdkPort final : public PacketPort {
     if (queue < rxq_.size()) {
       s.rx_packets = rxq_[queue].packets.get();
       s.rx_bytes = rxq_[queue].bytes.get();
+      s.rx_dropped = rxq_[queue].dropped.get();
     }
     if (queue < txq_.size()) {
       const TxQueue& q = txq_[queue];
@@ -193,12 +217,14 @@ class DpdkPort final : public PacketPort {
 
  private:
   struct RxQueue {
-    Counter packets, bytes;
+    Counter packets, bytes, dropped;
   };
   struct TxQueue {
     // Frames ready for the device, oldest first from `begin`.
     std::vector<rte_mbuf*> frames;
     std::vector<uint32_t> lens;
+    std::vector<uint16_t> segs;  // each frame's nb_segs (read before the device owns it)
+    size_t mbufs = 0;            // sum of segs from `begin`
     size_t begin = 0;
     size_t capacity = 0;
     std::vector<PacketBuf*> gso_out;
@@ -247,6 +273,7 @@ class DpdkPort final : public PacketPort {
   }
 
   void enqueue(TxQueue& q, rte_mbuf* m) noexcept {
+    const auto queue = static_cast<uint16_t>(&q - txq_.data());
     if (m->nb_segs > 1 && !caps_.multi_segment) {
       rte_mbuf* flat = pool_.linearize(m);
       rte_pktmbuf_free(m);
@@ -256,8 +283,19 @@ class DpdkPort final : public PacketPort {
       }
       m = flat;
     }
+    // The driver's own preparation of offloaded frames (virtio turns the
+    // pseudo-header sum into the form the host expects for TSO). Once per
+    // frame: it is not idempotent, so never on a retried burst.
+    if (tx_prepare_ && (m->ol_flags & (RTE_MBUF_F_TX_L4_MASK | RTE_MBUF_F_TX_TCP_SEG | RTE_MBUF_F_TX_IP_CKSUM)) != 0 &&
+        rte_eth_tx_prepare(port_id_, queue, &m, 1) != 1) {
+      rte_pktmbuf_free(m);
+      q.dropped.add();
+      return;
+    }
     q.frames.push_back(m);
     q.lens.push_back(m->pkt_len);
+    q.segs.push_back(m->nb_segs);
+    q.mbufs += m->nb_segs;
   }
 
   void prepare(TxQueue& q, rte_mbuf* m) noexcept {
@@ -268,7 +306,15 @@ class DpdkPort final : public PacketPort {
     }
     if ((f & RTE_MBUF_F_TX_TCP_SEG) != 0) {
       if (hw_tso()) {
-        if (!hw_checksum_prepare(m, true, true)) return drop(q, m);
+        // The device segments and fills each segment's TCP checksum; the
+        // IPv4 header checksum of the whole packet is ours unless the device
+        // does it too (a virtio device does not: vhost-net hands the packet
+        // to the host stack, whose ip_rcv checks it before segmenting).
+        if ((f & RTE_MBUF_F_TX_IP_CKSUM) != 0 && !hw_ip()) {
+          if (!sw_checksums(m, true, false)) return drop(q, m);
+          q.sw_csum.add();
+        }
+        if (!hw_checksum_prepare(m, hw_ip(), true)) return drop(q, m);
         return enqueue(q, m);
       }
       auto r = pool_.segment(pb(m), q.gso_out);
@@ -300,7 +346,10 @@ class DpdkPort final : public PacketPort {
       const uint16_t n = rte_eth_tx_burst(port_id_, queue, q.frames.data() + q.begin, want);
       if (n > 0) {
         uint64_t bytes = 0;
-        for (uint16_t i = 0; i < n; ++i) bytes += q.lens[q.begin + i];
+        for (uint16_t i = 0; i < n; ++i) {
+          bytes += q.lens[q.begin + i];
+          q.mbufs -= q.segs[q.begin + i];
+        }
         q.packets.add(n);
         q.bytes.add(bytes);
         q.begin += n;
@@ -310,10 +359,13 @@ class DpdkPort final : public PacketPort {
     if (q.begin == q.frames.size()) {
       q.frames.clear();
       q.lens.clear();
+      q.segs.clear();
+      q.mbufs = 0;
       q.begin = 0;
     } else if (q.begin > 0) {
       q.frames.erase(q.frames.begin(), q.frames.begin() + static_cast<ptrdiff_t>(q.begin));
       q.lens.erase(q.lens.begin(), q.lens.begin() + static_cast<ptrdiff_t>(q.begin));
+      q.segs.erase(q.segs.begin(), q.segs.begin() + static_cast<ptrdiff_t>(q.begin));
       q.begin = 0;
     }
   }
@@ -325,6 +377,11 @@ class DpdkPort final : public PacketPort {
   const DpdkPortConfig cfg_;
   const PortCaps caps_;
   const uint64_t tx_offloads_;  // enabled on the device
+  // Offloaded frames go through rte_eth_tx_prepare (hardware offloads on).
+  const bool tx_prepare_ = (tx_offloads_ & (RTE_ETH_TX_OFFLOAD_IPV4_CKSUM | RTE_ETH_TX_OFFLOAD_TCP_CKSUM |
+                                            RTE_ETH_TX_OFFLOAD_UDP_CKSUM | RTE_ETH_TX_OFFLOAD_TCP_TSO)) != 0;
+  // Received frames may carry partial checksums or be GSO packets.
+  const bool rx_offload_ = caps_.rx_gso || caps_.rx_csum;
   Owned owned_;
   std::vector<RxQueue> rxq_;
   std::vector<TxQueue> txq_;
@@ -368,10 +425,18 @@ Result<std::unique_ptr<PacketPort>> start_port(DpdkEnv& env, DpdkPool& pool, uin
   uint64_t rx_off = rx_capa & (RTE_ETH_RX_OFFLOAD_SCATTER);
   if (cfg.hw_offloads) {
     rx_off |= rx_capa & (RTE_ETH_RX_OFFLOAD_TCP_CKSUM | RTE_ETH_RX_OFFLOAD_UDP_CKSUM | RTE_ETH_RX_OFFLOAD_IPV4_CKSUM);
+    // Whole GSO packets from the host (a virtio device: the host kernel's
+    // TSO skbs through vhost-net, with mergeable buffers), taken only with
+    // the checksum offload their partial checksums need.
+    if (cfg.rx_gso && (rx_capa & RTE_ETH_RX_OFFLOAD_TCP_LRO) != 0 && (rx_off & RTE_ETH_RX_OFFLOAD_TCP_CKSUM) != 0 &&
+        (rx_capa & RTE_ETH_RX_OFFLOAD_SCATTER) != 0) {
+      rx_off |= RTE_ETH_RX_OFFLOAD_TCP_LRO;
+    }
   }
   rte_eth_conf conf{};
   conf.txmode.offloads = tx_off;
   conf.rxmode.offloads = rx_off;
+  if ((rx_off & RTE_ETH_RX_OFFLOAD_TCP_LRO) != 0) conf.rxmode.max_lro_pkt_size = info.max_lro_pkt_size;
   // net_tap's receive "interrupt" is its queue's tun fd, readable while
   // frames wait: the reactor can sleep on it instead of polling the port.
   // Other PMDs' eventfd interrupts need an ack protocol not done here.
@@ -416,6 +481,7 @@ Result<std::unique_ptr<PacketPort>> start_port(DpdkEnv& env, DpdkPool& pool, uin
   caps.l4_csum = (tx_off & (RTE_ETH_TX_OFFLOAD_TCP_CKSUM | RTE_ETH_TX_OFFLOAD_UDP_CKSUM)) ==
                  (RTE_ETH_TX_OFFLOAD_TCP_CKSUM | RTE_ETH_TX_OFFLOAD_UDP_CKSUM);
   caps.rx_csum = (rx_off & (RTE_ETH_RX_OFFLOAD_TCP_CKSUM | RTE_ETH_RX_OFFLOAD_UDP_CKSUM)) != 0;
+  caps.rx_gso = (rx_off & RTE_ETH_RX_OFFLOAD_TCP_LRO) != 0;
   if (cfg.pass_metadata) {
     // The in-process receiver does the work (or passes it on to a guest).
     caps.tso = caps.ip_csum = caps.l4_csum = true;
@@ -434,9 +500,9 @@ Result<std::unique_ptr<PacketPort>> start_port(DpdkEnv& env, DpdkPool& pool, uin
 
   char name[RTE_ETH_NAME_MAX_LEN] = {};
   rte_eth_dev_get_name_by_port(port_id, name);
-  spdlog::info("dpdk: port {} ({}) up: {} rxq {} txq, tso={} csum={}/{} multiseg={} ext={} mtu={}", name,
-               info.driver_name, cfg.rx_queues, cfg.tx_queues, caps.tso, caps.ip_csum, caps.l4_csum, caps.multi_segment,
-               caps.external_buffers, caps.mtu);
+  spdlog::info("dpdk: port {} ({}) up: {} rxq {} txq, tso={} csum={}/{} rx_csum={} rx_gso={} multiseg={} ext={} mtu={}",
+               name, info.driver_name, cfg.rx_queues, cfg.tx_queues, caps.tso, caps.ip_csum, caps.l4_csum, caps.rx_csum,
+               caps.rx_gso, caps.multi_segment, caps.external_buffers, caps.mtu);
   return std::unique_ptr<PacketPort>(
       std::make_unique<DpdkPort>(env, pool, port_id, name, cfg, caps, tx_off, std::move(owned)));
 }

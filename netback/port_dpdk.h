@@ -79,14 +79,36 @@ struct DpdkPortConfig {
   // Receive interrupts (PacketPort::rx_wait_fd) where the driver has them
   // in a form the reactor can poll (net_tap); others are polled.
   bool rx_interrupts = true;
+  // Take whole GSO packets on receive where the device offers them
+  // (RTE_ETH_RX_OFFLOAD_TCP_LRO: virtio's guest TSO, which is the host
+  // kernel's GSO, not a NIC merging frames); needs hw_offloads.
+  bool rx_gso = true;
 };
 
-// "{domid}" and "{devid}" in `tmpl` replaced by their decimal values
-// (kernel netback names its interfaces vif<domid>.<devid>). EINVAL on any
-// other "{...}" or an unbalanced brace, so a typo in the configuration fails
-// loudly instead of creating oddly named devices.
-Result<std::string> expand_devargs(std::string_view tmpl, DomId domid, uint32_t devid);
-inline constexpr std::string_view kDefaultVifDevargs = "net_tap_vif{domid}_{devid},iface=vif{domid}.{devid}";
+// "{domid}", "{devid}" and "{queues}" (the queue pairs the port is opened
+// with) in `tmpl` replaced by their decimal values (kernel netback names its
+// interfaces vif<domid>.<devid>). EINVAL on any other "{...}" or an
+// unbalanced brace, so a typo in the configuration fails loudly instead of
+// creating oddly named devices.
+Result<std::string> expand_devargs(std::string_view tmpl, DomId domid, uint32_t devid, uint16_t queues = 1);
+
+// The VIF port into dom0's stack through vhost-net (DPDK's "exception
+// path"): virtio_user opens the tap with IFF_VNET_HDR, so TSO and checksum
+// offloads cross it both ways and frames move through virtqueues served by
+// a vhost kernel thread, one eventfd kick per burst instead of a system call
+// per frame. cq=1: virtio_user wants its (emulated) control queue for more
+// than one queue pair. mrg_rxbuf=1: host GSO packets arrive whole.
+inline constexpr std::string_view kVhostNetVifDevargs =
+    "net_virtio_user_vif{domid}_{devid},path=/dev/vhost-net,iface=vif{domid}.{devid},queues={queues},cq=1,"
+    "queue_size=1024,mrg_rxbuf=1";
+// The fallback: net_tap, no IFF_VNET_HDR (one writev per MTU frame, guest
+// GSO segmented in software, dom0's TSO skbs cut into frames).
+inline constexpr std::string_view kTapVifDevargs = "net_tap_vif{domid}_{devid},iface=vif{domid}.{devid}";
+// Whether /dev/vhost-net can be opened read-write here (the vhost_net
+// module loaded, the caller privileged enough); `why` gets the reason when not.
+bool vhost_net_usable(std::string* why = nullptr) noexcept;
+// kVhostNetVifDevargs when vhost_net_usable(), else kTapVifDevargs.
+std::string_view default_vif_devargs() noexcept;
 
 class DpdkEnv {
  public:

@@ -1,11 +1,15 @@
 // The DPDK adapter's process-wide part: EAL set-up (arguments, logging into
 // spdlog, the mbuf dynamic flag), datapath thread registration, and the
 // devargs template. See port_dpdk.h.
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -90,7 +94,33 @@ std::vector<std::string> dpdk_default_eal_args(const DpdkEnvOptions& opts) {
   return a;
 }
 
-Result<std::string> expand_devargs(std::string_view tmpl, DomId domid, uint32_t devid) {
+bool vhost_net_usable(std::string* why) noexcept {
+  const int fd = ::open("/dev/vhost-net", O_RDWR | O_CLOEXEC);
+  if (fd < 0) {
+    if (why != nullptr) {
+      try {
+        *why = std::string("/dev/vhost-net: ") + std::strerror(errno) +
+               (errno == ENOENT ? " (modprobe vhost_net; CONFIG_VHOST_NET)" : "");
+      } catch (...) {
+      }
+    }
+    return false;
+  }
+  struct stat st {};
+  const bool chr = ::fstat(fd, &st) == 0 && S_ISCHR(st.st_mode);
+  ::close(fd);
+  if (!chr && why != nullptr) {
+    try {
+      *why = "/dev/vhost-net is not a character device";
+    } catch (...) {
+    }
+  }
+  return chr;
+}
+
+std::string_view default_vif_devargs() noexcept { return vhost_net_usable() ? kVhostNetVifDevargs : kTapVifDevargs; }
+
+Result<std::string> expand_devargs(std::string_view tmpl, DomId domid, uint32_t devid, uint16_t queues) {
   std::string out;
   size_t i = 0;
   while (i < tmpl.size()) {
@@ -106,6 +136,7 @@ Result<std::string> expand_devargs(std::string_view tmpl, DomId domid, uint32_t 
     const std::string_view key = tmpl.substr(i + 1, close - i - 1);
     if (key == "domid") out += std::to_string(domid);
     else if (key == "devid") out += std::to_string(devid);
+    else if (key == "queues") out += std::to_string(queues);
     else return unexpected(EINVAL);
     i = close + 1;
   }

@@ -56,6 +56,19 @@ bool sw_checksums(rte_mbuf* m, bool do_ip, bool do_l4) noexcept;
 // (without length for TSO) in the L4 field.
 bool hw_checksum_prepare(rte_mbuf* m, bool ip, bool l4) noexcept;
 
+// A received frame whose sender left work undone -- an L4 checksum in
+// Linux's CHECKSUM_PARTIAL form (RX_L4_CKSUM_NONE: virtio's NEEDS_CSUM) or
+// a whole GSO packet (RX_LRO with tso_segsz: virtio's gso_type, the host
+// kernel's TSO skb) -- restated as the pending transmit work PacketMeta
+// describes (kL4CsumPending, kSegment with mss), with the header lengths
+// parsed, so it reaches a guest as csum_blank and a GSO extra, or another
+// port as TSO; a GSO packet's TCP field is rewritten in Linux's partial
+// form (with the L4 length). Other frames are left alone. False: the frame cannot be
+// described (not TCP/UDP over IP, headers beyond the first segment, GSO
+// without TCP or size): the caller drops it, as Linux drops a bad
+// virtio_net_hdr.
+bool rx_offload_to_pending(rte_mbuf* m) noexcept;
+
 // "<prefix>_<what><n>": rte_mempool/rte_ring names are unique and short.
 std::string unique_name(const std::string& prefix, const char* what);
 

@@ -108,6 +108,49 @@ bool hw_checksum_prepare(rte_mbuf* m, bool ip, bool l4) noexcept {
   return true;
 }
 
+bool rx_offload_to_pending(rte_mbuf* m) noexcept {
+  const uint64_t f = m->ol_flags;
+  const bool gso = (f & RTE_MBUF_F_RX_LRO) != 0;
+  const bool partial = (f & RTE_MBUF_F_RX_L4_CKSUM_MASK) == RTE_MBUF_F_RX_L4_CKSUM_NONE;
+  if (!gso && !partial) return true;
+  rte_net_hdr_lens lens{};
+  const uint32_t pt = rte_net_get_ptype(m, &lens, RTE_PTYPE_L2_MASK | RTE_PTYPE_L3_MASK | RTE_PTYPE_L4_MASK);
+  const uint32_t l4 = pt & RTE_PTYPE_L4_MASK;
+  const bool v4 = RTE_ETH_IS_IPV4_HDR(pt);
+  const bool v6 = RTE_ETH_IS_IPV6_HDR(pt);
+  const bool tcp = l4 == RTE_PTYPE_L4_TCP;
+  const bool udp = l4 == RTE_PTYPE_L4_UDP;
+  // The checksum and segmentation code need every header in the first
+  // segment; a PMD with mergeable buffers of 2 KiB always puts them there.
+  const uint32_t hdr = static_cast<uint32_t>(lens.l2_len) + lens.l3_len + lens.l4_len;
+  // (rte_net_hdr_lens are 8-bit except l3_len; the mbuf's l2_len field is 7 bits.)
+  if ((!v4 && !v6) || (!tcp && !udp) || hdr > m->data_len || lens.l2_len > 127 || lens.l3_len > 511) return false;
+  if (gso && (!tcp || m->tso_segsz == 0 || m->pkt_len <= hdr)) return false;
+  uint64_t nf = (f & ~(kTxMetaMask | kRxMetaMask)) | (v4 ? RTE_MBUF_F_TX_IPV4 : RTE_MBUF_F_TX_IPV6) |
+                (tcp ? RTE_MBUF_F_TX_TCP_CKSUM : RTE_MBUF_F_TX_UDP_CKSUM);
+  // A GSO packet's IPv4 header checksum is valid for the whole packet; each
+  // segment made of it needs its own (PacketMeta: kSegment implies it).
+  if (gso) nf |= RTE_MBUF_F_TX_TCP_SEG | (v4 ? RTE_MBUF_F_TX_IP_CKSUM : 0);
+  m->ol_flags = nf;
+  m->packet_type = pt;
+  m->l2_len = lens.l2_len;
+  m->l3_len = lens.l3_len;
+  m->l4_len = lens.l4_len;
+  if (!gso) {
+    m->tso_segsz = 0;
+    return true;
+  }
+  // The TCP field in Linux's CHECKSUM_PARTIAL form for a GSO packet, the
+  // pseudo-header sum with the whole L4 length (what tcp_v4_send_check
+  // writes and netfront's segmentation adjusts from), whichever form the
+  // sender used: DPDK's vhost library writes it without the length.
+  offload::L3View v;
+  if (!head_writable(m) || !l3_view(m, v)) return false;
+  const uint16_t ph = offload::pseudo_sum(v, offload::kProtoTcp, v.l4_len);
+  std::memcpy(rte_pktmbuf_mtod_offset(m, uint8_t*, v.l4_off + 16), &ph, 2);
+  return true;
+}
+
 namespace {
 
 // ------------------------------------------------------------ coalescing

@@ -2,10 +2,13 @@
 # iperf3 TCP through the whole simulated netif path, against a veth pair.
 #
 #   netns xpguest: tap xpg0 10.77.0.2/24  <- xenpath-netguest (SimTapGuest:
-#       netfront rings, grants) -> VifQueue -> DPDK net_tap vif<domid>.0 ->
+#       netfront rings, grants) -> VifQueue -> the VIF's DPDK port vif<domid>.0 ->
 #   netns xphost:  vif<domid>.0 10.77.0.1/24
 #
-# twice: the guest with Linux netfront's default offloads (csum + TCP GSO via
+# for each VIF port: net_tap (no offloads into the host, a syscall per frame)
+# and, where /dev/vhost-net opens, virtio_user over vhost-net (TSO and
+# checksum offloads, virtqueues; netback's default port there); each twice:
+# the guest with Linux netfront's default offloads (csum + TCP GSO via
 # a vnet header on its tap) and without; then the same iperf3 over a plain
 # veth pair (xpvg/xpvh, 10.78.0.0/24 in two more namespaces), with default
 # offloads and with them off, as the reference. Prints Gb/s both ways and
@@ -92,8 +95,19 @@ run_xenpath() {  # label netguest-args...
   kill -INT $guest_pid; wait $guest_pid 2>/dev/null; guest_pid=
   tail -1 "$tmp/$label.out" >"$tmp/$label.counters"
 }
-run_xenpath xp
-run_xenpath xpnooff --no-offloads
+tap_tmpl='net_tap_vif{domid}_{devid},iface=vif{domid}.{devid}'
+vhost_tmpl='net_virtio_user_vif{domid}_{devid},path=/dev/vhost-net,iface=vif{domid}.{devid},queues={queues},cq=1,queue_size=1024,mrg_rxbuf=1'
+run_xenpath xp --devargs "$tap_tmpl"
+run_xenpath xpnooff --no-offloads --devargs "$tap_tmpl"
+vhost_why=
+# (-c first: a redirection would create a missing /dev/vhost-net as a file.)
+if [ ! -c /dev/vhost-net ] || ! { exec 3<>/dev/vhost-net; } 2>/dev/null; then
+  vhost_why="/dev/vhost-net does not open here (modprobe vhost_net; CONFIG_VHOST_NET)"
+else
+  exec 3>&-
+  run_xenpath vh --devargs "$vhost_tmpl"
+  run_xenpath vhnooff --no-offloads --devargs "$vhost_tmpl"
+fi
 
 # --- the veth reference ------------------------------------------------------
 ip netns add $ns_vg && ip netns add $ns_vh || skip "cannot create network namespaces here"
@@ -117,12 +131,29 @@ ratio() { python3 -c 'import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); pri
 echo
 echo "iperf3 TCP, $secs s per direction (2 shared CPUs: noisy)"
 printf '%-40s %11s %11s\n' "path" "guest->host" "host->guest"
-printf '%-40s %11s %11s\n' "xenpath, guest csum+GSO offloads" "$xu" "$xd"
-printf '%-40s %11s %11s\n' "xenpath, guest without offloads" "$xnu" "$xnd"
+printf '%-40s %11s %11s\n' "xenpath net_tap, guest csum+GSO offloads" "$xu" "$xd"
+printf '%-40s %11s %11s\n' "xenpath net_tap, guest without offloads" "$xnu" "$xnd"
+if [ -z "$vhost_why" ]; then
+  hu=$(gbps "$tmp/vh-up.json") hd=$(gbps "$tmp/vh-down.json")
+  hnu=$(gbps "$tmp/vhnooff-up.json") hnd=$(gbps "$tmp/vhnooff-down.json")
+  printf '%-40s %11s %11s\n' "xenpath vhost-net, guest csum+GSO" "$hu" "$hd"
+  printf '%-40s %11s %11s\n' "xenpath vhost-net, guest without" "$hnu" "$hnd"
+fi
 printf '%-40s %11s %11s\n' "veth, default offloads" "$vu" "$vd"
 printf '%-40s %11s %11s\n' "veth, offloads off" "$nu" "$nd"
-printf '%-40s %11s %11s\n' "ratio xenpath/veth (offloads)" "$(ratio "$xu" "$vu")" "$(ratio "$xd" "$vd")"
-printf '%-40s %11s %11s\n' "ratio xenpath/veth (no offloads)" "$(ratio "$xnu" "$nu")" "$(ratio "$xnd" "$nd")"
+printf '%-40s %11s %11s\n' "ratio net_tap/veth (offloads)" "$(ratio "$xu" "$vu")" "$(ratio "$xd" "$vd")"
+printf '%-40s %11s %11s\n' "ratio net_tap/veth (no offloads)" "$(ratio "$xnu" "$nu")" "$(ratio "$xnd" "$nd")"
+if [ -z "$vhost_why" ]; then
+  printf '%-40s %11s %11s\n' "ratio vhost-net/veth (offloads)" "$(ratio "$hu" "$vu")" "$(ratio "$hd" "$vd")"
+  printf '%-40s %11s %11s\n' "ratio vhost-net/veth (no offloads)" "$(ratio "$hnu" "$nu")" "$(ratio "$hnd" "$nd")"
+  printf '%-40s %11s %11s\n' "ratio vhost-net/net_tap (offloads)" "$(ratio "$hu" "$xu")" "$(ratio "$hd" "$xd")"
+else
+  echo "xenpath vhost-net: SKIPPED: $vhost_why"
+fi
 echo "(Gb/s received)"
-echo "xenpath counters, offloads:    $(cat "$tmp/xp.counters")"
-echo "xenpath counters, no offloads: $(cat "$tmp/xpnooff.counters")"
+echo "xenpath counters, net_tap, offloads:    $(cat "$tmp/xp.counters")"
+echo "xenpath counters, net_tap, no offloads: $(cat "$tmp/xpnooff.counters")"
+if [ -z "$vhost_why" ]; then
+  echo "xenpath counters, vhost-net, offloads:    $(cat "$tmp/vh.counters")"
+  echo "xenpath counters, vhost-net, no offloads: $(cat "$tmp/vhnooff.counters")"
+fi

@@ -37,7 +37,7 @@ void on_signal(int) { g_stop.store(true); }
 int main(int argc, char** argv) {
   using namespace xenpath;
   unsigned domid = 5, devid = 0;
-  std::string guest_netns = "xpguest", guest_tap = "xpg0", ready_file, devargs_tmpl(kDefaultVifDevargs);
+  std::string guest_netns = "xpguest", guest_tap = "xpg0", ready_file, devargs_tmpl(default_vif_devargs());
   double seconds = 0;
   int backend_cpu = -1, guest_cpu = -1;
   unsigned copy_below = VifQueue::kTxCopyBelowDefault;

@@ -1,8 +1,11 @@
 // Real TCP through the whole simulated path: a kernel socket in one network
 // namespace talks to one in another, and every frame between them crosses
 // a tap (SimTapGuest), the netif rings and grant copies (SimNetfront,
-// VifQueue) and the DPDK net_tap port vif<domid>.0. Skipped where network
-// namespaces or /dev/net/tun are not permitted.
+// VifQueue) and the VIF's DPDK port vif<domid>.0: net_tap, or virtio_user
+// over the kernel's vhost-net (the default port where /dev/vhost-net opens,
+// with TSO and checksum offloads into the host stack). Skipped where network
+// namespaces, /dev/net/tun or (for vhost-net) /dev/vhost-net are not
+// permitted.
 #include "sim/net/sim_tap_guest.h"
 
 #include <arpa/inet.h>
@@ -93,16 +96,23 @@ int socket_in(int ns, int type) {
   return s;
 }
 
+struct PathCase {
+  bool offloads;  // the guest's tap (and netfront) with csum + TCP GSO
+  bool vhost;     // the VIF port: virtio_user over vhost-net, else net_tap
+};
+
 class TapGuestRig : public test::QueueRig {
  public:
-  explicit TapGuestRig(bool offloads)
+  explicit TapGuestRig(PathCase c)
       : QueueRig({.guest = kGuest, .guest_pages = 2048, .reactor_name = "tap-test", .uring_entries = 0}),
-        offloads_(offloads) {}
+        offloads_(c.offloads),
+        vhost_(c.vhost) {}
 
   // Empty string: ready; else why the environment cannot run this.
   std::string setup() {
     if (test::test_dpdk() == nullptr) return "no DPDK";
     if (::access("/dev/net/tun", R_OK | W_OK) != 0) return "no /dev/net/tun";
+    if (std::string why; vhost_ && !vhost_net_usable(&why)) return why;
     guest_ns_ = new_netns();
     host_ns_ = new_netns();
     if (guest_ns_ < 0 || host_ns_ < 0) return "cannot create network namespaces";
@@ -115,10 +125,19 @@ class TapGuestRig : public test::QueueRig {
     // Probing net_tap from inside the host namespace creates vif23.0 there
     // (what net_iperf.sh does by moving the interface).
     DpdkPortConfig portc;
-    portc.devargs = "net_tap_xptg" + std::to_string(getpid() % 100000) + ",iface=vif23.0";
+    if (vhost_) {
+      auto d = expand_devargs(kVhostNetVifDevargs, kGuest, 0, 1);
+      if (!d) return "devargs";
+      portc.devargs = *d;
+    } else {
+      portc.devargs = "net_tap_xptg" + std::to_string(getpid() % 100000) + ",iface=vif23.0";
+    }
     Result<std::unique_ptr<PacketPort>> port = unexpected(EINVAL);
-    if (!in_netns(host_ns_, [&] { port = test::test_dpdk()->open_port(*pool_, portc); }) || !port)
-      return "net_tap port";
+    if (!in_netns(host_ns_, [&] { port = test::test_dpdk()->open_port(*pool_, portc); }) || !port) {
+      // vhost-net present yet the port fails: a real failure, not the environment.
+      EXPECT_FALSE(vhost_) << portc.devargs << ": " << (port ? "" : error_string(port.error()));
+      return "port " + portc.devargs;
+    }
     port_ = std::move(*port);
 
     auto f = sim::SimNetfront::create(guest(), guest_evtchn(), {});
@@ -170,6 +189,7 @@ class TapGuestRig : public test::QueueRig {
   }
 
   const bool offloads_;
+  const bool vhost_;
   int guest_ns_ = -1;
   int host_ns_ = -1;
   int tap_fd_ = -1;
@@ -217,7 +237,7 @@ std::vector<uint8_t> pump(int from, int to, const std::vector<uint8_t>& data,
   return got;
 }
 
-class NetTapGuest : public ::testing::TestWithParam<bool> {};
+class NetTapGuest : public ::testing::TestWithParam<PathCase> {};
 
 TEST_P(NetTapGuest, TcpCrossesTheSimulatedPathBothWays) {
   TapGuestRig rig(GetParam());
@@ -250,6 +270,7 @@ TEST_P(NetTapGuest, TcpCrossesTheSimulatedPathBothWays) {
   for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<uint8_t>(i * 131 + (i >> 10));
   const std::vector<uint8_t> at_host = pump(cli, srv, out, deadline);
   const uint64_t up_packets = rig.stats_.tx_packets.get();
+  const PortQueueStats port_up = rig.port_->stats(0);
   const std::vector<uint8_t> at_guest = pump(srv, cli, at_host, deadline);
   ::close(cli);
   ::close(srv);
@@ -267,17 +288,35 @@ TEST_P(NetTapGuest, TcpCrossesTheSimulatedPathBothWays) {
   EXPECT_EQ(gs.oversize_drops, 0u);
   // At most 1460 payload bytes per frame on a 1500-byte MTU.
   const uint64_t mss_frames = (out.size() + 1459) / 1460;
-  if (GetParam()) {
+  if (GetParam().offloads) {
     // The kernel handed the guest TCP GSO frames: far fewer TX ring
     // packets than MSS-sized segments.
     EXPECT_LT(up_packets, mss_frames / 2);
   } else {
     EXPECT_GE(up_packets, mss_frames);
   }
+  if (GetParam().vhost) {
+    // Guest GSO went to the host stack as TSO packets, never cut here; the
+    // host's GSO packets came whole (no software GRO on this port).
+    EXPECT_TRUE(rig.port_->caps().tso);
+    EXPECT_EQ(port_up.tx_gso_packets, 0u);
+    EXPECT_EQ(rig.stats_.rx_gro_packets.get(), 0u);
+    if (GetParam().offloads) {
+      EXPECT_LE(port_up.tx_packets, up_packets);
+      EXPECT_LT(rig.port_->stats(0).rx_packets, mss_frames / 2) << "host GSO packets arrived cut";
+    }
+  } else if (GetParam().offloads) {
+    EXPECT_GT(port_up.tx_gso_packets, 0u) << "net_tap takes no TSO: segmented here";
+  }
 }
 
-INSTANTIATE_TEST_SUITE_P(Offloads, NetTapGuest, ::testing::Bool(),
-                         [](const auto& info) { return info.param ? "CsumAndGso" : "PlainFrames"; });
+INSTANTIATE_TEST_SUITE_P(Ports, NetTapGuest,
+                         ::testing::Values(PathCase{false, false}, PathCase{true, false}, PathCase{false, true},
+                                           PathCase{true, true}),
+                         [](const auto& info) {
+                           return std::string(info.param.vhost ? "VhostNet" : "Tap") +
+                                  (info.param.offloads ? "CsumAndGso" : "PlainFrames");
+                         });
 
 }  // namespace
 }  // namespace xenpath

@@ -34,13 +34,13 @@ DOM0_PKGS=(
   liburing2 libspdlog1.10 libfmt9 dpdk libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0
   librte-eal23 librte-ethdev23 librte-gso23 librte-mbuf23 librte-mempool23 librte-net23 librte-ring23
   librte-kvargs23 librte-meter23 librte-pci23 librte-telemetry23 librte-bus-vdev23 librte-bus-pci23
-  librte-gro23 librte-net-ring23 librte-net-tap23 librte-net-null23 librte-mempool-ring23
+  librte-gro23 librte-net-ring23 librte-net-tap23 librte-net-null23 librte-net-virtio23 librte-mempool-ring23
   qemu-system-xen
   iproute2 iperf3 fio kmod procps e2fsprogs util-linux mount
 )
 # Kernel modules each side loads (with their dependencies, resolved from modules.dep).
 DOM0_MODS=(xen-evtchn xen-gntdev xen-gntalloc xenfs xen-privcmd xen-blkback xen-netback
-           tun brd loop ext4 crc32c_generic bridge)
+           tun vhost_net brd loop ext4 crc32c_generic bridge)
 GUEST_MODS=(xen-blkfront xen-netfront)
 
 key="$(cat "$0" | sha256sum | cut -c1-16)"

@@ -8,10 +8,22 @@
 namespace xenpath {
 namespace {
 
-TEST(NetDevargs, DefaultTemplateNamesTheTapLikeKernelNetback) {
-  auto r = expand_devargs(kDefaultVifDevargs, 12, 3);
+TEST(NetDevargs, DefaultTemplatesNameTheInterfaceLikeKernelNetback) {
+  auto r = expand_devargs(kTapVifDevargs, 12, 3);
   ASSERT_TRUE(r);
   EXPECT_EQ(*r, "net_tap_vif12_3,iface=vif12.3");
+  auto v = expand_devargs(kVhostNetVifDevargs, 12, 3, 4);
+  ASSERT_TRUE(v);
+  EXPECT_EQ(*v, "net_virtio_user_vif12_3,path=/dev/vhost-net,iface=vif12.3,queues=4,cq=1,queue_size=1024,mrg_rxbuf=1");
+}
+
+TEST(NetDevargs, DefaultIsVhostNetExactlyWhenItCanBeOpened) {
+  std::string why;
+  const bool usable = vhost_net_usable(&why);
+  EXPECT_EQ(default_vif_devargs(), usable ? kVhostNetVifDevargs : kTapVifDevargs);
+  if (!usable) {
+    EXPECT_NE(why.find("/dev/vhost-net"), std::string::npos) << why;
+  }
 }
 
 TEST(NetDevargs, PlaceholdersMayRepeatAndAppearAnywhere) {
@@ -21,6 +33,9 @@ TEST(NetDevargs, PlaceholdersMayRepeatAndAppearAnywhere) {
   auto plain = expand_devargs("0000:03:00.0", 1, 1);
   ASSERT_TRUE(plain);
   EXPECT_EQ(*plain, "0000:03:00.0");
+  auto q = expand_devargs("x{queues}_{queues}", 1, 1, 65535);
+  ASSERT_TRUE(q);
+  EXPECT_EQ(*q, "x65535_65535");
   auto big = expand_devargs("net_null{domid}_{devid}", 0x7FEF, 4294967295u);
   ASSERT_TRUE(big);
   EXPECT_EQ(*big, "net_null32751_4294967295");

@@ -47,8 +47,8 @@ wait_guest() {
 glines() { grep -a '^LABG|' "$CONLOG/guest-$1.log" 2>/dev/null | tr -d '\r'; }
 gfield() { glines "$1" | grep "^LABG|$2|" | tail -n1 | cut -d'|' -f"$3"; }
 
-# Gives dom0's end of the guest's vif (vif<domid>.0: kernel netback's interface or the net_tap
-# port of xenpath-netback) the lab address once it appears.
+# Gives dom0's end of the guest's vif (vif<domid>.0: kernel netback's interface or the tap of
+# xenpath-netback's port) the lab address once it appears.
 config_vif() {
   local dev="vif$1.0" i=0
   while [ ! -e "/sys/class/net/$dev" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
@@ -201,6 +201,11 @@ start_backend() {
         > /run/xenpath-blkback.log 2>&1 &
       BLK_PID=$!
       if [ -x /usr/local/bin/xenpath-netback ]; then
+        # vhost-net makes virtio_user (offloads, virtqueues) netback's default VIF port; without
+        # it netback falls back to net_tap.
+        modprobe vhost_net 2>/dev/null || true
+        if [ -c /dev/vhost-net ]; then say "xenpath-netback VIF port: virtio_user over vhost-net"
+        else say "xenpath-netback VIF port: net_tap (no /dev/vhost-net)"; fi
         # shellcheck disable=SC2086
         xenpath-netback --platform xen --stats-file /run/xenpath-netback.json --stats-interval-ms 200 \
           $NETBACK_ARGS > /run/xenpath-netback.log 2>&1 &
@@ -302,6 +307,13 @@ run_backend() {
     say "netstats|$(python3 -c "$NET_COUNTERS" /run/xenpath-netback.json "$NET_PID" kv tx_packets tx_dropped \
       tx_port_dropped tx_rate_limited rx_packets rx_dropped rx_expired rx_stalls rx_stall_dropped \
       rx_gro_packets rx_gro_merged rx_copy_failures busy_s iterations busy_iterations sleeps uptime_s 2>&1)"
+    say "netstats|packet_buffers_in_use=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("packet_buffers_in_use"))' /run/xenpath-netback.json 2>&1)"
+  fi
+  # dom0's side of the vif (kernel netback's interface or xenpath's tap): its drops and errors, and
+  # what dom0's IP/TCP saw (checksum errors, retransmissions), to explain the iperf3 figures.
+  if [ $HAVE_NETBACK = 1 ]; then
+    say "netdiag|$b|$(ip -s link show "vif$DOMID.0" 2>&1 | tr -s ' \n' ' ')"
+    say "netdiag|$b|$(nstat -az 2>/dev/null | grep -E 'InCsumErrors|InHdrErrors|InDiscards|TcpRetransSegs|TcpInSegs|TcpOutSegs|TCPTimeouts|TcpExtTCPBacklogDrop' | tr -s ' \n' ' ')"
   fi
   destroy "$NAME"
   backend_released "$DOMID" && check "$b" release ok "backend nodes gone" || check "$b" release fail "backend nodes of $DOMID remain"
