@@ -16,12 +16,7 @@ extern "C" {
 namespace xenpath {
 
 Result<std::unique_ptr<EventChannel>> LibxenEventChannel::open() noexcept {
-  std::unique_ptr<LibxenLog> log;
-  try {
-    log = std::make_unique<LibxenLog>("evtchn: ");
-  } catch (...) {
-    return unexpected(ENOMEM);
-  }
+  XP_ASSIGN_OR_RETURN(auto log, LibxenLog::make("evtchn: "));
   errno = 0;
   // O_CLOEXEC by default; the library reports through `log`, not stderr.
   xenevtchn_handle* h = xenevtchn_open(static_cast<xentoollog_logger*>(log->xtl()), 0);

@@ -38,12 +38,7 @@ static_assert(kCopySourceGref == GNTCOPY_source_gref);
 static_assert(kCopyDestGref == GNTCOPY_dest_gref);
 
 Result<std::unique_ptr<GrantTable>> LibxenGrantTable::open() noexcept {
-  std::unique_ptr<LibxenLog> log;
-  try {
-    log = std::make_unique<LibxenLog>("gnttab: ");
-  } catch (...) {
-    return unexpected(ENOMEM);
-  }
+  XP_ASSIGN_OR_RETURN(auto log, LibxenLog::make("gnttab: "));
   errno = 0;
   xengnttab_handle* h = xengnttab_open(static_cast<xentoollog_logger*>(log->xtl()), 0);
   if (h == nullptr) return unexpected_errno();

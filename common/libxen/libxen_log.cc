@@ -49,6 +49,14 @@ LibxenLog::LibxenLog(std::string name) : xtl_(std::make_unique<Xtl>()), log_(std
 
 LibxenLog::~LibxenLog() = default;
 
+Result<std::unique_ptr<LibxenLog>> LibxenLog::make(std::string_view name) noexcept {
+  try {
+    return std::make_unique<LibxenLog>(std::string(name));
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
+}
+
 void* LibxenLog::xtl() noexcept { return &xtl_->vtable; }
 
 bool LibxenLog::message(Level level, int errnoval, std::string_view context, std::string_view text) noexcept {

@@ -21,6 +21,7 @@
 #include <string_view>
 
 #include "common/log.h"
+#include "common/result.h"
 
 namespace xenpath {
 
@@ -30,6 +31,8 @@ class LibxenLog {
   enum class Level : uint8_t { kDebug, kInfo, kWarn, kError };
 
   explicit LibxenLog(std::string name);
+  // The same without exceptions: ENOMEM.
+  static Result<std::unique_ptr<LibxenLog>> make(std::string_view name) noexcept;
   ~LibxenLog();
   LibxenLog(const LibxenLog&) = delete;
   LibxenLog& operator=(const LibxenLog&) = delete;
