@@ -4,10 +4,10 @@
 
 #include <algorithm>
 #include <bit>
-#include <cstdlib>
 #include <cstring>
 
 #include "blkback/image_open.h"
+#include "common/aligned_bytes.h"
 
 namespace xenpath {
 
@@ -16,9 +16,6 @@ namespace xenpath {
 
 namespace {
 constexpr uint32_t kNoBurst = UINT32_MAX;
-struct FreeDeleter {
-  void operator()(void* p) const noexcept { std::free(p); }
-};
 }  // namespace
 
 struct VbdQueue::Slot final : ImageOp {
@@ -38,7 +35,7 @@ struct VbdQueue::Slot final : ImageOp {
   bool started = false;
   Slot* next = nullptr;
   // A probed raw disk's last block, copied out of a write (made on first use).
-  std::unique_ptr<std::byte, FreeDeleter> guard_copy;
+  AlignedBytes guard_copy;
 
   void image_done(int result) noexcept override { q->on_done(*this, result); }
 };
@@ -643,7 +640,7 @@ bool VbdQueue::guard_write(Slot& s, uint64_t offset, uint64_t bytes) noexcept {
   // last block; anything else is not decided on (refused).
   bool ok = offset <= g.block && offset + bytes == g.block + len && len <= kPageSize;
   if (ok && !s.guard_copy) {
-    s.guard_copy.reset(static_cast<std::byte*>(std::aligned_alloc(kPageSize, kPageSize)));
+    s.guard_copy = aligned_bytes(kPageSize);
     if (!s.guard_copy) {
       log_.guest("request {}: no memory to check its last block", s.req.id);
       finish(s, BLKIF_RSP_ERROR, BlkReason::kIoError);
@@ -654,17 +651,17 @@ bool VbdQueue::guard_write(Slot& s, uint64_t offset, uint64_t bytes) noexcept {
   if (ok) {
     // Copy the last `len` bytes out of the guest's pages and cut them from
     // the vector.
-    std::byte* copy = s.guard_copy.get();
+    uint8_t* copy = s.guard_copy.get();
     size_t at = len;
     while (at > 0 && n > 0) {
       iovec& v = s.iov[n - 1];
       const size_t take = std::min(v.iov_len, at);
       at -= take;
-      std::memcpy(copy + at, static_cast<const std::byte*>(v.iov_base) + v.iov_len - take, take);
+      std::memcpy(copy + at, static_cast<const uint8_t*>(v.iov_base) + v.iov_len - take, take);
       v.iov_len -= take;
       if (v.iov_len == 0) --n;
     }
-    ok = at == 0 && !g.refuses(std::span(reinterpret_cast<const uint8_t*>(copy), len));
+    ok = at == 0 && !g.refuses(std::span<const uint8_t>(copy, len));
   }
   if (!ok) {
     if (!g.reported.exchange(true, std::memory_order_relaxed)) {

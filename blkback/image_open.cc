@@ -43,9 +43,8 @@ bool read_window(int fd, uint64_t offset, Window& w) noexcept {
 }  // namespace
 
 bool probes_as_vhd(std::span<const uint8_t, 512> window) noexcept {
-  // The footer's cookie (vhd::Footer::cookie), at the footer's start.
-  static constexpr char kCookie[8] = {'c', 'o', 'n', 'e', 'c', 't', 'i', 'x'};
-  return std::memcmp(window.data(), kCookie, sizeof kCookie) == 0;
+  // The footer's cookie, at the footer's start.
+  return std::memcmp(window.data(), vhd::kFooterCookie.data(), vhd::kFooterCookie.size()) == 0;
 }
 
 bool ProbeGuard::refuses(std::span<const uint8_t> data) const noexcept {

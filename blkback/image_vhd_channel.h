@@ -15,13 +15,12 @@
 #include <sys/uio.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <memory>
 #include <vector>
 
 #include "blkback/image_uring.h"
 #include "blkback/image_vhd.h"
+#include "common/aligned_bytes.h"
 
 namespace xenpath {
 
@@ -39,10 +38,8 @@ inline constexpr unsigned kReserveBlocks = 1024;    // how far past the data the
 // other direct write of the file.
 inline constexpr uint64_t kFsBlock = 4096;
 
-struct FreeDeleter {
-  void operator()(void* p) const noexcept { std::free(p); }
-};
-using AlignedBytes = std::unique_ptr<uint8_t[], FreeDeleter>;
+using xenpath::aligned_bytes;
+using xenpath::AlignedBytes;
 
 // Objects recycled through a free list chained by their `next`; the pool
 // grows while warming up and never shrinks. nullptr when out of memory.
@@ -59,14 +56,6 @@ T* pool_take(std::vector<std::unique_ptr<T>>& all, T*& free_list) noexcept {
     return nullptr;
   }
   return all.back().get();
-}
-
-// Zeroed, 4 KiB aligned and padded to whole 4 KiB (O_DIRECT takes it).
-inline AlignedBytes aligned_bytes(size_t n) noexcept {
-  const size_t len = (n + 4095) / 4096 * 4096;
-  auto* p = static_cast<uint8_t*>(std::aligned_alloc(4096, len));
-  if (p != nullptr) std::memset(p, 0, len);
-  return AlignedBytes(p);
 }
 
 }  // namespace vhd_io

@@ -227,8 +227,8 @@ std::array<uint8_t, kHeaderSize> encode_header(const DynamicHeader& h) noexcept 
 }
 
 std::optional<std::string> validate_footer(const Footer& f, std::span<const uint8_t, kFooterSize> raw) {
-  static constexpr std::array<char, 8> kCookie{'c', 'o', 'n', 'e', 'c', 't', 'i', 'x'};
-  if (f.cookie != kCookie) return fmt::format("footer cookie: \"{}\", expected \"conectix\"", printable(f.cookie));
+  if (f.cookie != kFooterCookie)
+    return fmt::format("footer cookie: \"{}\", expected \"conectix\"", printable(f.cookie));
   const uint32_t sum = checksum(raw, kFChecksum);
   if (sum != f.checksum) return fmt::format("footer checksum: stored 0x{:08x}, computed 0x{:08x}", f.checksum, sum);
   if ((f.format_version >> 16) != 1) return fmt::format("footer file format version: 0x{:08x}", f.format_version);
@@ -253,8 +253,8 @@ std::optional<std::string> validate_footer(const Footer& f, std::span<const uint
 
 std::optional<std::string> validate_header(const DynamicHeader& h, const Footer& f,
                                            std::span<const uint8_t, kHeaderSize> raw) {
-  static constexpr std::array<char, 8> kCookie{'c', 'x', 's', 'p', 'a', 'r', 's', 'e'};
-  if (h.cookie != kCookie) return fmt::format("header cookie: \"{}\", expected \"cxsparse\"", printable(h.cookie));
+  if (h.cookie != kHeaderCookie)
+    return fmt::format("header cookie: \"{}\", expected \"cxsparse\"", printable(h.cookie));
   const uint32_t sum = checksum(raw, kHChecksum);
   if (sum != h.checksum) return fmt::format("header checksum: stored 0x{:08x}, computed 0x{:08x}", h.checksum, sum);
   if (h.header_version != kHeaderVersion) return fmt::format("header version: 0x{:08x}", h.header_version);

@@ -44,6 +44,10 @@ constexpr uint32_t kFeatureTemporary = 0x1;
 constexpr uint32_t kFeatureReserved = 0x2;  // "must always be set"
 constexpr uint32_t kFormatVersion = 0x00010000;
 constexpr uint32_t kHeaderVersion = 0x00010000;
+// The cookies that open the footer ("conectix": also what format probing
+// looks for) and the dynamic disk header.
+constexpr std::array<char, 8> kFooterCookie{'c', 'o', 'n', 'e', 'c', 't', 'i', 'x'};
+constexpr std::array<char, 8> kHeaderCookie{'c', 'x', 's', 'p', 'a', 'r', 's', 'e'};
 constexpr uint64_t kNoDataOffset = 0xFFFFFFFFFFFFFFFFull;
 constexpr size_t kLocatorCount = 8;
 // Bound on a locator's payload we read: a path, never megabytes.
@@ -116,7 +120,7 @@ uint32_t checksum(std::span<const uint8_t> bytes, size_t checksum_offset) noexce
 // as read (blktap keeps its "hidden" flag in the first one) so a footer
 // re-encoded after a decode is byte-identical.
 struct Footer {
-  std::array<char, 8> cookie{'c', 'o', 'n', 'e', 'c', 't', 'i', 'x'};
+  std::array<char, 8> cookie = kFooterCookie;
   uint32_t features = kFeatureReserved;
   uint32_t format_version = kFormatVersion;
   uint64_t data_offset = kNoDataOffset;  // the dynamic header's offset
@@ -152,7 +156,7 @@ struct ParentLocator {
 
 // The dynamic disk header, host order.
 struct DynamicHeader {
-  std::array<char, 8> cookie{'c', 'x', 's', 'p', 'a', 'r', 's', 'e'};
+  std::array<char, 8> cookie = kHeaderCookie;
   uint64_t data_offset = kNoDataOffset;
   uint64_t table_offset = 0;  // BAT
   uint32_t header_version = kHeaderVersion;

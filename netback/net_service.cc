@@ -71,11 +71,10 @@ Result<std::unique_ptr<NetbackService>> NetbackService::create(BackendDaemon& da
       std::string tmpl = opts.port_template;
       if (tmpl.empty()) {
         std::string why;
-        if (vhost_net_usable(&why)) {
-          tmpl = kVhostNetVifDevargs;
+        tmpl = default_vif_devargs(&why);
+        if (tmpl == kVhostNetVifDevargs) {
           spdlog::info("VIF ports: virtio_user over vhost-net (TSO and checksum offloads into dom0's stack)");
         } else {
-          tmpl = kTapVifDevargs;
           spdlog::warn("VIF ports: net_tap fallback, no offloads and a system call per frame ({})", why);
         }
       }

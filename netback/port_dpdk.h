@@ -107,8 +107,9 @@ inline constexpr std::string_view kTapVifDevargs = "net_tap_vif{domid}_{devid},i
 // Whether /dev/vhost-net can be opened read-write here (the vhost_net
 // module loaded, the caller privileged enough); `why` gets the reason when not.
 bool vhost_net_usable(std::string* why = nullptr) noexcept;
-// kVhostNetVifDevargs when vhost_net_usable(), else kTapVifDevargs.
-std::string_view default_vif_devargs() noexcept;
+// kVhostNetVifDevargs when vhost_net_usable(), else kTapVifDevargs (`why`
+// then says why not).
+std::string_view default_vif_devargs(std::string* why = nullptr) noexcept;
 
 class DpdkEnv {
  public:

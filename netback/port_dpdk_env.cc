@@ -118,7 +118,9 @@ bool vhost_net_usable(std::string* why) noexcept {
   return chr;
 }
 
-std::string_view default_vif_devargs() noexcept { return vhost_net_usable() ? kVhostNetVifDevargs : kTapVifDevargs; }
+std::string_view default_vif_devargs(std::string* why) noexcept {
+  return vhost_net_usable(why) ? kVhostNetVifDevargs : kTapVifDevargs;
+}
 
 Result<std::string> expand_devargs(std::string_view tmpl, DomId domid, uint32_t devid, uint16_t queues) {
   std::string out;
