@@ -16,7 +16,10 @@ Status BackendDriver::attach(Reactor& reactor) noexcept {
   XP_TRY(reactor.watch_fd(fd, EPOLLIN, [this](uint32_t) { (void)process_events(); }));
   // The @releaseDomain check, deferred and coalesced (handle_release_domain
   // says why).
-  auto timer = reactor.add_oneshot_timer([this] { run_release_check(); });
+  auto timer = reactor.add_oneshot_timer([this] {
+    release_pending_ = false;  // fired: nothing to disarm
+    run_release_check();
+  });
   if (!timer) {
     reactor.unwatch_fd(fd);
     return unexpected(timer.error());
