@@ -168,7 +168,7 @@ TEST_F(CtlSim, ListShowStatsSetAndMetricsAgainstTheSimulatedHost) {
   EXPECT_NE(watch.find("r/s"), std::string::npos) << watch;
   EXPECT_NE(watch.find("vbd/1/51712"), std::string::npos) << watch;
 
-  // set: the log level is a real daemon knob; a vbd has no settings yet.
+  // set: the log level is a real daemon knob; a vbd has its QoS keys only.
   ASSERT_EQ(ctl({"set", "log_level=error"}).first, 0);
   EXPECT_EQ(spdlog::get_level(), spdlog::level::err);
   ASSERT_EQ(ctl({"set", "log_level=warn"}).first, 0);
@@ -177,6 +177,7 @@ TEST_F(CtlSim, ListShowStatsSetAndMetricsAgainstTheSimulatedHost) {
   auto [norate, norate_text] = ctl({"set", "vbd/1/51712", "rate=1,1"});
   EXPECT_EQ(norate, ctl::kExitRpcError);
   EXPECT_NE(norate_text.find("no setting 'rate'"), std::string::npos) << norate_text;
+  EXPECT_NE(norate_text.find("qos-read-iops"), std::string::npos) << norate_text;
   auto [nodev, nodev_text] = ctl({"show", "9/51712"});
   EXPECT_EQ(nodev, ctl::kExitRpcError);
   EXPECT_NE(nodev_text.find("no device"), std::string::npos) << nodev_text;
