@@ -143,6 +143,7 @@ void VbdQueue::teardown() noexcept {
   have_timer_ = false;
   if (have_qos_timer_) worker_.reactor().cancel_timer(qos_timer_);
   have_qos_timer_ = false;
+  qos_head_ = qos_tail_ = nullptr;  // consumed, never started: nobody to answer, as below
   evtchn_.unbind();
   // Consumed but never dispatched (behind a barrier): the frontend is going
   // away, there is nobody to answer.
@@ -332,6 +333,7 @@ void VbdQueue::set_qos(const QosLimits& limits, unsigned queues) noexcept {
   config_.qos = limits;
   config_.qos_queues = queues;
   qos_.configure(limits, queues, uint64_t{segment_capacity()} * kPageSize, worker_.reactor().now());
+  if (stopped_) return;
   // The head's wait may be shorter now (or over: the next poll lets it go).
   qos_armed_ = false;
   qos_arm();
