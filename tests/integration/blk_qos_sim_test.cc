@@ -20,15 +20,10 @@
 #include <spdlog/spdlog.h>
 #include <time.h>
 
-#include "blkback/blk_service.h"
-#include "sim/blk/blk_demo.h"
 #include "sim/blk/sim_blkhost.h"
 #include "sim/blk/sim_blkload.h"
+#include "tests/fixtures/blk_demo_run.h"
 #include "tests/fixtures/blk_files.h"
-#include "tests/fixtures/ctl_run.h"
-#include "tests/fixtures/eventually.h"
-#include "tests/fixtures/vhd_files.h"  // TempDir
-#include "tools/ctl/ctl.h"
 
 namespace xenpath {
 namespace {
@@ -54,35 +49,17 @@ struct Sample {
 class BlkQosSim : public ::testing::Test {
  protected:
   void SetUp() override {
-    socket_ = tmp_ / "blkback.sock";
-    DaemonCli cli = BlkbackService::cli_defaults();
-    cli.log_level = "warn";
-    cli.daemon.workers = 1;  // both guests' queues on one reactor
-    cli.ctl_socket = socket_;
-    finish_daemon_cli(cli);
-    sim::BlkDemoOptions opt;
-    opt.run.guests = 2;
-    opt.run.seconds = 24;
-    opt.vbds = 1;
-    opt.queues = 1;
-    opt.image_mib = 8;
-    opt.image_dir = std::string(tmp_.path) + "/images";
-    opt.queue_depth = 8;
-    opt.read_percent = 70;
-    opt.backend_keys[1] = {{"qos-read-iops", std::to_string(kReadIops)}};
-    demo_ = std::thread([this, cli, opt] { rc_ = sim::run_blkback_demo(cli, VbdOptions{}, opt); });
+    run_.start([](DaemonCli& cli, sim::BlkDemoOptions& opt, VbdOptions&) {
+      cli.daemon.workers = 1;  // both guests' queues on one reactor
+      opt.run.seconds = 24;
+      opt.queues = 1;
+      opt.read_percent = 70;
+      opt.backend_keys[1] = {{"qos-read-iops", std::to_string(kReadIops)}};
+    });
   }
-  void TearDown() override {
-    demo_.join();
-    EXPECT_EQ(rc_, 0) << "the run's self-check (verified data, nothing left mapped)";
-  }
-  std::pair<int, std::string> ctl(std::vector<std::string> args) { return test::run_ctl(socket_, std::move(args)); }
-  nlohmann::json ctl_json(std::vector<std::string> args) {
-    args.insert(args.begin(), "--json");
-    auto [rc, text] = ctl(args);
-    EXPECT_EQ(rc, 0) << text;
-    return nlohmann::json::parse(text, nullptr, false);
-  }
+  void TearDown() override { EXPECT_EQ(run_.join(), 0) << "the run's self-check (verified data, nothing left mapped)"; }
+  std::pair<int, std::string> ctl(std::vector<std::string> args) { return run_.ctl(std::move(args)); }
+  nlohmann::json ctl_json(std::vector<std::string> args) { return run_.ctl_json(std::move(args)); }
   Sample sample() {
     Sample s;
     const nlohmann::json st = ctl_json({"stats"});
@@ -117,24 +94,11 @@ class BlkQosSim : public ::testing::Test {
     return r;
   }
 
-  test::TempDir tmp_;
-  std::string socket_;
-  std::thread demo_;
-  int rc_ = -1;
+  test::BlkDemoRun run_;
 };
 
 TEST_F(BlkQosSim, LimitedGuestGetsItsRateAndTheOtherIsUnaffected) {
-  ASSERT_TRUE(eventually(
-      [&] {
-        auto c = ctl::CtlClient::connect(socket_);
-        if (!c) return false;
-        auto r = c->call("list", nlohmann::json::object());
-        if (!r || !r->ok()) return false;
-        size_t connected = 0;
-        for (const auto& d : r->result["devices"]) connected += d.value("state", "") == "Connected" ? 1 : 0;
-        return connected == 2;
-      },
-      15s));
+  ASSERT_TRUE(run_.wait_connected(2, 15s));
   // One worker serves both.
   const nlohmann::json list = ctl_json({"list"});
   ASSERT_EQ(list["devices"].size(), 2u);

@@ -18,13 +18,8 @@
 #include <string>
 #include <thread>
 
-#include "blkback/blk_service.h"
 #include "common/ctl_server.h"
-#include "sim/blk/blk_demo.h"
-#include "tests/fixtures/ctl_run.h"
-#include "tests/fixtures/eventually.h"
-#include "tests/fixtures/vhd_files.h"  // TempDir
-#include "tools/ctl/ctl.h"
+#include "tests/fixtures/blk_demo_run.h"
 
 namespace xenpath {
 namespace {
@@ -66,62 +61,31 @@ double sample(const std::string& text, const std::string& name_and_labels) {
 class CtlSim : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = tmp_.path;
-    socket_ = tmp_ / "blkback.sock";
-    DaemonCli cli = BlkbackService::cli_defaults();
-    cli.log_level = "warn";
-    cli.daemon.workers = 2;
-    cli.ctl_socket = socket_;
-    cli.daemon.metrics_listen = "127.0.0.1:0";
-    finish_daemon_cli(cli);
-    sim::BlkDemoOptions opt;
-    opt.run.guests = 2;
-    opt.run.seconds = 12;
-    opt.vbds = 1;
-    opt.queues = 2;
-    opt.image_mib = 8;
-    opt.image_dir = dir_ + "/images";
-    opt.queue_depth = 8;
-    VbdOptions vbd;
-    demo_ = std::thread([this, cli, opt, vbd] { rc_ = sim::run_blkback_demo(cli, vbd, opt); });
+    run_.start([](DaemonCli& cli, sim::BlkDemoOptions& opt, VbdOptions&) {
+      cli.daemon.workers = 2;
+      cli.daemon.metrics_listen = "127.0.0.1:0";
+      opt.run.seconds = 12;
+      opt.queues = 2;
+    });
+    dir_ = run_.dir();
+    socket_ = run_.socket();
   }
   void TearDown() override {
     // The run ends at its deadline: it must end with its self-check passed.
-    demo_.join();
-    EXPECT_EQ(rc_, 0);
+    EXPECT_EQ(run_.join(), 0);
     EXPECT_FALSE(std::filesystem::exists(socket_)) << "the socket outlived the daemon";
   }
-  // xenpath-ctl ARGS against the daemon: exit status, stdout.
-  std::pair<int, std::string> ctl(std::vector<std::string> args) { return test::run_ctl(socket_, std::move(args)); }
-  nlohmann::json ctl_json(std::vector<std::string> args) {
-    args.insert(args.begin(), "--json");
-    auto [rc, text] = ctl(args);
-    EXPECT_EQ(rc, 0) << text;
-    return nlohmann::json::parse(text, nullptr, false);
-  }
+  std::pair<int, std::string> ctl(std::vector<std::string> args) { return run_.ctl(std::move(args)); }
+  nlohmann::json ctl_json(std::vector<std::string> args) { return run_.ctl_json(std::move(args)); }
 
-  test::TempDir tmp_;
+  test::BlkDemoRun run_;
   std::string dir_, socket_;
-  std::thread demo_;
-  int rc_ = -1;
 };
 
 TEST_F(CtlSim, ListShowStatsSetAndMetricsAgainstTheSimulatedHost) {
   // Both guests' disks connected, as list reports them.
-  nlohmann::json list;
-  ASSERT_TRUE(eventually(
-      [&] {
-        auto c = ctl::CtlClient::connect(socket_);
-        if (!c) return false;
-        auto r = c->call("list", nlohmann::json::object());
-        if (!r || !r->ok()) return false;
-        list = r->result;
-        size_t connected = 0;
-        for (const auto& d : list["devices"]) connected += d.value("state", "") == "Connected" ? 1 : 0;
-        return connected == 2;
-      },
-      15s))
-      << list.dump(2);
+  ASSERT_TRUE(run_.wait_connected(2, 15s));
+  const nlohmann::json list = ctl_json({"list"});
   ASSERT_EQ(list["devices"].size(), 2u);
   EXPECT_EQ(list["daemon"], "xenpath-blkback");
   for (const auto& d : list["devices"]) {
