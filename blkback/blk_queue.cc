@@ -370,14 +370,19 @@ VbdQueue::Slot* VbdQueue::qos_gate(Slot* head) noexcept {
   }
   qos_waiting_ = s != nullptr;
   if (s != nullptr) {
+    // The same head still waiting (a poll while the worker serves other
+    // queues) keeps its timer: no timerfd_settime per iteration.
+    const bool new_head = s != head || !s->qos_waited;
     qos_head_ = s;
     for (Slot* w = s; w != nullptr; w = w->next) {
       if (!w->qos_waited) stats_.qos_delayed.add();
       w->qos_waited = true;
       qos_tail_ = w;
     }
-    qos_dir_ = qos_cost(s->req, config_.limits.sector_size, config_.limits.max_indirect_segments).dir;
-    qos_armed_ = false;
+    if (new_head) {
+      qos_dir_ = qos_cost(s->req, config_.limits.sector_size, config_.limits.max_indirect_segments).dir;
+      qos_armed_ = false;
+    }
     qos_arm();
   }
   return pass;

@@ -11,6 +11,7 @@
 // does unlimited even in a Debug build on a loaded 2-core machine.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -35,14 +36,14 @@ using test::eventually;
 constexpr uint64_t kReadIops = 500;        // create-time limit of guest 1
 constexpr uint64_t kReadBps = 250 * 4096;  // runtime limit: 250 reads of 4 KiB per second
 constexpr uint64_t kWriteIops = 300;       // then writes
-constexpr auto kSettle = 600ms;            // past the burst (100 ms) and a change's first wake-up
+constexpr auto kSettle = 1500ms;           // past the burst (1 s) even if the guest was slow to use it
 constexpr auto kWindow = 3s;
 
 struct Sample {
   Clock::time_point at;
   uint64_t reads[2] = {};
   uint64_t read_bytes[2] = {};
-  uint64_t writes[2] = {};
+  uint64_t writes[2] = {};  // and flushes: both draw on the write buckets
   uint64_t ops[2] = {};
 };
 
@@ -51,10 +52,17 @@ class BlkQosSim : public ::testing::Test {
   void SetUp() override {
     run_.start([](DaemonCli& cli, sim::BlkDemoOptions& opt, VbdOptions&) {
       cli.daemon.workers = 1;  // both guests' queues on one reactor
-      opt.run.seconds = 24;
+      opt.run.seconds = 28;
       opt.queues = 1;
       opt.read_percent = 70;
-      opt.backend_keys[1] = {{"qos-read-iops", std::to_string(kReadIops)}};
+      // A burst of 1 s, not the default 100 ms: on a loaded 2-core machine
+      // (load average 10 while these figures were taken) the guest's or the
+      // worker's thread can be off the CPU, or the image's fdatasync stall
+      // the writes behind it, for longer than 100 ms; the guest then has
+      // nothing waiting and the credit beyond the burst is gone (measured:
+      // 467 reads/s of 500, 285 writes/s of 300 with 100 ms). The limiter's
+      // own accuracy is what this test is about.
+      opt.backend_keys[1] = {{"qos-read-iops", std::to_string(kReadIops)}, {"qos-burst-ms", "1000"}};
     });
   }
   void TearDown() override { EXPECT_EQ(run_.join(), 0) << "the run's self-check (verified data, nothing left mapped)"; }
@@ -69,7 +77,7 @@ class BlkQosSim : public ::testing::Test {
       if (g < 0 || g > 1) continue;
       s.reads[g] = d.value("reads", uint64_t{0});
       s.read_bytes[g] = d.value("read_bytes", uint64_t{0});
-      s.writes[g] = d.value("writes", uint64_t{0});
+      s.writes[g] = d.value("writes", uint64_t{0}) + d.value("flushes", uint64_t{0});  // a flush per 64 writes
       s.ops[g] = s.reads[g] + s.writes[g];
     }
     return s;
@@ -113,6 +121,10 @@ TEST_F(BlkQosSim, LimitedGuestGetsItsRateAndTheOtherIsUnaffected) {
   EXPECT_GT(show["qos"]["delayed"].get<uint64_t>(), 0u);
   EXPECT_GT(show["qos"]["throttled_seconds"].get<double>(), 0.5);
   EXPECT_EQ(ctl_json({"show", "2/51712"})["qos"]["delayed"], 0u);
+  auto [show_rc, show_text] = ctl({"show", "1/51712"});
+  EXPECT_EQ(show_rc, 0);
+  EXPECT_NE(show_text.find("qos:"), std::string::npos) << show_text;
+  EXPECT_NE(show_text.find("throttled_seconds"), std::string::npos) << show_text;
 
   // 2. Off at runtime (xenpath-ctl set: the key goes, the watch applies it).
   auto [off_rc, off_text] = ctl({"set", "vbd/1/51712", "qos-read-iops=0"});
@@ -135,16 +147,19 @@ TEST_F(BlkQosSim, LimitedGuestGetsItsRateAndTheOtherIsUnaffected) {
   ASSERT_EQ(ctl({"set", "1/51712", "qos-read-bps=0"}).first, 0);
   ASSERT_EQ(ctl({"set", "1/51712", "qos-write-iops=" + std::to_string(kWriteIops)}).first, 0);
   const Rates wr = measure();
-  std::printf("guest 1 writes/s: %.1f (limit %llu)\n", wr.writes[0], static_cast<unsigned long long>(kWriteIops));
+  std::printf("guest 1 writes+flushes/s: %.1f (limit %llu)\n", wr.writes[0],
+              static_cast<unsigned long long>(kWriteIops));
   EXPECT_NEAR(wr.writes[0], kWriteIops, kWriteIops * 0.05);
 
   // Guest 2 on the same worker: not slower while guest 1 was limited (the
   // phases before and after) than while neither was (a loose bound: a
-  // loaded machine's rates wander; averaging both sides of the free phase
-  // takes out a drift).
-  const double with_limit = (limited.ops[1] + bw.ops[1] + wr.ops[1]) / 3;
-  std::printf("guest 2 ops/s: %.1f while guest 1 was limited, %.1f while not (%.2fx)\n", with_limit, free.ops[1],
-              with_limit / free.ops[1]);
+  // loaded machine's rates wander; the median of the three limited phases
+  // on both sides of the free one takes out a drift and one disturbed phase).
+  double phases[] = {limited.ops[1], bw.ops[1], wr.ops[1]};
+  std::sort(std::begin(phases), std::end(phases));
+  const double with_limit = phases[1];
+  std::printf("guest 2 ops/s: %.1f (median of %.1f, %.1f, %.1f) while guest 1 was limited, %.1f while not (%.2fx)\n",
+              with_limit, limited.ops[1], bw.ops[1], wr.ops[1], free.ops[1], with_limit / free.ops[1]);
   EXPECT_GE(with_limit, 0.7 * free.ops[1]);
 
   // Refused values and keys.
