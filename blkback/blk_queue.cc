@@ -143,7 +143,7 @@ void VbdQueue::teardown() noexcept {
   have_timer_ = false;
   if (have_qos_timer_) worker_.reactor().cancel_timer(qos_timer_);
   have_qos_timer_ = false;
-  qos_head_ = qos_tail_ = nullptr;  // consumed, never started: nobody to answer, as below
+  qos_head_ = nullptr;  // consumed, never started: nobody to answer, as below
   evtchn_.unbind();
   // Consumed but never dispatched (behind a barrier): the frontend is going
   // away, there is nobody to answer.
@@ -223,7 +223,7 @@ bool VbdQueue::poll() noexcept {
   if (qos_head_ != nullptr && !stopping_) {
     // Waiting for credit (limits removed: all of them pass).
     Slot* waiting = qos_head_;
-    qos_head_ = qos_tail_ = nullptr;
+    qos_head_ = nullptr;
     if (Slot* pass = qos_gate(waiting)) {
       process_list(pass);
       work = true;
@@ -345,9 +345,10 @@ void VbdQueue::set_qos(const QosLimits& limits, unsigned queues) noexcept {
 // behind it, as a slow disk would). Returns the ones that may go.
 VbdQueue::Slot* VbdQueue::qos_gate(Slot* head) noexcept {
   const auto now = worker_.reactor().now();
-  if (qos_waiting_)
+  if (qos_waiting_) {
     stats_.qos_throttled_ns.add(
         static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now - qos_since_).count()));
+  }
   qos_since_ = now;
   Slot* pass = nullptr;
   Slot* tail = nullptr;
@@ -370,16 +371,19 @@ VbdQueue::Slot* VbdQueue::qos_gate(Slot* head) noexcept {
   }
   qos_waiting_ = s != nullptr;
   if (s != nullptr) {
-    // The same head still waiting (a poll while the worker serves other
-    // queues) keeps its timer: no timerfd_settime per iteration.
-    const bool new_head = s != head || !s->qos_waited;
+    // Fresh off the ring (nothing is consumed while requests wait, so all
+    // of the list is), or the waiting list again. The same head still
+    // waiting (a poll while the worker serves other queues) keeps its
+    // timer: no timerfd_settime per iteration.
+    const bool fresh = !s->qos_waited;
     qos_head_ = s;
-    for (Slot* w = s; w != nullptr; w = w->next) {
-      if (!w->qos_waited) stats_.qos_delayed.add();
-      w->qos_waited = true;
-      qos_tail_ = w;
+    if (fresh) {
+      for (Slot* w = s; w != nullptr; w = w->next) {
+        stats_.qos_delayed.add();
+        w->qos_waited = true;
+      }
     }
-    if (new_head) {
+    if (fresh || s != head) {
       qos_dir_ = qos_cost(s->req, config_.limits.sector_size, config_.limits.max_indirect_segments).dir;
       qos_armed_ = false;
     }

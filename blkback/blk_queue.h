@@ -232,7 +232,6 @@ class VbdQueue final : public XenRingPoller {
   // does not re-check the ring, so the reactor sleeps until qos_timer_.
   VbdQos qos_;
   Slot* qos_head_ = nullptr;
-  Slot* qos_tail_ = nullptr;
   Reactor::TimerId qos_timer_ = 0;
   bool have_qos_timer_ = false;
   bool qos_armed_ = false;
