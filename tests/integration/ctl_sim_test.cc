@@ -161,6 +161,8 @@ TEST_F(CtlSim, ListShowStatsSetAndMetricsAgainstTheSimulatedHost) {
   EXPECT_EQ(sample(m1, R"(xenpath_up{daemon="xenpath-blkback"})"), 1);
   EXPECT_NE(m1.find("# TYPE xenpath_vbd_read_bytes_total counter"), std::string::npos);
   EXPECT_NE(m1.find("# TYPE xenpath_vbd_queue_in_flight_requests gauge"), std::string::npos);
+  EXPECT_EQ(sample(m1, R"(xenpath_vbd_qos_delayed_requests_total{device="51712",domain="1"})"), 0) << m1;
+  EXPECT_EQ(sample(m1, R"(xenpath_vbd_qos_throttled_seconds_total{device="51712",domain="2"})"), 0) << m1;
   EXPECT_NE(m1.find("xenpath_build_info{"), std::string::npos);
   const std::string reads = R"(xenpath_vbd_read_requests_total{device="51712",domain="1"})";
   const std::string rbytes = R"(xenpath_vbd_read_bytes_total{device="51712",domain="1"})";
