@@ -63,6 +63,28 @@ Result<VbdParams> parse_vbd_params(std::string_view params) noexcept {
   return out;
 }
 
+Result<QosLimits> read_vbd_qos(XenStore& xs, XsTxn t, std::string_view backend, DeviceLog& log) noexcept {
+  QosLimits l;
+  try {
+    for (std::string_view key : kQosKeys) {
+      auto v = xs.read(t, fmt::format("{}/{}", backend, key));
+      if (!v) {
+        if (v.error() == ENOENT) continue;
+        return unexpected(v.error());
+      }
+      auto n = parse_qos_value(*v);
+      if (!n) {
+        log.warn("{} '{}' is not a number: unlimited", key, printable(*v));
+        continue;
+      }
+      *qos_field(l, key) = *n;
+    }
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
+  return l;
+}
+
 // ---------------------------------------------------------------------------
 
 VbdDevice::VbdDevice(const DeviceAddress& addr, const VbdOptions& opts, std::vector<BlkWorker*> workers,
@@ -205,6 +227,8 @@ Status VbdDevice::connect() noexcept {
     c.persistent = persistent_;
     c.persistent_max_pages = opts_.persistent_max_pages;
     c.probe_guard = guard_.get();
+    c.qos = qos_;
+    c.qos_queues = static_cast<unsigned>(n);
     try {
       c.ring_refs = front_[i].refs;
       c.log_prefix =
@@ -225,8 +249,8 @@ Status VbdDevice::connect() noexcept {
     }
   }
   connected_.store(true, std::memory_order_release);
-  log_.info("connected: {} queue(s), {}, {} ring page(s){}", n, blk_protocol_name(protocol_), front_[0].refs.size(),
-            persistent_ ? ", persistent grants" : "");
+  log_.info("connected: {} queue(s), {}, {} ring page(s){}{}", n, blk_protocol_name(protocol_), front_[0].refs.size(),
+            persistent_ ? ", persistent grants" : "", qos_.limited() ? ", QoS " + qos_describe(qos_) : "");
   return ok();
 }
 
@@ -277,6 +301,8 @@ Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress
     const bool read_only = mode->find('w') == std::string::npos;
     XP_ASSIGN_OR_RETURN(const uint32_t discard, read_flag(xs, t, addr.backend_path, "discard-enable", 1));
     XP_ASSIGN_OR_RETURN(const uint32_t cached, read_flag(xs, t, addr.backend_path, "cache", 1));
+    DeviceLog qlog(fmt::format("vbd {}/{}: ", addr.frontend_id, addr.devid));
+    XP_ASSIGN_OR_RETURN(const QosLimits qos, read_vbd_qos(xs, t, addr.backend_path, qlog));
     auto devtype = xs.read(t, addr.frontend_path + "/device-type");
     const bool cdrom = devtype && *devtype == "cdrom";
 
@@ -319,6 +345,7 @@ Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress
       }
       dev->guard_probed_raw(std::move(*guard));
     }
+    dev->apply_qos(qos);
     return std::unique_ptr<BackendDevice>(std::move(dev));
   } catch (...) {
     return unexpected(ENOMEM);
@@ -333,7 +360,7 @@ void VbdDevice::describe(nlohmann::json& e, bool detail) const {
   e["sectors"] = image_->info().size_bytes / 512;
   e["read_only"] = limits_.read_only;
   uint64_t reads = 0, writes = 0, read_bytes = 0, write_bytes = 0, flushes = 0, barriers = 0, discards = 0;
-  uint64_t errors = 0, in_flight = 0, halted = 0;
+  uint64_t errors = 0, in_flight = 0, halted = 0, qos_delayed = 0, qos_throttled_ns = 0;
   nlohmann::json per_queue = nlohmann::json::array();
   for (size_t q = 0; q < queues; ++q) {
     const VbdQueueStats& s = *stats_[q];
@@ -347,6 +374,8 @@ void VbdDevice::describe(nlohmann::json& e, bool detail) const {
     errors += s.errors.total();
     in_flight += s.in_flight.get();
     halted += s.ring.halted.get();
+    qos_delayed += s.qos_delayed.get();
+    qos_throttled_ns += s.qos_throttled_ns.get();
     nlohmann::json pq = {{"queue", q},
                          {"worker", queue_workers_[q]->reactor().name()},
                          {"requests", s.ring.requests.get()},
@@ -359,6 +388,8 @@ void VbdDevice::describe(nlohmann::json& e, bool detail) const {
                          {"discards", s.discards.get()},
                          {"errors", s.errors.total()},
                          {"in_flight", s.in_flight.get()},
+                         {"qos_delayed", s.qos_delayed.get()},
+                         {"qos_throttled_seconds", static_cast<double>(s.qos_throttled_ns.get()) / 1e9},
                          {"halted", s.ring.halted.get() != 0}};
     if (detail) {
       pq["indirect"] = s.indirect.get();
@@ -398,6 +429,15 @@ void VbdDevice::describe(nlohmann::json& e, bool detail) const {
   e["errors"] = errors;
   e["in_flight"] = in_flight;
   e["halted"] = halted;
+  // The limits in force (0: unlimited) and what they cost the guest: the
+  // requests that waited for credit and the time a queue's head waited.
+  e["qos"] = {{"read_iops", qos_.read_iops},
+              {"write_iops", qos_.write_iops},
+              {"read_bps", qos_.read_bps},
+              {"write_bps", qos_.write_bps},
+              {"burst_ms", qos_.burst_ms != 0 ? qos_.burst_ms : kQosDefaultBurstMs},
+              {"delayed", qos_delayed},
+              {"throttled_seconds", static_cast<double>(qos_throttled_ns) / 1e9}};
   e["per_queue"] = std::move(per_queue);
   if (!detail) return;
   e["features"] = {{"protocol", up ? std::string(blk_protocol_name(protocol_)) : std::string()},
@@ -411,6 +451,53 @@ void VbdDevice::describe(nlohmann::json& e, bool detail) const {
                    {"cdrom", cdrom_},
                    {"max_queues", max_queues_},
                    {"max_ring_page_order", opts_.max_ring_order}};
+}
+
+}  // namespace xenpath
+
+namespace xenpath {
+
+std::span<const std::string_view> VbdDevice::param_keys() const noexcept { return kQosKeys; }
+
+Result<std::string> VbdDevice::set_param(XenStore& xs, std::string_view key, std::string_view value) noexcept {
+  QosLimits next = qos_;
+  uint64_t* field = qos_field(next, key);
+  if (field == nullptr) return unexpected(ENOENT);
+  XP_ASSIGN_OR_RETURN(*field, parse_qos_value(value));
+  try {
+    // Through the backend key, as a toolstack sets it: the watch applies it
+    // (backend_key_changed), and xenstore keeps it for a reconnect or a
+    // restarted daemon. 0 removes the key (unlimited, as absent).
+    const std::string path = fmt::format("{}/{}", addr_.backend_path, key);
+    if (*field == 0) {
+      const Status st = xs.rm(kXsNoTxn, path);
+      if (!st && st.error() != ENOENT) return unexpected(st.error());
+    } else {
+      XP_TRY(xs.write(kXsNoTxn, path, std::to_string(*field)));
+    }
+    return fmt::format("{}={}: QoS {}", key, *field, qos_describe(next));
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
+}
+
+void VbdDevice::backend_key_changed(XenStore& xs, std::string_view key) noexcept {
+  QosLimits probe;
+  if (qos_field(probe, key) == nullptr) return;
+  auto l = read_vbd_qos(xs, kXsNoTxn, addr_.backend_path, log_);
+  if (!l) return;  // the store failed: keep what is in force
+  if (*l == qos_) return;
+  log_.info("QoS: {}", qos_describe(*l));
+  apply_qos(*l);
+}
+
+void VbdDevice::apply_qos(const QosLimits& limits) noexcept {
+  qos_ = limits;
+  const auto n = static_cast<unsigned>(queues_.size());
+  for (size_t i = 0; i < queues_.size(); ++i) {
+    VbdQueue* q = queues_[i].get();
+    if (q != nullptr) queue_workers_[i]->reactor().call([q, limits, n] { q->set_qos(limits, n); });
+  }
 }
 
 }  // namespace xenpath

@@ -11,6 +11,10 @@
 //   cache         0 to keep this VBD's image out of the daemon's shared read
 //                 cache (default 1: its immutable levels go through it when
 //                 the daemon has one; docs/cache.md)
+//   qos-read-iops, qos-write-iops, qos-read-bps, qos-write-bps, qos-burst-ms
+//                 QoS limits (blk_qos.h; absent or 0: unlimited; malformed:
+//                 unlimited, logged, as netback treats "rate"), read at
+//                 create, watched and applied to the queues while connected
 // and the frontend's device-type ("cdrom" sets VDISK_CDROM).
 //
 // Backend keys, written before InitWait in the probe transaction:
@@ -62,6 +66,10 @@ struct VbdParams {
 };
 Result<VbdParams> parse_vbd_params(std::string_view params) noexcept;
 
+// The qos-* keys under `backend` (absent: 0). A malformed one counts as
+// unlimited and is logged on `log`; store errors pass through.
+Result<QosLimits> read_vbd_qos(XenStore& xs, XsTxn t, std::string_view backend, DeviceLog& log) noexcept;
+
 // Opens a device's image from its parsed params. The default (an empty
 // function) is open_vbd_image (RawImage or VhdImage), O_DIRECT unless
 // VbdOptions::direct is off; tools substitute other images (the load
@@ -107,6 +115,17 @@ class VbdDevice final : public BackendDevice {
   // event channels, persistent grants and grant mapping per queue, errors by
   // reason.
   void describe(nlohmann::json& out, bool detail) const override;
+  // A qos-* key changed: re-read all of them and hand them to every queue.
+  void backend_key_changed(XenStore& xs, std::string_view key) noexcept override;
+  // qos-* keys (blk_qos.h): written to the backend directory as the
+  // toolstack would; the watch applies them (backend_key_changed), and
+  // xenstore keeps them across reconnects and daemon restarts.
+  Result<std::string> set_param(XenStore& xs, std::string_view key, std::string_view value) noexcept override;
+  [[nodiscard]] std::span<const std::string_view> param_keys() const noexcept override;
+  // Control thread: the limits in force; connected queues get them through
+  // their worker's mailbox (Reactor::call).
+  void apply_qos(const QosLimits& limits) noexcept;
+  [[nodiscard]] const QosLimits& qos() const noexcept { return qos_; }
 
   [[nodiscard]] bool connected() const noexcept { return connected_.load(std::memory_order_acquire); }
   [[nodiscard]] size_t queue_count() const noexcept { return stats_.size(); }
@@ -131,6 +150,7 @@ class VbdDevice final : public BackendDevice {
   std::unique_ptr<Image> image_;
   std::unique_ptr<ProbeGuard> guard_;  // a probed raw image's (shared by the queues)
   VbdLimits limits_;
+  QosLimits qos_;
   bool cdrom_;
   VbdErrorSink sink_;
   DeviceLog log_;

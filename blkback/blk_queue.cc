@@ -33,6 +33,11 @@ struct VbdQueue::Slot final : ImageOp {
   int16_t rsp_status = BLKIF_RSP_OKAY;
   Phase phase = Phase::kFree;
   bool started = false;
+  // QoS: the bytes taken from its direction's bucket (corrected when it
+  // starts), and whether it had to wait (counted once).
+  QosDir qos_dir = QosDir::kRead;
+  bool qos_waited = false;
+  uint64_t qos_bytes = 0;
   Slot* next = nullptr;
   // A probed raw disk's last block, copied out of a write (made on first use).
   AlignedBytes guard_copy;
@@ -112,6 +117,7 @@ Status VbdQueue::init() noexcept {
     return unexpected(ENOMEM);
   }
 
+  qos_.configure(config_.qos, config_.qos_queues, uint64_t{cap} * kPageSize, worker_.reactor().now());
   XP_TRY(evtchn_.bind(worker_, config_.frontend, config_.remote_port, this));
   start_polling();
   if (pgrants_) {
@@ -135,6 +141,9 @@ void VbdQueue::teardown() noexcept {
   stop_polling();
   if (have_timer_) worker_.reactor().cancel_timer(purge_timer_);
   have_timer_ = false;
+  if (have_qos_timer_) worker_.reactor().cancel_timer(qos_timer_);
+  have_qos_timer_ = false;
+  qos_head_ = nullptr;  // consumed, never started: nobody to answer, as below
   evtchn_.unbind();
   // Consumed but never dispatched (behind a barrier): the frontend is going
   // away, there is nobody to answer.
@@ -192,6 +201,8 @@ void VbdQueue::free_slot(Slot& s) noexcept {
   s.nhandles = 0;
   s.iovcnt = 0;
   s.a = {};
+  s.qos_waited = false;
+  s.qos_bytes = 0;
   s.next = free_;
   free_ = &s;
   --in_use_;
@@ -208,8 +219,21 @@ bool VbdQueue::poll() noexcept {
     process_list(held);
     work = true;
   }
-  if (barrier_ == nullptr && held_head_ == nullptr && !halted_ && !stopping_) {
-    const unsigned room = std::min<unsigned>(config_.burst, ring_->size() - in_use_);
+  if (qos_.limited()) qos_.refill(worker_.reactor().now());
+  if (qos_head_ != nullptr && !stopping_) {
+    // Waiting for credit (limits removed: all of them pass).
+    Slot* waiting = qos_head_;
+    qos_head_ = nullptr;
+    if (Slot* pass = qos_gate(waiting)) {
+      process_list(pass);
+      work = true;
+    }
+  }
+  if (qos_head_ == nullptr && barrier_ == nullptr && held_head_ == nullptr && !halted_ && !stopping_) {
+    unsigned room = std::min<unsigned>(config_.burst, ring_->size() - in_use_);
+    // Limited: no more than the IOPS credit pays for (at least the head,
+    // to learn which way it goes and what it costs).
+    if (qos_.limited() && room != 0) room = qos_.affordable(room);
     if (room != 0) {
       auto n = ring_->consume(std::span(consumed_.data(), room));
       if (!n) {
@@ -227,7 +251,7 @@ bool VbdQueue::poll() noexcept {
           }
           tail = s;
         }
-        process_list(head);
+        process_list(qos_.limited() ? qos_gate(head) : head);
         work = true;
       }
     }
@@ -249,6 +273,12 @@ bool VbdQueue::arm() noexcept {
   arm_purge();
   if (barrier_ != nullptr) return late;  // completions wake us; nothing to consume meanwhile
   if (held_head_ != nullptr) return true;
+  if (qos_head_ != nullptr) {
+    // Nothing to do until the credit is due: the timer wakes us (the ring
+    // is not re-checked; its requests wait there). Without a timer, poll.
+    qos_arm();
+    return late || !qos_armed_;
+  }
   if (halted_ || stopping_ || in_use_ == ring_->size()) return late;
   // RING_FINAL_CHECK_FOR_REQUESTS: asks for an event, then re-checks.
   return ring_->final_check() || late;
@@ -297,6 +327,86 @@ void VbdQueue::process_list(Slot* head) noexcept {
   }
   dispatch(batch, nb);
   if (barrier_ != nullptr) (void)try_start_barrier();
+}
+
+void VbdQueue::set_qos(const QosLimits& limits, unsigned queues) noexcept {
+  config_.qos = limits;
+  config_.qos_queues = queues;
+  qos_.configure(limits, queues, uint64_t{segment_capacity()} * kPageSize, worker_.reactor().now());
+  if (stopped_) return;
+  // The head's wait may be shorter now (or over: the next poll lets it go).
+  qos_armed_ = false;
+  qos_arm();
+}
+
+// Charges the requests of `head` (in ring order) while their direction has
+// credit; the first one without, and everything after it, wait in
+// qos_head_ (ring order is kept: a waiting read holds back the writes
+// behind it, as a slow disk would). Returns the ones that may go.
+VbdQueue::Slot* VbdQueue::qos_gate(Slot* head) noexcept {
+  const auto now = worker_.reactor().now();
+  if (qos_waiting_) {
+    stats_.qos_throttled_ns.add(
+        static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now - qos_since_).count()));
+  }
+  qos_since_ = now;
+  Slot* pass = nullptr;
+  Slot* tail = nullptr;
+  Slot* s = head;
+  while (s != nullptr) {
+    const QosCost c = qos_cost(s->req, config_.limits.sector_size, config_.limits.max_indirect_segments);
+    if (!qos_.ready(c.dir)) break;
+    Slot* next = s->next;
+    s->next = nullptr;
+    s->qos_dir = c.dir;
+    s->qos_bytes = c.bytes;
+    qos_.charge(c.dir, c.bytes);
+    if (tail != nullptr) {
+      tail->next = s;
+    } else {
+      pass = s;
+    }
+    tail = s;
+    s = next;
+  }
+  qos_waiting_ = s != nullptr;
+  if (s != nullptr) {
+    // Fresh off the ring (nothing is consumed while requests wait, so all
+    // of the list is), or the waiting list again. The same head still
+    // waiting (a poll while the worker serves other queues) keeps its
+    // timer: no timerfd_settime per iteration.
+    const bool fresh = !s->qos_waited;
+    qos_head_ = s;
+    if (fresh) {
+      for (Slot* w = s; w != nullptr; w = w->next) {
+        stats_.qos_delayed.add();
+        w->qos_waited = true;
+      }
+    }
+    if (fresh || s != head) {
+      qos_dir_ = qos_cost(s->req, config_.limits.sector_size, config_.limits.max_indirect_segments).dir;
+      qos_armed_ = false;
+    }
+    qos_arm();
+  }
+  return pass;
+}
+
+// Arms the one-shot timer for when the waiting head's direction has a
+// quantum of credit (blk_qos.h: kQosWakeQuantum), once per wait.
+void VbdQueue::qos_arm() noexcept {
+  if (qos_head_ == nullptr || qos_armed_) return;
+  Reactor& r = worker_.reactor();
+  if (!have_qos_timer_) {
+    auto t = r.add_oneshot_timer([this] { qos_armed_ = false; });
+    if (!t) {
+      log_.error("no timer for the QoS wait ({}): polling instead", error_string(t.error()));
+      return;
+    }
+    qos_timer_ = *t;
+    have_qos_timer_ = true;
+  }
+  qos_armed_ = r.arm_timer(qos_timer_, qos_.ready_at(qos_dir_)).has_value();
 }
 
 bool VbdQueue::try_start_barrier() noexcept {
@@ -566,6 +676,12 @@ void VbdQueue::count_op(const Slot& s) noexcept {
 void VbdQueue::start_io(Slot& s) noexcept {
   s.started = true;
   ++active_;
+  if (s.qos_bytes != 0) {
+    // The admitted transfer, where the charge was an estimate (qos_cost).
+    const uint64_t actual = s.a.op == BLKIF_OP_DISCARD ? 0 : s.a.sectors * config_.limits.sector_size;
+    qos_.adjust(s.qos_dir, s.qos_bytes, actual);
+    s.qos_bytes = actual;
+  }
   switch (s.a.op) {
     case BLKIF_OP_DISCARD: {
       const uint64_t ss = config_.limits.sector_size;
@@ -720,6 +836,7 @@ void VbdQueue::finish(Slot& s, int16_t status, BlkReason reason) noexcept {
   } else if (s.started) {
     count_op(s);
   }
+  if (!s.started && s.qos_bytes != 0) qos_.adjust(s.qos_dir, s.qos_bytes, 0);  // refused: moved nothing
   // Persistent grants stay mapped (the frontend keeps them granted); a
   // request mapped on its own is unmapped before it is answered.
   // The iteration's time, not a clock read per request (a system call on

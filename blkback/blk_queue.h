@@ -57,6 +57,7 @@
 
 #include "blkback/blk_persistent_grants.h"
 #include "blkback/blk_protocol.h"
+#include "blkback/blk_qos.h"
 #include "blkback/blk_ring.h"
 #include "blkback/image.h"
 #include "common/guest_channel.h"
@@ -95,7 +96,11 @@ struct VbdQueueStats {
   Counter map_calls;       // GrantTable::map calls for data and descriptors
   Counter map_fallbacks;   // failed batch maps retried request by request
   Counter barrier_drains;  // barriers that had to wait for earlier requests
-  BlkErrorStats errors;    // rejected/failed requests by reason
+  // QoS (blk_qos.h): requests that waited for credit, and the time the
+  // queue's head spent waiting (reactor time, so to within a tick).
+  Counter qos_delayed;
+  Counter qos_throttled_ns;
+  BlkErrorStats errors;  // rejected/failed requests by reason
 };
 
 class VbdQueue final : public XenRingPoller {
@@ -117,6 +122,9 @@ class VbdQueue final : public XenRingPoller {
     // A bare path probed as raw (image_open.h): writes reaching its last
     // block are checked and written from a private copy. Outlives the queue.
     const ProbeGuard* probe_guard = nullptr;
+    // The VBD's QoS limits and how many queues share them (blk_qos.h).
+    QosLimits qos;
+    unsigned qos_queues = 1;
   };
   // Called once, on the worker thread, when the queue halts (EPROTO).
   using HaltSink = std::function<void(int error)>;
@@ -135,6 +143,10 @@ class VbdQueue final : public XenRingPoller {
   bool poll() noexcept override;
   bool arm() noexcept override;
   void on_event(EvtchnPort local) noexcept override;
+
+  // On the worker's thread: new QoS limits (the backend keys changed). A
+  // request waiting for credit is re-checked at the next poll.
+  void set_qos(const QosLimits& limits, unsigned queues) noexcept;
 
   [[nodiscard]] bool halted() const noexcept { return halted_; }
   [[nodiscard]] unsigned ring_size() const noexcept { return ring_->size(); }
@@ -181,6 +193,8 @@ class VbdQueue final : public XenRingPoller {
   void reject(Slot& s, BlkVerdict v) noexcept;
   void finish(Slot& s, int16_t status, BlkReason reason) noexcept;
   bool try_start_barrier() noexcept;
+  Slot* qos_gate(Slot* head) noexcept;
+  void qos_arm() noexcept;
   bool publish() noexcept;
   void arm_purge() noexcept;
   void count_op(const Slot& s) noexcept;
@@ -212,6 +226,18 @@ class VbdQueue final : public XenRingPoller {
   Slot* barrier_ = nullptr;    // a barrier waiting for / doing its work
   Slot* held_head_ = nullptr;  // consumed after a pending barrier, in ring order
   Slot* held_tail_ = nullptr;
+  // QoS: requests consumed but waiting for credit, in ring order. While
+  // there are any, nothing more is taken from the ring (the guest sees a
+  // slow disk: its ring fills up), the poller reports no work and arm()
+  // does not re-check the ring, so the reactor sleeps until qos_timer_.
+  VbdQos qos_;
+  Slot* qos_head_ = nullptr;
+  Reactor::TimerId qos_timer_ = 0;
+  bool have_qos_timer_ = false;
+  bool qos_armed_ = false;
+  bool qos_waiting_ = false;                           // the head waits for credit since qos_since_
+  QosDir qos_dir_ = QosDir::kRead;                     // the waiting head's direction
+  std::chrono::steady_clock::time_point qos_since_{};  // when the head began to wait
   std::vector<BurstMap> bursts_;
   uint32_t free_burst_ = UINT32_MAX;
 

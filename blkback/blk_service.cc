@@ -125,6 +125,12 @@ void BlkbackService::add_metrics(const nlohmann::json& stats, MetricSet& out) {
     out.gauge("xenpath_vbd_size_bytes", "capacity the guest sees", dev,
               static_cast<double>(d.value("sectors", uint64_t{0})) * 512);
     for (const Family& f : kVbdCounters) out.counter(f.name, f.help, dev, d.value(f.key, 0.0));
+    if (auto qos = d.find("qos"); qos != d.end() && qos->is_object()) {
+      out.counter("xenpath_vbd_qos_delayed_requests_total", "requests that waited for QoS credit", dev,
+                  qos->value("delayed", 0.0));
+      out.counter("xenpath_vbd_qos_throttled_seconds_total", "time a queue's head waited for QoS credit", dev,
+                  qos->value("throttled_seconds", 0.0));
+    }
     if (auto qs = d.find("per_queue"); qs != d.end() && qs->is_array()) {
       for (const auto& q : *qs) {
         MetricSet::Labels ql = dev;

@@ -271,8 +271,11 @@ int run_blkback_demo(const DaemonCli& cli, const VbdOptions& vbd, const BlkDemoO
         }
         ::close(fd);
       }
-      if (auto r = tool.add_device("vbd", domid, v->devid, kDom0,
-                                   {{"params", params}, {"mode", opt.read_only ? "r" : "w"}, {"type", "file"}},
+      XsKeys keys = {{"params", params}, {"mode", opt.read_only ? "r" : "w"}, {"type", "file"}};
+      if (auto extra = opt.backend_keys.find(domid); extra != opt.backend_keys.end()) {
+        keys.insert(keys.end(), extra->second.begin(), extra->second.end());
+      }
+      if (auto r = tool.add_device("vbd", domid, v->devid, kDom0, keys,
                                    {{"virtual-device", std::to_string(v->devid)}, {"device-type", "disk"}});
           !r) {
         spdlog::critical("add vbd: {}", error_string(r.error()));

@@ -4,7 +4,10 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdint>
+#include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "blkback/blk_device.h"
 #include "common/daemon_main.h"
@@ -33,6 +36,9 @@ struct BlkDemoOptions {
   bool read_only = false;
   // --journal PATH: the verify load's flush journal (BlkLoadSpec::journal_fd).
   std::string journal;
+  // Extra backend keys for one guest's VBDs at plug time, by domid (the
+  // toolstack writes them with params/mode; e.g. qos-read-iops).
+  std::map<DomId, std::vector<std::pair<std::string, std::string>>> backend_keys;
 };
 
 // The run's (--guests, --seconds, --json), --vbds, --queues, --image-dir,

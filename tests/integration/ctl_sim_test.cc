@@ -18,13 +18,8 @@
 #include <string>
 #include <thread>
 
-#include "blkback/blk_service.h"
 #include "common/ctl_server.h"
-#include "sim/blk/blk_demo.h"
-#include "tests/fixtures/ctl_run.h"
-#include "tests/fixtures/eventually.h"
-#include "tests/fixtures/vhd_files.h"  // TempDir
-#include "tools/ctl/ctl.h"
+#include "tests/fixtures/blk_demo_run.h"
 
 namespace xenpath {
 namespace {
@@ -66,62 +61,31 @@ double sample(const std::string& text, const std::string& name_and_labels) {
 class CtlSim : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = tmp_.path;
-    socket_ = tmp_ / "blkback.sock";
-    DaemonCli cli = BlkbackService::cli_defaults();
-    cli.log_level = "warn";
-    cli.daemon.workers = 2;
-    cli.ctl_socket = socket_;
-    cli.daemon.metrics_listen = "127.0.0.1:0";
-    finish_daemon_cli(cli);
-    sim::BlkDemoOptions opt;
-    opt.run.guests = 2;
-    opt.run.seconds = 12;
-    opt.vbds = 1;
-    opt.queues = 2;
-    opt.image_mib = 8;
-    opt.image_dir = dir_ + "/images";
-    opt.queue_depth = 8;
-    VbdOptions vbd;
-    demo_ = std::thread([this, cli, opt, vbd] { rc_ = sim::run_blkback_demo(cli, vbd, opt); });
+    run_.start([](DaemonCli& cli, sim::BlkDemoOptions& opt, VbdOptions&) {
+      cli.daemon.workers = 2;
+      cli.daemon.metrics_listen = "127.0.0.1:0";
+      opt.run.seconds = 12;
+      opt.queues = 2;
+    });
+    dir_ = run_.dir();
+    socket_ = run_.socket();
   }
   void TearDown() override {
     // The run ends at its deadline: it must end with its self-check passed.
-    demo_.join();
-    EXPECT_EQ(rc_, 0);
+    EXPECT_EQ(run_.join(), 0);
     EXPECT_FALSE(std::filesystem::exists(socket_)) << "the socket outlived the daemon";
   }
-  // xenpath-ctl ARGS against the daemon: exit status, stdout.
-  std::pair<int, std::string> ctl(std::vector<std::string> args) { return test::run_ctl(socket_, std::move(args)); }
-  nlohmann::json ctl_json(std::vector<std::string> args) {
-    args.insert(args.begin(), "--json");
-    auto [rc, text] = ctl(args);
-    EXPECT_EQ(rc, 0) << text;
-    return nlohmann::json::parse(text, nullptr, false);
-  }
+  std::pair<int, std::string> ctl(std::vector<std::string> args) { return run_.ctl(std::move(args)); }
+  nlohmann::json ctl_json(std::vector<std::string> args) { return run_.ctl_json(std::move(args)); }
 
-  test::TempDir tmp_;
+  test::BlkDemoRun run_;
   std::string dir_, socket_;
-  std::thread demo_;
-  int rc_ = -1;
 };
 
 TEST_F(CtlSim, ListShowStatsSetAndMetricsAgainstTheSimulatedHost) {
   // Both guests' disks connected, as list reports them.
-  nlohmann::json list;
-  ASSERT_TRUE(eventually(
-      [&] {
-        auto c = ctl::CtlClient::connect(socket_);
-        if (!c) return false;
-        auto r = c->call("list", nlohmann::json::object());
-        if (!r || !r->ok()) return false;
-        list = r->result;
-        size_t connected = 0;
-        for (const auto& d : list["devices"]) connected += d.value("state", "") == "Connected" ? 1 : 0;
-        return connected == 2;
-      },
-      15s))
-      << list.dump(2);
+  ASSERT_TRUE(run_.wait_connected(2, 15s));
+  const nlohmann::json list = ctl_json({"list"});
   ASSERT_EQ(list["devices"].size(), 2u);
   EXPECT_EQ(list["daemon"], "xenpath-blkback");
   for (const auto& d : list["devices"]) {
@@ -168,7 +132,7 @@ TEST_F(CtlSim, ListShowStatsSetAndMetricsAgainstTheSimulatedHost) {
   EXPECT_NE(watch.find("r/s"), std::string::npos) << watch;
   EXPECT_NE(watch.find("vbd/1/51712"), std::string::npos) << watch;
 
-  // set: the log level is a real daemon knob; a vbd has no settings yet.
+  // set: the log level is a real daemon knob; a vbd has its QoS keys only.
   ASSERT_EQ(ctl({"set", "log_level=error"}).first, 0);
   EXPECT_EQ(spdlog::get_level(), spdlog::level::err);
   ASSERT_EQ(ctl({"set", "log_level=warn"}).first, 0);
@@ -177,6 +141,7 @@ TEST_F(CtlSim, ListShowStatsSetAndMetricsAgainstTheSimulatedHost) {
   auto [norate, norate_text] = ctl({"set", "vbd/1/51712", "rate=1,1"});
   EXPECT_EQ(norate, ctl::kExitRpcError);
   EXPECT_NE(norate_text.find("no setting 'rate'"), std::string::npos) << norate_text;
+  EXPECT_NE(norate_text.find("qos-read-iops"), std::string::npos) << norate_text;
   auto [nodev, nodev_text] = ctl({"show", "9/51712"});
   EXPECT_EQ(nodev, ctl::kExitRpcError);
   EXPECT_NE(nodev_text.find("no device"), std::string::npos) << nodev_text;
@@ -196,6 +161,8 @@ TEST_F(CtlSim, ListShowStatsSetAndMetricsAgainstTheSimulatedHost) {
   EXPECT_EQ(sample(m1, R"(xenpath_up{daemon="xenpath-blkback"})"), 1);
   EXPECT_NE(m1.find("# TYPE xenpath_vbd_read_bytes_total counter"), std::string::npos);
   EXPECT_NE(m1.find("# TYPE xenpath_vbd_queue_in_flight_requests gauge"), std::string::npos);
+  EXPECT_EQ(sample(m1, R"(xenpath_vbd_qos_delayed_requests_total{device="51712",domain="1"})"), 0) << m1;
+  EXPECT_EQ(sample(m1, R"(xenpath_vbd_qos_throttled_seconds_total{device="51712",domain="2"})"), 0) << m1;
   EXPECT_NE(m1.find("xenpath_build_info{"), std::string::npos);
   const std::string reads = R"(xenpath_vbd_read_requests_total{device="51712",domain="1"})";
   const std::string rbytes = R"(xenpath_vbd_read_bytes_total{device="51712",domain="1"})";

@@ -230,7 +230,7 @@ void print_show(const nlohmann::json& dev, std::ostream& out) {
   if (auto r = dev.find("rate"); r != dev.end() && r->is_object()) {
     fmt::print(out, "{:<22} {} bytes / {} us\n", "rate", num(*r, "bytes"), num(*r, "usec"));
   }
-  for (const char* section : {"features", "ctrl"}) {
+  for (const char* section : {"features", "ctrl", "qos"}) {
     if (auto f = dev.find(section); f != dev.end() && f->is_object()) {
       fmt::print(out, "{}:\n", section);
       print_kv_object(*f, out, "  ");
