@@ -101,7 +101,9 @@ Result<std::unique_ptr<NetbackService>> NetbackService::create(BackendDaemon& da
       ports = dpdk_vif_port_factory(*s->env_, *s->pool_, tmpl, DpdkPortConfig{});
     }
     VifOptions vif = opts.vif;
-    if (!opts.vif_hook.empty()) {
+    if (vif.link != nullptr) {
+      // The caller's own (a test's, in its network namespace).
+    } else if (!opts.vif_hook.empty()) {
       s->link_ = std::make_unique<VifLinkHook>(opts.vif_hook, std::chrono::milliseconds(opts.vif_hook_timeout_ms));
     } else if (opts.vif_link) {
       s->link_ = std::make_unique<RtnlVifLink>();  // its socket opens at the first attach
