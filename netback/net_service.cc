@@ -100,15 +100,14 @@ Result<std::unique_ptr<NetbackService>> NetbackService::create(BackendDaemon& da
       }
       ports = dpdk_vif_port_factory(*s->env_, *s->pool_, tmpl, DpdkPortConfig{});
     }
+    // opts.vif.link set: the caller's own (a test's, in its network namespace).
     VifOptions vif = opts.vif;
-    if (vif.link != nullptr) {
-      // The caller's own (a test's, in its network namespace).
-    } else if (!opts.vif_hook.empty()) {
+    if (vif.link == nullptr && !opts.vif_hook.empty()) {
       s->link_ = std::make_unique<VifLinkHook>(opts.vif_hook, std::chrono::milliseconds(opts.vif_hook_timeout_ms));
-    } else if (opts.vif_link) {
+    } else if (vif.link == nullptr && opts.vif_link) {
       s->link_ = std::make_unique<RtnlVifLink>();  // its socket opens at the first attach
     }
-    vif.link = s->link_.get();
+    if (s->link_) vif.link = s->link_.get();
     BackendDaemon* d = &daemon;
     XP_TRY(daemon.add_type(std::make_unique<VifDeviceType>(s->workers(), *s->pool_, std::move(ports), std::move(vif),
                                                            daemon.device_error_sink())));

@@ -164,6 +164,8 @@ create() {  # backend tests vif -> sets NAME DOMID CREATE_S
   local t0; t0="$(now)"
   if ! timeout 120 xl create -q "/lab/$NAME.cfg" > "/tmp/$NAME.create" 2>&1; then
     sed 's/^/  xl: /' "/tmp/$NAME.create" | tail -n 20
+    # Why libxl gave up (a hotplug script's failure is in the hotplug log).
+    tail -n 15 "/var/log/xen/xl-$NAME.log" /var/log/xen/xen-hotplug.log 2>/dev/null | sed 's/^/  xl-log: /'
     DOMID=""; return 1
   fi
   CREATE_S="$(elapsed "$t0")"
