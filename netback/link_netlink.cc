@@ -251,8 +251,8 @@ Result<RtnlLink> RtnlVifLink::find_bridge(const VifLinkRequest& req) noexcept {
     // Once per bridge name (and again after it worked once): every VIF of
     // a host usually names the same bridge.
     if (warned_.insert(br).second) {
-      spdlog::warn("vif {}/{}: bridge {} {}: {} and later VIFs naming it stay up, unattached", req.domid, req.devid,
-                   br, why, req.ifname);
+      spdlog::warn("vif {}/{}: bridge {} {}: {} and later VIFs naming it stay up, unattached", req.domid, req.devid, br,
+                   why, req.ifname);
     }
     return RtnlLink{};
   } catch (...) {

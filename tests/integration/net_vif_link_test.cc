@@ -27,7 +27,7 @@ using vif_rig::GuestVif;
 // Why this machine cannot run the test, or empty.
 std::string missing_prerequisite(int ns) {
   if (ns < 0) return "no network namespaces here (needs CAP_SYS_ADMIN)";
-  struct stat st{};
+  struct stat st {};
   if (::stat("/dev/net/tun", &st) != 0) return "no /dev/net/tun";
   if (std::system("ip -V >/dev/null 2>&1") != 0) return "no iproute2";
   return {};
@@ -145,8 +145,8 @@ class VifBridgeSim : public vif_rig::NetVifDevice {
     // Each VIF's port: a net_tap vif<domid>.<devid>, made in the namespace.
     ports_ = [this](const DeviceAddress& a, uint16_t queues) -> Result<std::unique_ptr<PacketPort>> {
       DpdkPortConfig c;
-      c.devargs = "net_tap_xpvl" + std::to_string(getpid() % 100000) + "_" + std::to_string(opened_++) +
-                  ",iface=vif" + std::to_string(a.frontend_id) + "." + std::to_string(a.devid);
+      c.devargs = "net_tap_xpvl" + std::to_string(getpid() % 100000) + "_" + std::to_string(opened_++) + ",iface=vif" +
+                  std::to_string(a.frontend_id) + "." + std::to_string(a.devid);
       c.rx_queues = c.tx_queues = queues;
       Result<std::unique_ptr<PacketPort>> p = unexpected(EIO);
       if (!in_netns(ns_, [&] { p = test::test_dpdk()->open_port(service().pool(), c); })) return unexpected(EIO);

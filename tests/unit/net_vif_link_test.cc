@@ -34,7 +34,8 @@ struct Parsed {
   [[nodiscard]] std::string str(uint16_t t) const {
     auto it = attrs.find(t);
     if (it == attrs.end()) return "<none>";
-    return std::string(reinterpret_cast<const char*>(it->second.data()), strnlen(reinterpret_cast<const char*>(it->second.data()), it->second.size()));
+    return std::string(reinterpret_cast<const char*>(it->second.data()),
+                       strnlen(reinterpret_cast<const char*>(it->second.data()), it->second.size()));
   }
   [[nodiscard]] std::optional<uint32_t> u32(uint16_t t) const {
     auto it = attrs.find(t);
@@ -179,7 +180,8 @@ class RtnlVifLinkTest : public ::testing::Test {
   RtnlVifLinkTest() {
     auto k = std::make_unique<FakeKernel>(&log_);
     kernel_ = k.get();
-    kernel_->links = {{"xenbr0", {4, 1400, "bridge"}}, {"ovsbr", {5, 1500, "openvswitch"}}, {"vif5.0", {9, 1500, "tun"}}};
+    kernel_->links = {
+        {"xenbr0", {4, 1400, "bridge"}}, {"ovsbr", {5, 1500, "openvswitch"}}, {"vif5.0", {9, 1500, "tun"}}};
     link_ = std::make_unique<RtnlVifLink>(std::move(k));
   }
   static VifLinkRequest req(std::string bridge, uint32_t mtu = 0) {
@@ -324,7 +326,8 @@ class VifLinkHookTest : public ::testing::Test {
 
 TEST_F(VifLinkHookTest, RunsWithArgumentsAndEnvironment) {
   VifLinkHook hook(script("echo \"$1|$2|$3|$XENPATH_DOMID|$XENPATH_DEVID|$XENPATH_MTU|$XENPATH_IP|$XENBUS_PATH|$vif\""
-                          " >> " + dir_ + "/out"),
+                          " >> " +
+                          dir_ + "/out"),
                    std::chrono::milliseconds(5000));
   ASSERT_TRUE(hook.attach(req()));
   hook.detach(req());
