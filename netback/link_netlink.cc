@@ -98,14 +98,12 @@ std::string attr_string(const nlattr* a) {
 
 int link_attr_cb(const nlattr* a, void* data) {
   auto* la = static_cast<LinkAttrs*>(data);
-  switch (mnl_attr_get_type(a)) {
+  const uint16_t type = mnl_attr_get_type(a);
+  switch (type) {
     case IFLA_MTU:
-      if (mnl_attr_validate(a, MNL_TYPE_U32) < 0) return MNL_CB_ERROR;
-      la->out->mtu = mnl_attr_get_u32(a);
-      break;
     case IFLA_MASTER:
       if (mnl_attr_validate(a, MNL_TYPE_U32) < 0) return MNL_CB_ERROR;
-      la->out->master = mnl_attr_get_u32(a);
+      (type == IFLA_MTU ? la->out->mtu : la->out->master) = mnl_attr_get_u32(a);
       break;
     case IFLA_IFNAME:
       if (mnl_attr_validate(a, MNL_TYPE_STRING) < 0) return MNL_CB_ERROR;
