@@ -93,7 +93,7 @@ VifPortFactory dpdk_vif_port_factory(DpdkEnv& env, PacketPool& pool, std::string
 
 VifDevice::VifDevice(const DeviceAddress& addr, const VifOptions& opts, std::vector<NetWorker*> workers,
                      PacketPool& pool, VifPortFactory ports, std::optional<MacAddr> mac, RateSpec rate,
-                     VifErrorSink sink) noexcept
+                     VifErrorSink sink, VifLinkKeys link_keys) noexcept
     : addr_(addr),
       opts_(opts),
       workers_(std::move(workers)),
@@ -102,6 +102,7 @@ VifDevice::VifDevice(const DeviceAddress& addr, const VifOptions& opts, std::vec
       mac_(mac),
       rate_(rate),
       sink_(std::move(sink)),
+      link_keys_(std::move(link_keys)),
       log_(fmt::format("{} {}/{}: ", addr.type, addr.frontend_id, addr.devid)),
       max_queues_(opts.max_queues != 0 ? opts.max_queues
                                        : static_cast<unsigned>(std::max<size_t>(workers_.size(), 1))) {}
@@ -234,6 +235,7 @@ Status VifDevice::connect() noexcept {
     log_.error("port {} has {}/{} queues, {} needed", port_->name(), port_->rx_queues(), port_->tx_queues(), n);
     return unexpected(EINVAL);
   }
+  attach_link();
   std::shared_ptr<VifSiblings> sibs;
   try {
     sibs = std::make_shared<VifSiblings>();
@@ -424,9 +426,44 @@ void VifDevice::disconnect() noexcept {
     (void)port_.release();
   }
   inboxes_.clear();  // what is left in them is freed (their pages come back)
+  if (link_attached_ && port_ && opts_.link != nullptr) {
+    try {
+      opts_.link->detach(link_request());
+    } catch (...) {
+      log_.warn("no memory to detach {}", port_->kernel_interface());
+    }
+  }
+  link_attached_ = false;
   port_.reset();
   leaked_ = false;
   connected_.store(false, std::memory_order_release);
+}
+
+VifLinkRequest VifDevice::link_request() const {
+  VifLinkRequest r;
+  r.ifname = std::string(port_->kernel_interface());
+  r.keys = link_keys_;
+  r.domid = addr_.frontend_id;
+  r.devid = addr_.devid;
+  r.backend_path = addr_.backend_path;
+  return r;
+}
+
+void VifDevice::attach_link() noexcept {
+  // Ports without a dom0 interface (the simulated host's rings) have
+  // nothing to attach.
+  if (opts_.link == nullptr || port_->kernel_interface().empty()) return;
+  Status st = ok();
+  try {
+    st = opts_.link->attach(link_request());
+  } catch (...) {
+    st = unexpected(ENOMEM);
+  }
+  link_attached_ = st.has_value();
+  if (!st) {
+    log_.error("{}: cannot attach to bridge '{}' ({} failed: {}); the VIF runs, dom0's side is not plugged in",
+               port_->kernel_interface(), link_keys_.bridge, opts_.link->mode(), error_string(st.error()));
+  }
 }
 
 void VifDevice::describe(nlohmann::json& v, bool detail) const {
@@ -468,6 +505,8 @@ void VifDevice::describe(nlohmann::json& v, bool detail) const {
     v["ctrl"] = {{"requests", c->ring.requests.get()}, {"hash_updates", c->hash_updates.get()}};
   }
   if (port_) v["port"] = port_->name();
+  if (port_ && !port_->kernel_interface().empty()) v["interface"] = std::string(port_->kernel_interface());
+  if (!link_keys_.bridge.empty()) v["bridge"] = link_keys_.bridge;
   if (!detail) return;
   if (!d.connected()) return;
   const VifFrontendConfig& f = front_;
@@ -594,12 +633,15 @@ Result<std::unique_ptr<BackendDevice>> VifDeviceType::create(const DeviceAddress
     } else if (rate_str.error() != ENOENT) {
       return unexpected(rate_str.error());
     }
+    std::string link_warn;
+    XP_ASSIGN_OR_RETURN(VifLinkKeys link_keys, read_vif_link_keys(xs, t, addr.backend_path, &link_warn));
+    if (!link_warn.empty()) log.warn("{}", link_warn);
     // Queues of successive devices start on successive workers.
     std::vector<NetWorker*> order;
     const size_t base = next_++;
     for (size_t i = 0; i < workers_.size(); ++i) order.push_back(workers_[(base + i) % workers_.size()]);
     return std::unique_ptr<BackendDevice>(
-        new VifDevice(addr, opts_, std::move(order), pool_, ports_, mac, rate, sink_));
+        new VifDevice(addr, opts_, std::move(order), pool_, ports_, mac, rate, sink_, std::move(link_keys)));
   } catch (...) {
     return unexpected(ENOMEM);
   }

@@ -6,6 +6,9 @@
 //          Linux's xen_net_read_mac); a malformed one fails the connect
 //   rate   optional "<bytes>,<usec>" credit (xen_net_read_rate: decimal,
 //          nothing else; malformed or absent = unlimited, said once)
+//   bridge, mtu, ip   dom0's side of the port (netback/vif_link.h): once
+//          the port is open, its interface joins the bridge, takes the MTU
+//          and goes up (VifOptions::link)
 // Backend keys, written before InitWait: feature-sg, feature-gso-tcpv4,
 //   feature-gso-tcpv6, feature-ipv6-csum-offload, feature-rx-copy=1,
 //   feature-rx-flip=0, feature-multicast-control,
@@ -57,6 +60,7 @@
 #include "netback/net_queue.h"
 #include "netback/net_rate.h"
 #include "netback/port.h"
+#include "netback/vif_link.h"
 
 namespace xenpath {
 
@@ -95,6 +99,9 @@ struct VifOptions {
   std::chrono::milliseconds rx_stall_timeout{60'000};
   std::chrono::milliseconds rx_drain_timeout{10'000};
   bool ctrl_ring = true;  // offer feature-ctrl-ring
+  // Attaches each port's dom0 interface (bridge, MTU, up); null: left
+  // alone. Owned by the service, outlives every device; control thread.
+  VifLink* link = nullptr;
   // Bounded wait at disconnect for guest pages still held by packets in
   // flight (in the port, a peer); after it the queue is kept mapped (leak,
   // logged) rather than unmapped under a reader.
@@ -128,7 +135,8 @@ struct VifFrontendConfig {
 class VifDevice final : public BackendDevice {
  public:
   VifDevice(const DeviceAddress& addr, const VifOptions& opts, std::vector<NetWorker*> workers, PacketPool& pool,
-            VifPortFactory ports, std::optional<MacAddr> mac, RateSpec rate, VifErrorSink sink) noexcept;
+            VifPortFactory ports, std::optional<MacAddr> mac, RateSpec rate, VifErrorSink sink,
+            VifLinkKeys link_keys = {}) noexcept;
   ~VifDevice() override;
 
   Status write_backend_features(XenStore& xs, XsTxn t) noexcept override;
@@ -165,11 +173,17 @@ class VifDevice final : public BackendDevice {
   [[nodiscard]] const VifFrontendConfig& frontend() const noexcept { return front_; }
   [[nodiscard]] const std::optional<MacAddr>& mac() const noexcept { return mac_; }
   [[nodiscard]] const RateSpec& rate() const noexcept { return rate_; }
+  [[nodiscard]] const VifLinkKeys& link_keys() const noexcept { return link_keys_; }
   [[nodiscard]] const DeviceAddress& address() const noexcept { return addr_; }
   // The VIF's port while connected (control thread; stats() from anywhere).
   [[nodiscard]] PacketPort* port() const noexcept { return port_.get(); }
 
  private:
+  // The port is open: its interface joins the toolstack's bridge (logged,
+  // never fails the connect).
+  void attach_link() noexcept;
+  [[nodiscard]] VifLinkRequest link_request() const;
+
   DeviceAddress addr_;
   VifOptions opts_;
   std::vector<NetWorker*> workers_;
@@ -178,6 +192,8 @@ class VifDevice final : public BackendDevice {
   std::optional<MacAddr> mac_;
   RateSpec rate_;
   VifErrorSink sink_;
+  VifLinkKeys link_keys_;
+  bool link_attached_ = false;  // VifLink::attach succeeded for the current port
   DeviceLog log_;
   unsigned max_queues_;
 
@@ -209,7 +225,7 @@ class VifDeviceType final : public DeviceType {
         sink_(std::move(sink)) {}
 
   [[nodiscard]] std::string_view name() const noexcept override { return opts_.type_name; }
-  // Reads mac and rate. ENOENT while the toolstack has not written mac.
+  // Reads mac, rate and the link keys. ENOENT while the toolstack has not written mac.
   Result<std::unique_ptr<BackendDevice>> create(const DeviceAddress& addr, XenStore& xs, XsTxn t) noexcept override;
 
  private:

@@ -4,6 +4,8 @@
 
 #include <sstream>
 
+#include "netback/link_netlink.h"
+
 namespace xenpath {
 namespace {
 
@@ -42,6 +44,19 @@ void NetbackService::add_cli(CLI::App& app, Options& opts) {
          "guest RX: coalesce a port burst's in-sequence TCP/IPv4 frames of a flow into one GSO packet "
          "for frontends with feature-gso-tcpv4 (default: on; docs/netback-perf.md)")
       ->check(CLI::IsMember({"on", "off"}));
+  app.add_option_function<std::string>(
+         "--vif-link", [&opts](const std::string& v) { opts.vif_link = v == "on"; },
+         "attach each VIF's dom0 interface to the bridge named by the toolstack's `bridge` key, set its MTU "
+         "(`mtu` key, else the bridge's) and bring it up, through rtnetlink (default: on; off leaves the interface "
+         "to udev or the operator)")
+      ->check(CLI::IsMember({"on", "off"}));
+  app.add_option("--vif-hook", opts.vif_hook,
+                 "instead of rtnetlink, run this executable as `HOOK add|remove <ifname> <bridge>` (environment: "
+                 "XENPATH_DOMID, XENPATH_DEVID, XENPATH_MTU, XENPATH_IP, XENBUS_PATH, vif), e.g. for Open vSwitch")
+      ->check(CLI::ExistingFile);
+  app.add_option("--vif-hook-timeout-ms", opts.vif_hook_timeout_ms,
+                 "a --vif-hook run longer than this is killed and counted as failed (default: 10000)")
+      ->check(CLI::Range(1u, 600'000u));
 }
 
 Result<DpdkEnv*> NetbackService::init_dpdk(const Options& opts) noexcept {
@@ -85,8 +100,16 @@ Result<std::unique_ptr<NetbackService>> NetbackService::create(BackendDaemon& da
       }
       ports = dpdk_vif_port_factory(*s->env_, *s->pool_, tmpl, DpdkPortConfig{});
     }
+    // opts.vif.link set: the caller's own (a test's, in its network namespace).
+    VifOptions vif = opts.vif;
+    if (vif.link == nullptr && !opts.vif_hook.empty()) {
+      s->link_ = std::make_unique<VifLinkHook>(opts.vif_hook, std::chrono::milliseconds(opts.vif_hook_timeout_ms));
+    } else if (vif.link == nullptr && opts.vif_link) {
+      s->link_ = std::make_unique<RtnlVifLink>();  // its socket opens at the first attach
+    }
+    if (s->link_) vif.link = s->link_.get();
     BackendDaemon* d = &daemon;
-    XP_TRY(daemon.add_type(std::make_unique<VifDeviceType>(s->workers(), *s->pool_, std::move(ports), opts.vif,
+    XP_TRY(daemon.add_type(std::make_unique<VifDeviceType>(s->workers(), *s->pool_, std::move(ports), std::move(vif),
                                                            daemon.device_error_sink())));
     const NetbackService* self = s.get();
     daemon.add_stats([self, d](nlohmann::json& j) { self->add_stats(j, d->driver()); });
@@ -107,6 +130,14 @@ void NetbackService::add_stats(nlohmann::json& j, const BackendDriver& driver) c
   j["mapped_grant_pages"] = mapped_pages();
   j["packet_buffers_in_use"] = pool_->in_use();
   j["vifs"] = driver.describe_devices(type_name_);
+  if (link_) {
+    const VifLinkStats& l = link_->stats();
+    j["vif_link"] = {{"mode", link_->mode()},
+                     {"attached", l.attached},
+                     {"unattached", l.unattached},
+                     {"failures", l.failures},
+                     {"requests", l.requests}};
+  }
 }
 
 void NetbackService::add_metrics(const nlohmann::json& stats, MetricSet& out) {

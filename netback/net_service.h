@@ -40,6 +40,12 @@ struct NetbackOptions {
   VifPortFactory ports;
   // The one packet pool every VIF's queues share.
   DpdkPoolConfig pool{.name = "netback"};
+  // dom0's side of each VIF port (netback/vif_link.h): rtnetlink to the
+  // Linux bridge the toolstack named (default), this executable instead when
+  // set (--vif-hook), or nothing (--vif-link off).
+  bool vif_link = true;
+  std::string vif_hook;
+  unsigned vif_hook_timeout_ms = 10'000;
 };
 
 class NetbackService {
@@ -47,7 +53,8 @@ class NetbackService {
   using Options = NetbackOptions;
   // xenpath-netback's process: one worker, no io_uring; warnings only.
   static DaemonCli cli_defaults();
-  // --port-template, --eal-args, --max-queues, --tx-copy-below, --rx-gro.
+  // --port-template, --eal-args, --max-queues, --tx-copy-below, --rx-gro,
+  // --vif-link, --vif-hook, --vif-hook-timeout-ms.
   static void add_cli(CLI::App& app, Options& opts);
 
   // DPDK's EAL with opts.eal_args (once per process: a later call returns
@@ -76,6 +83,7 @@ class NetbackService {
 
   DpdkEnv* env_ = nullptr;  // process-wide
   std::unique_ptr<PacketPool> pool_;
+  std::unique_ptr<VifLink> link_;  // VifOptions::link of every VIF; control thread
   XenWorkerSet workers_;
   std::string type_name_;
 };

@@ -283,6 +283,10 @@ class PacketPort {
   virtual ~PacketPort() = default;
 
   [[nodiscard]] virtual const std::string& name() const noexcept = 0;
+  // dom0's network interface carrying this port (the tap of net_tap or
+  // virtio_user/vhost-net), which VifLink attaches to a bridge; empty when
+  // there is none (in-process rings, a NIC).
+  [[nodiscard]] virtual std::string_view kernel_interface() const noexcept { return {}; }
   [[nodiscard]] virtual uint16_t rx_queues() const noexcept = 0;
   [[nodiscard]] virtual uint16_t tx_queues() const noexcept = 0;
 

@@ -2,6 +2,8 @@
 // virtio_user, net_memif, and PCI NICs, by devargs), in-process ring pairs,
 // and the PacketPort over an ethdev's queues with the software fallbacks
 // for the offloads a device lacks. See port_dpdk.h.
+#include <net/if.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -73,6 +75,7 @@ class DpdkPort final : public PacketPort {
     rte_device* device = nullptr;     // removed on close
     std::shared_ptr<RingPair> rings;  // a ring pair's, freed with its last port
     std::vector<int> rx_fds;          // per queue receive wake-up fds (the PMD's), or empty
+    std::string kernel_if;            // dom0's interface of a tap-backed PMD, or empty
   };
 
   DpdkPort(DpdkEnv& env, DpdkPool& pool, uint16_t port_id, std::string name, const DpdkPortConfig& cfg, PortCaps caps,
@@ -123,6 +126,7 @@ class DpdkPort final : public PacketPort {
   }
 
   const std::string& name() const noexcept override { return name_; }
+  std::string_view kernel_interface() const noexcept override { return owned_.kernel_if; }
   uint16_t rx_queues() const noexcept override { return static_cast<uint16_t>(rxq_.size()); }
   uint16_t tx_queues() const noexcept override { return static_cast<uint16_t>(txq_.size()); }
 
@@ -390,6 +394,23 @@ class DpdkPort final : public PacketPort {
 // The device name part of devargs ("net_tap_vif5_0" of "net_tap_vif5_0,iface=...").
 std::string devargs_name(const std::string& devargs) { return devargs.substr(0, devargs.find(',')); }
 
+// The kernel interface a tap-backed PMD made: the one net_tap reports by
+// index, else the "iface=" its devargs named (virtio_user over vhost-net
+// reports none).
+std::string kernel_interface_of(const rte_eth_dev_info& info, const std::string& devargs) {
+  char buf[IF_NAMESIZE] = {};
+  if (info.if_index != 0 && if_indextoname(info.if_index, buf) != nullptr) return buf;
+  if (std::strcmp(info.driver_name, "net_tap") != 0 && std::strcmp(info.driver_name, "net_virtio_user") != 0) return {};
+  for (size_t pos = devargs.find(','); pos != std::string::npos; pos = devargs.find(',', pos + 1)) {
+    constexpr std::string_view kKey = "iface=";
+    if (devargs.compare(pos + 1, kKey.size(), kKey) == 0) {
+      const size_t b = pos + 1 + kKey.size();
+      return devargs.substr(b, devargs.find(',', b) - b);
+    }
+  }
+  return {};
+}
+
 // Configures and starts an existing ethdev. Caller holds the control lock.
 Result<std::unique_ptr<PacketPort>> start_port(DpdkEnv& env, DpdkPool& pool, uint16_t port_id,
                                                const DpdkPortConfig& cfg, DpdkPort::Owned owned) {
@@ -535,7 +556,10 @@ Result<std::unique_ptr<PacketPort>> DpdkEnv::open_port(PacketPool& pool, const D
     }
     rte_eth_dev_info info{};
     DpdkPort::Owned owned;
-    if (rte_eth_dev_info_get(port_id, &info) == 0) owned.device = info.device;
+    if (rte_eth_dev_info_get(port_id, &info) == 0) {
+      owned.device = info.device;
+      owned.kernel_if = kernel_interface_of(info, cfg.devargs);
+    }
     return start_port(*this, *dpool, port_id, cfg, std::move(owned));
   } catch (...) {
     return unexpected(ENOMEM);

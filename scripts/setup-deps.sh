@@ -7,6 +7,7 @@ pkgs=(
   libxen-dev xenstore-utils
   liburing-dev
   libdpdk-dev dpdk dpdk-dev  # dpdk-dev: dpdk-testpmd, the reference of perf/net_bench
+  libmnl-dev  # rtnetlink: netback attaches each VIF's interface to its bridge
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   fio iperf3 iproute2

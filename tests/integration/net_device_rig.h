@@ -114,6 +114,11 @@ class NetVifDevice : public ::testing::Test, public test::SimBackendRig<NetbackS
     // A test moves a few packets: a small pool is quicker to make and free.
     no.pool.packets = 2047;
     no.pool.attachments = 2047;
+    if (ports_) {
+      no.ports = ports_;
+      ASSERT_NO_FATAL_FAILURE(SimBackendRig::start(kGuest, dopt, no));
+      return;
+    }
     no.ports = [this](const DeviceAddress& a, uint16_t queues) -> Result<std::unique_ptr<PacketPort>> {
       std::vector<std::unique_ptr<PacketPort>> vif_side;
       std::vector<std::unique_ptr<PacketPort>> wire_side;
@@ -147,6 +152,8 @@ class NetVifDevice : public ::testing::Test, public test::SimBackendRig<NetbackS
 
   // Set before start(): the daemon's control socket (none when empty).
   std::string ctl_socket_;
+  // Set before start(): every VIF's port comes from here (no wire).
+  VifPortFactory ports_;
 
   // The toolstack plugs the NIC (libxl's backend keys); the guest attaches.
   GuestVif& plug(uint32_t devid, sim::XsKeys backend_extra = {}, const std::string& mac = kMac) {

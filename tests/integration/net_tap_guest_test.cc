@@ -33,6 +33,7 @@
 #include "sim/net/sim_netfront.h"
 #include "sim/sim_queue_host.h"
 #include "tests/fixtures/net_wire.h"
+#include "tests/fixtures/netns.h"
 #include "tests/fixtures/queue_rig.h"
 
 namespace xenpath {
@@ -40,28 +41,8 @@ namespace {
 
 constexpr DomId kGuest = 23;
 
-// A fresh anonymous network namespace, alive while the fd is open.
-int new_netns() {
-  int fd = -1;
-  // unshare() moves the calling thread: do it in a throwaway thread.
-  std::thread([&] {
-    if (::unshare(CLONE_NEWNET) == 0) fd = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-  }).join();
-  return fd;
-}
-
-// Runs `fn` with this thread in namespace `ns`, then comes back.
-bool in_netns(int ns, const std::function<void()>& fn) {
-  const int home = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-  if (home < 0 || ::setns(ns, CLONE_NEWNET) != 0) {
-    if (home >= 0) ::close(home);
-    return false;
-  }
-  fn();
-  const bool back = ::setns(home, CLONE_NEWNET) == 0;
-  ::close(home);
-  return back;
-}
+using test::in_netns;
+using test::new_netns;
 
 // ip addr add <addr>/24 dev <ifname>; ip link set <ifname> up (and lo up).
 bool configure(int ns, const char* ifname, const char* addr) {

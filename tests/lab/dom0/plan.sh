@@ -47,18 +47,17 @@ wait_guest() {
 glines() { grep -a '^LABG|' "$CONLOG/guest-$1.log" 2>/dev/null | tr -d '\r'; }
 gfield() { glines "$1" | grep "^LABG|$2|" | tail -n1 | cut -d'|' -f"$3"; }
 
-# Gives dom0's end of the guest's vif (vif<domid>.0: kernel netback's interface or the tap of
-# xenpath-netback's port) the lab address once it appears.
-config_vif() {
-  local dev="vif$1.0" i=0
-  while [ ! -e "/sys/class/net/$dev" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
-  [ -e "/sys/class/net/$dev" ] || return 1
-  ip -o addr show to "$DOM0_IP" | awk '{print $2}' | while read -r old; do
-    [ "$old" != "$dev" ] && ip addr del "$DOM0_IP/24" dev "$old" 2>/dev/null
-  done
-  ip addr add "$DOM0_IP/24" dev "$dev" 2>/dev/null
-  ip link set "$dev" up
+# Dom0's bridge with the lab address, as a Xen host has one. Every guest's vif names it
+# (bridge=xenbr0) and joins it with no hand work: kernel netback's vif<domid>.0 through Xen's
+# vif-bridge hotplug script, xenpath-netback's port interface by the daemon itself (rtnetlink).
+setup_bridge() {
+  modprobe bridge 2>/dev/null
+  ip link add xenbr0 type bridge 2>/dev/null
+  ip addr add "$DOM0_IP/24" dev xenbr0 2>/dev/null
+  ip link set xenbr0 up
 }
+# The bridge dom0's end of the guest's vif is in ("" when none).
+vif_master() { basename "$(readlink "/sys/class/net/vif$1.0/master" 2>/dev/null)" 2>/dev/null; }
 
 # Every backend directory and kernel backend device of domain $2 gone within 20 s.
 backend_released() {
@@ -151,7 +150,11 @@ on_poweroff = "destroy"
 on_crash = "destroy"
 disk = [ '$disk' ]
 EOF
-  [ "$vif" = 1 ] && echo "vif = [ 'mac=00:16:3e:4c:41:42,script=$NOOP' ]" >> "/lab/$name.cfg"
+  # xenpath: the daemon attaches the port itself, the hotplug script has nothing to do; the kernel's
+  # vif runs libxl's default script, vif-bridge.
+  local vscript=""
+  [ "$b" = xenpath ] && vscript=",script=$NOOP"
+  [ "$vif" = 1 ] && echo "vif = [ 'mac=00:16:3e:4c:41:42,bridge=xenbr0$vscript' ]" >> "/lab/$name.cfg"
 }
 
 create() {  # backend tests vif -> sets NAME DOMID CREATE_S
@@ -161,11 +164,12 @@ create() {  # backend tests vif -> sets NAME DOMID CREATE_S
   local t0; t0="$(now)"
   if ! timeout 120 xl create -q "/lab/$NAME.cfg" > "/tmp/$NAME.create" 2>&1; then
     sed 's/^/  xl: /' "/tmp/$NAME.create" | tail -n 20
+    # Why libxl gave up (a hotplug script's failure is in the hotplug log).
+    tail -n 15 "/var/log/xen/xl-$NAME.log" /var/log/xen/xen-hotplug.log 2>/dev/null | sed 's/^/  xl-log: /'
     DOMID=""; return 1
   fi
   CREATE_S="$(elapsed "$t0")"
   DOMID="$(xl domid "$NAME")"
-  [ "$3" = 1 ] && (config_vif "$DOMID" &)
   return 0
 }
 
@@ -312,6 +316,8 @@ run_backend() {
   # dom0's side of the vif (kernel netback's interface or xenpath's tap): its drops and errors, and
   # what dom0's IP/TCP saw (checksum errors, retransmissions), to explain the iperf3 figures.
   if [ $HAVE_NETBACK = 1 ]; then
+    if [ "$(vif_master "$DOMID")" = xenbr0 ]; then check "$b" vif-bridged ok "vif$DOMID.0 in xenbr0, no hand work"
+    else check "$b" vif-bridged fail "vif$DOMID.0 master: '$(vif_master "$DOMID")'"; fi
     say "netdiag|$b|$(ip -s link show "vif$DOMID.0" 2>&1 | tr -s ' \n' ' ')"
     say "netdiag|$b|$(nstat -az 2>/dev/null | grep -E 'InCsumErrors|InHdrErrors|InDiscards|TcpRetransSegs|TcpInSegs|TcpOutSegs|TCPTimeouts|TcpExtTCPBacklogDrop' | tr -s ' \n' ' ')"
   fi
@@ -477,6 +483,7 @@ run_crossover() {
   say "backend|xenpath|end|$(now)"
 }
 
+setup_bridge
 iperf3 -s -D --logfile /run/iperf3.log
 say "plan|$PLAN|$BACKENDS|$SECS"
 if [ "$PLAN" = crossover ]; then
