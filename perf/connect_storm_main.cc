@@ -36,6 +36,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -66,6 +67,11 @@ namespace {
 thread_local bool t_daemon_thread = false;
 std::atomic<int64_t> g_daemon_heap{0};
 std::atomic<int64_t> g_daemon_allocs{0};
+// Live daemon bytes by allocation size class (bucket b: sizes below 2^b).
+constexpr int kSizeClasses = 40;
+std::atomic<int64_t> g_daemon_by_class[kSizeClasses];
+
+int size_class(std::size_t n) noexcept { return std::min(kSizeClasses - 1, static_cast<int>(std::bit_width(n))); }
 
 struct alignas(16) HeapTag {
   uint64_t size;
@@ -80,6 +86,7 @@ void* tagged_alloc(std::size_t n) noexcept {
   if (t->daemon) {
     g_daemon_heap.fetch_add(static_cast<int64_t>(n), std::memory_order_relaxed);
     g_daemon_allocs.fetch_add(1, std::memory_order_relaxed);
+    g_daemon_by_class[size_class(n)].fetch_add(static_cast<int64_t>(n), std::memory_order_relaxed);
   }
   return t + 1;
 }
@@ -90,6 +97,7 @@ void tagged_free(void* p) noexcept {
   if (t->daemon) {
     g_daemon_heap.fetch_sub(static_cast<int64_t>(t->size), std::memory_order_relaxed);
     g_daemon_allocs.fetch_sub(1, std::memory_order_relaxed);
+    g_daemon_by_class[size_class(t->size)].fetch_sub(static_cast<int64_t>(t->size), std::memory_order_relaxed);
   }
   std::free(t);
 }
@@ -361,6 +369,8 @@ int main(int argc, char** argv) {
   std::this_thread::sleep_for(200ms);
   const auto xs0 = h.xenstored().socket_stats();
   const int64_t heap0 = g_daemon_heap.load();
+  std::vector<int64_t> class0(kSizeClasses);
+  for (int c = 0; c < kSizeClasses; ++c) class0[c] = g_daemon_by_class[c].load();
   const int64_t allocs0 = g_daemon_allocs.load();
   const uint64_t rss0 = smaps_rollup("Rss:");
   const uint64_t anon0 = smaps_rollup("Anonymous:");
@@ -413,6 +423,11 @@ int main(int argc, char** argv) {
   // Idle: nobody does I/O.
   std::this_thread::sleep_for(500ms);
   const int64_t heap1 = g_daemon_heap.load();
+  nlohmann::json by_class = nlohmann::json::object();  // "<2^b" -> bytes per device
+  for (int c = 0; c < kSizeClasses; ++c) {
+    const int64_t d = g_daemon_by_class[c].load() - class0[c];
+    if (d != 0) by_class["<" + std::to_string(uint64_t{1} << c)] = static_cast<double>(d) / guests;
+  }
   const int64_t allocs1 = g_daemon_allocs.load();
   const uint64_t rss1 = smaps_rollup("Rss:");
   const uint64_t anon1 = smaps_rollup("Anonymous:");
@@ -518,6 +533,7 @@ int main(int argc, char** argv) {
       {"memory",
        {{"daemon_heap_bytes_per_device", static_cast<double>(heap1 - heap0) / n},
         {"daemon_heap_allocations_per_device", static_cast<double>(allocs1 - allocs0) / n},
+        {"daemon_heap_bytes_per_device_by_size", by_class},
         {"ring_pages_mapped", ring_pages},
         {"process_rss_bytes_per_device", (static_cast<double>(rss1) - static_cast<double>(rss0)) / n},
         {"process_rss_minus_rings_per_device",

@@ -130,7 +130,7 @@ class NetVifDevice : public ::testing::Test, public test::SimBackendRig<NetbackS
         return std::unique_ptr<PacketPort>(new MultiRingPort(
             "vif" + std::to_string(a.frontend_id) + "." + std::to_string(a.devid), std::move(vif_side)));
       };
-    ASSERT_NO_FATAL_FAILURE(SimBackendRig::start(kGuest, dopt, no));
+    ASSERT_NO_FATAL_FAILURE(SimBackendRig::start(kGuest, dopt, no, guest_pages_));
   }
 
   void TearDown() override {
@@ -152,6 +152,9 @@ class NetVifDevice : public ::testing::Test, public test::SimBackendRig<NetbackS
   // Set before start(): the VIFs' ports are DPDK devices from this devargs
   // template (the production factory) instead of the test's ring pairs.
   std::string port_template_;
+  // Set before start(): the guest's memory (a netfront's rings and receive
+  // buffers take about 520 pages).
+  uint32_t guest_pages_ = 8192;
 
   // The toolstack plugs the NIC (libxl's backend keys); the guest attaches.
   GuestVif& plug(uint32_t devid, sim::XsKeys backend_extra = {}, const std::string& mac = kMac) {

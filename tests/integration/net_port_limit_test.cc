@@ -18,6 +18,7 @@ namespace {
 
 TEST_F(NetVifDevice, VifPastTheEthdevTableFailsCleanlyAndOthersCarryOn) {
   port_template_ = "net_null_cap{domid}_{devid},no-rx=1";
+  guest_pages_ = 40 * 1024;  // one guest with a netfront per slot and one more
   ASSERT_NO_FATAL_FAILURE(start());
   DpdkEnv& env = *test_dpdk();
   const unsigned capacity = DpdkEnv::port_capacity();
