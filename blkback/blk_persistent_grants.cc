@@ -6,8 +6,10 @@
 #include "common/log.h"
 
 namespace xenpath {
-
 namespace {
+
+// Entries a table starts with (a ring's worth of 4 KiB requests).
+constexpr uint32_t kInitialEntries = 32;
 
 uint32_t hash_ref(GrantRef ref) noexcept {
   // Grant refs are small dense integers; a multiplicative hash spreads
@@ -19,18 +21,20 @@ uint32_t hash_ref(GrantRef ref) noexcept {
 
 PersistentGrants::PersistentGrants(GrantTable& gt, DomId dom, const Options& opts) noexcept
     : gt_(gt), dom_(dom), max_pages_(std::max<uint32_t>(opts.max_pages, 1)), idle_timeout_(opts.idle_timeout) {
+  // The table starts small and grows in acquire() up to max_pages_: a
+  // thousand idle devices must not each hold a table for 1056 grants
+  // (~110 KiB) they may never use (perf/connect_storm).
+  const uint32_t initial = std::min<uint32_t>(max_pages_, kInitialEntries);
   try {
-    entries_.resize(max_pages_);
-    free_entries_.reserve(max_pages_);
-    for (uint32_t i = max_pages_; i-- > 0;) free_entries_.push_back(i);
-    blocks_.resize(max_pages_);
-    free_blocks_.reserve(max_pages_);
-    for (uint32_t i = max_pages_; i-- > 0;) free_blocks_.push_back(i);
-    const uint32_t cap = std::bit_ceil(2 * max_pages_);
+    entries_.resize(initial);
+    free_entries_.reserve(initial);
+    for (uint32_t i = initial; i-- > 0;) free_entries_.push_back(i);
+    blocks_.resize(initial);
+    free_blocks_.reserve(initial);
+    for (uint32_t i = initial; i-- > 0;) free_blocks_.push_back(i);
+    const uint32_t cap = std::bit_ceil(2 * initial);
     slots_.assign(cap, kNone);
     mask_ = cap - 1;
-    scratch_.reserve(max_pages_);
-    scratch_idx_.reserve(max_pages_);
   } catch (...) {
     // Out of memory at connect: a table that keeps nothing (every grant
     // overflows to transient mappings) is still correct.
@@ -159,12 +163,38 @@ Status PersistentGrants::acquire(std::span<const GrantRef> refs, std::span<std::
     if (entries_[e].users++ == 0) lru_unlink(e);
     handles[i] = e;
   }
+  if (unknown != 0 && entries_.size() < max_pages_ && (free_entries_.size() < unknown || free_blocks_.empty())) {
+    // Grow the table (at least double, at most max_pages_) and rehash the
+    // live entries. Everything is allocated before anything is published,
+    // so a failure leaves the table as it was and the new grants go
+    // transient, as when it is full.
+    const size_t old = entries_.size();
+    const size_t want = std::min<size_t>(max_pages_, std::max<size_t>(2 * old, old + unknown));
+    try {
+      std::vector<uint32_t> slots(std::bit_ceil(2 * want), kNone);
+      free_entries_.reserve(want);
+      free_blocks_.reserve(want);
+      blocks_.resize(want);
+      entries_.resize(want);
+      for (size_t i = want; i-- > old;) {
+        free_entries_.push_back(static_cast<uint32_t>(i));
+        free_blocks_.push_back(static_cast<uint32_t>(i));
+      }
+      slots_.swap(slots);
+      mask_ = static_cast<uint32_t>(slots_.size() - 1);
+      for (uint32_t e = 0; e < old; ++e) {
+        if (entries_[e].live) hash_insert(entries_[e].gref, e);
+      }
+    } catch (...) {
+    }
+  }
   const bool keep = unknown == 0 || (make_room(unknown) && unknown <= free_entries_.size() && !free_blocks_.empty());
 
   scratch_.clear();
   scratch_idx_.clear();
   try {
     scratch_.reserve(unknown);
+    scratch_idx_.reserve(unknown);
   } catch (...) {
     for (size_t i = 0; i < refs.size(); ++i) {
       if (handles[i] != kPending && --entries_[handles[i]].users == 0) lru_push_back(handles[i]);

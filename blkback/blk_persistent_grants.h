@@ -21,8 +21,11 @@
 //
 // Thread: owned by one queue's reactor thread, like the GrantTable handle it
 // maps through. Guest-shared memory: the entries' pages are guest memory;
-// this class hands out their addresses and never reads them. No allocation
-// after construction except growth of the transient-ref scratch array.
+// this class hands out their addresses and never reads them. Allocation
+// after construction: the ref scratch arrays grow to a call's new grants,
+// and the table starts with a few entries and doubles when new grants need
+// room, up to max_pages (so an idle device holds little); a failed growth
+// makes the new grants transient, as a full table does.
 #pragma once
 
 #include <chrono>

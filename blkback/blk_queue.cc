@@ -63,6 +63,25 @@ uint32_t VbdQueue::segment_capacity() const noexcept {
   return std::max<uint32_t>(kBlkDirectSegments, config_.limits.max_indirect_segments);
 }
 
+VbdQueue::DispatchScratch& VbdQueue::scratch() noexcept {
+  thread_local DispatchScratch s;
+  return s;
+}
+
+bool VbdQueue::grow_slot(Slot& s) noexcept {
+  const uint32_t cap = segment_capacity();
+  if (s.pages.size() >= cap) return true;
+  try {
+    s.indirect_segs.resize(config_.limits.max_indirect_segments);
+    s.iov.resize(cap + 1);
+    s.pages.resize(cap);
+    if (config_.persistent) s.handles.resize(cap);
+  } catch (...) {
+    return false;
+  }
+  return true;
+}
+
 Status VbdQueue::init() noexcept {
   const size_t pages = config_.ring_refs.size();
   if (!config_.limits.sane() || pages == 0 || pages > (1u << BackRing<BlkifRing>::kMaxOrder) ||
@@ -96,10 +115,10 @@ Status VbdQueue::init() noexcept {
     for (unsigned i = 0; i < nslots; ++i) {
       auto s = std::make_unique<Slot>();
       s->q = this;
-      s->iov.resize(cap + 1);  // + 1: guard_write may split the last vector
-      s->pages.resize(cap);
-      if (config_.persistent) s->handles.resize(cap);
-      if (config_.limits.max_indirect_segments != 0) s->indirect_segs.resize(config_.limits.max_indirect_segments);
+      // Direct requests' room; grow_slot() makes the indirect room.
+      s->iov.resize(kBlkDirectSegments + 1);  // + 1: guard_write may split the last vector
+      s->pages.resize(kBlkDirectSegments);
+      if (config_.persistent) s->handles.resize(kBlkDirectSegments);
       s->next = free_;
       free_ = s.get();
       slots_.push_back(std::move(s));
@@ -109,10 +128,14 @@ Status VbdQueue::init() noexcept {
       bursts_[i].next_free = free_burst_;
       free_burst_ = i;
     }
-    const size_t scratch = static_cast<size_t>(config_.burst) * cap;
-    refs_.resize(std::max<size_t>(scratch, static_cast<size_t>(config_.burst) * kBlkMaxIndirectPages));
-    pages_.resize(refs_.size());
-    handles_.resize(refs_.size());
+    // init() runs on the worker thread whose queues share the scratch.
+    DispatchScratch& sc = scratch();
+    const size_t need = static_cast<size_t>(config_.burst) * std::max<size_t>(cap, kBlkMaxIndirectPages);
+    if (sc.refs.size() < need) {
+      sc.refs.resize(need);
+      sc.pages.resize(need);
+      sc.handles.resize(need);
+    }
   } catch (...) {
     return unexpected(ENOMEM);
   }
@@ -445,14 +468,23 @@ void VbdQueue::dispatch(Slot** batch, unsigned n) noexcept {
 }
 
 void VbdQueue::admit_indirect(Slot** batch, unsigned n) noexcept {
+  DispatchScratch& sc = scratch();
   GrantTable& gt = worker_.grant_table();
   size_t total = 0;
   bool any = false;
   for (unsigned i = 0; i < n; ++i) {
     Slot* s = batch[i];
     if (s == nullptr || !s->req.indirect) continue;
+    if (!grow_slot(*s)) {
+      // No room for its segments: answered as a request whose descriptor
+      // pages cannot be mapped (the same resource shortage to the guest).
+      log_.error("no memory for an indirect request's segments");
+      finish(*s, BLKIF_RSP_ERROR, BlkReason::kIndirectMapFailed);
+      batch[i] = nullptr;
+      continue;
+    }
     any = true;
-    for (GrantRef g : blk_descriptor_grefs(s->req, config_.limits)) refs_[total++] = g;
+    for (GrantRef g : blk_descriptor_grefs(s->req, config_.limits)) sc.refs[total++] = g;
   }
   if (!any) return;
   // All the burst's descriptor pages in one call: read-only, or through the
@@ -464,16 +496,16 @@ void VbdQueue::admit_indirect(Slot** batch, unsigned n) noexcept {
   } else if (pgrants_) {
     const uint64_t before = pgrants_->stats().map_calls.get();
     mapped = pgrants_
-                 ->acquire(std::span(refs_.data(), total), std::span(pages_.data(), total),
-                           std::span(handles_.data(), total), &batch_map)
+                 ->acquire(std::span(sc.refs.data(), total), std::span(sc.pages.data(), total),
+                           std::span(sc.handles.data(), total), &batch_map)
                  .has_value();
     stats_.map_calls.add(pgrants_->stats().map_calls.get() - before);
   } else {
     stats_.map_calls.add();
-    auto m = gt.map(config_.frontend, std::span(refs_.data(), total), /*writable=*/false);
+    auto m = gt.map(config_.frontend, std::span(sc.refs.data(), total), /*writable=*/false);
     if (m) {
       batch_map = std::move(*m);
-      for (size_t k = 0; k < total; ++k) pages_[k] = batch_map.page(static_cast<uint32_t>(k));
+      for (size_t k = 0; k < total; ++k) sc.pages[k] = batch_map.page(static_cast<uint32_t>(k));
       mapped = true;
     }
   }
@@ -489,12 +521,12 @@ void VbdQueue::admit_indirect(Slot** batch, unsigned n) noexcept {
     if (np == 0) {
       // Refused on its header: admission says why.
     } else if (mapped) {
-      for (size_t p = 0; p < np; ++p) pages[p] = pages_[at + p];
+      for (size_t p = 0; p < np; ++p) pages[p] = sc.pages[at + p];
     } else {
       // The batch failed: map this request's pages alone so only a request
       // with a bad descriptor gref fails.
       stats_.map_calls.add();
-      auto one = gt.map(config_.frontend, std::span(refs_.data() + at, np), false);
+      auto one = gt.map(config_.frontend, std::span(sc.refs.data() + at, np), false);
       if (one) {
         single = std::move(*one);
         for (size_t p = 0; p < np; ++p) pages[p] = single.page(static_cast<uint32_t>(p));
@@ -507,7 +539,7 @@ void VbdQueue::admit_indirect(Slot** batch, unsigned n) noexcept {
   }
   // Only the copies remain: transient descriptor mappings go now (RAII),
   // persistent ones become idle.
-  if (pgrants_ && mapped) pgrants_->release(std::span(handles_.data(), total), worker_.reactor().now());
+  if (pgrants_ && mapped) pgrants_->release(std::span(sc.handles.data(), total), worker_.reactor().now());
 }
 
 void VbdQueue::map_data(Slot** batch, unsigned n) noexcept {
@@ -545,17 +577,18 @@ void VbdQueue::put_burst(uint32_t b) noexcept {
 }
 
 void VbdQueue::map_data_transient(Slot** batch, unsigned n, bool writable) noexcept {
+  DispatchScratch& sc = scratch();
   size_t total = 0;
   uint32_t users = 0;
   for (unsigned i = 0; i < n; ++i) {
     Slot* s = batch[i];
     if (s == nullptr || s->a.segs.empty() || s->a.writes_guest() != writable) continue;
-    for (const BlkSegment& seg : s->a.segs) refs_[total++] = seg.gref;
+    for (const BlkSegment& seg : s->a.segs) sc.refs[total++] = seg.gref;
     ++users;
   }
   if (total == 0) return;
   stats_.map_calls.add();
-  auto m = worker_.grant_table().map(config_.frontend, std::span(refs_.data(), total), writable);
+  auto m = worker_.grant_table().map(config_.frontend, std::span(sc.refs.data(), total), writable);
   if (m) {
     const uint32_t b = take_burst(std::move(*m), users);
     uint32_t at = 0;
@@ -579,10 +612,11 @@ void VbdQueue::map_data_transient(Slot** batch, unsigned n, bool writable) noexc
 }
 
 bool VbdQueue::map_one(Slot& s, bool writable) noexcept {
+  DispatchScratch& sc = scratch();
   const size_t nseg = s.a.segs.size();
-  for (size_t k = 0; k < nseg; ++k) refs_[k] = s.a.segs[k].gref;
+  for (size_t k = 0; k < nseg; ++k) sc.refs[k] = s.a.segs[k].gref;
   stats_.map_calls.add();
-  auto m = worker_.grant_table().map(config_.frontend, std::span(refs_.data(), nseg), writable);
+  auto m = worker_.grant_table().map(config_.frontend, std::span(sc.refs.data(), nseg), writable);
   if (!m) {
     log_.guest("request {}: cannot map its {} grants: {}", s.req.id, nseg, error_string(m.error()));
     return false;
@@ -593,19 +627,20 @@ bool VbdQueue::map_one(Slot& s, bool writable) noexcept {
 }
 
 void VbdQueue::map_data_persistent(Slot** batch, unsigned n) noexcept {
+  DispatchScratch& sc = scratch();
   size_t total = 0;
   uint32_t users = 0;
   for (unsigned i = 0; i < n; ++i) {
     Slot* s = batch[i];
     if (s == nullptr || s->a.segs.empty()) continue;
-    for (const BlkSegment& seg : s->a.segs) refs_[total++] = seg.gref;
+    for (const BlkSegment& seg : s->a.segs) sc.refs[total++] = seg.gref;
     ++users;
   }
   if (total == 0) return;
   GrantMapping transient;
   const uint64_t calls_before = pgrants_->stats().map_calls.get();
-  Status st = pgrants_->acquire(std::span(refs_.data(), total), std::span(pages_.data(), total),
-                                std::span(handles_.data(), total), &transient);
+  Status st = pgrants_->acquire(std::span(sc.refs.data(), total), std::span(sc.pages.data(), total),
+                                std::span(sc.handles.data(), total), &transient);
   stats_.map_calls.add(pgrants_->stats().map_calls.get() - calls_before);
   if (st) {
     const uint32_t b = transient ? take_burst(std::move(transient), users) : kNoBurst;
@@ -616,8 +651,8 @@ void VbdQueue::map_data_persistent(Slot** batch, unsigned n) noexcept {
       s->burst = b;
       s->nhandles = static_cast<unsigned>(s->a.segs.size());
       for (size_t k = 0; k < s->a.segs.size(); ++k, ++at) {
-        s->pages[k] = pages_[at];
-        s->handles[k] = handles_[at];
+        s->pages[k] = sc.pages[at];
+        s->handles[k] = sc.handles[at];
       }
     }
     return;
@@ -627,10 +662,10 @@ void VbdQueue::map_data_persistent(Slot** batch, unsigned n) noexcept {
     Slot* s = batch[i];
     if (s == nullptr || s->a.segs.empty()) continue;
     const size_t nseg = s->a.segs.size();
-    for (size_t k = 0; k < nseg; ++k) refs_[k] = s->a.segs[k].gref;
+    for (size_t k = 0; k < nseg; ++k) sc.refs[k] = s->a.segs[k].gref;
     GrantMapping own;
     const uint64_t before = pgrants_->stats().map_calls.get();
-    Status one = pgrants_->acquire(std::span(refs_.data(), nseg), std::span(s->pages.data(), nseg),
+    Status one = pgrants_->acquire(std::span(sc.refs.data(), nseg), std::span(s->pages.data(), nseg),
                                    std::span(s->handles.data(), nseg), &own);
     stats_.map_calls.add(pgrants_->stats().map_calls.get() - before);
     if (!one) {

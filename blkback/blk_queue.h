@@ -243,10 +243,21 @@ class VbdQueue final : public XenRingPoller {
 
   // Scratch for one dispatch (sized at start; no datapath allocation).
   std::array<BlkRequest, kMaxBurst> consumed_{};
-  std::vector<GrantRef> refs_;
-  std::vector<std::byte*> pages_;
-  std::vector<PersistentGrants::Handle> handles_;
   std::vector<int16_t> status_;
+  // The grant scratch of one dispatch (a burst's refs, pages and handles:
+  // burst x segments, 128 KiB at the defaults) is the worker thread's, shared
+  // by its queues: a dispatch runs to its end before another queue's starts,
+  // and a thousand idle queues do not hold a thousand copies.
+  struct DispatchScratch {
+    std::vector<GrantRef> refs;
+    std::vector<std::byte*> pages;
+    std::vector<PersistentGrants::Handle> handles;
+  };
+  static DispatchScratch& scratch() noexcept;
+  // A slot holds room for a direct request's segments until it first
+  // carries an indirect one; then for segment_capacity() (kept: the
+  // frontend that used indirect requests once will again). False: no memory.
+  bool grow_slot(Slot& s) noexcept;
 };
 
 }  // namespace xenpath

@@ -227,7 +227,14 @@ Status VifDevice::connect() noexcept {
   auto port =
       ports_ ? ports_(addr_, static_cast<uint16_t>(n)) : Result<std::unique_ptr<PacketPort>>(unexpected(ENODEV));
   if (!port) {
-    log_.error("cannot open the port: {}", error_string(port.error()));
+    if (port.error() == ENOSPC) {
+      log_.error(
+          "cannot open the port: all {} DPDK ethdev ports of this process are taken (RTE_MAX_ETHPORTS, fixed "
+          "when DPDK is built): one xenpath-netback serves at most that many VIFs",
+          DpdkEnv::port_capacity());
+    } else {
+      log_.error("cannot open the port: {}", error_string(port.error()));
+    }
     return unexpected(port.error());
   }
   port_ = std::move(*port);

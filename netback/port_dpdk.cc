@@ -530,11 +530,21 @@ Result<std::unique_ptr<PacketPort>> start_port(DpdkEnv& env, DpdkPool& pool, uin
 
 }  // namespace
 
+unsigned DpdkEnv::port_capacity() noexcept { return RTE_MAX_ETHPORTS; }
+
+unsigned DpdkEnv::ports_in_use() noexcept {
+  std::lock_guard<std::mutex> lock(control_);
+  return rte_eth_dev_count_total();
+}
+
 Result<std::unique_ptr<PacketPort>> DpdkEnv::open_port(PacketPool& pool, const DpdkPortConfig& cfg) noexcept {
   auto* dpool = dynamic_cast<DpdkPool*>(&pool);
   if (dpool == nullptr || cfg.devargs.empty()) return unexpected(EINVAL);
   try {
     std::lock_guard<std::mutex> lock(control_);
+    // A full table would fail inside the driver's probe, after it created
+    // its kernel side (a tap interface, a vhost-net queue); refuse first.
+    if (rte_eth_dev_count_total() >= RTE_MAX_ETHPORTS) return unexpected(ENOSPC);
     const std::string name = devargs_name(cfg.devargs);
     uint16_t port_id = 0;
     if (rte_eth_dev_get_port_by_name(name.c_str(), &port_id) == 0) return unexpected(EEXIST);
@@ -574,6 +584,7 @@ Result<std::array<std::unique_ptr<PacketPort>, 2>> DpdkEnv::open_ring_pair(Packe
     auto rings = std::make_shared<RingPair>();
     {
       std::lock_guard<std::mutex> lock(control_);
+      if (rte_eth_dev_count_total() + 2 > RTE_MAX_ETHPORTS) return unexpected(ENOSPC);
       // One producer and one consumer per direction: each port queue has a
       // single owning thread.
       for (auto& r : rings->r) {

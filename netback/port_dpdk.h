@@ -138,6 +138,16 @@ class DpdkEnv {
   Result<std::array<std::unique_ptr<PacketPort>, 2>> open_ring_pair(PacketPool& pool, const std::string& name,
                                                                     const DpdkPortConfig& base) noexcept;
 
+  // DPDK's ethdev table: every port (a VIF's, each end of a ring pair)
+  // takes one of RTE_MAX_ETHPORTS slots for its life, and the table is
+  // fixed when DPDK is built (32 in Debian's DPDK 22.11), so one process
+  // holds at most that many ports: with a port per VIF, one xenpath-netback
+  // serves at most port_capacity() VIFs (docs/netback-perf.md, "How many
+  // VIFs"). open_port() and open_ring_pair() refuse with ENOSPC, before
+  // probing anything, when the table has no room left.
+  [[nodiscard]] static unsigned port_capacity() noexcept;
+  [[nodiscard]] unsigned ports_in_use() noexcept;
+
   // Serialises ethdev control operations (ports' constructors/destructors).
   std::mutex& control_lock() noexcept { return control_; }
 

@@ -98,6 +98,14 @@ Result<SimBlkHost::Disk*> SimBlkHost::attach(uint32_t devid, const std::string& 
 Result<std::unique_ptr<SimBlkHost::Disk>> SimBlkHost::connect_disk(SimDomain& guest, XenStore& guest_xs,
                                                                    EventChannel& evtchn, DomId domid, uint32_t devid,
                                                                    const FrontOptions& fo) noexcept {
+  XP_ASSIGN_OR_RETURN(auto disk, publish_disk(guest, guest_xs, evtchn, domid, devid, fo));
+  XP_TRY(await_disk(*disk));
+  return disk;
+}
+
+Result<std::unique_ptr<SimBlkHost::Disk>> SimBlkHost::publish_disk(SimDomain& guest, XenStore& guest_xs,
+                                                                   EventChannel& evtchn, DomId domid, uint32_t devid,
+                                                                   const FrontOptions& fo) noexcept {
   if (fo.queues == 0) return unexpected(EINVAL);
   try {
     auto disk = std::make_unique<Disk>();
@@ -148,7 +156,7 @@ Result<std::unique_ptr<SimBlkHost::Disk>> SimBlkHost::connect_disk(SimDomain& gu
       keys.emplace_back(prefix + "event-channel", std::to_string(f->port()));
       disk->queues.push_back(std::move(f));
     }
-    XP_TRY(xb.connect(keys));
+    XP_TRY(xb.publish(keys));
     return disk;
   } catch (...) {
     return unexpected(ENOMEM);

@@ -93,6 +93,14 @@ class SimBlkHost {
   // connection of that guest.
   static Result<std::unique_ptr<Disk>> connect_disk(SimDomain& guest, XenStore& guest_xs, EventChannel& evtchn,
                                                     DomId domid, uint32_t devid, const FrontOptions& fo) noexcept;
+  // connect_disk() in two halves, so that a guest (or a host of guests)
+  // can publish every disk's rings before waiting for any backend, as a
+  // booting kernel probes its devices: publish_disk() ends after the keys
+  // and Initialised are written, await_disk() waits for the backend's
+  // Connected and writes the frontend's.
+  static Result<std::unique_ptr<Disk>> publish_disk(SimDomain& guest, XenStore& guest_xs, EventChannel& evtchn,
+                                                    DomId domid, uint32_t devid, const FrontOptions& fo) noexcept;
+  static Status await_disk(Disk& disk) noexcept { return disk.xenbus->await_connected(); }
   // Orderly close (xenbus Closing/Closed, the backend drains and unmaps),
   // the rings go, then the toolstack removes the device.
   Status detach(uint32_t devid) noexcept;

@@ -114,26 +114,26 @@ class NetVifDevice : public ::testing::Test, public test::SimBackendRig<NetbackS
     // A test moves a few packets: a small pool is quicker to make and free.
     no.pool.packets = 2047;
     no.pool.attachments = 2047;
+    no.port_template = port_template_;
     if (ports_) {
       no.ports = ports_;
-      ASSERT_NO_FATAL_FAILURE(SimBackendRig::start(kGuest, dopt, no));
-      return;
+    } else if (port_template_.empty()) {
+      no.ports = [this](const DeviceAddress& a, uint16_t queues) -> Result<std::unique_ptr<PacketPort>> {
+        std::vector<std::unique_ptr<PacketPort>> vif_side;
+        std::vector<std::unique_ptr<PacketPort>> wire_side;
+        for (uint16_t q = 0; q < queues; ++q) {
+          auto pair = test_dpdk()->open_ring_pair(service().pool(), test::unique_port_name("vd"), DpdkPortConfig{});
+          if (!pair) return unexpected(pair.error());
+          vif_side.push_back(std::move((*pair)[0]));
+          wire_side.push_back(std::move((*pair)[1]));
+        }
+        std::lock_guard<std::mutex> lock(wire_mu_);
+        wires_[a.devid] = std::move(wire_side);
+        return std::unique_ptr<PacketPort>(new MultiRingPort(
+            "vif" + std::to_string(a.frontend_id) + "." + std::to_string(a.devid), std::move(vif_side)));
+      };
     }
-    no.ports = [this](const DeviceAddress& a, uint16_t queues) -> Result<std::unique_ptr<PacketPort>> {
-      std::vector<std::unique_ptr<PacketPort>> vif_side;
-      std::vector<std::unique_ptr<PacketPort>> wire_side;
-      for (uint16_t q = 0; q < queues; ++q) {
-        auto pair = test_dpdk()->open_ring_pair(service().pool(), test::unique_port_name("vd"), DpdkPortConfig{});
-        if (!pair) return unexpected(pair.error());
-        vif_side.push_back(std::move((*pair)[0]));
-        wire_side.push_back(std::move((*pair)[1]));
-      }
-      std::lock_guard<std::mutex> lock(wire_mu_);
-      wires_[a.devid] = std::move(wire_side);
-      return std::unique_ptr<PacketPort>(new MultiRingPort(
-          "vif" + std::to_string(a.frontend_id) + "." + std::to_string(a.devid), std::move(vif_side)));
-    };
-    ASSERT_NO_FATAL_FAILURE(SimBackendRig::start(kGuest, dopt, no));
+    ASSERT_NO_FATAL_FAILURE(SimBackendRig::start(kGuest, dopt, no, guest_pages_));
   }
 
   void TearDown() override {
@@ -154,6 +154,12 @@ class NetVifDevice : public ::testing::Test, public test::SimBackendRig<NetbackS
   std::string ctl_socket_;
   // Set before start(): every VIF's port comes from here (no wire).
   VifPortFactory ports_;
+  // Set before start(): the VIFs' ports are DPDK devices from this devargs
+  // template (the production factory) instead of the test's ring pairs.
+  std::string port_template_;
+  // Set before start(): the guest's memory (a netfront's rings and receive
+  // buffers take about 520 pages).
+  uint32_t guest_pages_ = 8192;
 
   // The toolstack plugs the NIC (libxl's backend keys); the guest attaches.
   GuestVif& plug(uint32_t devid, sim::XsKeys backend_extra = {}, const std::string& mac = kMac) {
