@@ -362,6 +362,7 @@ void VbdDevice::describe(nlohmann::json& e, bool detail) const {
   uint64_t reads = 0, writes = 0, read_bytes = 0, write_bytes = 0, flushes = 0, barriers = 0, discards = 0;
   uint64_t errors = 0, in_flight = 0, halted = 0, qos_delayed = 0, qos_throttled_ns = 0;
   nlohmann::json per_queue = nlohmann::json::array();
+  nlohmann::json latency = {{"read", nullptr}, {"write", nullptr}, {"flush", nullptr}};
   for (size_t q = 0; q < queues; ++q) {
     const VbdQueueStats& s = *stats_[q];
     reads += s.reads.get();
@@ -391,6 +392,10 @@ void VbdDevice::describe(nlohmann::json& e, bool detail) const {
                          {"qos_delayed", s.qos_delayed.get()},
                          {"qos_throttled_seconds", static_cast<double>(s.qos_throttled_ns.get()) / 1e9},
                          {"halted", s.ring.halted.get() != 0}};
+    pq["latency"] = {{"read", latency_json(s.read_latency)},
+                     {"write", latency_json(s.write_latency)},
+                     {"flush", latency_json(s.flush_latency)}};
+    for (const char* op : {"read", "write", "flush"}) add_latency_json(latency[op], pq["latency"][op]);
     if (detail) {
       pq["indirect"] = s.indirect.get();
       pq["discard_bytes"] = s.discard_bytes.get();
@@ -439,6 +444,7 @@ void VbdDevice::describe(nlohmann::json& e, bool detail) const {
               {"delayed", qos_delayed},
               {"throttled_seconds", static_cast<double>(qos_throttled_ns) / 1e9}};
   e["per_queue"] = std::move(per_queue);
+  e["latency"] = std::move(latency);
   if (!detail) return;
   e["features"] = {{"protocol", up ? std::string(blk_protocol_name(protocol_)) : std::string()},
                    {"persistent", up && persistent_},

@@ -113,11 +113,30 @@ constexpr Family kVbdCounters[] = {
     {"xenpath_vbd_errors_total", "errors", "requests answered with an error"},
 };
 
+// The latency families: per op, the queues' histograms and the VBD's total
+// time (node_exporter's node_disk_read_time_seconds_total).
+struct LatencyFamily {
+  const char* op;
+  const char* histogram;
+  const char* time_total;
+  const char* help;
+};
+constexpr LatencyFamily kVbdLatency[] = {
+    {"read", "xenpath_vbd_read_latency_seconds", "xenpath_vbd_read_time_seconds_total", "read requests"},
+    {"write", "xenpath_vbd_write_latency_seconds", "xenpath_vbd_write_time_seconds_total", "write requests"},
+    {"flush", "xenpath_vbd_flush_latency_seconds", "xenpath_vbd_flush_time_seconds_total",
+     "flush and barrier requests"},
+};
+
 }  // namespace
 
 void BlkbackService::add_metrics(const nlohmann::json& stats, MetricSet& out) {
   auto devs = stats.find("devices");
   if (devs == stats.end() || !devs->is_array()) return;
+  // Histograms only while requests are timed (or were: a histogram with
+  // counts stays): all-zero histograms of an untimed daemon would read as
+  // "no latency".
+  const bool timed = stats.value("latency_timing", false);
   for (const auto& d : *devs) {
     const MetricSet::Labels dev = {{"domain", std::to_string(d.value("frontend", 0))},
                                    {"device", std::to_string(d.value("devid", 0))}};
@@ -137,6 +156,24 @@ void BlkbackService::add_metrics(const nlohmann::json& stats, MetricSet& out) {
         ql["queue"] = std::to_string(q.value("queue", 0));
         out.gauge("xenpath_vbd_queue_in_flight_requests", "requests a queue consumed and not yet answered", ql,
                   q.value("in_flight", 0.0));
+        const auto lat = q.find("latency");
+        if (lat == q.end() || !lat->is_object()) continue;
+        for (const LatencyFamily& f : kVbdLatency) {
+          const auto h = lat->find(f.op);
+          if (h == lat->end() || !h->is_object() || (!timed && h->value("count", 0) == 0)) continue;
+          out.latency_histogram(f.histogram,
+                                std::string("time from taking ") + f.help +
+                                    " off the ring to their response (answered OKAY, while timed)",
+                                ql, *h);
+        }
+      }
+    }
+    if (const auto lat = d.find("latency"); lat != d.end() && lat->is_object()) {
+      for (const LatencyFamily& f : kVbdLatency) {
+        const auto h = lat->find(f.op);
+        if (h == lat->end() || !h->is_object() || (!timed && h->value("count", 0) == 0)) continue;
+        out.counter(f.time_total, std::string("total time of ") + f.help + " (the latency histograms' sum)", dev,
+                    h->value("sum_ns", 0.0) / 1e9);
       }
     }
   }

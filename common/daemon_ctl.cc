@@ -124,6 +124,17 @@ void BackendDaemon::add_control_methods() {
                               }});
   }
 
+  if (!settings_.contains("latency_histograms")) {
+    add_setting("latency_histograms",
+                {"on or off: time every request for the latency histograms (one fine clock read per busy worker "
+                 "iteration), at the next iteration",
+                 [this](std::string_view v) -> Result<std::string> {
+                   if (v != "on" && v != "off") return unexpected(EINVAL);
+                   set_latency_timing(v == "on");
+                   return fmt::format("latency histograms {}", v);
+                 }});
+  }
+
   ctl_->add_method("version", [this](const nlohmann::json&, const Reply& r) {
     nlohmann::json methods = {"version", "list", "show", "stats", "set"};
     nlohmann::json settings = nlohmann::json::object();
