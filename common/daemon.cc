@@ -82,6 +82,8 @@ void BackendDaemon::set_latency_timing(bool on) noexcept {
 
 bool BackendDaemon::latency_timing() const noexcept { return !workers_.empty() && workers_.front()->fine_clock(); }
 
+void BackendDaemon::add_method(const std::string& name, ControlServer::Method fn) { methods_[name] = std::move(fn); }
+
 void BackendDaemon::add_stop_hook(std::function<void()> fn) { stop_hooks_.push_back(std::move(fn)); }
 
 Status BackendDaemon::start() noexcept {

@@ -28,8 +28,8 @@ class LatencyHistogram {
   // Upper bounds (inclusive, as Prometheus' `le`), nanoseconds; one more
   // bucket counts everything above the last (+Inf).
   static constexpr std::array<uint64_t, 14> kBoundsNs = {
-      50'000,     100'000,    250'000,     500'000,     1'000'000,   2'500'000,   5'000'000,
-      10'000'000, 25'000'000, 50'000'000,  100'000'000, 250'000'000, 500'000'000, 1'000'000'000};
+      50'000,     100'000,    250'000,    500'000,     1'000'000,   2'500'000,   5'000'000,
+      10'000'000, 25'000'000, 50'000'000, 100'000'000, 250'000'000, 500'000'000, 1'000'000'000};
   static constexpr size_t kBuckets = kBoundsNs.size() + 1;
 
   // Writer thread. A default `start` (the clock was off when the request
