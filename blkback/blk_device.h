@@ -10,7 +10,8 @@
 //   discard-enable  0 to withhold discard from the guest (default 1)
 //   cache         0 to keep this VBD's image out of the daemon's shared read
 //                 cache (default 1: its immutable levels go through it when
-//                 the daemon has one; docs/cache.md)
+//                 the daemon has one; docs/cache.md). `xenpath-ctl set
+//                 DEV cache=on|off` writes it and applies it at once.
 //   qos-read-iops, qos-write-iops, qos-read-bps, qos-write-bps, qos-burst-ms
 //                 QoS limits (blk_qos.h; absent or 0: unlimited; malformed:
 //                 unlimited, logged, as netback treats "rate"), read at

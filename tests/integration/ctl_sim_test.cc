@@ -132,7 +132,8 @@ TEST_F(CtlSim, ListShowStatsSetAndMetricsAgainstTheSimulatedHost) {
   EXPECT_NE(watch.find("r/s"), std::string::npos) << watch;
   EXPECT_NE(watch.find("vbd/1/51712"), std::string::npos) << watch;
 
-  // set: the log level is a real daemon knob; a vbd has its QoS keys only.
+  // set: the log level is a real daemon knob; a vbd has its QoS keys and `cache`
+  // (blk_cache_test.cc), not `rate`.
   ASSERT_EQ(ctl({"set", "log_level=error"}).first, 0);
   EXPECT_EQ(spdlog::get_level(), spdlog::level::err);
   ASSERT_EQ(ctl({"set", "log_level=warn"}).first, 0);
