@@ -204,14 +204,6 @@ constexpr Family kVbdCounters[] = {
     {"xenpath_vbd_errors_total", "errors", "requests answered with an error"},
 };
 
-// The latency families: per op, the queues' histograms and the VBD's total
-// time (node_exporter's node_disk_read_time_seconds_total).
-struct LatencyFamily {
-  const char* op;
-  const char* histogram;
-  const char* time_total;
-  const char* help;
-};
 // The shared cache's counters, per VBD (its share) and for the whole cache.
 constexpr Family kCacheCounters[] = {
     {"hits_total", "hits", "cache lookups served from a ready block"},
@@ -229,6 +221,14 @@ void add_cache_families(const char* prefix, const nlohmann::json& c, const Metri
   }
 }
 
+// The latency families: per op, the queues' histograms and the VBD's total
+// time (node_exporter's node_disk_read_time_seconds_total).
+struct LatencyFamily {
+  const char* op;
+  const char* histogram;
+  const char* time_total;
+  const char* help;
+};
 constexpr LatencyFamily kVbdLatency[] = {
     {"read", "xenpath_vbd_read_latency_seconds", "xenpath_vbd_read_time_seconds_total", "read requests"},
     {"write", "xenpath_vbd_write_latency_seconds", "xenpath_vbd_write_time_seconds_total", "write requests"},
