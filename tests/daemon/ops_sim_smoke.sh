@@ -49,7 +49,8 @@ done
 grep -q '^xenpath_vbd_read_latency_seconds_bucket{device="51712",domain="1",queue="0",le="+Inf"} [1-9]' \
   "$work/metrics" || { grep latency "$work/metrics"; fail "no timed reads on guest 1's queue 0"; }
 "$ctl" --socket "$sock" set latency_histograms=off > /dev/null || fail "set latency_histograms=off"
-"$ctl" --socket "$sock" --json stats | grep -q '"latency_timing": false' || fail "latency timing still on"
+"$ctl" --socket "$sock" --json stats > "$work/stats.json" || fail "stats --json"
+grep -q '"latency_timing": false' "$work/stats.json" || fail "latency timing still on"
 
 kill -TERM "$pid"
 rc=0; wait "$pid" || rc=$?
