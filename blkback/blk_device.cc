@@ -3,11 +3,13 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <nlohmann/json.hpp>
 #include <thread>
 
 #include "blkback/image_open.h"
+#include "cache/block_cache.h"
 #include "common/xenbus/keys.h"
 
 namespace xenpath {
@@ -352,6 +354,35 @@ Result<std::unique_ptr<BackendDevice>> VbdDeviceType::create(const DeviceAddress
   }
 }
 
+Result<std::string> VbdDevice::set_cache(XenStore& xs, std::string_view value) noexcept {
+  bool on = false;
+  if (value == "on" || value == "1") {
+    on = true;
+  } else if (value != "off" && value != "0") {
+    return unexpected(EINVAL);
+  }
+  try {
+    // The key first: if it cannot be written nothing changed. Then the
+    // image's switch, directly: the channels read it per piece (a relaxed
+    // flag), so no worker needs a message; a read already in the cache
+    // finishes there (its pins and fills complete as usual).
+    XP_TRY(xs.write(kXsNoTxn, addr_.backend_path + "/cache", on ? "1" : "0"));
+    const bool cached = image_->set_cache_enabled(on);
+    if (cached)
+      return fmt::format("cache {}: the VBD's reads of its base levels {} the shared cache now", on ? "on" : "off",
+                         on ? "go through" : "go around");
+    if (on && opts_.cache != nullptr) {
+      return std::string(
+          "cache on: written to the backend key; applies when the device is next created (its image "
+          "was opened without the cache)");
+    }
+    return fmt::format("cache {}: written to the backend key; this image has no level in the cache{}",
+                       on ? "on" : "off", opts_.cache == nullptr ? " (the daemon runs without one)" : "");
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
+}
+
 void VbdDevice::describe(nlohmann::json& e, bool detail) const {
   const bool up = connected();
   const size_t queues = up ? queue_count() : 0;
@@ -362,6 +393,8 @@ void VbdDevice::describe(nlohmann::json& e, bool detail) const {
   uint64_t reads = 0, writes = 0, read_bytes = 0, write_bytes = 0, flushes = 0, barriers = 0, discards = 0;
   uint64_t errors = 0, in_flight = 0, halted = 0, qos_delayed = 0, qos_throttled_ns = 0;
   nlohmann::json per_queue = nlohmann::json::array();
+  nlohmann::json latency = {{"read", nullptr}, {"write", nullptr}, {"flush", nullptr}};
+  CacheCounters cache_use;  // the queues' channels' share of the shared cache's counters
   for (size_t q = 0; q < queues; ++q) {
     const VbdQueueStats& s = *stats_[q];
     reads += s.reads.get();
@@ -391,6 +424,14 @@ void VbdDevice::describe(nlohmann::json& e, bool detail) const {
                          {"qos_delayed", s.qos_delayed.get()},
                          {"qos_throttled_seconds", static_cast<double>(s.qos_throttled_ns.get()) / 1e9},
                          {"halted", s.ring.halted.get() != 0}};
+    pq["latency"] = {{"read", latency_json(s.read_latency)},
+                     {"write", latency_json(s.write_latency)},
+                     {"flush", latency_json(s.flush_latency)}};
+    for (const char* op : {"read", "write", "flush"}) add_latency_json(latency[op], pq["latency"][op]);
+    // The channel lives with the queue, which only this thread's
+    // connect/disconnect creates and destroys.
+    if (const CacheStatStripe* cu = queues_[q] ? queues_[q]->image_channel().cache_use() : nullptr)
+      cu->add_to(cache_use);
     if (detail) {
       pq["indirect"] = s.indirect.get();
       pq["discard_bytes"] = s.discard_bytes.get();
@@ -439,6 +480,10 @@ void VbdDevice::describe(nlohmann::json& e, bool detail) const {
               {"delayed", qos_delayed},
               {"throttled_seconds", static_cast<double>(qos_throttled_ns) / 1e9}};
   e["per_queue"] = std::move(per_queue);
+  e["latency"] = std::move(latency);
+  nlohmann::json cache = cache_use;
+  cache["enabled"] = image_->cache_enabled();
+  e["cache"] = std::move(cache);
   if (!detail) return;
   e["features"] = {{"protocol", up ? std::string(blk_protocol_name(protocol_)) : std::string()},
                    {"persistent", up && persistent_},
@@ -457,9 +502,20 @@ void VbdDevice::describe(nlohmann::json& e, bool detail) const {
 
 namespace xenpath {
 
-std::span<const std::string_view> VbdDevice::param_keys() const noexcept { return kQosKeys; }
+namespace {
+// The QoS keys, then the cache switch.
+constexpr auto kVbdParams = [] {
+  std::array<std::string_view, std::size(kQosKeys) + 1> a{};
+  for (size_t i = 0; i < std::size(kQosKeys); ++i) a[i] = kQosKeys[i];
+  a.back() = "cache";
+  return a;
+}();
+}  // namespace
+
+std::span<const std::string_view> VbdDevice::param_keys() const noexcept { return kVbdParams; }
 
 Result<std::string> VbdDevice::set_param(XenStore& xs, std::string_view key, std::string_view value) noexcept {
+  if (key == "cache") return set_cache(xs, value);
   QosLimits next = qos_;
   uint64_t* field = qos_field(next, key);
   if (field == nullptr) return unexpected(ENOENT);

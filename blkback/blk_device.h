@@ -10,7 +10,8 @@
 //   discard-enable  0 to withhold discard from the guest (default 1)
 //   cache         0 to keep this VBD's image out of the daemon's shared read
 //                 cache (default 1: its immutable levels go through it when
-//                 the daemon has one; docs/cache.md)
+//                 the daemon has one; docs/cache.md). `xenpath-ctl set
+//                 DEV cache=on|off` writes it and applies it at once.
 //   qos-read-iops, qos-write-iops, qos-read-bps, qos-write-bps, qos-burst-ms
 //                 QoS limits (blk_qos.h; absent or 0: unlimited; malformed:
 //                 unlimited, logged, as netback treats "rate"), read at
@@ -41,6 +42,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -117,14 +119,20 @@ class VbdDevice final : public BackendDevice {
   void describe(nlohmann::json& out, bool detail) const override;
   // A qos-* key changed: re-read all of them and hand them to every queue.
   void backend_key_changed(XenStore& xs, std::string_view key) noexcept override;
-  // qos-* keys (blk_qos.h): written to the backend directory as the
+  // qos-* keys (blk_qos.h), written to the backend directory as the
   // toolstack would; the watch applies them (backend_key_changed), and
-  // xenstore keeps them across reconnects and daemon restarts.
+  // xenstore keeps them across reconnects and daemon restarts. And `cache`
+  // (set_cache).
   Result<std::string> set_param(XenStore& xs, std::string_view key, std::string_view value) noexcept override;
   [[nodiscard]] std::span<const std::string_view> param_keys() const noexcept override;
   // Control thread: the limits in force; connected queues get them through
   // their worker's mailbox (Reactor::call).
   void apply_qos(const QosLimits& limits) noexcept;
+  // `cache` = on|off: the shared read cache for this VBD at runtime
+  // (Image::set_cache_enabled, at once: a relaxed flag the channels read per
+  // piece) and the backend key `cache` the next create reads (so a
+  // reconnect or a restarted daemon keeps it).
+  Result<std::string> set_cache(XenStore& xs, std::string_view value) noexcept;
   [[nodiscard]] const QosLimits& qos() const noexcept { return qos_; }
 
   [[nodiscard]] bool connected() const noexcept { return connected_.load(std::memory_order_acquire); }

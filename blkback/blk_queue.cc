@@ -38,6 +38,8 @@ struct VbdQueue::Slot final : ImageOp {
   QosDir qos_dir = QosDir::kRead;
   bool qos_waited = false;
   uint64_t qos_bytes = 0;
+  // When it was taken off the ring (the fine clock; default while off).
+  std::chrono::steady_clock::time_point taken{};
   Slot* next = nullptr;
   // A probed raw disk's last block, copied out of a write (made on first use).
   AlignedBytes guard_copy;
@@ -220,6 +222,7 @@ VbdQueue::Slot* VbdQueue::alloc_slot() noexcept {
 void VbdQueue::free_slot(Slot& s) noexcept {
   s.phase = Phase::kFree;
   s.started = false;
+  s.taken = {};
   s.burst = kNoBurst;
   s.nhandles = 0;
   s.iovcnt = 0;
@@ -264,9 +267,12 @@ bool VbdQueue::poll() noexcept {
       } else if (*n != 0) {
         Slot* head = nullptr;
         Slot* tail = nullptr;
+        // One stamp for the burst: at most one clock read per iteration.
+        const auto taken = worker_.reactor().fine_now();
         for (unsigned i = 0; i < *n; ++i) {
           Slot* s = alloc_slot();  // room <= free slots
           s->req = consumed_[i];
+          s->taken = taken;
           if (tail != nullptr) {
             tail->next = s;
           } else {
@@ -892,7 +898,31 @@ void VbdQueue::finish(Slot& s, int16_t status, BlkReason reason) noexcept {
   put_burst(b);
 }
 
+void VbdQueue::time_response(const Slot& s) noexcept {
+  LatencyHistogram* h = nullptr;
+  switch (s.a.op) {
+    case BLKIF_OP_READ:
+      h = &stats_.read_latency;
+      break;
+    case BLKIF_OP_WRITE:
+      h = &stats_.write_latency;
+      break;
+    case BLKIF_OP_FLUSH_DISKCACHE:
+    case BLKIF_OP_WRITE_BARRIER:
+      h = &stats_.flush_latency;
+      break;
+    default:
+      return;
+  }
+  h->record(s.taken, worker_.reactor().fine_now());
+}
+
 void VbdQueue::respond(Slot& s) noexcept {
+  // Timed as count_op counts: requests that ran and succeeded (a refused
+  // one has no admitted op). No clock read when the request was not stamped.
+  if (s.started && s.rsp_status == BLKIF_RSP_OKAY && s.taken != std::chrono::steady_clock::time_point{}) {
+    time_response(s);
+  }
   // Each consumed request frees the slot its response takes.
   (void)ring_->push_response(s.req.id, s.req.op, s.rsp_status);
   responses_pending_ = true;

@@ -61,6 +61,7 @@
 #include "blkback/blk_ring.h"
 #include "blkback/image.h"
 #include "common/guest_channel.h"
+#include "common/latency_histogram.h"
 #include "common/log.h"
 #include "common/reactor.h"
 #include "common/stats.h"
@@ -101,6 +102,12 @@ struct VbdQueueStats {
   Counter qos_delayed;
   Counter qos_throttled_ns;
   BlkErrorStats errors;  // rejected/failed requests by reason
+  // From consume (off the ring) to the response on the ring, of requests
+  // answered OKAY, while the worker's fine clock is on (Reactor::fine_now):
+  // reads, writes, and flushes (FLUSH_DISKCACHE and WRITE_BARRIER).
+  LatencyHistogram read_latency;
+  LatencyHistogram write_latency;
+  LatencyHistogram flush_latency;
 };
 
 class VbdQueue final : public XenRingPoller {
@@ -186,6 +193,7 @@ class VbdQueue final : public XenRingPoller {
   uint32_t take_burst(GrantMapping&& m, uint32_t users) noexcept;
   void put_burst(uint32_t b) noexcept;
   void respond(Slot& s) noexcept;
+  void time_response(const Slot& s) noexcept;
   void start_io(Slot& s) noexcept;
   void next_phase(Slot& s) noexcept;
   bool guard_write(Slot& s, uint64_t offset, uint64_t bytes) noexcept;

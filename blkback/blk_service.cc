@@ -1,5 +1,10 @@
 #include "blkback/blk_service.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+
 #include "common/log.h"
 
 namespace xenpath {
@@ -53,6 +58,9 @@ Result<std::unique_ptr<BlkbackService>> BlkbackService::create(BackendDaemon& da
     const BlkbackService* self = s.get();
     daemon.add_stats([self, d](nlohmann::json& j) { self->add_stats(j, d->driver()); });
     daemon.add_metrics(&BlkbackService::add_metrics);
+    daemon.add_method("cache", [self, d](const nlohmann::json& params, const ControlServer::Responder& r) {
+      self->cache_method(params, r, d->driver());
+    });
     return s;
   } catch (...) {
     return unexpected(ENOMEM);
@@ -67,8 +75,6 @@ void BlkbackService::add_stats(nlohmann::json& j, const BackendDriver& driver) c
 }
 
 // The stats file spells the cache's counters and gauges as their members.
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(CacheCounters, hits, misses, joins, bypasses, fills, fill_errors, evictions,
-                                   bytes_from_memory, bytes_from_disk)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(CacheGauges, blocks, free, small, main, filling, doomed)
 
 void BlkbackService::add_cache_stats(nlohmann::json& j) const {
@@ -96,6 +102,91 @@ void BlkbackService::add_cache_stats(nlohmann::json& j) const {
 
 namespace {
 
+// The cache's images an operator names: a registry id ("3"), or a path,
+// matched by what fstat says of it (the cache knows images by device and
+// inode, never by path: a renamed or second path is the same image).
+Result<std::vector<IdentityId>> cache_images_named(const BlockCache& cache, const std::string& name) noexcept {
+  try {
+    std::vector<IdentityId> out;
+    const auto images = cache.images();
+    if (!name.empty() && name.find_first_not_of("0123456789") == std::string::npos && name.size() < 10) {
+      const auto id = static_cast<IdentityId>(std::stoul(name));
+      for (const auto& img : images) {
+        if (img->id() == id) out.push_back(id);
+      }
+      return out;
+    }
+    const int fd = ::open(name.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return unexpected(errno);
+    auto ident = identity_of_fd(fd, 0, nullptr);
+    ::close(fd);
+    if (!ident) return unexpected(ident.error());
+    for (const auto& img : images) {
+      if (img->identity().dev == ident->dev && img->identity().ino == ident->ino) out.push_back(img->id());
+    }
+    return out;
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
+}
+
+}  // namespace
+
+void BlkbackService::cache_method(const nlohmann::json& params, const ControlServer::Responder& r,
+                                  const BackendDriver& driver) const {
+  const std::string op = params.is_object() ? params.value("op", std::string("stats")) : std::string("stats");
+  if (op == "stats") {
+    nlohmann::json j;
+    add_cache_stats(j);
+    nlohmann::json c = std::move(j["cache"]);
+    // Each VBD's share (its channels' counts while connected).
+    nlohmann::json vbds = nlohmann::json::array();
+    for (const auto& d : driver.describe_devices(type_name())) {
+      if (auto cu = d.find("cache"); cu != d.end()) {
+        nlohmann::json e = *cu;
+        e["device"] = fmt::format("{}/{}/{}", type_name(), d.value("frontend", 0), d.value("devid", 0));
+        e["image"] = d.value("image", std::string());
+        vbds.push_back(std::move(e));
+      }
+    }
+    c["vbds"] = std::move(vbds);
+    r.result(c);
+    return;
+  }
+  if (op != "drop") {
+    r.error(rpc_error::kInvalidParams, fmt::format("cache: op '{}': want stats or drop", op));
+    return;
+  }
+  if (!cache_) {
+    r.error(rpc_error::kFailed, "cache drop: the daemon runs without a cache (--cache-mib 0)");
+    return;
+  }
+  const std::string image = params.value("image", std::string());
+  if (image.empty()) {
+    // Pinned blocks (a copy in progress) and fills in flight are marked
+    // doomed and freed when released; their waiters read around the cache.
+    const size_t n = cache_->drop_all();
+    spdlog::info("control socket: cache drop: {} entries", n);
+    r.result({{"dropped", n}, {"images", "all"}});
+    return;
+  }
+  auto ids = cache_images_named(*cache_, image);
+  if (!ids) {
+    r.error(rpc_error::kInvalidParams, fmt::format("cache drop {}: {}", image, error_string(ids.error())));
+    return;
+  }
+  if (ids->empty()) {
+    r.error(rpc_error::kNoDevice, fmt::format("cache drop {}: no such image in the cache", image));
+    return;
+  }
+  size_t n = 0;
+  for (IdentityId id : *ids) n += cache_->drop(id);
+  spdlog::info("control socket: cache drop {}: {} entries", image, n);
+  r.result({{"dropped", n}, {"images", *ids}});
+}
+
+namespace {
+
 // The VBD counters as Prometheus families: name, stats file key, help.
 struct Family {
   const char* name;
@@ -113,11 +204,52 @@ constexpr Family kVbdCounters[] = {
     {"xenpath_vbd_errors_total", "errors", "requests answered with an error"},
 };
 
+// The shared cache's counters, per VBD (its share) and for the whole cache.
+constexpr Family kCacheCounters[] = {
+    {"hits_total", "hits", "cache lookups served from a ready block"},
+    {"misses_total", "misses", "cache lookups that became a fill from disk"},
+    {"joins_total", "joins", "cache lookups that joined a fill in flight"},
+    {"bypasses_total", "bypasses", "cache lookups the cache could not take (read around it)"},
+    {"fills_total", "fills", "cache blocks read from disk and published"},
+    {"memory_bytes_total", "bytes_from_memory", "bytes the guests got from cache memory"},
+    {"disk_bytes_total", "bytes_from_disk", "bytes read from disk into the cache"},
+};
+
+void add_cache_families(const char* prefix, const nlohmann::json& c, const MetricSet::Labels& labels, MetricSet& out) {
+  for (const Family& f : kCacheCounters) {
+    out.counter(std::string(prefix) + f.name, f.help, labels, c.value(f.key, 0.0));
+  }
+}
+
+// The latency families: per op, the queues' histograms and the VBD's total
+// time (node_exporter's node_disk_read_time_seconds_total).
+struct LatencyFamily {
+  const char* op;
+  const char* histogram;
+  const char* time_total;
+  const char* help;
+};
+constexpr LatencyFamily kVbdLatency[] = {
+    {"read", "xenpath_vbd_read_latency_seconds", "xenpath_vbd_read_time_seconds_total", "read requests"},
+    {"write", "xenpath_vbd_write_latency_seconds", "xenpath_vbd_write_time_seconds_total", "write requests"},
+    {"flush", "xenpath_vbd_flush_latency_seconds", "xenpath_vbd_flush_time_seconds_total",
+     "flush and barrier requests"},
+};
+
 }  // namespace
 
 void BlkbackService::add_metrics(const nlohmann::json& stats, MetricSet& out) {
   auto devs = stats.find("devices");
   if (devs == stats.end() || !devs->is_array()) return;
+  // Histograms only while requests are timed (or were: a histogram with
+  // counts stays): all-zero histograms of an untimed daemon would read as
+  // "no latency".
+  const bool timed = stats.value("latency_timing", false);
+  if (const auto c = stats.find("cache"); c != stats.end() && c->is_object() && c->value("enabled", false)) {
+    add_cache_families("xenpath_cache_", *c, {}, out);
+    out.gauge("xenpath_cache_blocks", "blocks of the cache's memory", {}, c->value("blocks", 0.0));
+    out.gauge("xenpath_cache_free_blocks", "blocks holding nothing", {}, c->value("free", 0.0));
+  }
   for (const auto& d : *devs) {
     const MetricSet::Labels dev = {{"domain", std::to_string(d.value("frontend", 0))},
                                    {"device", std::to_string(d.value("devid", 0))}};
@@ -131,12 +263,35 @@ void BlkbackService::add_metrics(const nlohmann::json& stats, MetricSet& out) {
       out.counter("xenpath_vbd_qos_throttled_seconds_total", "time a queue's head waited for QoS credit", dev,
                   qos->value("throttled_seconds", 0.0));
     }
+    if (const auto c = d.find("cache"); c != d.end() && c->is_object()) {
+      out.gauge("xenpath_vbd_cache_enabled", "1 while the VBD's reads of its base levels go through the cache", dev,
+                c->value("enabled", false));
+      add_cache_families("xenpath_vbd_cache_", *c, dev, out);
+    }
     if (auto qs = d.find("per_queue"); qs != d.end() && qs->is_array()) {
       for (const auto& q : *qs) {
         MetricSet::Labels ql = dev;
         ql["queue"] = std::to_string(q.value("queue", 0));
         out.gauge("xenpath_vbd_queue_in_flight_requests", "requests a queue consumed and not yet answered", ql,
                   q.value("in_flight", 0.0));
+        const auto lat = q.find("latency");
+        if (lat == q.end() || !lat->is_object()) continue;
+        for (const LatencyFamily& f : kVbdLatency) {
+          const auto h = lat->find(f.op);
+          if (h == lat->end() || !h->is_object() || (!timed && h->value("count", 0) == 0)) continue;
+          out.latency_histogram(f.histogram,
+                                std::string("time from taking ") + f.help +
+                                    " off the ring to their response (answered OKAY, while timed)",
+                                ql, *h);
+        }
+      }
+    }
+    if (const auto lat = d.find("latency"); lat != d.end() && lat->is_object()) {
+      for (const LatencyFamily& f : kVbdLatency) {
+        const auto h = lat->find(f.op);
+        if (h == lat->end() || !h->is_object() || (!timed && h->value("count", 0) == 0)) continue;
+        out.counter(f.time_total, std::string("total time of ") + f.help + " (the latency histograms' sum)", dev,
+                    h->value("sum_ns", 0.0) / 1e9);
       }
     }
   }

@@ -65,6 +65,9 @@ class BlkbackService {
  private:
   BlkbackService() noexcept = default;
   void add_cache_stats(nlohmann::json& j) const;
+  // The control socket's `cache` method (control thread): {"op": "stats"}
+  // or {"op": "drop", "image": optional id or path}.
+  void cache_method(const nlohmann::json& params, const ControlServer::Responder& r, const BackendDriver& driver) const;
 
   // Before workers_: destroyed after them, and after every device (the
   // daemon stops, and drops its devices, before the service goes).

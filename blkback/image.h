@@ -25,6 +25,8 @@
 
 namespace xenpath {
 
+struct CacheStatStripe;
+
 struct ImageInfo {
   uint64_t size_bytes = 0;
   // Smallest addressable unit, and with O_DIRECT the granularity of offsets
@@ -124,6 +126,10 @@ class ImageChannel : public Poller {
   // synchronously: errors arrive through image_done().
   virtual void submit(ImageOp& op) noexcept = 0;
   [[nodiscard]] virtual const ImageChannelStats& stats() const noexcept = 0;
+  // What this channel's reads did in the shared read cache, counted as the
+  // cache counts them (the per-VBD share of its global counters); nullptr
+  // for a channel that never uses it. Single writer: the channel's thread.
+  [[nodiscard]] virtual const CacheStatStripe* cache_use() const noexcept { return nullptr; }
   // Ops submitted and not yet done: a queue must see 0 before it unmaps
   // the pages they target.
   [[nodiscard]] uint64_t in_flight() const noexcept { return stats().in_flight; }
@@ -171,6 +177,14 @@ class Image {
   // On the reactor's thread (or before it starts): a channel doing this
   // image's I/O on that reactor's io_uring.
   virtual Result<std::unique_ptr<ImageChannel>> open_channel(Reactor& reactor) noexcept = 0;
+  // The shared read cache at runtime (`xenpath-ctl set DEV cache=on|off`):
+  // any thread; the channels read the switch per piece, so reads already in
+  // the cache finish there and the next ones go around it (or through it).
+  // Returns whether the image has levels in the cache at all (opened with
+  // it); when not, the switch changes nothing.
+  virtual bool set_cache_enabled(bool /*on*/) noexcept { return false; }
+  // Whether reads go through the cache now.
+  [[nodiscard]] virtual bool cache_enabled() const noexcept { return false; }
 };
 
 }  // namespace xenpath

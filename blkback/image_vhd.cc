@@ -256,6 +256,12 @@ void VhdChannel::transferred(ImageOp& op, int result) noexcept {
     }
     case SubOp::Role::kCacheFill:
       image_.cache_->complete(s.cblock, result == 0 ? static_cast<int>(s.fill_len) : result);
+      if (s.cblock) {  // published (pinned now): counted as the cache counts a fill
+        cache_counts.fills.add();
+        cache_counts.bytes_from_disk.add(s.fill_len);
+      } else if (result != 0) {  // the read failed; a fill whose block was dropped meanwhile is no error
+        cache_counts.fill_errors.add();
+      }
       // Published: the handle is pinned on it. Failed: emptied.
       return piece_ready(s, std::move(s.cblock), result == 0 ? 0 : -result);
     case SubOp::Role::kCacheWait:
@@ -462,6 +468,15 @@ void VhdImage::open_cache(BlockCache& cache) {
     }
     cache_levels_[i] = std::move(*ci);
   }
+}
+
+bool VhdImage::has_cache_levels() const noexcept {
+  return std::any_of(cache_levels_.begin(), cache_levels_.end(), [](const auto& c) { return c != nullptr; });
+}
+
+bool VhdImage::set_cache_enabled(bool on) noexcept {
+  cache_on_.store(on, std::memory_order_relaxed);
+  return has_cache_levels();
 }
 
 Result<std::unique_ptr<ImageChannel>> VhdImage::open_channel(Reactor& reactor) noexcept {

@@ -142,6 +142,10 @@ class VhdImage final : public Image {
   [[nodiscard]] CacheImage* cache_image(size_t level) const noexcept {
     return level < cache_levels_.size() ? cache_levels_[level].get() : nullptr;
   }
+  bool set_cache_enabled(bool on) noexcept override;
+  [[nodiscard]] bool cache_enabled() const noexcept override {
+    return cache_on_.load(std::memory_order_relaxed) && has_cache_levels();
+  }
   // The counters of a channel this image opened.
   static const VhdChannelStats& channel_stats(const ImageChannel& channel) noexcept;
 
@@ -151,6 +155,7 @@ class VhdImage final : public Image {
            unsigned cache_entries) noexcept;
   void set_full(size_t level, uint32_t block, bool full) noexcept;
   void open_cache(BlockCache& cache);
+  [[nodiscard]] bool has_cache_levels() const noexcept;
 
   std::string path_;
   VhdChain chain_;
@@ -162,6 +167,9 @@ class VhdImage final : public Image {
   std::atomic<bool> writer_{false};  // a writable image's one channel exists
   BlockCache* cache_ = nullptr;
   std::vector<std::shared_ptr<CacheImage>> cache_levels_;  // per level; null: not cached
+  // The runtime switch (set_cache_enabled): a relaxed flag the channels
+  // read per piece; nothing else moves between threads when it flips.
+  std::atomic<bool> cache_on_{true};
 };
 
 }  // namespace xenpath

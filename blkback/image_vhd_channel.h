@@ -80,6 +80,9 @@ class VhdChannel final : public UringImageChannel {
   bool arm() noexcept override;
 
   VhdChannelStats vstats;
+  // This channel's part of the cache's counters (cache_use()).
+  CacheStatStripe cache_counts;
+  [[nodiscard]] const CacheStatStripe* cache_use() const noexcept override { return &cache_counts; }
 
  protected:
   FileRef file_of(const ImageOp& op) const noexcept override;
@@ -140,7 +143,10 @@ class VhdChannel final : public UringImageChannel {
     SubOp& sub;
 
    protected:
-    void on_cache_fill(CacheBlock block, int error) noexcept override { ch.piece_ready(sub, std::move(block), error); }
+    void on_cache_fill(CacheBlock block, int error) noexcept override {
+      if (error == 0 && block) ch.cache_counts.bytes_from_memory.add(sub.bytes);  // as the cache counts a join
+      ch.piece_ready(sub, std::move(block), error);
+    }
   };
 
   // A caller's op in flight.
@@ -217,6 +223,7 @@ class VhdChannel final : public UringImageChannel {
   void fill_guest(Req& r, const uint8_t* src, uint64_t bytes) noexcept;
   bool read_direct(Req& r, uint8_t lvl, uint64_t file_off, uint64_t bytes) noexcept;
   bool read_cached(Req& r, uint8_t lvl, CacheImage& ci, uint64_t file_off, uint64_t bytes) noexcept;
+  void count_lookup(BlockCache::Outcome outcome, uint64_t bytes) noexcept;
   void piece_ready(SubOp& s, CacheBlock block, int error) noexcept;
 
   // Sub-ops.

@@ -69,7 +69,8 @@ bool VhdChannel::step_read(Req& r) noexcept {
       }
     }
     const auto lvl = static_cast<uint8_t>(i);
-    if (CacheImage* ci = image_.cache_image(i)) return read_cached(r, lvl, *ci, file_off, uint64_t{limit} * kSector);
+    CacheImage* ci = image_.cache_on_.load(std::memory_order_relaxed) ? image_.cache_image(i) : nullptr;
+    if (ci != nullptr) return read_cached(r, lvl, *ci, file_off, uint64_t{limit} * kSector);
     return read_direct(r, lvl, file_off, uint64_t{limit} * kSector);
   }
   ++vstats.zero_fills;
@@ -120,6 +121,7 @@ bool VhdChannel::read_cached(Req& r, uint8_t lvl, CacheImage& ci, uint64_t file_
   }
   if (!s->waiter) s->waiter.reset(new (std::nothrow) PieceWaiter(wake_.get(), *this, *s));
   auto res = cache.lookup(ci, b, static_cast<uint32_t>(bytes), s->waiter.get());
+  count_lookup(res.outcome, bytes);
   switch (res.outcome) {
     case BlockCache::Outcome::kHit:
       free_sub(*s);
@@ -155,6 +157,26 @@ bool VhdChannel::read_cached(Req& r, uint8_t lvl, CacheImage& ci, uint64_t file_
   }
   ++vstats.cache_bypasses;
   return read_direct(r, lvl, file_off, bytes);
+}
+
+// The lookup's outcome as the cache counts it (block_cache.cc lookup()),
+// for this channel's share of the counters.
+void VhdChannel::count_lookup(BlockCache::Outcome outcome, uint64_t bytes) noexcept {
+  switch (outcome) {
+    case BlockCache::Outcome::kHit:
+      cache_counts.hits.add();
+      cache_counts.bytes_from_memory.add(bytes);
+      break;
+    case BlockCache::Outcome::kFill:
+      cache_counts.misses.add();
+      break;
+    case BlockCache::Outcome::kWait:
+      cache_counts.joins.add();
+      break;
+    case BlockCache::Outcome::kBypass:
+      cache_counts.bypasses.add();
+      break;
+  }
 }
 
 // A cached piece's block is there (error 0, pinned) or will not be (the

@@ -5,11 +5,24 @@
 #include <algorithm>
 #include <bit>
 #include <new>
+#include <nlohmann/json.hpp>
 
 #include "cache/cache_table.h"
 #include "common/reactor.h"
 
 namespace xenpath {
+
+void to_json(nlohmann::json& j, const CacheCounters& c) {
+  j = {{"hits", c.hits},
+       {"misses", c.misses},
+       {"joins", c.joins},
+       {"bypasses", c.bypasses},
+       {"fills", c.fills},
+       {"fill_errors", c.fill_errors},
+       {"evictions", c.evictions},
+       {"bytes_from_memory", c.bytes_from_memory},
+       {"bytes_from_disk", c.bytes_from_disk}};
+}
 
 namespace {
 

@@ -41,6 +41,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -68,6 +69,9 @@ struct CacheCounters {
   uint64_t bytes_from_memory = 0;  // bytes of lookups served from cache memory (hits, woken joins)
   uint64_t bytes_from_disk = 0;    // bytes read from disk into the cache by fills
 };
+
+// The stats document's form: each member under its own name.
+void to_json(nlohmann::json& j, const CacheCounters& c);
 
 // Occupancy (a snapshot; each shard is read under its lock, not all at once).
 struct CacheGauges {

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "common/ctl_server.h"
+#include "common/latency_histogram.h"
 
 namespace xenpath {
 
@@ -44,6 +45,11 @@ Result<std::unique_ptr<BackendDaemon>> BackendDaemon::create(XenPlatform& platfo
     dopt.self = platform.self();
     d->driver_ = std::make_unique<BackendDriver>(std::move(xs), dopt);
     XP_TRY(d->control_->start());
+    if (opts.latency_histograms != "auto" && opts.latency_histograms != "on" && opts.latency_histograms != "off") {
+      return unexpected(EINVAL);
+    }
+    d->set_latency_timing(opts.latency_histograms == "on" ||
+                          (opts.latency_histograms == "auto" && !opts.metrics_listen.empty()));
     for (auto& w : d->workers_) XP_TRY(w->start());
     return d;
   } catch (...) {
@@ -69,6 +75,14 @@ void BackendDaemon::add_stats(StatsFn fn) { stats_fns_.push_back(std::move(fn));
 void BackendDaemon::add_metrics(MetricsFn fn) { metrics_fns_.push_back(std::move(fn)); }
 
 void BackendDaemon::add_setting(const std::string& key, DaemonSetting setting) { settings_[key] = std::move(setting); }
+
+void BackendDaemon::set_latency_timing(bool on) noexcept {
+  for (auto& w : workers_) w->set_fine_clock(on);
+}
+
+bool BackendDaemon::latency_timing() const noexcept { return !workers_.empty() && workers_.front()->fine_clock(); }
+
+void BackendDaemon::add_method(const std::string& name, ControlServer::Method fn) { methods_[name] = std::move(fn); }
 
 void BackendDaemon::add_stop_hook(std::function<void()> fn) { stop_hooks_.push_back(std::move(fn)); }
 
@@ -164,6 +178,7 @@ nlohmann::json BackendDaemon::collect() {
                        {"busy_ns", r.busy_ns},
                        {"epoll_waits", r.epoll_waits},
                        {"clock_reads", r.clock_reads},
+                       {"fine_clock_reads", r.fine_clock_reads},
                        {"sleeps", r.sleeps},
                        {"wakeups_by_arm", r.wakeups_by_arm},
                        {"mailbox_tasks", r.mailbox_tasks},
@@ -172,6 +187,10 @@ nlohmann::json BackendDaemon::collect() {
                        {"uring_cqes", r.uring_cqes}});
   }
   j["workers"] = std::move(workers);
+  // Whether requests are being timed now, and the latency histograms' bucket
+  // bounds (the queues' histograms give counts only).
+  j["latency_timing"] = latency_timing();
+  j["latency_bounds_ns"] = latency_bounds_json();
   for (auto& fn : stats_fns_) fn(j);
   return j;
 }

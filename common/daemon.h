@@ -51,6 +51,10 @@ struct DaemonOptions {
   bool ctl_socket_optional = false;
   // "ADDR:PORT" of the Prometheus endpoint; empty: none (opt-in).
   std::string metrics_listen;
+  // Per-request latency (the workers' fine clock, Reactor::fine_now(), and
+  // the queues' histograms): "auto" (on with a metrics endpoint), "on",
+  // "off". Also `xenpath-ctl set latency_histograms=on|off` at runtime.
+  std::string latency_histograms = "auto";
   BackendDriver::Options driver;
 };
 
@@ -87,6 +91,13 @@ class BackendDaemon {
   void add_metrics(MetricsFn fn);
   // A daemon-wide runtime setting (the daemon has "log_level").
   void add_setting(const std::string& key, DaemonSetting setting);
+  // A service's own control-socket method (blkback's "cache"), served on
+  // the control reactor like the daemon's.
+  void add_method(const std::string& name, ControlServer::Method fn);
+  // Per-request latency timing on every worker (Reactor::set_fine_clock):
+  // the queues' latency histograms fill only while it is on. Any thread.
+  void set_latency_timing(bool on) noexcept;
+  [[nodiscard]] bool latency_timing() const noexcept;
   // Runs on the stopping thread once every device is disconnected and
   // before the reactors stop (a service's per-worker teardown, e.g. DPDK
   // lcores, through Reactor::call()). In the order added.
@@ -139,7 +150,8 @@ class BackendDaemon {
   std::vector<StatsFn> stats_fns_;
   std::vector<MetricsFn> metrics_fns_;
   std::map<std::string, DaemonSetting, std::less<>> settings_;
-  std::unique_ptr<ControlServer> ctl_;  // control thread
+  std::map<std::string, ControlServer::Method> methods_;  // the services'
+  std::unique_ptr<ControlServer> ctl_;                    // control thread
   std::unique_ptr<MetricsEndpoint> metrics_;
   std::vector<std::function<void()>> stop_hooks_;
   std::chrono::steady_clock::time_point started_at_{};

@@ -124,8 +124,20 @@ void BackendDaemon::add_control_methods() {
                               }});
   }
 
+  if (!settings_.contains("latency_histograms")) {
+    add_setting("latency_histograms",
+                {"on or off: time every request for the latency histograms (one fine clock read per busy worker "
+                 "iteration), at the next iteration",
+                 [this](std::string_view v) -> Result<std::string> {
+                   if (v != "on" && v != "off") return unexpected(EINVAL);
+                   set_latency_timing(v == "on");
+                   return fmt::format("latency histograms {}", v);
+                 }});
+  }
+
   ctl_->add_method("version", [this](const nlohmann::json&, const Reply& r) {
     nlohmann::json methods = {"version", "list", "show", "stats", "set"};
+    for (const auto& m : methods_) methods.push_back(m.first);
     nlohmann::json settings = nlohmann::json::object();
     for (const auto& [k, s] : settings_) settings[k] = s.help;
     r.result({{"daemon", opts_.name},
@@ -239,6 +251,8 @@ void BackendDaemon::add_control_methods() {
     spdlog::info("control socket: {}/{}/{}: {}", a->type, a->frontend_id, a->devid, *done);
     r.result({{"applied", *done}});
   });
+
+  for (const auto& [name, fn] : methods_) ctl_->add_method(name, fn);
 }
 
 std::vector<prometheus::MetricFamily> BackendDaemon::metrics_of(const nlohmann::json& snapshot) {

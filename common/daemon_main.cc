@@ -15,6 +15,10 @@ void add_daemon_cli(CLI::App& app, DaemonCli& cli) {
                      "/<daemon>.sock, none: no socket");
   app.add_option("--metrics-listen", cli.daemon.metrics_listen,
                  "serve Prometheus metrics on ADDR:PORT/metrics (e.g. 127.0.0.1:9581); default: off");
+  app.add_option("--latency-histograms", cli.daemon.latency_histograms,
+                 "time requests for the latency histograms: auto (with --metrics-listen), on, off")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->capture_default_str();
 }
 
 void finish_daemon_cli(DaemonCli& cli) {

@@ -1,11 +1,14 @@
 #include "common/metrics.h"
 
+#include "common/latency_histogram.h"
+
 #include <prometheus/collectable.h>
 #include <prometheus/exposer.h>
 #include <prometheus/text_serializer.h>
 #include <spdlog/spdlog.h>
 
 #include <cerrno>
+#include <limits>
 #include <sstream>
 
 namespace xenpath {
@@ -26,6 +29,23 @@ void MetricSet::counter(const std::string& name, const std::string& help, const 
 
 void MetricSet::gauge(const std::string& name, const std::string& help, const Labels& labels, double value) {
   add(name, help, prometheus::MetricType::Gauge, labels).gauge.value = value;
+}
+
+void MetricSet::latency_histogram(const std::string& name, const std::string& help, const Labels& labels,
+                                  const nlohmann::json& h) {
+  const auto b = h.is_object() ? h.find("buckets") : h.end();
+  if (b == h.end() || !b->is_array() || b->size() != LatencyHistogram::kBuckets) return;
+  prometheus::ClientMetric::Histogram& out = add(name, help, prometheus::MetricType::Histogram, labels).histogram;
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < LatencyHistogram::kBuckets; ++i) {
+    cumulative += (*b)[i].is_number_unsigned() ? (*b)[i].get<uint64_t>() : 0;
+    out.bucket.push_back({cumulative, i < LatencyHistogram::kBoundsNs.size()
+                                          ? static_cast<double>(LatencyHistogram::kBoundsNs[i]) / 1e9
+                                          : std::numeric_limits<double>::infinity()});
+  }
+  // The count is the +Inf bucket's, as the format requires.
+  out.sample_count = cumulative;
+  out.sample_sum = static_cast<double>(h.value("sum_ns", uint64_t{0})) / 1e9;
 }
 
 namespace {

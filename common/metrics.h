@@ -38,6 +38,11 @@ class MetricSet {
   using Labels = std::map<std::string, std::string>;
   void counter(const std::string& name, const std::string& help, const Labels& labels, double value);
   void gauge(const std::string& name, const std::string& help, const Labels& labels, double value);
+  // A histogram of durations in seconds from the stats document's form
+  // (common/latency_histogram.h: count, sum_ns, per-bucket counts over
+  // LatencyHistogram::kBoundsNs then +Inf); nothing when `h` is not that.
+  void latency_histogram(const std::string& name, const std::string& help, const Labels& labels,
+                         const nlohmann::json& h);
   [[nodiscard]] std::vector<prometheus::MetricFamily> take() { return std::move(families_); }
   [[nodiscard]] const std::vector<prometheus::MetricFamily>& families() const noexcept { return families_; }
 

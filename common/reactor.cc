@@ -104,6 +104,12 @@ struct Reactor::Impl {
   // The iteration's time (reactor thread; set before the loop from the
   // owner's thread).
   std::chrono::steady_clock::time_point now;
+  // The fine clock (fine_now()): switched from any thread, sampled into
+  // fine_on at the top of each iteration; fine_at is this iteration's
+  // reading once taken (default until then).
+  std::atomic<bool> fine_requested{false};
+  bool fine_on = false;
+  std::chrono::steady_clock::time_point fine_at{};
 
   std::atomic<bool> stop_requested{false};
   std::atomic<bool> running{false};
@@ -251,6 +257,8 @@ void Reactor::Impl::loop() noexcept {
     // the coarse clock (add_timer_fd).
     now = std::max(now, CoarseClock::now());
     ++stats.clock_reads;
+    fine_on = fine_requested.load(std::memory_order_relaxed);
+    fine_at = {};
     if (timed) stats.busy_ns += static_cast<uint64_t>(std::chrono::nanoseconds(now - prev).count());
     prev = now;
     // Handlers first: a timer that asks for a poll (a rate credit) gets it
@@ -683,6 +691,20 @@ std::chrono::steady_clock::time_point Reactor::now() const noexcept {
 }
 
 std::chrono::nanoseconds Reactor::clock_resolution() const noexcept { return impl_->resolution; }
+
+void Reactor::set_fine_clock(bool on) noexcept { impl_->fine_requested.store(on, std::memory_order_relaxed); }
+
+bool Reactor::fine_clock() const noexcept { return impl_->fine_requested.load(std::memory_order_relaxed); }
+
+std::chrono::steady_clock::time_point Reactor::fine_now() noexcept {
+  Impl& m = *impl_;
+  if (!m.fine_on) return {};
+  if (m.fine_at == std::chrono::steady_clock::time_point{}) {
+    m.fine_at = std::chrono::steady_clock::now();
+    ++m.stats.fine_clock_reads;
+  }
+  return m.fine_at;
+}
 
 const std::string& Reactor::name() const noexcept { return impl_->opts.name; }
 

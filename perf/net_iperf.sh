@@ -17,8 +17,15 @@
 # Everything it creates is removed on exit. Needs root (namespaces, taps);
 # where they cannot be created (CI containers) it says so and exits 0.
 #
-# Usage: perf/net_iperf.sh [build dir (default build-rel)] [seconds (default 3)]
+# Usage: perf/net_iperf.sh [--json OUT.json] [build dir (default build-rel)] [seconds (default 3)]
+# --json: the table as {"seconds", "online_cpus", "loadavg", "iperf": [{path,
+# up_gbps, down_gbps}]} (perf/plot.py draws it).
 set -uo pipefail
+json_out=
+if [ "${1:-}" = "--json" ]; then
+  json_out=${2:?--json needs a file}
+  shift 2
+fi
 here=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$here/build-rel}
 secs=${2:-3}
@@ -151,6 +158,20 @@ else
   echo "xenpath vhost-net: SKIPPED: $vhost_why"
 fi
 echo "(Gb/s received)"
+if [ -n "$json_out" ]; then
+  {
+    echo "xenpath net_tap, offloads,$xu,$xd"
+    echo "xenpath net_tap, no offloads,$xnu,$xnd"
+    [ -z "$vhost_why" ] && echo "xenpath vhost-net, offloads,$hu,$hd" && echo "xenpath vhost-net, no offloads,$hnu,$hnd"
+    echo "veth, offloads,$vu,$vd"
+    echo "veth, no offloads,$nu,$nd"
+  } | python3 -c '
+import json, os, sys
+rows = [l.rstrip("\n").split(",") for l in sys.stdin if l.strip()]
+json.dump({"seconds": float(sys.argv[2]), "online_cpus": os.cpu_count(), "loadavg": open("/proc/loadavg").read().split()[:3],
+           "iperf": [{"path": p, "up_gbps": float(u), "down_gbps": float(d)} for p, u, d in rows]},
+          open(sys.argv[1], "w"), indent=1)' "$json_out" "$secs" && echo "JSON: $json_out"
+fi
 echo "xenpath counters, net_tap, offloads:    $(cat "$tmp/xp.counters")"
 echo "xenpath counters, net_tap, no offloads: $(cat "$tmp/xpnooff.counters")"
 if [ -z "$vhost_why" ]; then

@@ -11,6 +11,7 @@ pkgs=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   fio iperf3 iproute2
+  python3-matplotlib  # perf/plot.py (the docs' figures) and its test
   prometheus-cpp-dev prometheus curl  # the metrics endpoint; promtool checks its output, curl scrapes it
   qemu-utils libvhdi-utils  # the VHD oracles: qemu-img/qemu-io (vpc), vhdiinfo/vhdimount (chains)
 )

@@ -38,6 +38,19 @@ curl -sf "http://$addr/metrics" > "$work/metrics" || fail "curl http://$addr/met
 grep -q '^xenpath_vbd_read_bytes_total{device="51712",domain="1"} [1-9]' "$work/metrics" \
   || { cat "$work/metrics"; fail "no read bytes for guest 1"; }
 grep -q '^xenpath_up{daemon="xenpath-blkback"} 1' "$work/metrics" || fail "xenpath_up"
+# Latency histograms (on with the metrics endpoint): every family, with
+# requests in the +Inf bucket of each queue that had any, and the totals.
+for op in read write flush; do
+  grep -q "^# TYPE xenpath_vbd_${op}_latency_seconds histogram" "$work/metrics" \
+    || { cat "$work/metrics"; fail "no ${op} latency histogram family"; }
+  grep -q "^xenpath_vbd_${op}_time_seconds_total{device=\"51712\",domain=\"1\"} " "$work/metrics" \
+    || fail "no ${op} time total"
+done
+grep -q '^xenpath_vbd_read_latency_seconds_bucket{device="51712",domain="1",queue="0",le="+Inf"} [1-9]' \
+  "$work/metrics" || { grep latency "$work/metrics"; fail "no timed reads on guest 1's queue 0"; }
+"$ctl" --socket "$sock" set latency_histograms=off > /dev/null || fail "set latency_histograms=off"
+"$ctl" --socket "$sock" --json stats > "$work/stats.json" || fail "stats --json"
+grep -q '"latency_timing": false' "$work/stats.json" || fail "latency timing still on"
 
 kill -TERM "$pid"
 rc=0; wait "$pid" || rc=$?

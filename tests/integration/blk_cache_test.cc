@@ -29,12 +29,16 @@
 #include <thread>
 #include <vector>
 
+#include "blkback/blk_service.h"
 #include "blkback/image_vhd.h"
 #include "blkback/vhd_file.h"
 #include "cache/block_cache.h"
 #include "common/proc_io.h"
+#include "sim/blk/blk_demo.h"
 #include "sim/blk/sim_blkdigest.h"
 #include "sim/blk/sim_blkhost.h"
+#include "tests/fixtures/ctl_run.h"
+#include "tests/fixtures/eventually.h"
 #include "tests/fixtures/image_rig.h"
 #include "tests/fixtures/vhd_files.h"
 
@@ -289,6 +293,141 @@ TEST(BlkCache, SimVerifyLoadThroughTheCache) {
   EXPECT_GT(c.at("hits").get<uint64_t>() + c.at("joins").get<uint64_t>(), 0u) << c.dump();
   EXPECT_EQ(c.at("fill_errors").get<uint64_t>(), 0u);
   EXPECT_TRUE(c.at("images").is_array());  // the final document: the devices (and their images) are gone
+}
+
+// The operator's cache commands over the simulated host: three guests on
+// VHD children of one written base, the verify load reading (and checking)
+// through the shared cache while `xenpath-ctl cache stats|drop` and
+// `set DEV cache=off|on` run against the daemon. A drop empties the cache
+// under the load (which still finds no wrong byte: the run's self-check)
+// and it fills again; a VBD switched off stops using the cache while the
+// others go on, and uses it again when switched on; once every VBD is off
+// and in-flight pieces are done, the per-VBD counters add up exactly to the
+// cache's global ones.
+TEST(BlkCache, CtlCacheStatsDropAndPerVbdSwitchOverTheSim) {
+  using namespace std::chrono_literals;
+  using test::eventually;
+  XP_REQUIRE_TOOL("qemu-img");
+  test::TempDir dir;
+  (void)make_base(dir, 16 * kMiB, 77);
+  const std::string socket = dir / "bb.sock";
+  DaemonCli cli = BlkbackService::cli_defaults();
+  cli.log_level = "warn";
+  cli.daemon.workers = 2;
+  cli.ctl_socket = socket;
+  finish_daemon_cli(cli);
+  sim::BlkDemoOptions opt;
+  opt.run.guests = 3;
+  opt.run.seconds = 25;
+  opt.image = "vhd:" + (dir / "base.vhd");
+  opt.image_dir = dir / "kids";
+  opt.queue_depth = 8;
+  opt.block_size = 16384;
+  opt.read_percent = 90;
+  VbdOptions vbd;
+  vbd.cache_mib = 8;  // half the base: evictions too
+  vbd.cache_block_kib = 64;
+  int rc = -1;
+  std::thread demo([&] { rc = sim::run_blkback_demo(cli, vbd, opt); });
+
+  auto cache_stats = [&]() -> nlohmann::json {
+    auto [st, text] = test::run_ctl(socket, {"--json", "cache", "stats"});
+    if (st != 0) return {};
+    return nlohmann::json::parse(text, nullptr, false);
+  };
+  auto vbd_of = [](const nlohmann::json& c, const std::string& dev) -> nlohmann::json {
+    for (const auto& v : c.value("vbds", nlohmann::json::array())) {
+      if (v.value("device", std::string()) == dev) return v;
+    }
+    return {};
+  };
+  auto used = [](const nlohmann::json& v) {
+    return v.value("hits", uint64_t{0}) + v.value("misses", uint64_t{0}) + v.value("joins", uint64_t{0}) +
+           v.value("bypasses", uint64_t{0});
+  };
+  nlohmann::json c;
+  ASSERT_TRUE(eventually(
+      [&] {
+        c = cache_stats();
+        return c.is_object() && c.value("vbds", nlohmann::json::array()).size() == 3 && c.value("fills", 0) > 20 &&
+               c.value("hits", 0) > 20;
+      },
+      20s))
+      << c.dump(2);
+  EXPECT_TRUE(c.value("enabled", false));
+  ASSERT_EQ(c["images"].size(), 1u) << c.dump(2);
+  const auto image_id = c["images"][0].value("id", 0u);
+  // The human table names the image and the three VBDs.
+  auto [st, table] = test::run_ctl(socket, {"cache", "stats"});
+  EXPECT_EQ(st, 0) << table;
+  EXPECT_NE(table.find("image " + std::to_string(image_id)), std::string::npos) << table;
+  EXPECT_NE(table.find("vbd/3/51712"), std::string::npos) << table;
+
+  // Drop everything: the resident blocks go (pinned and filling ones when
+  // released), and the load fills them again.
+  const uint64_t fills_before = c.value("fills", uint64_t{0});
+  auto [dst, dropped] = test::run_ctl(socket, {"--json", "cache", "drop"});
+  ASSERT_EQ(dst, 0) << dropped;
+  EXPECT_GT(nlohmann::json::parse(dropped).value("dropped", 0), 0) << dropped;
+  ASSERT_TRUE(eventually(
+      [&] {
+        c = cache_stats();
+        return c.is_object() && c.value("fills", uint64_t{0}) > fills_before + 20;
+      },
+      15s))
+      << c.dump(2);
+  // By path (the base's, as the operator knows it) and by id; an unknown
+  // image is refused with exit 1.
+  auto [pst, by_path] = test::run_ctl(socket, {"--json", "cache", "drop", dir / "base.vhd"});
+  EXPECT_EQ(pst, 0) << by_path;
+  EXPECT_EQ(nlohmann::json::parse(by_path, nullptr, false).value("images", nlohmann::json::array()),
+            nlohmann::json::array({image_id}))
+      << by_path;
+  EXPECT_EQ(test::run_ctl(socket, {"cache", "drop", std::to_string(image_id)}).first, 0);
+  EXPECT_EQ(test::run_ctl(socket, {"cache", "drop", "4000000"}).first, 1);
+  EXPECT_EQ(test::run_ctl(socket, {"cache", "drop", dir / "absent.vhd"}).first, 1);
+  EXPECT_EQ(test::run_ctl(socket, {"set", "vbd/1/51712", "cache=maybe"}).first, 1);
+
+  // Guest 1's VBD off: its counters stop while guest 2's go on.
+  auto [ost, off] = test::run_ctl(socket, {"set", "vbd/1/51712", "cache=off"});
+  ASSERT_EQ(ost, 0) << off;
+  EXPECT_NE(off.find("go around"), std::string::npos) << off;
+  std::this_thread::sleep_for(300ms);  // pieces already in the cache finish
+  const nlohmann::json a = cache_stats();
+  EXPECT_FALSE(vbd_of(a, "vbd/1/51712").value("enabled", true)) << a.dump(2);
+  std::this_thread::sleep_for(1500ms);
+  const nlohmann::json b = cache_stats();
+  EXPECT_EQ(used(vbd_of(b, "vbd/1/51712")), used(vbd_of(a, "vbd/1/51712"))) << a.dump(2) << b.dump(2);
+  EXPECT_GT(used(vbd_of(b, "vbd/2/51712")), used(vbd_of(a, "vbd/2/51712"))) << a.dump(2) << b.dump(2);
+  // On again: it uses the cache again.
+  ASSERT_EQ(test::run_ctl(socket, {"set", "vbd/1/51712", "cache=on"}).first, 0);
+  ASSERT_TRUE(
+      eventually([&] { return used(vbd_of(cache_stats(), "vbd/1/51712")) > used(vbd_of(b, "vbd/1/51712")); }, 10s));
+
+  // Everyone off, in-flight pieces done: the VBDs' shares are the whole.
+  for (const char* d : {"vbd/1/51712", "vbd/2/51712", "vbd/3/51712"}) {
+    ASSERT_EQ(test::run_ctl(socket, {"set", d, "cache=off"}).first, 0);
+  }
+  nlohmann::json fin;
+  ASSERT_TRUE(eventually(
+      [&] {
+        const nlohmann::json x = cache_stats();
+        std::this_thread::sleep_for(200ms);
+        fin = cache_stats();
+        return x.is_object() && x == fin && fin.value("filling", 1) == 0;
+      },
+      10s))
+      << fin.dump(2);
+  for (const char* k :
+       {"hits", "misses", "joins", "bypasses", "fills", "fill_errors", "bytes_from_memory", "bytes_from_disk"}) {
+    uint64_t sum = 0;
+    for (const auto& v : fin["vbds"]) sum += v.value(k, uint64_t{0});
+    EXPECT_EQ(sum, fin.value(k, uint64_t{0})) << k << "\n" << fin.dump(2);
+  }
+  EXPECT_GT(fin.value("bytes_from_memory", uint64_t{0}), 0u);
+
+  demo.join();
+  EXPECT_EQ(rc, 0) << "the verify load found a wrong byte, or the run failed";
 }
 
 }  // namespace

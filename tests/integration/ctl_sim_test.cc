@@ -132,7 +132,8 @@ TEST_F(CtlSim, ListShowStatsSetAndMetricsAgainstTheSimulatedHost) {
   EXPECT_NE(watch.find("r/s"), std::string::npos) << watch;
   EXPECT_NE(watch.find("vbd/1/51712"), std::string::npos) << watch;
 
-  // set: the log level is a real daemon knob; a vbd has its QoS keys only.
+  // set: the log level is a real daemon knob; a vbd has its QoS keys and `cache`
+  // (blk_cache_test.cc), not `rate`.
   ASSERT_EQ(ctl({"set", "log_level=error"}).first, 0);
   EXPECT_EQ(spdlog::get_level(), spdlog::level::err);
   ASSERT_EQ(ctl({"set", "log_level=warn"}).first, 0);
@@ -164,6 +165,14 @@ TEST_F(CtlSim, ListShowStatsSetAndMetricsAgainstTheSimulatedHost) {
   EXPECT_EQ(sample(m1, R"(xenpath_vbd_qos_delayed_requests_total{device="51712",domain="1"})"), 0) << m1;
   EXPECT_EQ(sample(m1, R"(xenpath_vbd_qos_throttled_seconds_total{device="51712",domain="2"})"), 0) << m1;
   EXPECT_NE(m1.find("xenpath_build_info{"), std::string::npos);
+  // Timed (on with the metrics endpoint): guest 1's reads on queue 0 are in
+  // its histogram, whose +Inf bucket is its count, and in the time total.
+  EXPECT_NE(m1.find("# TYPE xenpath_vbd_read_latency_seconds histogram"), std::string::npos);
+  const double timed_reads =
+      sample(m1, R"(xenpath_vbd_read_latency_seconds_bucket{device="51712",domain="1",queue="0",le="+Inf"})");
+  EXPECT_GT(timed_reads, 0);
+  EXPECT_EQ(timed_reads, sample(m1, R"(xenpath_vbd_read_latency_seconds_count{device="51712",domain="1",queue="0"})"));
+  EXPECT_GT(sample(m1, R"(xenpath_vbd_read_time_seconds_total{device="51712",domain="1"})"), 0);
   const std::string reads = R"(xenpath_vbd_read_requests_total{device="51712",domain="1"})";
   const std::string rbytes = R"(xenpath_vbd_read_bytes_total{device="51712",domain="1"})";
   const double r1 = sample(m1, reads);

@@ -322,6 +322,34 @@ void print_rates(const nlohmann::json& before, const nlohmann::json& after, doub
   }
 }
 
+void print_cache(const nlohmann::json& c, std::ostream& out) {
+  if (!c.value("enabled", false)) {
+    fmt::print(out, "cache: off (the daemon runs with --cache-mib 0)\n");
+  } else {
+    fmt::print(out, "cache: {} MiB in {} KiB blocks, {} shards; blocks free {} small {} main {} filling {} doomed {}\n",
+               c.value("budget_bytes", uint64_t{0}) >> 20, c.value("block_size", uint64_t{0}) >> 10,
+               c.value("shards", 0), c.value("free", uint64_t{0}), c.value("small", uint64_t{0}),
+               c.value("main", uint64_t{0}), c.value("filling", uint64_t{0}), c.value("doomed", uint64_t{0}));
+  }
+  auto row = [&](const std::string& name, const nlohmann::json& e) {
+    fmt::print(out, "{:<34} {:>10} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11}\n", name, e.value("hits", uint64_t{0}),
+               e.value("misses", uint64_t{0}), e.value("joins", uint64_t{0}), e.value("bypasses", uint64_t{0}),
+               e.value("fills", uint64_t{0}), e.value("bytes_from_memory", uint64_t{0}) >> 20,
+               e.value("bytes_from_disk", uint64_t{0}) >> 20);
+  };
+  fmt::print(out, "{:<34} {:>10} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11}\n", "", "HITS", "MISSES", "JOINS", "BYPASS",
+             "FILLS", "MEM MiB", "DISK MiB");
+  if (c.value("enabled", false)) row("all", c);
+  for (const auto& i : c.value("images", nlohmann::json::array())) {
+    row(fmt::format("image {} (dev {} ino {}){}", i.value("id", 0), i.value("dev", uint64_t{0}),
+                    i.value("ino", uint64_t{0}), i.value("retired", false) ? " retired" : ""),
+        i);
+  }
+  for (const auto& v : c.value("vbds", nlohmann::json::array())) {
+    row(fmt::format("{}{}", v.value("device", std::string()), v.value("enabled", false) ? "" : " (off)"), v);
+  }
+}
+
 int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
   CLI::App app{"xenpath-ctl: inspect and tune a running xenpath daemon (docs/ops.md)", "xenpath-ctl"};
   app.require_subcommand(1);
@@ -346,6 +374,11 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
   auto* set = app.add_subcommand("set", "runtime tuning: set [DEVICE] key=value (e.g. vif/1/0 rate=1000000,20000)");
   set->add_option("args", set_args, "[DEVICE] key=value")->required()->expected(1, 2);
   auto* version = app.add_subcommand("version", "the daemon's and this tool's version");
+  std::vector<std::string> cache_args;
+  auto* cache = app.add_subcommand("cache", "blkback's shared read cache: cache stats | cache drop [IMAGE]");
+  cache->add_option("args", cache_args, "stats, or drop and optionally an image (its id in stats, or its path)")
+      ->required()
+      ->expected(1, 2);
 
   std::vector<std::string> rev(args.rbegin(), args.rend());
   try {
@@ -431,6 +464,21 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
     if (rc != kExitOk) return rc;
     if (json) out << res.dump(2) << "\n";
     else fmt::print(out, "{}\n", res.value("applied", std::string("done")));
+    return kExitOk;
+  }
+  if (*cache) {
+    const std::string& op = cache_args.front();
+    if ((op != "stats" && op != "drop") || (op == "stats" && cache_args.size() != 1)) {
+      fmt::print(err, "xenpath-ctl: cache: want 'stats' or 'drop [IMAGE]'\n");
+      return kExitUsage;
+    }
+    nlohmann::json params = {{"op", op}};
+    if (cache_args.size() == 2) params["image"] = cache_args.back();
+    auto [rc, res] = call("cache", params);
+    if (rc != kExitOk) return rc;
+    if (json) out << res.dump(2) << "\n";
+    else if (op == "stats") print_cache(res, out);
+    else fmt::print(out, "dropped {} entries\n", res.value("dropped", uint64_t{0}));
     return kExitOk;
   }
   if (*version) {

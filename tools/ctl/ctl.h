@@ -1,7 +1,7 @@
 // xenpath-ctl's logic (tools/xenpath_ctl_main.cc is only its main): a
 // client of a daemon's control socket (common/ctl_server.h, newline-delimited
 // JSON-RPC 2.0) and the command line over it — list, show DEV, stats
-// [--watch], set [DEV] key=value, version — printing tables for people or,
+// [--watch], set [DEV] key=value, cache stats|drop [IMAGE], version — printing tables for people or,
 // with --json, the daemon's answers as they are for scripts. docs/ops.md.
 //
 // Threads: whoever calls; one CtlClient per thread. No guest memory.
@@ -68,6 +68,9 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
 
 // Renderers (exposed for tests): the human tables.
 void print_list(const nlohmann::json& list, std::ostream& out);
+// `cache stats`: the cache's occupancy, then hits/misses/joins/bypasses/
+// fills and MiB from memory and disk: all, per base image, per VBD.
+void print_cache(const nlohmann::json& cache, std::ostream& out);
 void print_show(const nlohmann::json& dev, std::ostream& out);
 // Cumulative counters of a stats document.
 void print_stats(const nlohmann::json& stats, std::ostream& out);
