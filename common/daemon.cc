@@ -14,6 +14,8 @@
 
 #include "common/ctl_server.h"
 #include "common/latency_histogram.h"
+#include "common/daemon_systemd.h"
+#include "common/systemd_notify.h"
 
 namespace xenpath {
 
@@ -89,6 +91,13 @@ void BackendDaemon::add_stop_hook(std::function<void()> fn) { stop_hooks_.push_b
 Status BackendDaemon::start() noexcept {
   if (started_ || stopped_) return unexpected(EALREADY);
   Status st = ok();
+  std::shared_ptr<SystemdLink> sd;
+  try {
+    sd = std::make_shared<SystemdLink>(*this);
+    driver_->on_enumerated([sd] { sd->enumerated(); });
+  } catch (...) {
+    return unexpected(ENOMEM);
+  }
   control_->call([&] {
     st = driver_->start();
     if (st) st = driver_->attach(*control_);
@@ -122,12 +131,20 @@ Status BackendDaemon::start() noexcept {
   }
   spdlog::info("{}: serving backend devices of domain {} on {} worker(s) ({})", opts_.name, platform_.self(),
                workers_.size(), platform_.name());
-  return ok();
+  std::string tail;
+  try {
+    if (const std::string c = ctl_socket_path(); !c.empty()) tail += "; control " + c;
+    if (metrics_) tail += fmt::format("; metrics http://{}/metrics", metrics_->address());
+  } catch (...) {
+    // Out of memory: the STATUS= lines go without the addresses.
+  }
+  return sd->started(std::move(tail));
 }
 
 void BackendDaemon::stop() noexcept {
   if (stopped_) return;
   stopped_ = true;
+  if (started_) systemd_notify_stopping("disconnecting every device");
   // No scrape may wait for a control reactor that is going away.
   metrics_.reset();
   if (control_ && driver_) {

@@ -10,8 +10,10 @@ pkgs=(
   libmnl-dev  # rtnetlink: netback attaches each VIF's interface to its bridge
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
+  libsystemd-dev  # sd_notify: READY/WATCHDOG/STATUS of the Type=notify units
   fio iperf3 iproute2
   python3-matplotlib  # perf/plot.py (the docs' figures) and its test
+  help2man man-db dpkg-dev systemd  # man pages; dpkg-shlibdeps for the .deb; systemd-analyze verify (runs man)
   prometheus-cpp-dev prometheus curl  # the metrics endpoint; promtool checks its output, curl scrapes it
   qemu-utils libvhdi-utils  # the VHD oracles: qemu-img/qemu-io (vpc), vhdiinfo/vhdimount (chains)
 )

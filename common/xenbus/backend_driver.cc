@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cstring>
+#include <utility>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -270,6 +271,7 @@ void BackendDriver::handle_type_root(uint32_t ti) noexcept {
     // served this type. The only directory listing the driver ever does.
     t.enumerated = true;
     enumerate(ti);
+    if (on_enumerated_ && enumerated()) std::exchange(on_enumerated_, nullptr)();
     return;
   }
   // The type directory itself changed: only its removal matters.
@@ -280,6 +282,14 @@ void BackendDriver::handle_type_root(uint32_t ti) noexcept {
     if (d->type_index == ti) gone.push_back(d.get());
   }
   for (Device* d : gone) (void)apply(*d, d->fsm.backend_gone(), /*write=*/false);
+}
+
+bool BackendDriver::enumerated() const noexcept {
+  if (!started_) return false;
+  for (const auto& t : types_) {
+    if (!t.enumerated) return false;
+  }
+  return true;
 }
 
 void BackendDriver::handle_frontend_dir(uint32_t ti, DomId fe) noexcept {

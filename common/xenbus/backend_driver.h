@@ -169,6 +169,12 @@ class BackendDriver {
   // enumerates devices that already exist. Events are handled by
   // process_events(): call it when watch_fd() is readable, or attach().
   Status start() noexcept;
+  // `fn` runs once, on the owning thread, when every type's initial
+  // listing is done (the devices that existed at start() are probed): the
+  // daemon is then ready (systemd's READY=1). Before start().
+  void on_enumerated(std::function<void()> fn) noexcept { on_enumerated_ = std::move(fn); }
+  // Whether that point has been passed (owning thread).
+  [[nodiscard]] bool enumerated() const noexcept;
 
   // Registers watch_fd() with `reactor` (its thread becomes the owning
   // thread): each wake-up handles one bounded batch; a full batch leaves the
@@ -291,6 +297,7 @@ class BackendDriver {
   // empty when not attached. post_ is read by other threads
   // (report_device_error), hence its lock.
   std::function<void()> detach_;
+  std::function<void()> on_enumerated_;
   std::mutex post_mu_;
   std::function<bool(std::function<void()>)> post_;
   // Posted tasks hold a weak reference: one that runs after the driver is

@@ -65,41 +65,40 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-# 1. The daemons, in a release build (dom0 is Debian 12 like this machine).
-bins=()
-if [[ ",$backends," == *",xenpath,"* ]] && [ $build = 1 ]; then
-  say "building the daemons (build-rel)"
+# 1. The daemons, in a release build (dom0 is Debian 12 like this machine), packaged: dom0 gets
+# the .deb's files at their installed paths (units, modprobe.d snippet, hotplug script included).
+# The kernel column's vif uses the package's hotplug script too.
+deb=""
+if [[ ",$backends," == *",xenpath,"* || ",$backends," == *",kernel,"* ]] && [ $build = 1 ]; then
+  say "building the package (build-rel, cpack -G DEB)"
   export CCACHE_BASEDIR="$repo" CCACHE_NOHASHDIR=1
   [ -f "$repo/build-rel/build.ninja" ] ||
     cmake -S "$repo" -B "$repo/build-rel" -G Ninja -DCMAKE_BUILD_TYPE=Release \
       -DXENPATH_BUILD_TESTS=OFF -DXENPATH_BUILD_PERF=OFF > "$cache/run/cmake.log"
-  targets=()
-  for t in xenpath-blkback xenpath-netback xenpath-img; do
-    ninja -C "$repo/build-rel" -t targets all 2>/dev/null | grep -q "^$t:" && targets+=("$t")
-  done
-  if [ ${#targets[@]} -gt 0 ]; then
-    ninja -C "$repo/build-rel" -j"${LAB_JOBS:-1}" "${targets[@]}" > "$cache/run/ninja.log" ||
-      { tail -n 30 "$cache/run/ninja.log"; exit 1; }
-  fi
+  ninja -C "$repo/build-rel" -j"${LAB_JOBS:-1}" > "$cache/run/ninja.log" || { tail -n 30 "$cache/run/ninja.log"; exit 1; }
+  rm -f "$repo"/build-rel/xenpath_*.deb
+  (cd "$repo/build-rel" && cpack -G DEB > "$cache/run/cpack.log" 2>&1) || { tail -n 30 "$cache/run/cpack.log"; exit 1; }
 fi
-for t in xenpath-blkback xenpath-netback xenpath-img; do
-  f="$(find "$repo/build-rel" -maxdepth 3 -type f -name "$t" -perm -u+x 2>/dev/null | head -n1 || true)"
-  [ -n "$f" ] && bins+=("$f")
-done
-[[ ",$backends," == *",xenpath,"* ]] && [ ${#bins[@]} -eq 0 ] && say "no xenpath daemon built: the xenpath column will fail"
+deb="$(ls "$repo"/build-rel/xenpath_*.deb 2>/dev/null | head -n1 || true)"
+[[ ",$backends," == *",xenpath,"* || ",$backends," == *",kernel,"* ]] && [ -z "$deb" ] &&
+  say "no xenpath package built: the xenpath column and the kernel column's vif will fail"
 
 # 2. The images (cached, keyed by the recipe).
 t_img=$(date +%s)
 images="$("$here/build-images.sh" --cache "$cache")"
 say "images: $images ($(( $(date +%s) - t_img )) s)"
 
-# 3. The per-run overlay: init scripts, plan, daemons, the guest's kernel and initramfs.
+# 3. The per-run overlay: init scripts, plan, the package's files, the guest's kernel and initramfs.
 ov="$cache/run/overlay"
-rm -rf "$ov"; mkdir -p "$ov/lab" "$ov/etc/xen/scripts" "$ov/usr/local/bin" "$ov/guest"
+rm -rf "$ov"; mkdir -p "$ov/lab" "$ov/guest"
+if [ -n "$deb" ]; then
+  dpkg-deb -x "$deb" "$ov"
+  # dom0 is merged-/usr: a real lib/ in the overlay would replace its /lib -> usr/lib symlink
+  # when Linux unpacks the archive (and with it the dynamic loader's path).
+  if [ -d "$ov/lib" ]; then mkdir -p "$ov/usr/lib" && cp -a "$ov/lib/." "$ov/usr/lib/" && rm -rf "$ov/lib"; fi
+fi
 install -m 755 "$here/dom0/init" "$ov/init"
 install -m 755 "$here/dom0/plan.sh" "$ov/lab/plan.sh"
-install -m 755 "$here/dom0/lab-noop" "$ov/etc/xen/scripts/lab-noop"
-for f in "${bins[@]}"; do install -m 755 "$f" "$ov/usr/local/bin/"; done
 cp "$images/vmlinuz" "$ov/lab/vmlinuz"
 install -m 755 "$here/guest/init" "$ov/guest/init"
 { cat "$images/guest-base.cpio"; (cd "$ov/guest" && echo init | cpio -o -H newc --quiet); } > "$ov/lab/guest.cpio"

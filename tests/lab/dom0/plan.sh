@@ -20,7 +20,9 @@ esac
 NETBACK_ARGS=""
 DOM0_IP=169.254.100.1 GUEST_IP=169.254.100.2
 DISK=/lab/disk/disk.img
-NOOP=/etc/xen/scripts/lab-noop
+# The package's hotplug script (/etc/xen/scripts/xenpath), named as an operator names it. It only
+# reports hotplug-status, so the kernel column's vif (whose dom0 end the plan configures) uses it too.
+HOTPLUG=xenpath
 CONLOG=/var/log/xen/console
 failures=0
 gen=0
@@ -134,7 +136,7 @@ guest_cfg() {
   local b="$1" name="$2" tests="$3" vif="$4" disk target="${GUEST_DISK:-$DISK}"
   case "$b" in
     # libxl's phy backend takes format=raw only: xenpath-blkback finds a VHD by its footer.
-    xenpath) disk="format=raw,vdev=xvda,access=rw,backendtype=phy,script=$NOOP,target=$target" ;;
+    xenpath) disk="format=raw,vdev=xvda,access=rw,backendtype=phy,script=$HOTPLUG,target=$target" ;;
     kernel)  disk="format=raw,vdev=xvda,access=rw,backendtype=phy,target=$DISK" ;;
     qdisk)   disk="format=raw,vdev=xvda,access=rw,backendtype=qdisk,target=$DISK" ;;
   esac
@@ -153,7 +155,7 @@ EOF
   # xenpath: the daemon attaches the port itself, the hotplug script has nothing to do; the kernel's
   # vif runs libxl's default script, vif-bridge.
   local vscript=""
-  [ "$b" = xenpath ] && vscript=",script=$NOOP"
+  [ "$b" = xenpath ] && vscript=",script=$HOTPLUG"
   [ "$vif" = 1 ] && echo "vif = [ 'mac=00:16:3e:4c:41:42,bridge=xenbr0$vscript' ]" >> "/lab/$name.cfg"
 }
 
@@ -184,6 +186,15 @@ dump_guest() {
 }
 
 # ---- per-backend setup ----
+# as_unit <daemon> <args>: runs the installed daemon with its systemd unit's privileges (dom0 has no
+# systemd): CapabilityBoundingSet= and NoNewPrivileges=, so the lab proves the unit's capability set
+# suffices on real Xen.
+as_unit() {
+  local d="$1" caps bset="-all" c; shift
+  caps="$(sed -n 's/^CapabilityBoundingSet=//p' "/lib/systemd/system/$d.service")"
+  for c in $caps; do bset="$bset,+$(echo "${c#CAP_}" | tr '[:upper:]' '[:lower:]')"; done
+  exec setpriv --no-new-privs --inh-caps=-all --bounding-set="$bset" -- "/usr/sbin/$d" "$@"
+}
 BLK_PID="" NET_PID=""
 HAVE_NETBACK=0
 start_backend() {
@@ -195,23 +206,28 @@ start_backend() {
       if [ -d /sys/module/xen_blkback ] || [ -d /sys/module/xen_netback ]; then
         check xenpath kernel-backends-unloaded fail; return 1
       fi
+      # The package's modprobe.d snippet: a load by name must not bring the kernel's back.
+      modprobe xen-blkback 2>/dev/null; modprobe xen-netback 2>/dev/null
+      if [ -d /sys/module/xen_blkback ] || [ -d /sys/module/xen_netback ]; then
+        check xenpath modprobe-snippet fail "modprobe loaded a kernel backend"; return 1
+      fi
       local missing
-      missing="$(ldd /usr/local/bin/xenpath-* 2>&1 | grep 'not found' | sort -u | tr '\n' ' ')"
+      missing="$(ldd /usr/sbin/xenpath-* /usr/bin/xenpath-* 2>&1 | grep 'not found' | sort -u | tr '\n' ' ')"
       [ -z "$missing" ] || { check xenpath runtime-libraries fail "$missing"; return 1; }
-      if [ ! -x /usr/local/bin/xenpath-blkback ]; then
+      if [ ! -x /usr/sbin/xenpath-blkback ]; then
         check xenpath blkback-binary fail "not in the image"; return 1
       fi
-      xenpath-blkback --platform xen --stats-file /run/xenpath-blkback.json --stats-interval-ms 200 \
+      as_unit xenpath-blkback --platform xen --stats-file /run/xenpath-blkback.json --stats-interval-ms 200 \
         > /run/xenpath-blkback.log 2>&1 &
       BLK_PID=$!
-      if [ -x /usr/local/bin/xenpath-netback ]; then
+      if [ -x /usr/sbin/xenpath-netback ]; then
         # vhost-net makes virtio_user (offloads, virtqueues) netback's default VIF port; without
         # it netback falls back to net_tap.
         modprobe vhost_net 2>/dev/null || true
         if [ -c /dev/vhost-net ]; then say "xenpath-netback VIF port: virtio_user over vhost-net"
         else say "xenpath-netback VIF port: net_tap (no /dev/vhost-net)"; fi
         # shellcheck disable=SC2086
-        xenpath-netback --platform xen --stats-file /run/xenpath-netback.json --stats-interval-ms 200 \
+        as_unit xenpath-netback --platform xen --stats-file /run/xenpath-netback.json --stats-interval-ms 200 \
           $NETBACK_ARGS > /run/xenpath-netback.log 2>&1 &
         NET_PID=$!
         HAVE_NETBACK=1
@@ -231,8 +247,9 @@ start_backend() {
           { check xenpath netback-start fail "$(tail -n 5 /run/xenpath-netback.log | tr '\n' ' ')"; HAVE_NETBACK=0; }
       fi ;;
     kernel|qdisk)
-      modprobe xen-blkback || { check "$b" modprobe fail xen-blkback; return 1; }
-      modprobe xen-netback || { check "$b" modprobe fail xen-netback; return 1; }
+      # Past the package's modprobe.d snippet, as an operator who opts out does.
+      modprobe --ignore-install xen-blkback || { check "$b" modprobe fail xen-blkback; return 1; }
+      modprobe --ignore-install xen-netback || { check "$b" modprobe fail xen-netback; return 1; }
       HAVE_NETBACK=1
       [ "$b" = qdisk ] && { HAVE_NETBACK=0; res qdisk net "disk only"; } ;;
   esac
