@@ -13,8 +13,8 @@
 #include <thread>
 
 #include "common/ctl_server.h"
-#include "common/latency_histogram.h"
 #include "common/daemon_systemd.h"
+#include "common/latency_histogram.h"
 #include "common/systemd_notify.h"
 
 namespace xenpath {

@@ -67,7 +67,7 @@ fi
 
 # 1. The daemons, in a release build (dom0 is Debian 12 like this machine), packaged: dom0 gets
 # the .deb's files at their installed paths (units, modprobe.d snippet, hotplug script included).
-# The kernel column's vif uses the package's hotplug script too.
+# The kernel column keeps its own scripts (block, vif-bridge).
 deb=""
 if [[ ",$backends," == *",xenpath,"* || ",$backends," == *",kernel,"* ]] && [ $build = 1 ]; then
   say "building the package (build-rel, cpack -G DEB)"
