@@ -399,14 +399,14 @@ int run(const Config& cfg) {
   uint64_t total_errors = 0;
   uint64_t total_mismatches = 0;
   uint64_t backend_requests = 0;
-  LatencyHistogram all_lat;
+  sim::LatencyHistogram all_lat;
   out["vbds"] = nlohmann::json::array();
   if (!cfg.json) {
     std::printf("%-6s %-6s %10s %10s %9s %9s %9s %7s %10s\n", "vbd", "devid", "IOPS", "MiB/s", "p50(us)", "p99(us)",
                 "max(us)", "errors", "mismatches");
   }
   for (size_t i = 0; i < disks.size(); ++i) {
-    LatencyHistogram lat;
+    sim::LatencyHistogram lat;
     uint64_t ops = 0, bytes = 0, errors = 0, mismatches = 0, reads = 0, writes = 0, flushes = 0;
     for (const LoadRef& l : loads) {
       if (l.vbd != i) continue;
